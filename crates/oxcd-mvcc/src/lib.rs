@@ -1,0 +1,1 @@
+//! The revisioned key space (filled in by the foundation issue).

@@ -1,0 +1,1 @@
+//! etcdserver for oxcd.
