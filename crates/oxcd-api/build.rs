@@ -1,14 +1,26 @@
 //! Compiles the .proto files with protox (pure Rust, no system protoc) and
 //! generates prost messages plus tonic clients and servers.
 
+/// Every .proto of the wire contract, relative to `proto/` (also the import
+/// root, so imports read like `import "mvccpb/kv.proto";`).
+const PROTOS: &[&str] = &[
+    "mvccpb/kv.proto",
+    "authpb/auth.proto",
+    "membershippb/membership.proto",
+    "etcdserverpb/rpc.proto",
+    "etcdserverpb/etcdserver.proto",
+    "etcdserverpb/raft_internal.proto",
+    "v3lockpb/v3lock.proto",
+    "v3electionpb/v3election.proto",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/mvccpb/kv.proto"];
-    for f in files {
+    println!("cargo:rerun-if-changed=proto");
+    let files: Vec<String> = PROTOS.iter().map(|f| format!("proto/{f}")).collect();
+    for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }
-    let fds = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure()
-        .bytes(".")
-        .compile_fds(fds)?;
+    let fds = protox::compile(&files, ["proto"])?;
+    tonic_prost_build::configure().bytes(".").compile_fds(fds)?;
     Ok(())
 }
