@@ -1,0 +1,65 @@
+//! Reading the change history back as events, for the watch layer (etcd's
+//! `watchableStore.syncWatchers` scans the `key` bucket by revision the
+//! same way).
+
+use prost::Message;
+
+use oxcd_api::mvccpb::{Event, KeyValue};
+
+use crate::backend::KEY_TABLE;
+use crate::error::{MvccError, Result};
+use crate::revision::Revision;
+use crate::txn::{to_event_parts, ReadTxn};
+
+impl ReadTxn {
+    /// Every change with main revision in `[start_rev, end_rev)` (an
+    /// `end_rev <= 0` means up to and including this snapshot's revision),
+    /// as events in revision order, exactly as [`crate::WriteTxn::end`]
+    /// reported them. With `limit > 0`, stops at the first main revision
+    /// boundary after `limit` events (a transaction's events are never
+    /// split), so a caller pages on from the last event's revision + 1.
+    ///
+    /// # Errors
+    /// [`MvccError::Compacted`] when `start_rev <= compact_rev` (the
+    /// history there may be partly deleted), backend and corruption errors.
+    pub fn events(&self, start_rev: i64, end_rev: i64, limit: usize) -> Result<Vec<Event>> {
+        let compact_rev = self.compact_rev();
+        if start_rev <= compact_rev {
+            return Err(MvccError::Compacted {
+                requested: start_rev,
+                compact_rev,
+            });
+        }
+        let end_rev = if end_rev <= 0 {
+            self.rev() + 1
+        } else {
+            end_rev
+        };
+        if end_rev <= start_rev {
+            return Ok(Vec::new());
+        }
+        let table = self
+            .tx
+            .open_table(KEY_TABLE)
+            .map_err(|e| MvccError::backend("open key table", e))?;
+        let lo = Revision::new(start_rev, 0).to_bytes();
+        let hi = Revision::new(end_rev, 0).to_bytes();
+        let iter = table
+            .range::<&[u8]>(lo.as_slice()..hi.as_slice())
+            .map_err(|e| MvccError::backend("scan key table", e))?;
+        let mut out = Vec::new();
+        let mut last_main = 0;
+        for entry in iter {
+            let (k, v) = entry.map_err(|e| MvccError::backend("scan key table", e))?;
+            let (rev, tombstone) = Revision::from_key(k.value())?;
+            if limit > 0 && out.len() >= limit && rev.main != last_main {
+                break;
+            }
+            last_main = rev.main;
+            let kv = KeyValue::decode(v.value())
+                .map_err(|e| MvccError::Corrupt(format!("KeyValue at revision {rev}: {e}")))?;
+            out.push(to_event_parts(kv, tombstone, rev.main));
+        }
+        Ok(out)
+    }
+}

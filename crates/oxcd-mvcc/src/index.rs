@@ -1,0 +1,264 @@
+//! The in-memory key index: key → `KeyIndex`, the key's generations
+//! (mirrors etcd `mvcc/index.go`).
+//!
+//! The index holds revisions only, never values; values are fetched from the
+//! backend by revision. It is not synchronised itself: the store keeps it in
+//! one `RwLock` together with the current and compact revisions so that a
+//! reader checks its revision and looks keys up under one consistent view.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
+
+use crate::key_index::{Found, KeyIndex, RevisionNotFound};
+use crate::revision::Revision;
+
+/// A key range as the MVCC layer understands it (etcd's `range_end`
+/// conventions, already interpreted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRange<'a> {
+    /// Exactly one key.
+    Single(&'a [u8]),
+    /// `[start, end)`; `end == None` means no upper bound.
+    Span {
+        /// First key, included.
+        start: &'a [u8],
+        /// End key, excluded; `None` for no upper bound.
+        end: Option<&'a [u8]>,
+    },
+    /// Nothing (an `end <= key` request).
+    Empty,
+}
+
+impl<'a> KeyRange<'a> {
+    /// Interprets etcd's `(key, range_end)` pair: empty `end` is a single
+    /// key, `end == [0]` means every key `>= key`, and `end <= key` selects
+    /// nothing.
+    pub fn new(key: &'a [u8], end: &'a [u8]) -> Self {
+        if end.is_empty() {
+            KeyRange::Single(key)
+        } else if end == [0] {
+            KeyRange::Span {
+                start: key,
+                end: None,
+            }
+        } else if end <= key {
+            KeyRange::Empty
+        } else {
+            KeyRange::Span {
+                start: key,
+                end: Some(end),
+            }
+        }
+    }
+}
+
+/// Key → generations of revisions, ordered by key.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct TreeIndex {
+    tree: BTreeMap<Vec<u8>, KeyIndex>,
+}
+
+impl TreeIndex {
+    /// Records a put of `key` at `rev`.
+    pub fn put(&mut self, key: &[u8], rev: Revision) {
+        match self.tree.get_mut(key) {
+            Some(ki) => ki.put(rev),
+            None => {
+                let mut ki = KeyIndex::default();
+                ki.put(rev);
+                self.tree.insert(key.to_vec(), ki);
+            }
+        }
+    }
+
+    /// Records a delete of `key` at `rev`.
+    pub fn tombstone(&mut self, key: &[u8], rev: Revision) -> Result<(), RevisionNotFound> {
+        self.tree
+            .get_mut(key)
+            .ok_or(RevisionNotFound)?
+            .tombstone(rev)
+    }
+
+    /// Inserts a key rebuilt by the restore scan.
+    pub fn insert(&mut self, key: Vec<u8>, ki: KeyIndex) {
+        self.tree.insert(key, ki);
+    }
+
+    /// The key's index entry, for the restore scan.
+    pub fn key_index_mut(&mut self, key: &[u8]) -> Option<&mut KeyIndex> {
+        self.tree.get_mut(key)
+    }
+
+    /// The state of `key` at `at_rev`.
+    pub fn get(&self, key: &[u8], at_rev: i64) -> Option<Found> {
+        self.tree.get(key)?.get(at_rev)
+    }
+
+    /// The keys live at `at_rev` in `range`, ascending, with what
+    /// [`KeyIndex::get`] says about each: at most `limit` of them (0 means
+    /// all), plus the number of live keys in the whole range.
+    pub fn range(
+        &self,
+        range: KeyRange<'_>,
+        at_rev: i64,
+        limit: usize,
+    ) -> (Vec<(Vec<u8>, Found)>, usize) {
+        let mut out = Vec::new();
+        let mut count = 0;
+        self.visit(range, |k, ki| {
+            if let Some(f) = ki.get(at_rev) {
+                count += 1;
+                if limit == 0 || out.len() < limit {
+                    out.push((k.to_vec(), f));
+                }
+            }
+        });
+        (out, count)
+    }
+
+    /// Number of keys live at `at_rev` in `range`, without collecting them.
+    pub fn count(&self, range: KeyRange<'_>, at_rev: i64) -> usize {
+        let mut n = 0;
+        self.visit(range, |_, ki| {
+            if ki.get(at_rev).is_some() {
+                n += 1;
+            }
+        });
+        n
+    }
+
+    fn visit(&self, range: KeyRange<'_>, mut f: impl FnMut(&[u8], &KeyIndex)) {
+        match range {
+            KeyRange::Empty => {}
+            KeyRange::Single(k) => {
+                if let Some(ki) = self.tree.get(k) {
+                    f(k, ki);
+                }
+            }
+            KeyRange::Span { start, end } => {
+                let upper = match end {
+                    Some(e) => Bound::Excluded(e),
+                    None => Bound::Unbounded,
+                };
+                for (k, ki) in self.tree.range::<[u8], _>((Bound::Included(start), upper)) {
+                    f(k, ki);
+                }
+            }
+        }
+    }
+
+    /// Compacts every key at `rev`, removing keys left empty, and returns
+    /// the revisions `<= rev` that must stay in the backend.
+    pub fn compact(&mut self, rev: i64) -> HashSet<Revision> {
+        let mut available = HashSet::new();
+        self.tree.retain(|_, ki| {
+            ki.compact(rev, &mut available);
+            !ki.is_empty()
+        });
+        available
+    }
+
+    /// What [`TreeIndex::compact`] would keep at `rev`, read-only.
+    pub fn keep(&self, rev: i64) -> HashSet<Revision> {
+        let mut available = HashSet::new();
+        for ki in self.tree.values() {
+            ki.keep(rev, &mut available);
+        }
+        available
+    }
+
+    /// Undoes all changes made at main revision `main` to `keys`.
+    pub fn rollback(&mut self, keys: &[Vec<u8>], main: i64) {
+        for k in keys {
+            if let Some(ki) = self.tree.get_mut(k.as_slice()) {
+                if ki.rollback(main) {
+                    self.tree.remove(k.as_slice());
+                }
+            }
+        }
+    }
+
+    /// Number of keys with any history in the index.
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(main: i64) -> Revision {
+        Revision::new(main, 0)
+    }
+
+    fn keys((v, n): (Vec<(Vec<u8>, Found)>, usize)) -> Vec<Vec<u8>> {
+        assert!(v.len() <= n);
+        v.into_iter().map(|(k, _)| k).collect()
+    }
+
+    #[test]
+    fn key_range_rules() {
+        assert_eq!(KeyRange::new(b"a", b""), KeyRange::Single(b"a"));
+        assert_eq!(
+            KeyRange::new(b"a", b"\0"),
+            KeyRange::Span {
+                start: b"a",
+                end: None
+            }
+        );
+        assert_eq!(KeyRange::new(b"b", b"a"), KeyRange::Empty);
+        assert_eq!(KeyRange::new(b"b", b"b"), KeyRange::Empty);
+        assert_eq!(
+            KeyRange::new(b"a", b"b"),
+            KeyRange::Span {
+                start: b"a",
+                end: Some(b"b")
+            }
+        );
+    }
+
+    #[test]
+    fn range_at_revisions() {
+        let mut ti = TreeIndex::default();
+        ti.put(b"a", r(2));
+        ti.put(b"b", r(3));
+        ti.put(b"c", r(4));
+        ti.tombstone(b"b", r(5)).unwrap();
+        let all = KeyRange::new(b"\0", b"\0");
+        assert_eq!(keys(ti.range(all, 1, 0)), Vec::<Vec<u8>>::new());
+        assert_eq!(
+            keys(ti.range(all, 3, 0)),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
+        assert_eq!(
+            keys(ti.range(all, 5, 0)),
+            vec![b"a".to_vec(), b"c".to_vec()]
+        );
+        assert_eq!(ti.count(all, 4), 3);
+        let (limited, n) = ti.range(all, 4, 2);
+        assert_eq!((limited.len(), n), (2, 3));
+        assert_eq!(
+            keys(ti.range(KeyRange::new(b"b", b"c"), 4, 0)),
+            vec![b"b".to_vec()]
+        );
+        assert!(ti.tombstone(b"b", r(6)).is_err());
+        assert!(ti.tombstone(b"zz", r(6)).is_err());
+    }
+
+    #[test]
+    fn compact_removes_dead_keys() {
+        let mut ti = TreeIndex::default();
+        ti.put(b"a", r(2));
+        ti.put(b"b", r(3));
+        ti.tombstone(b"a", r(4)).unwrap();
+        ti.put(b"b", r(5));
+        let kept = ti.keep(4);
+        let avail = ti.compact(4);
+        assert_eq!(kept, avail);
+        assert_eq!(avail, [r(3)].into_iter().collect());
+        assert_eq!(ti.len(), 1);
+        assert!(ti.get(b"a", 4).is_none());
+        assert_eq!(ti.get(b"b", 4).unwrap().modified, r(3));
+    }
+}

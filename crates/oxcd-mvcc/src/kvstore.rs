@@ -1,0 +1,244 @@
+//! The store handle (mirrors etcd `mvcc/kvstore.go`).
+//!
+//! # Concurrency
+//!
+//! - `state` (one `RwLock`) holds the key index with the current and
+//!   compact revisions, so a reader checks its revision and looks keys up
+//!   under one consistent view. Writers take it for writing only for the
+//!   few microseconds of an index update, never across disk I/O.
+//! - `writer` admits one [`WriteTxn`] at a time (etcd's batch-tx lock). It
+//!   is an owned flag rather than a `MutexGuard`, so a `WriteTxn` is `Send`
+//!   and has no lifetime.
+//! - A write transaction's index entries carry main revision
+//!   `current + 1`; readers only ask for revisions `<= current`, so they
+//!   never see an uncommitted change. `current` is bumped after the redb
+//!   commit, so every revision a reader can ask for is in its snapshot.
+//! - `compaction` serialises compactions (their backend deletion runs
+//!   outside the writer lock, in batches).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::backend::{Backend, BackendConfig, Flusher};
+use crate::error::Result;
+use crate::index::TreeIndex;
+use crate::txn::{ReadTxn, WriteTxn};
+
+/// The revisioned key space: a cheap `Clone` handle (`Arc` inside),
+/// `Send + Sync`. Dropping the last handle stops the background flusher and
+/// makes pending writes durable; the database file is closed when the last
+/// handle and the last transaction are gone.
+pub struct KvStore {
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub backend: Arc<Backend>,
+    pub state: RwLock<State>,
+    pub writer: WriterLock,
+    pub compaction: Mutex<()>,
+    /// Live `KvStore` handles; the last one to drop stops the flusher.
+    handles: AtomicUsize,
+    flusher: Mutex<Flusher>,
+}
+
+/// What readers must see together.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub index: TreeIndex,
+    /// The newest committed main revision (1 for an empty store).
+    pub current_rev: i64,
+    /// The revision of the last compaction, -1 before the first.
+    pub compact_rev: i64,
+}
+
+impl Shared {
+    /// The state for reading. A panic while the lock was held cannot leave
+    /// the index half-updated (each update is one small call), so a
+    /// poisoned lock is used as is.
+    pub fn state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn state_mut(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Admits one writer at a time; released explicitly, so the holder can be
+/// an owned value.
+#[derive(Default)]
+pub(crate) struct WriterLock {
+    busy: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl WriterLock {
+    pub fn acquire(&self) {
+        let mut busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        while *busy {
+            busy = self.cv.wait(busy).unwrap_or_else(PoisonError::into_inner);
+        }
+        *busy = true;
+    }
+
+    pub fn release(&self) {
+        *self.busy.lock().unwrap_or_else(PoisonError::into_inner) = false;
+        self.cv.notify_one();
+    }
+}
+
+/// Holds the writer lock for a scope.
+pub(crate) struct WriterGuard<'a>(&'a WriterLock);
+
+impl<'a> WriterGuard<'a> {
+    pub fn new(lock: &'a WriterLock) -> Self {
+        lock.acquire();
+        WriterGuard(lock)
+    }
+}
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+impl KvStore {
+    /// Opens the backend file at `path` (creating it if absent), rebuilds
+    /// the key index by scanning every stored revision, restores the
+    /// current and compact revisions and the consistent index, and finishes
+    /// a compaction that was interrupted by a crash (like etcd's restore).
+    ///
+    /// # Errors
+    /// Backend errors opening or reading the file; [`crate::MvccError::Corrupt`]
+    /// for records that do not decode.
+    pub fn open(path: &Path, cfg: BackendConfig) -> Result<KvStore> {
+        let backend = Arc::new(Backend::open(path, cfg)?);
+        let restored = crate::restore::restore(&backend)?;
+        let flusher = Flusher::start(Arc::downgrade(&backend), cfg.batch_interval);
+        let store = KvStore {
+            shared: Arc::new(Shared {
+                backend,
+                state: RwLock::new(restored.state),
+                writer: WriterLock::default(),
+                compaction: Mutex::new(()),
+                handles: AtomicUsize::new(1),
+                flusher,
+            }),
+        };
+        if let Some(rev) = restored.resume_compaction {
+            tracing::info!(revision = rev, "resume scheduled compaction");
+            store.finish_scheduled_compaction(rev)?;
+        }
+        Ok(store)
+    }
+
+    /// The current revision: the main revision of the newest committed
+    /// change, 1 for an empty store.
+    pub fn rev(&self) -> i64 {
+        self.shared.state().current_rev
+    }
+
+    /// The revision of the last compaction, -1 if there was none.
+    pub fn compact_rev(&self) -> i64 {
+        self.shared.state().compact_rev
+    }
+
+    /// The raft index of the last applied entry handed to
+    /// [`WriteTxn::end`] (0 for a new store).
+    pub fn consistent_index(&self) -> u64 {
+        self.shared.backend.consistent_index()
+    }
+
+    /// A read transaction: a consistent snapshot at the current revision.
+    /// Never waits for writers (only for an index update in progress).
+    ///
+    /// # Errors
+    /// Backend errors starting the redb read transaction.
+    pub fn read(&self) -> Result<ReadTxn> {
+        ReadTxn::begin(self.shared.clone())
+    }
+
+    /// The write transaction: blocks the calling thread until no other
+    /// write transaction (or compaction's index step) is running, so call
+    /// it from the applier's thread, not from an async task. All its
+    /// changes share one main revision, `rev() + 1`, which exists only if
+    /// something changed. A thread holding a `WriteTxn` must not call
+    /// `write` or `compact` again (it would wait for itself).
+    pub fn write(&self) -> WriteTxn {
+        WriteTxn::begin(self.shared.clone())
+    }
+
+    /// Makes every committed write durable (one fsync), together with the
+    /// consistent index. The server calls it once per group of applied
+    /// entries before acknowledging them.
+    ///
+    /// # Errors
+    /// Backend errors; a failed sync should be treated as fatal.
+    pub fn sync(&self) -> Result<()> {
+        self.shared.backend.sync()
+    }
+
+    /// Size of the backend file in bytes.
+    ///
+    /// # Errors
+    /// I/O errors reading the file's metadata.
+    pub fn db_size(&self) -> Result<u64> {
+        self.shared.backend.size()
+    }
+
+    /// Bytes in use inside the backend file, as of the last durable commit
+    /// (best effort: pages freed since then are still counted).
+    pub fn db_size_in_use(&self) -> u64 {
+        self.shared.backend.size_in_use()
+    }
+
+    /// Number of keys with any history in the index (live or not yet
+    /// compacted away). For metrics and tests.
+    pub fn index_len(&self) -> usize {
+        self.shared.state().index.len()
+    }
+}
+
+impl Clone for KvStore {
+    fn clone(&self) -> Self {
+        self.shared.handles.fetch_add(1, Ordering::SeqCst);
+        KvStore {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for KvStore {
+    fn drop(&mut self) {
+        if self.shared.handles.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // Join the flusher so that it holds no reference to the
+            // database when the last handle is gone: a reopen right after
+            // this drop must not find the file still open.
+            self.shared
+                .flusher
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .stop();
+            // A clean close leaves nothing for the WAL to replay.
+            if self.shared.backend.pending() > 0 {
+                if let Err(e) = self.shared.backend.sync() {
+                    tracing::error!(error = %e, "final backend commit failed");
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for KvStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.shared.state();
+        f.debug_struct("KvStore")
+            .field("current_rev", &st.current_rev)
+            .field("compact_rev", &st.compact_rev)
+            .field("keys", &st.index.len())
+            .finish()
+    }
+}

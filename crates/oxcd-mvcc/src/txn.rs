@@ -1,0 +1,427 @@
+//! Read and write transactions (mirrors etcd `mvcc/kvstore_txn.go`).
+//!
+//! Only revisioned storage lives here. etcd's request semantics (sorting,
+//! revision filters, `ignore_value`/`ignore_lease`, compares, duplicate-key
+//! checks, leases) are the applier's job, above this layer.
+
+use std::sync::Arc;
+
+use prost::Message;
+use redb::ReadTransaction;
+
+use oxcd_api::mvccpb::{event::EventType, Event, KeyValue};
+
+use crate::backend::KEY_TABLE;
+use crate::error::{MvccError, Result};
+use crate::index::KeyRange;
+use crate::key_index::Found;
+use crate::kvstore::Shared;
+use crate::revision::Revision;
+
+/// Options of a range read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RangeOptions {
+    /// At most this many kvs are returned; `<= 0` means no limit. `count`
+    /// is not affected.
+    pub limit: i64,
+    /// Read at this revision; `<= 0` means the transaction's revision.
+    pub rev: i64,
+    /// Return only `count`, no kvs.
+    pub count_only: bool,
+}
+
+/// The answer to a range read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RangeResult {
+    /// The live keys in the range at the read revision, ascending by key,
+    /// at most `limit` of them.
+    pub kvs: Vec<KeyValue>,
+    /// The transaction's revision (not the read revision: etcd reports the
+    /// store's revision even for a read in the past).
+    pub rev: i64,
+    /// The number of live keys in the range at the read revision, before
+    /// the limit.
+    pub count: i64,
+}
+
+/// A consistent snapshot at the revision that was current when it began.
+/// Holds a redb read transaction: long-lived ones keep old pages from being
+/// reused, so drop it when done.
+pub struct ReadTxn {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) tx: ReadTransaction,
+    rev: i64,
+}
+
+impl ReadTxn {
+    pub(crate) fn begin(shared: Arc<Shared>) -> Result<ReadTxn> {
+        let (rev, tx) = {
+            // The redb snapshot is taken under the state lock, after the
+            // commit of every revision <= `current_rev`.
+            let st = shared.state();
+            (st.current_rev, shared.backend.begin_read()?)
+        };
+        Ok(ReadTxn { shared, tx, rev })
+    }
+
+    /// The revision this snapshot reads at.
+    pub fn rev(&self) -> i64 {
+        self.rev
+    }
+
+    /// The compact revision at this moment (reads below it fail).
+    pub fn compact_rev(&self) -> i64 {
+        self.shared.state().compact_rev
+    }
+
+    /// Reads the keys of `[key, end)` (see [`KeyRange::new`] for the
+    /// `end` conventions) as of `opts.rev`.
+    ///
+    /// # Errors
+    /// [`MvccError::FutureRev`] when `opts.rev` is above this snapshot's
+    /// revision, [`MvccError::Compacted`] when it is below the compact
+    /// revision, backend or corruption errors when fetching values.
+    pub fn range(&self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult> {
+        let found = lookup(&self.shared, KeyRange::new(key, end), self.rev, opts)?;
+        let kvs = fetch_all(&self.tx, &found.entries, |_| None)?;
+        Ok(RangeResult {
+            kvs,
+            rev: self.rev,
+            count: found.count as i64,
+        })
+    }
+}
+
+/// Index lookup result: what to fetch and how many keys matched.
+struct Lookup {
+    entries: Vec<(Vec<u8>, Found)>,
+    count: usize,
+}
+
+/// Checks the read revision and resolves the range in the index, under
+/// one state lock so that a compaction cannot slip in between.
+fn lookup(
+    shared: &Shared,
+    range: KeyRange<'_>,
+    cur_rev: i64,
+    opts: RangeOptions,
+) -> Result<Lookup> {
+    if opts.rev > cur_rev {
+        return Err(MvccError::FutureRev {
+            requested: opts.rev,
+            current_rev: cur_rev,
+        });
+    }
+    let rev = if opts.rev <= 0 { cur_rev } else { opts.rev };
+    let st = shared.state();
+    if rev < st.compact_rev {
+        return Err(MvccError::Compacted {
+            requested: rev,
+            compact_rev: st.compact_rev,
+        });
+    }
+    if opts.count_only {
+        let count = st.index.count(range, rev);
+        return Ok(Lookup {
+            entries: Vec::new(),
+            count,
+        });
+    }
+    let limit = usize::try_from(opts.limit.max(0)).unwrap_or(usize::MAX);
+    let (entries, count) = st.index.range(range, rev, limit);
+    Ok(Lookup { entries, count })
+}
+
+/// Fetches the value of every entry; `overlay` supplies values not yet
+/// committed (a write transaction's own changes).
+fn fetch_all(
+    tx: &ReadTransaction,
+    entries: &[(Vec<u8>, Found)],
+    overlay: impl Fn(Revision) -> Option<KeyValue>,
+) -> Result<Vec<KeyValue>> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    let table = tx
+        .open_table(KEY_TABLE)
+        .map_err(|e| MvccError::backend("open key table", e))?;
+    entries
+        .iter()
+        .map(|(_, f)| match overlay(f.modified) {
+            Some(kv) => Ok(kv),
+            None => fetch_one(&table, f.modified),
+        })
+        .collect()
+}
+
+fn fetch_one(table: &redb::ReadOnlyTable<&[u8], &[u8]>, rev: Revision) -> Result<KeyValue> {
+    let guard = table
+        .get(rev.to_bytes().as_slice())
+        .map_err(|e| MvccError::backend("read revision", e))?
+        .ok_or_else(|| MvccError::Corrupt(format!("revision {rev} is indexed but not stored")))?;
+    KeyValue::decode(guard.value())
+        .map_err(|e| MvccError::Corrupt(format!("KeyValue at revision {rev}: {e}")))
+}
+
+/// The result of committing a [`WriteTxn`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TxnOutcome {
+    /// The store's revision after the transaction: the new main revision
+    /// if anything changed, otherwise the unchanged current revision.
+    pub rev: i64,
+    /// One event per change, in execution order: PUT with the new kv,
+    /// DELETE with a kv holding the key and `mod_revision = rev`.
+    pub events: Vec<Event>,
+}
+
+/// One change of a write transaction; its position is its sub revision.
+struct Change {
+    kv: KeyValue,
+    tombstone: bool,
+}
+
+/// The single write transaction. Every change gets main revision
+/// `begin_rev + 1` and sub revisions 0, 1, 2… in order. Commit with
+/// [`WriteTxn::end`]; dropping it without `end` undoes its changes.
+pub struct WriteTxn {
+    shared: Arc<Shared>,
+    begin_rev: i64,
+    changes: Vec<Change>,
+    /// Snapshot for reading committed values, opened on first need.
+    reader: Option<ReadTransaction>,
+    ended: bool,
+}
+
+impl WriteTxn {
+    pub(crate) fn begin(shared: Arc<Shared>) -> WriteTxn {
+        shared.writer.acquire();
+        let begin_rev = shared.state().current_rev;
+        WriteTxn {
+            shared,
+            begin_rev,
+            changes: Vec::new(),
+            reader: None,
+            ended: false,
+        }
+    }
+
+    /// The revision this transaction produces: `current + 1` once it has
+    /// changed something, `current` before.
+    pub fn rev(&self) -> i64 {
+        if self.changes.is_empty() {
+            self.begin_rev
+        } else {
+            self.begin_rev + 1
+        }
+    }
+
+    /// Like [`ReadTxn::range`], but sees this transaction's own changes;
+    /// the reported revision is [`WriteTxn::rev`].
+    ///
+    /// # Errors
+    /// As [`ReadTxn::range`].
+    pub fn range(&mut self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult> {
+        let rev = self.rev();
+        let found = lookup(&self.shared, KeyRange::new(key, end), rev, opts)?;
+        let kvs = self.fetch(&found.entries)?;
+        Ok(RangeResult {
+            kvs,
+            rev,
+            count: found.count as i64,
+        })
+    }
+
+    /// Writes `key = value` attached to `lease` (0 for none) and returns
+    /// the previous kv if the key was live. A new key (or one deleted
+    /// before) starts a generation: `create_revision` = this revision,
+    /// `version` = 1; otherwise `create_revision` is kept and `version`
+    /// grows by one.
+    ///
+    /// # Errors
+    /// Backend or corruption errors reading the previous value; nothing
+    /// has changed then.
+    pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<Option<KeyValue>> {
+        let main = self.begin_rev + 1;
+        let prev = self.shared.state().index.get(key, main);
+        let prev_kv = match prev {
+            Some(f) => self.fetch(&[(key.to_vec(), f)])?.pop(),
+            None => None,
+        };
+        let (create_revision, version) = match prev {
+            Some(f) => (f.created.main, f.version + 1),
+            None => (main, 1),
+        };
+        let rev = Revision::new(main, self.changes.len() as i64);
+        self.shared.state_mut().index.put(key, rev);
+        self.changes.push(Change {
+            kv: KeyValue {
+                key: key.to_vec().into(),
+                create_revision,
+                mod_revision: main,
+                version,
+                value: value.to_vec().into(),
+                lease,
+            },
+            tombstone: false,
+        });
+        Ok(prev_kv)
+    }
+
+    /// Deletes every live key of `[key, end)` (same conventions as
+    /// range), writing one tombstone per key in key order, and returns the
+    /// deleted kvs (for `prev_kv` and the `deleted` count). Deleting
+    /// nothing changes nothing.
+    ///
+    /// # Errors
+    /// Backend or corruption errors reading the deleted values; nothing
+    /// has changed then.
+    pub fn delete_range(&mut self, key: &[u8], end: &[u8]) -> Result<Vec<KeyValue>> {
+        let at = self.rev();
+        let (entries, _) = self
+            .shared
+            .state()
+            .index
+            .range(KeyRange::new(key, end), at, 0);
+        let deleted = self.fetch(&entries)?;
+        let main = self.begin_rev + 1;
+        let mut st = self.shared.state_mut();
+        for (k, _) in &entries {
+            let rev = Revision::new(main, self.changes.len() as i64);
+            if st.index.tombstone(k, rev).is_err() {
+                // The key was found live under the same writer lock.
+                unreachable!("index lost a live key inside the write transaction");
+            }
+            self.changes.push(Change {
+                kv: KeyValue {
+                    key: k.clone().into(),
+                    ..Default::default()
+                },
+                tombstone: true,
+            });
+        }
+        Ok(deleted)
+    }
+
+    /// Commits the changes atomically in one redb transaction, together
+    /// with `consistent_index` (the raft index of the applied entry) when
+    /// given, and publishes the new revision. A transaction without
+    /// changes commits nothing; its consistent index is persisted by the
+    /// next commit.
+    ///
+    /// # Errors
+    /// Backend errors; the changes are then undone and the store is
+    /// unchanged (the server should treat this as fatal).
+    pub fn end(mut self, consistent_index: Option<u64>) -> Result<TxnOutcome> {
+        self.ended = true;
+        if self.changes.is_empty() {
+            if let Some(ci) = consistent_index {
+                self.shared.backend.set_consistent_index(ci);
+            }
+            return Ok(TxnOutcome {
+                rev: self.begin_rev,
+                events: Vec::new(),
+            });
+        }
+        let main = self.begin_rev + 1;
+        if let Err(e) = self.commit(main, consistent_index) {
+            self.rollback();
+            return Err(e);
+        }
+        self.shared.state_mut().current_rev = main;
+        let events = self.changes.drain(..).map(|c| to_event(c, main)).collect();
+        Ok(TxnOutcome { rev: main, events })
+    }
+
+    fn commit(&mut self, main: i64, consistent_index: Option<u64>) -> Result<()> {
+        // Release the snapshot: it is not needed any more.
+        self.reader = None;
+        let backend = self.shared.backend.clone();
+        let changes = &self.changes;
+        backend.commit(false, |tx| {
+            let mut table = tx
+                .open_table(KEY_TABLE)
+                .map_err(|e| MvccError::backend("open key table", e))?;
+            for (sub, c) in changes.iter().enumerate() {
+                let key = Revision::new(main, sub as i64).to_key(c.tombstone);
+                let value = c.kv.encode_to_vec();
+                table
+                    .insert(key.as_slice(), value.as_slice())
+                    .map_err(|e| MvccError::backend("write revision", e))?;
+            }
+            // Set inside the redb write transaction: no other commit can
+            // persist this index before the data it covers.
+            if let Some(ci) = consistent_index {
+                backend.set_consistent_index(ci);
+            }
+            Ok(())
+        })
+    }
+
+    /// Values for index entries: own changes from memory, the rest from a
+    /// snapshot of the committed state.
+    fn fetch(&mut self, entries: &[(Vec<u8>, Found)]) -> Result<Vec<KeyValue>> {
+        let main = self.begin_rev + 1;
+        let changes = &self.changes;
+        let overlay = |rev: Revision| {
+            if rev.main != main {
+                return None;
+            }
+            usize::try_from(rev.sub)
+                .ok()
+                .and_then(|i| changes.get(i))
+                .map(|c| c.kv.clone())
+        };
+        if entries.iter().all(|(_, f)| f.modified.main == main) {
+            return Ok(entries
+                .iter()
+                .filter_map(|(_, f)| overlay(f.modified))
+                .collect());
+        }
+        if self.reader.is_none() {
+            self.reader = Some(self.shared.backend.begin_read()?);
+        }
+        let tx = self.reader.as_ref().expect("reader was just set");
+        fetch_all(tx, entries, overlay)
+    }
+
+    fn rollback(&mut self) {
+        let keys: Vec<Vec<u8>> = self.changes.iter().map(|c| c.kv.key.to_vec()).collect();
+        self.shared
+            .state_mut()
+            .index
+            .rollback(&keys, self.begin_rev + 1);
+        self.changes.clear();
+    }
+}
+
+impl Drop for WriteTxn {
+    fn drop(&mut self) {
+        if !self.ended && !self.changes.is_empty() {
+            self.rollback();
+        }
+        self.shared.writer.release();
+    }
+}
+
+pub(crate) fn to_event_parts(kv: KeyValue, tombstone: bool, main: i64) -> Event {
+    to_event(Change { kv, tombstone }, main)
+}
+
+fn to_event(c: Change, main: i64) -> Event {
+    if c.tombstone {
+        Event {
+            r#type: EventType::Delete as i32,
+            kv: Some(KeyValue {
+                mod_revision: main,
+                ..c.kv
+            }),
+            prev_kv: None,
+        }
+    } else {
+        Event {
+            r#type: EventType::Put as i32,
+            kv: Some(c.kv),
+            prev_kv: None,
+        }
+    }
+}
