@@ -1,0 +1,324 @@
+//! The applier: runs committed requests against the MVCC store, in order,
+//! each in one write transaction that also records its log index as the
+//! consistent index. Mirrors etcd's `etcdserver/apply.go`
+//! (`applierV3backend`), without etcd's back-pointer into the server: the
+//! applier owns the MVCC write path and nothing else.
+
+pub mod range;
+pub mod txn;
+
+use oxcd_api::etcdserverpb::{
+    request_op, response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest,
+    DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
+    ResponseOp, TxnRequest, TxnResponse,
+};
+use oxcd_api::EtcdError;
+use oxcd_mvcc::{KvStore, MvccError, RangeOptions, WriteTxn};
+use range::RangeSource;
+use txn::Path;
+
+/// A request that changes state and therefore goes through the write path
+/// (raft, once replication lands). Decoded from the wire at the edge.
+#[derive(Debug, Clone)]
+pub enum Request {
+    /// `KV/Put`.
+    Put(PutRequest),
+    /// `KV/DeleteRange`.
+    DeleteRange(DeleteRangeRequest),
+    /// `KV/Txn` with at least one write op.
+    Txn(TxnRequest),
+    /// `KV/Compact`.
+    Compaction(CompactionRequest),
+}
+
+/// The typed answer to each [`Request`] variant.
+#[derive(Debug, Clone)]
+pub enum Response {
+    /// Answer to [`Request::Put`].
+    Put(PutResponse),
+    /// Answer to [`Request::DeleteRange`].
+    DeleteRange(DeleteRangeResponse),
+    /// Answer to [`Request::Txn`].
+    Txn(TxnResponse),
+    /// Answer to [`Request::Compaction`].
+    Compaction(CompactionResponse),
+}
+
+/// Maps store errors to etcd's wire errors.
+pub fn mvcc_error(e: MvccError) -> EtcdError {
+    match e {
+        MvccError::Compacted { .. } => EtcdError::Compacted,
+        MvccError::FutureRev { .. } => EtcdError::FutureRev,
+        other => {
+            tracing::error!(error = %other, "storage failure");
+            EtcdError::Unknown(other.to_string())
+        }
+    }
+}
+
+/// Validates a Put before it is proposed (etcd's `checkPutRequest`).
+pub fn check_put(p: &PutRequest) -> Result<(), EtcdError> {
+    if p.key.is_empty() {
+        return Err(EtcdError::EmptyKey);
+    }
+    if p.ignore_value && !p.value.is_empty() {
+        return Err(EtcdError::ValueProvided);
+    }
+    if p.ignore_lease && p.lease != 0 {
+        return Err(EtcdError::LeaseProvided);
+    }
+    Ok(())
+}
+
+/// Runs committed requests against the store. Owned by the write path.
+pub struct Applier {
+    store: KvStore,
+}
+
+impl Applier {
+    /// Creates the applier over `store`.
+    pub fn new(store: KvStore) -> Self {
+        Self { store }
+    }
+
+    /// Applies one committed request at log position `index`. A request that
+    /// fails leaves the store untouched (but still consumes the index).
+    pub fn apply(&self, req: &Request, index: u64) -> Result<Response, EtcdError> {
+        match req {
+            Request::Compaction(c) => self.compact(c),
+            Request::Put(p) => self.write(index, |t, s| s.put(t, p).map(Response::Put)),
+            Request::DeleteRange(d) => {
+                self.write(index, |t, _| Ok(Response::DeleteRange(delete_range(t, d)?)))
+            }
+            Request::Txn(r) => self.write(index, |t, s| s.txn(t, r).map(Response::Txn)),
+        }
+    }
+
+    /// Opens a write txn, runs `f`, and commits with `index` as the
+    /// consistent index whether `f` succeeded or not (a failed request was
+    /// still applied, as a no-op).
+    fn write<F>(&self, index: u64, f: F) -> Result<Response, EtcdError>
+    where
+        F: FnOnce(&mut WriteTxn, &Self) -> Result<Response, EtcdError>,
+    {
+        let mut t = self.store.write();
+        let result = f(&mut t, self);
+        t.end(Some(index)).map_err(mvcc_error)?;
+        result
+    }
+
+    fn compact(&self, c: &CompactionRequest) -> Result<Response, EtcdError> {
+        self.store.compact(c.revision).map_err(mvcc_error)?;
+        Ok(Response::Compaction(CompactionResponse {
+            header: Some(header(self.store.rev())),
+        }))
+    }
+
+    /// Whether lease `id` exists. No lessor yet (watch/lease issue): any
+    /// non-zero lease is unknown, which is etcd's answer with no leases.
+    fn lease_exists(&self, _id: i64) -> bool {
+        false
+    }
+
+    fn put(&self, t: &mut WriteTxn, p: &PutRequest) -> Result<PutResponse, EtcdError> {
+        let mut prev = None;
+        if p.ignore_value || p.ignore_lease || p.prev_kv {
+            let rr = t
+                .range(&p.key, &[], RangeOptions::default())
+                .map_err(mvcc_error)?;
+            prev = rr.kvs.into_iter().next();
+        }
+        if (p.ignore_value || p.ignore_lease) && prev.is_none() {
+            return Err(EtcdError::KeyNotFound);
+        }
+        let value = match (&prev, p.ignore_value) {
+            (Some(kv), true) => kv.value.clone(),
+            _ => p.value.clone(),
+        };
+        let lease = match (&prev, p.ignore_lease) {
+            (Some(kv), true) => kv.lease,
+            _ => p.lease,
+        };
+        if !p.ignore_lease && lease != 0 && !self.lease_exists(lease) {
+            return Err(EtcdError::LeaseNotFound);
+        }
+        t.put(&p.key, &value, lease).map_err(mvcc_error)?;
+        Ok(PutResponse {
+            header: Some(header(t.rev())),
+            prev_kv: if p.prev_kv { prev } else { None },
+        })
+    }
+
+    fn txn(&self, t: &mut WriteTxn, r: &TxnRequest) -> Result<TxnResponse, EtcdError> {
+        let path = txn::compare_to_path(t, r);
+        self.check_requests(t, r, &path)?;
+        let mut resp = self.apply_txn(t, r, &path)?;
+        resp.header = Some(header(t.rev()));
+        Ok(resp)
+    }
+
+    /// Fails the whole txn, before any write, on what would fail midway.
+    fn check_requests(
+        &self,
+        t: &mut WriteTxn,
+        r: &TxnRequest,
+        path: &Path,
+    ) -> Result<(), EtcdError> {
+        let mut nested = path.children.iter();
+        for op in txn::branch(r, path) {
+            match &op.request {
+                Some(request_op::Request::RequestPut(p)) => self.check_put_at_apply(t, p)?,
+                Some(request_op::Request::RequestRange(rr)) => {
+                    self.check_range_rev(t, rr.revision)?
+                }
+                Some(request_op::Request::RequestTxn(n)) => {
+                    if let Some(np) = nested.next() {
+                        self.check_requests(t, n, np)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn check_put_at_apply(&self, t: &mut WriteTxn, p: &PutRequest) -> Result<(), EtcdError> {
+        if p.ignore_value || p.ignore_lease {
+            let rr = t
+                .range(&p.key, &[], RangeOptions::default())
+                .map_err(mvcc_error)?;
+            if rr.kvs.is_empty() {
+                return Err(EtcdError::KeyNotFound);
+            }
+        }
+        if p.lease != 0 && !self.lease_exists(p.lease) {
+            return Err(EtcdError::LeaseNotFound);
+        }
+        Ok(())
+    }
+
+    fn check_range_rev(&self, t: &WriteTxn, rev: i64) -> Result<(), EtcdError> {
+        if rev > t.rev() {
+            return Err(EtcdError::FutureRev);
+        }
+        if rev > 0 && rev < self.store.compact_rev() {
+            return Err(EtcdError::Compacted);
+        }
+        Ok(())
+    }
+
+    fn apply_txn(
+        &self,
+        t: &mut WriteTxn,
+        r: &TxnRequest,
+        path: &Path,
+    ) -> Result<TxnResponse, EtcdError> {
+        let mut nested = path.children.iter();
+        let mut responses = Vec::new();
+        for op in txn::branch(r, path) {
+            let resp = match &op.request {
+                Some(request_op::Request::RequestRange(rr)) => {
+                    response_op::Response::ResponseRange(range::range(t, rr).map_err(mvcc_error)?)
+                }
+                Some(request_op::Request::RequestPut(p)) => {
+                    response_op::Response::ResponsePut(self.put(t, p)?)
+                }
+                Some(request_op::Request::RequestDeleteRange(d)) => {
+                    response_op::Response::ResponseDeleteRange(delete_range(t, d)?)
+                }
+                Some(request_op::Request::RequestTxn(n)) => {
+                    let np = nested.next().cloned().unwrap_or(Path {
+                        succeeded: false,
+                        children: Vec::new(),
+                    });
+                    let mut inner = self.apply_txn(t, n, &np)?;
+                    inner.header = Some(ResponseHeader::default());
+                    response_op::Response::ResponseTxn(inner)
+                }
+                None => return Err(EtcdError::KeyNotFound),
+            };
+            responses.push(ResponseOp {
+                response: Some(resp),
+            });
+        }
+        Ok(TxnResponse {
+            header: None,
+            succeeded: path.succeeded,
+            responses,
+        })
+    }
+}
+
+fn delete_range(
+    t: &mut WriteTxn,
+    d: &DeleteRangeRequest,
+) -> Result<DeleteRangeResponse, EtcdError> {
+    let deleted = t.delete_range(&d.key, &d.range_end).map_err(mvcc_error)?;
+    Ok(DeleteRangeResponse {
+        header: Some(header(t.rev())),
+        deleted: deleted.len() as i64,
+        prev_kvs: if d.prev_kv { deleted } else { Vec::new() },
+    })
+}
+
+/// A header carrying only a revision; the service layer adds cluster fields.
+pub fn header(revision: i64) -> ResponseHeader {
+    ResponseHeader {
+        revision,
+        ..Default::default()
+    }
+}
+
+/// Serves a read-only txn from a read view: compares, then ranges.
+pub fn read_only_txn(
+    src: &mut impl RangeSource,
+    rev: i64,
+    r: &TxnRequest,
+) -> Result<TxnResponse, EtcdError> {
+    let path = txn::compare_to_path(src, r);
+    let mut resp = read_only_branch(src, r, &path)?;
+    resp.header = Some(header(rev));
+    Ok(resp)
+}
+
+fn read_only_branch(
+    src: &mut impl RangeSource,
+    r: &TxnRequest,
+    path: &Path,
+) -> Result<TxnResponse, EtcdError> {
+    let mut nested = path.children.iter();
+    let mut responses = Vec::new();
+    for op in txn::branch(r, path) {
+        let resp = match &op.request {
+            Some(request_op::Request::RequestRange(rr)) => {
+                response_op::Response::ResponseRange(range::range(src, rr).map_err(mvcc_error)?)
+            }
+            Some(request_op::Request::RequestTxn(n)) => {
+                let np = nested.next().cloned().unwrap_or(Path {
+                    succeeded: false,
+                    children: Vec::new(),
+                });
+                let mut inner = read_only_branch(src, n, &np)?;
+                inner.header = Some(ResponseHeader::default());
+                response_op::Response::ResponseTxn(inner)
+            }
+            _ => return Err(EtcdError::KeyNotFound),
+        };
+        responses.push(ResponseOp {
+            response: Some(resp),
+        });
+    }
+    Ok(TxnResponse {
+        header: None,
+        succeeded: path.succeeded,
+        responses,
+    })
+}
+
+/// Runs a plain Range request against a read view.
+pub fn read_range(
+    src: &mut impl RangeSource,
+    r: &RangeRequest,
+) -> Result<RangeResponse, EtcdError> {
+    range::range(src, r).map_err(mvcc_error)
+}

@@ -1,0 +1,53 @@
+//! What every client-facing service of one member shares: the store, the
+//! write path, this member's identity and the cluster's members.
+//!
+//! One owner per piece of state: the store is owned by `oxcd-mvcc`, the
+//! write path by its apply thread; `Core` only hands out handles.
+
+use crate::membership::Member;
+use crate::propose::WritePath;
+use oxcd_api::etcdserverpb::ResponseHeader;
+use oxcd_mvcc::KvStore;
+
+/// The raft term a single member reports: it elects itself once at start,
+/// as etcd's single member does (term 1 → 2).
+pub const SINGLE_MEMBER_TERM: u64 = 2;
+
+/// Shared state handed to the gRPC and HTTP services.
+pub struct Core {
+    /// The MVCC key space.
+    pub store: KvStore,
+    /// Where writes are proposed.
+    pub writes: WritePath,
+    /// This member.
+    pub member: Member,
+    /// Every member of the cluster, sorted by ID.
+    pub members: Vec<Member>,
+    /// The cluster ID derived from the initial members.
+    pub cluster_id: u64,
+    /// `--max-txn-ops`.
+    pub max_txn_ops: usize,
+}
+
+impl Core {
+    /// A response header at `revision` with this member's cluster fields.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member.id,
+            revision,
+            raft_term: SINGLE_MEMBER_TERM,
+        }
+    }
+
+    /// Fills the cluster fields of a header produced by the applier.
+    pub fn stamp(&self, h: &mut Option<ResponseHeader>) {
+        let rev = h.as_ref().map_or(0, |h| h.revision);
+        *h = Some(self.header(rev));
+    }
+
+    /// The leader's member ID: with one member, always this one.
+    pub fn leader(&self) -> u64 {
+        self.member.id
+    }
+}

@@ -1,0 +1,254 @@
+//! Starting and stopping one oxcd member (etcd's `embed` package).
+//!
+//! [`start`] follows etcd's `embed.StartEtcd`:
+//! 1. check or create the data dir (`member/{snap,wal}`, mode 0700);
+//! 2. load or derive this member's identity and the member list;
+//! 3. open the MVCC backend and start the write path;
+//! 4. bind peer and client listeners (so a busy port fails start-up);
+//! 5. become ready: log etcd's readiness lines, then serve.
+//!
+//! [`Etcd::close`] stops in the reverse order: stop accepting, let
+//! in-flight connections finish (bounded), and drop the write path, whose
+//! apply thread ends after its last batch is durable.
+
+use crate::bootstrap;
+use crate::config::{Config, TlsInfo};
+use crate::core::Core;
+use crate::membership::{cluster_id, InitialCluster, Member};
+use crate::propose::WritePath;
+use crate::serve::listener::{self, Bound};
+use crate::serve::tls::{self, TlsSettings};
+use crate::v3rpc::{self, GrpcLimits};
+use crate::version::API_VERSION;
+use oxcd_mvcc::{BackendConfig, KvStore};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// etcd's default backend quota when `--quota-backend-bytes` is 0.
+const DEFAULT_QUOTA_BYTES: i64 = 2 * 1024 * 1024 * 1024;
+/// How long close waits for in-flight connections.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a member could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The data dir could not be created, read or locked.
+    #[error("{0}")]
+    DataDir(#[from] bootstrap::BootstrapError),
+    /// The initial cluster or this member's place in it is wrong.
+    #[error("{0}")]
+    Membership(#[from] crate::membership::MembershipError),
+    /// The backend would not open.
+    #[error("cannot open backend: {0}")]
+    Backend(#[from] oxcd_mvcc::MvccError),
+    /// TLS material is missing or invalid.
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    /// A listener could not be bound.
+    #[error("{0}")]
+    Listen(std::io::Error),
+    /// The apply thread could not be started.
+    #[error("cannot start the apply thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running member.
+pub struct Etcd {
+    /// State shared with the services (for in-process tests and tools).
+    pub core: Arc<Core>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Starts a member from `cfg` (already validated) and returns once it
+/// serves clients.
+pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
+    let layout = bootstrap::prepare_data_dir(&cfg.data_dir)?;
+    let identity = bootstrap::load_or_create_identity(&layout, || initial_identity(&cfg))?;
+    let store = KvStore::open(&layout.backend_path(), BackendConfig::default())?;
+    let first_index = store.consistent_index().max(bootstrap::BOOTSTRAP_INDEX);
+    let writes = WritePath::start(
+        store.clone(),
+        cfg.max_request_bytes as usize,
+        identity.member.id,
+        first_index,
+    )
+    .map_err(StartError::Thread)?;
+
+    let peer_tls = listener_tls(
+        &cfg.peer_tls,
+        &layout.peer_fixtures(),
+        &cfg.listen_peer_urls,
+    )?;
+    let client_tls = listener_tls(
+        &cfg.client_tls,
+        &layout.client_fixtures(),
+        &cfg.listen_client_urls,
+    )?;
+    let mut peers = Vec::new();
+    for u in &cfg.listen_peer_urls {
+        let t = listener::is_secure(u).then(|| peer_tls.clone()).flatten();
+        peers.push(listener::bind(u, t).await.map_err(StartError::Listen)?);
+    }
+    let mut clients = Vec::new();
+    for u in &cfg.listen_client_urls {
+        let t = listener::is_secure(u).then(|| client_tls.clone()).flatten();
+        clients.push(listener::bind(u, t).await.map_err(StartError::Listen)?);
+    }
+
+    let core = Arc::new(Core {
+        store,
+        writes,
+        member: identity.member.clone(),
+        members: identity.members.clone(),
+        cluster_id: identity.cluster_id,
+        max_txn_ops: cfg.max_txn_ops as usize,
+    });
+    let etcd = Etcd {
+        core: core.clone(),
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+    };
+    log_ready(&core, &identity);
+    let quota = if cfg.quota_backend_bytes == 0 {
+        DEFAULT_QUOTA_BYTES
+    } else {
+        cfg.quota_backend_bytes
+    };
+    let limits = GrpcLimits {
+        max_recv_bytes: cfg.max_request_bytes as usize + oxcd_api::limits::GRPC_OVERHEAD_BYTES,
+        quota_bytes: quota,
+    };
+    let client_router = crate::serve::client_router(
+        v3rpc::routes(core.clone(), limits),
+        crate::serve::http::routes(core.clone()),
+    );
+    let peer_router = crate::serve::http::routes(core.clone()).fallback(crate::serve::fallback);
+    for b in peers {
+        etcd.spawn_serve(b, peer_router.clone(), "peer");
+    }
+    for b in clients {
+        etcd.spawn_serve(b, client_router.clone(), "client");
+    }
+    Ok(etcd)
+}
+
+impl Etcd {
+    fn spawn_serve(&self, b: Bound, router: axum::Router, kind: &'static str) {
+        match (kind, b.tls.is_some()) {
+            ("client", true) => tracing::info!("serving client requests on {}", b.url),
+            ("client", false) => tracing::info!(
+                "serving insecure client requests on {}, this is strongly discouraged!",
+                b.url
+            ),
+            _ => tracing::info!("listening for peers on {}", b.url),
+        }
+        let (shutdown, tasks) = (self.shutdown.clone(), self.tasks.clone());
+        self.tasks
+            .spawn(listener::serve(b, router, shutdown, tasks));
+    }
+
+    /// Stops serving: no new connections, in-flight ones get a grace period.
+    pub async fn close(self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(CLOSE_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after {CLOSE_GRACE:?}; closing anyway");
+        }
+    }
+}
+
+/// The member list and IDs a brand-new member derives from its flags.
+fn initial_identity(cfg: &Config) -> Result<bootstrap::Identity, StartError> {
+    let advertised: Vec<String> = cfg
+        .initial_advertise_peer_urls
+        .iter()
+        .map(|u| u.as_str().trim_end_matches('/').to_string())
+        .collect();
+    let ic = InitialCluster::parse(&cfg.initial_cluster)?;
+    let mut members = ic.members(&cfg.name, &advertised, &cfg.initial_cluster_token)?;
+    let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+    let cid = cluster_id(&ids);
+    let client_urls: Vec<String> = cfg
+        .advertise_client_urls
+        .iter()
+        .map(|u| u.as_str().trim_end_matches('/').to_string())
+        .collect();
+    let mut own: Option<Member> = None;
+    for m in &mut members {
+        if m.name == cfg.name {
+            m.client_urls = client_urls.clone();
+            own = Some(m.clone());
+        } else {
+            // Not yet published: etcd lists such members without a name.
+            m.name.clear();
+        }
+    }
+    let member = own.ok_or_else(|| crate::membership::MembershipError::NameNotFound {
+        name: cfg.name.clone(),
+    })?;
+    Ok(bootstrap::Identity {
+        member,
+        members,
+        cluster_id: cid,
+    })
+}
+
+fn listener_tls(
+    info: &TlsInfo,
+    fixtures: &std::path::Path,
+    urls: &[url::Url],
+) -> Result<Option<Arc<rustls::ServerConfig>>, StartError> {
+    if !urls.iter().any(listener::is_secure) {
+        return Ok(None);
+    }
+    let settings = tls_settings(info);
+    if settings.has_cert() {
+        return Ok(Some(settings.server_config()?));
+    }
+    if info.auto_tls {
+        let hosts: Vec<String> = urls
+            .iter()
+            .filter_map(|u| u.host_str().map(String::from))
+            .collect();
+        let mut s = tls::self_signed(fixtures, &hosts)?;
+        s.client_cert_auth = false;
+        return Ok(Some(s.server_config()?));
+    }
+    Err(tls::TlsError::Missing.into())
+}
+
+/// The log lines etcd prints on becoming ready, which tooling waits for.
+fn log_ready(core: &Core, id: &bootstrap::Identity) {
+    let me = format!("{:x}", core.member.id);
+    tracing::info!(
+        "raft.node: {me} elected leader {me} at term {}",
+        crate::core::SINGLE_MEMBER_TERM
+    );
+    tracing::info!("etcdserver/membership: set the initial cluster version to {API_VERSION}");
+    tracing::info!("etcdserver/api: enabled capabilities for version {API_VERSION}");
+    tracing::info!(
+        "etcdserver: published {{Name:{} ClientURLs:[{}]}} to cluster {:x}",
+        id.member.name,
+        id.member.client_urls.join(" "),
+        id.cluster_id
+    );
+    tracing::info!("embed: ready to serve client requests");
+}
+
+/// The listener's view of the configured TLS files (empty path = unset).
+fn tls_settings(t: &TlsInfo) -> TlsSettings {
+    let path = |p: &std::path::Path| (!p.as_os_str().is_empty()).then(|| p.to_path_buf());
+    TlsSettings {
+        cert_file: path(&t.cert_file),
+        key_file: path(&t.key_file),
+        trusted_ca_file: path(&t.trusted_ca_file),
+        client_cert_auth: t.client_cert_auth,
+    }
+}

@@ -1,0 +1,191 @@
+//! Cluster membership: members, their IDs and the cluster ID.
+//!
+//! Mirrors etcd's `etcdserver/api/membership`. IDs are derived exactly as
+//! etcd derives them so that an oxcd member and an etcd member started with
+//! the same flags agree on who they are:
+//!
+//! * member ID = first 8 bytes (big endian) of SHA-1 over the member's sorted
+//!   peer URLs concatenated, followed by the cluster token;
+//! * cluster ID = first 8 bytes (big endian) of SHA-1 over the sorted member
+//!   IDs, each as 8 big-endian bytes.
+
+use sha1::{Digest, Sha1};
+use std::collections::BTreeMap;
+
+/// One member of the cluster as `MemberList` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Member ID derived from peer URLs and the cluster token.
+    pub id: u64,
+    /// Human-readable name (`--name`); empty until the member has published.
+    pub name: String,
+    /// URLs other members reach this one on.
+    pub peer_urls: Vec<String>,
+    /// URLs clients reach this one on (`--advertise-client-urls`).
+    pub client_urls: Vec<String>,
+    /// Whether the member is a non-voting learner.
+    pub is_learner: bool,
+}
+
+/// Errors in `--initial-cluster` and member identity.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MembershipError {
+    /// An `--initial-cluster` entry is not `name=url`.
+    #[error("invalid initial cluster entry {0:?}: expected name=url")]
+    BadEntry(String),
+    /// This member's name is absent from `--initial-cluster`.
+    #[error("couldn't find local name {name:?} in the initial cluster configuration")]
+    NameNotFound {
+        /// The `--name` that was looked up.
+        name: String,
+    },
+    /// This member's advertised peer URLs differ from its `--initial-cluster` entry.
+    #[error("--initial-cluster has {name}={cluster_urls} but missing from --initial-advertise-peer-urls={advertised} (\"{name}\" does not match the local peer URLs)")]
+    PeerUrlMismatch {
+        /// The member name.
+        name: String,
+        /// URLs listed for the name in `--initial-cluster`.
+        cluster_urls: String,
+        /// URLs from `--initial-advertise-peer-urls`.
+        advertised: String,
+    },
+    /// Two members of the initial cluster share one ID (same peer URLs).
+    #[error("member count is unequal")]
+    DuplicateId,
+}
+
+/// Computes a member ID the way etcd does (see module docs).
+pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+    let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
+    urls.sort_unstable();
+    let mut h = Sha1::new();
+    for u in urls {
+        h.update(u.as_bytes());
+    }
+    h.update(token.as_bytes());
+    first_u64(&h.finalize())
+}
+
+/// Computes a cluster ID from its member IDs the way etcd does.
+pub fn cluster_id(member_ids: &[u64]) -> u64 {
+    let mut ids = member_ids.to_vec();
+    ids.sort_unstable();
+    let mut h = Sha1::new();
+    for id in ids {
+        h.update(id.to_be_bytes());
+    }
+    first_u64(&h.finalize())
+}
+
+fn first_u64(digest: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// The members a cluster starts with, parsed from `--initial-cluster`.
+#[derive(Debug, Clone)]
+pub struct InitialCluster {
+    /// Name → peer URLs, in the order names first appear.
+    pub by_name: BTreeMap<String, Vec<String>>,
+}
+
+impl InitialCluster {
+    /// Parses `name1=url1,name1=url2,name2=url3` (a name may repeat).
+    pub fn parse(s: &str) -> Result<Self, MembershipError> {
+        let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (name, url) = entry
+                .split_once('=')
+                .ok_or_else(|| MembershipError::BadEntry(entry.to_string()))?;
+            if url.is_empty() {
+                return Err(MembershipError::BadEntry(entry.to_string()));
+            }
+            by_name
+                .entry(name.to_string())
+                .or_default()
+                .push(url.to_string());
+        }
+        Ok(Self { by_name })
+    }
+
+    /// Builds the member list, checking that `name` is present with exactly
+    /// the advertised peer URLs. Members other than `name` start unnamed
+    /// until they publish, exactly as etcd reports them.
+    pub fn members(
+        &self,
+        name: &str,
+        advertised_peer_urls: &[String],
+        token: &str,
+    ) -> Result<Vec<Member>, MembershipError> {
+        let own = self
+            .by_name
+            .get(name)
+            .ok_or_else(|| MembershipError::NameNotFound {
+                name: name.to_string(),
+            })?;
+        let mut a = own.clone();
+        let mut b = advertised_peer_urls.to_vec();
+        a.sort();
+        b.sort();
+        if a != b {
+            return Err(MembershipError::PeerUrlMismatch {
+                name: name.to_string(),
+                cluster_urls: own.join(","),
+                advertised: advertised_peer_urls.join(","),
+            });
+        }
+        let mut members: Vec<Member> = self
+            .by_name
+            .iter()
+            .map(|(n, urls)| Member {
+                id: member_id(urls, token),
+                name: n.clone(),
+                peer_urls: urls.clone(),
+                client_urls: Vec::new(),
+                is_learner: false,
+            })
+            .collect();
+        let mut ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != members.len() {
+            return Err(MembershipError::DuplicateId);
+        }
+        members.sort_by_key(|m| m.id);
+        Ok(members)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_match_etcd_for_the_default_single_member() {
+        // `etcd` with no flags: member 8e9e05c52164694d, cluster cdf818194e3a8c32.
+        let urls = vec!["http://localhost:2380".to_string()];
+        let id = member_id(&urls, "etcd-cluster");
+        assert_eq!(format!("{id:x}"), "8e9e05c52164694d");
+        assert_eq!(format!("{:x}", cluster_id(&[id])), "cdf818194e3a8c32");
+    }
+
+    #[test]
+    fn parse_initial_cluster_and_check_own_urls() {
+        let ic = InitialCluster::parse("a=http://127.0.0.1:1,b=http://127.0.0.1:2").unwrap();
+        let m = ic
+            .members("a", &["http://127.0.0.1:1".into()], "tok")
+            .unwrap();
+        assert_eq!(m.len(), 2);
+        assert!(matches!(
+            ic.members("c", &[], "tok"),
+            Err(MembershipError::NameNotFound { .. })
+        ));
+        assert!(matches!(
+            ic.members("a", &["http://127.0.0.1:9".into()], "tok"),
+            Err(MembershipError::PeerUrlMismatch { .. })
+        ));
+        assert!(InitialCluster::parse("nourl").is_err());
+    }
+}
