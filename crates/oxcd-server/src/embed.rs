@@ -12,7 +12,7 @@
 //! apply thread ends after its last batch is durable.
 
 use crate::bootstrap;
-use crate::config::{Config, TlsInfo};
+use crate::config::{url_string, Config, TlsInfo};
 use crate::core::Core;
 use crate::membership::{cluster_id, InitialCluster, Member};
 use crate::propose::WritePath;
@@ -66,6 +66,9 @@ pub struct Etcd {
 /// Starts a member from `cfg` (already validated) and returns once it
 /// serves clients.
 pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
+    for flag in cfg.unimplemented_flags_set() {
+        tracing::warn!("--{flag} is accepted but not acted on by this version of oxcd");
+    }
     let layout = bootstrap::prepare_data_dir(&cfg.data_dir)?;
     let identity = bootstrap::load_or_create_identity(&layout, || initial_identity(&cfg))?;
     let store = KvStore::open(&layout.backend_path(), BackendConfig::default())?;
@@ -75,6 +78,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         cfg.max_request_bytes as usize,
         identity.member.id,
         first_index,
+        Arc::new(crate::propose::NoWatchers),
     )
     .map_err(StartError::Thread)?;
 
@@ -169,17 +173,13 @@ fn initial_identity(cfg: &Config) -> Result<bootstrap::Identity, StartError> {
     let advertised: Vec<String> = cfg
         .initial_advertise_peer_urls
         .iter()
-        .map(|u| u.as_str().trim_end_matches('/').to_string())
+        .map(url_string)
         .collect();
     let ic = InitialCluster::parse(&cfg.initial_cluster)?;
     let mut members = ic.members(&cfg.name, &advertised, &cfg.initial_cluster_token)?;
     let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
     let cid = cluster_id(&ids);
-    let client_urls: Vec<String> = cfg
-        .advertise_client_urls
-        .iter()
-        .map(|u| u.as_str().trim_end_matches('/').to_string())
-        .collect();
+    let client_urls: Vec<String> = cfg.advertise_client_urls.iter().map(url_string).collect();
     let mut own: Option<Member> = None;
     for m in &mut members {
         if m.name == cfg.name {

@@ -19,6 +19,7 @@
 
 use crate::apply::{Applier, Request, Response};
 use oxcd_api::etcdserverpb::{InternalRaftRequest, RequestHeader};
+use oxcd_api::mvccpb::Event;
 use oxcd_api::EtcdError;
 use oxcd_mvcc::KvStore;
 use prost::Message;
@@ -30,6 +31,21 @@ use tokio::sync::{mpsc, oneshot, watch};
 const MAX_BATCH: usize = 4096;
 /// Proposals queued before callers wait (backpressure).
 const QUEUE_DEPTH: usize = 16 * 1024;
+
+/// Receives the events of applied writes once they are durable, in
+/// revision order (the watchable store implements it).
+pub trait EventSink: Send + Sync + 'static {
+    /// Publishes the events of one durable group of writes.
+    fn publish(&self, events: Vec<Event>);
+}
+
+/// A sink that drops events, for a member with no watchers.
+#[derive(Debug, Default)]
+pub struct NoWatchers;
+
+impl EventSink for NoWatchers {
+    fn publish(&self, _events: Vec<Event>) {}
+}
 
 struct Proposal {
     req: Request,
@@ -61,6 +77,7 @@ impl WritePath {
         max_request_bytes: usize,
         member_id: u64,
         first_index: u64,
+        sink: Arc<dyn EventSink>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (rev_tx, durable_rev) = watch::channel(store.rev());
@@ -70,7 +87,7 @@ impl WritePath {
         let p = progress.clone();
         std::thread::Builder::new()
             .name("oxcd-apply".into())
-            .spawn(move || apply_loop(Applier::new(store.clone()), store, rx, rev_tx, p))?;
+            .spawn(move || apply_loop(Applier::new(store.clone()), store, rx, rev_tx, p, sink))?;
         // Request ids as etcd builds them: member bits, start time, counter.
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -143,6 +160,7 @@ fn apply_loop(
     mut rx: mpsc::Receiver<Proposal>,
     durable: watch::Sender<i64>,
     progress: Arc<LogProgress>,
+    sink: Arc<dyn EventSink>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
@@ -154,11 +172,14 @@ fn apply_loop(
             }
         }
         let mut index = progress.applied.load(Ordering::Acquire);
+        let mut events = Vec::new();
         let results: Vec<_> = batch
             .iter()
             .map(|p| {
                 index += 1;
-                applier.apply(&p.req, index)
+                let applied = applier.apply(&p.req, index);
+                events.extend(applied.events);
+                applied.result
             })
             .collect();
         if let Err(e) = store.sync() {
@@ -168,6 +189,9 @@ fn apply_loop(
         }
         progress.applied.store(index, Ordering::Release);
         durable.send_replace(store.rev());
+        if !events.is_empty() {
+            sink.publish(events);
+        }
         for (p, r) in batch.drain(..).zip(results) {
             let _ = p.reply.send(r);
         }

@@ -1,1 +1,93 @@
-fn main() {}
+//! The `oxcd` binary: etcd's `main`. Looks at the first argument
+//! (`gateway start`, `grpc-proxy start`, otherwise the server), turns flags,
+//! `ETCD_*` environment and `--config-file` into one `embed` config, sets up
+//! logging, starts the member and waits for SIGINT/SIGTERM.
+
+mod flags;
+mod help;
+
+use oxcd_server::config::Config;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("gateway") | Some("grpc-proxy") => {
+            eprintln!(
+                "oxcd: '{}' is not yet available in this version of oxcd",
+                args[1]
+            );
+            return ExitCode::from(1);
+        }
+        _ => {}
+    }
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let parsed = match flags::parse(args.into_iter().skip(1).collect(), env) {
+        flags::ParseOutcome::Run(p) => *p,
+        flags::ParseOutcome::Exit(code) => return ExitCode::from(code as u8),
+    };
+    init_logging(&parsed.config);
+    for n in &parsed.notices {
+        match n.level {
+            flags::NoticeLevel::Info => tracing::info!("{}", n.message),
+            flags::NoticeLevel::Warn => tracing::warn!("{}", n.message),
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(run(parsed.config))
+}
+
+async fn run(cfg: Config) -> ExitCode {
+    let etcd = match oxcd_server::embed::start(cfg).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    wait_for_signal().await;
+    tracing::info!("received terminate signal, shutting down");
+    etcd.close().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the process can only be killed; wait forever.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let level = match cfg.log_level.as_str() {
+        "debug" => tracing::Level::DEBUG,
+        "warn" => tracing::Level::WARN,
+        "error" | "panic" | "fatal" => tracing::Level::ERROR,
+        _ => tracing::Level::INFO,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(false)
+        .init();
+}

@@ -12,6 +12,7 @@ use oxcd_api::etcdserverpb::{
     DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
     ResponseOp, TxnRequest, TxnResponse,
 };
+use oxcd_api::mvccpb::Event;
 use oxcd_api::EtcdError;
 use oxcd_mvcc::{KvStore, MvccError, RangeOptions, WriteTxn};
 use range::RangeSource;
@@ -29,6 +30,15 @@ pub enum Request {
     Txn(TxnRequest),
     /// `KV/Compact`.
     Compaction(CompactionRequest),
+}
+
+/// The outcome of applying one request.
+#[derive(Debug)]
+pub struct Applied {
+    /// What the proposer is answered.
+    pub result: Result<Response, EtcdError>,
+    /// The changes, in order, for watchers.
+    pub events: Vec<Event>,
 }
 
 /// The typed answer to each [`Request`] variant.
@@ -82,29 +92,36 @@ impl Applier {
     }
 
     /// Applies one committed request at log position `index`. A request that
-    /// fails leaves the store untouched (but still consumes the index).
-    pub fn apply(&self, req: &Request, index: u64) -> Result<Response, EtcdError> {
-        match req {
+    /// fails leaves the store untouched. The events of a successful write
+    /// are returned for the watchers, to publish once they are durable.
+    pub fn apply(&self, req: &Request, index: u64) -> Applied {
+        let mut events = Vec::new();
+        let result = match req {
             Request::Compaction(c) => self.compact(c),
-            Request::Put(p) => self.write(index, |t, s| s.put(t, p).map(Response::Put)),
-            Request::DeleteRange(d) => {
-                self.write(index, |t, _| Ok(Response::DeleteRange(delete_range(t, d)?)))
+            Request::Put(p) => {
+                self.write(index, &mut events, |t, s| s.put(t, p).map(Response::Put))
             }
-            Request::Txn(r) => self.write(index, |t, s| s.txn(t, r).map(Response::Txn)),
-        }
+            Request::DeleteRange(d) => self.write(index, &mut events, |t, _| {
+                Ok(Response::DeleteRange(delete_range(t, d)?))
+            }),
+            Request::Txn(r) => {
+                self.write(index, &mut events, |t, s| s.txn(t, r).map(Response::Txn))
+            }
+        };
+        Applied { result, events }
     }
 
-    /// Opens a write txn, runs `f`, and commits with `index` as the
-    /// consistent index whether `f` succeeded or not (a failed request was
-    /// still applied, as a no-op).
-    fn write<F>(&self, index: u64, f: F) -> Result<Response, EtcdError>
+    /// Opens a write txn, runs `f`, and commits it with `index` as the
+    /// consistent index. A failed `f` is rolled back by dropping the txn:
+    /// checks run before writes, so a failure has nothing to undo anyway.
+    fn write<F>(&self, index: u64, events: &mut Vec<Event>, f: F) -> Result<Response, EtcdError>
     where
         F: FnOnce(&mut WriteTxn, &Self) -> Result<Response, EtcdError>,
     {
         let mut t = self.store.write();
-        let result = f(&mut t, self);
-        t.end(Some(index)).map_err(mvcc_error)?;
-        result
+        let result = f(&mut t, self)?;
+        *events = t.end(Some(index)).map_err(mvcc_error)?.events;
+        Ok(result)
     }
 
     fn compact(&self, c: &CompactionRequest) -> Result<Response, EtcdError> {
