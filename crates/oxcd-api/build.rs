@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "etcdserverpb/raft_internal.proto",
     "v3lockpb/v3lock.proto",
     "v3electionpb/v3election.proto",
+    "oxcdpeerpb/peer.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -16,6 +16,8 @@
 //!   `Request`/`Metadata` (`etcdserver.proto`).
 //! - [`v3lockpb`], [`v3electionpb`]: the Lock and Election services that a
 //!   member serves itself.
+//! - [`oxcdpeerpb`]: oxcd's own member-to-member protocol (raft messages
+//!   and snapshots over the peer URLs).
 //! - [`errors`]: etcd's error table ([`EtcdError`]): gRPC code and exact
 //!   message for every `rpctypes` error.
 //! - [`limits`]: default limits that clients can observe on the wire.
@@ -63,4 +65,10 @@ pub mod v3lockpb {
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
+}
+
+/// oxcd's member-to-member protocol: raft message streams and snapshots.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod oxcdpeerpb {
+    tonic::include_proto!("oxcdpeerpb");
 }

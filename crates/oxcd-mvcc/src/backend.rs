@@ -2,7 +2,7 @@
 //!
 //! # On-disk layout
 //!
-//! One redb database file (`member/snap/db`) with two tables, both
+//! One redb database file (`member/snap/db`) with these tables, all
 //! `&[u8] → &[u8]` so that the byte images match etcd's bbolt buckets:
 //!
 //! | table  | key | value |
@@ -11,8 +11,9 @@
 //! | `meta` | `consistent_index` | 8-byte BE raft index of the last applied entry |
 //! | `meta` | `scheduledCompactRev` | 17-byte revision `(C, 0)`: a compaction at C was started |
 //! | `meta` | `finishedCompactRev` | 17-byte revision `(C, 0)`: the compaction at C deleted everything it had to |
+//! | `lease` | 8-byte BE lease ID | protobuf `leasepb.Lease` — see `lease_table` (created on first use) |
 //!
-//! Other rooms (lease, auth, members, …) will add their own tables to this
+//! Other rooms (auth, members, …) will add their own tables to this
 //! file under etcd's bucket names.
 //!
 //! # Commit policy (group commit)

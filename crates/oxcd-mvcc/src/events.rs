@@ -30,6 +30,18 @@ impl ReadTxn {
                 compact_rev,
             });
         }
+        self.scan_events(start_rev, end_rev, limit)
+    }
+
+    /// [`ReadTxn::events`] without the compaction check: the watch layer
+    /// reads from exactly the compact revision (as etcd does), where the
+    /// surviving puts of that revision are still stored.
+    pub(crate) fn scan_events(
+        &self,
+        start_rev: i64,
+        end_rev: i64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
         let end_rev = if end_rev <= 0 {
             self.rev() + 1
         } else {

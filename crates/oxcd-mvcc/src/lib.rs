@@ -15,10 +15,15 @@
 //! | [`index`] | `mvcc/index.go` | key → generations, ordered (`BTreeMap`), plus the range conventions |
 //! | [`backend`] | `mvcc/backend/` | the redb file: tables, on-disk layout, commit (durability) policy |
 //! | `kvstore` | `mvcc/kvstore.go` | [`KvStore`]: open, revisions, locking |
+//! | `lease_table` | `lease/lessor.go` (`lease` bucket) | [`LeaseRecord`]s written by [`WriteTxn::put_lease`], read by [`KvStore::leases`] |
 //! | `restore` | `mvcc/kvstore.go` (`restore`) | rebuilding the index at open |
 //! | `txn` | `mvcc/kvstore_txn.go` | [`ReadTxn`], [`WriteTxn`], range |
 //! | `compact` | `mvcc/kvstore_compaction.go` | [`KvStore::compact`] |
 //! | `events` | `mvcc/watchable_store.go` (`syncWatchers` scan) | [`ReadTxn::events`]: history as events for watchers |
+//! | `watcher` | `mvcc/watcher.go` | one watcher, its range, filters, and the [`WatchResponse`] a stream receives |
+//! | `watcher_group` | `mvcc/watcher_group.go` | watchers by key; fan-out of events per watcher |
+//! | `watchable_store` | `mvcc/watchable_store.go` | [`WatchableStore`]: synced / unsynced / victim groups, `notify`, catch-up |
+//! | `watch_stream` | `mvcc/watcher.go` (`watchStream`) | [`WatchStream`]: one client stream's watchers and ids |
 //! | `hash` | `mvcc/kvstore.go` (`HashByRev`) | [`KvStore::hash_kv`] with CRC-32C |
 //! | [`error`] | `mvcc/kv.go` errors | [`MvccError`] |
 //!
@@ -48,9 +53,14 @@ mod hash;
 pub mod index;
 mod key_index;
 mod kvstore;
+mod lease_table;
 mod restore;
 pub mod revision;
 mod txn;
+mod watch_stream;
+mod watchable_store;
+mod watcher;
+mod watcher_group;
 
 pub use backend::BackendConfig;
 pub use compact::COMPACTION_BATCH;
@@ -58,5 +68,13 @@ pub use error::MvccError;
 pub use hash::{Crc32c, HashKv};
 pub use index::KeyRange;
 pub use kvstore::KvStore;
+pub use lease_table::LeaseRecord;
 pub use revision::Revision;
 pub use txn::{RangeOptions, RangeResult, ReadTxn, TxnOutcome, WriteTxn};
+pub use watch_stream::WatchStream;
+pub use watchable_store::{
+    WatchableStore, MAX_REVS_PER_SYNC, MAX_WATCHERS_PER_SYNC, STREAM_CHANNEL_CAPACITY, VICTIM_RETRY,
+};
+pub use watcher::{
+    revision_of, Filters, WatchError, WatchId, WatchResponse, WatcherKey, AUTO_WATCH_ID,
+};

@@ -189,6 +189,8 @@ pub struct WriteTxn {
     changes: Vec<Change>,
     /// Snapshot for reading committed values, opened on first need.
     reader: Option<ReadTransaction>,
+    /// Changes to the `lease` table, committed with the key changes.
+    pub(crate) lease_ops: Vec<crate::lease_table::LeaseOp>,
     ended: bool,
 }
 
@@ -201,6 +203,7 @@ impl WriteTxn {
             begin_rev,
             changes: Vec::new(),
             reader: None,
+            lease_ops: Vec::new(),
             ended: false,
         }
     }
@@ -304,15 +307,20 @@ impl WriteTxn {
 
     /// Commits the changes atomically in one redb transaction, together
     /// with `consistent_index` (the raft index of the applied entry) when
-    /// given, and publishes the new revision. A transaction without
-    /// changes commits nothing; its consistent index is persisted by the
-    /// next commit.
+    /// given, and publishes the new revision. A transaction without key
+    /// changes makes no revision: its lease-table changes, if any, are
+    /// committed (with the consistent index), otherwise it commits nothing
+    /// and its consistent index is persisted by the next commit.
     ///
     /// # Errors
     /// Backend errors; the changes are then undone and the store is
     /// unchanged (the server should treat this as fatal).
     pub fn end(mut self, consistent_index: Option<u64>) -> Result<TxnOutcome> {
         self.ended = true;
+        if self.changes.is_empty() && !self.lease_ops.is_empty() {
+            // Lease changes alone are committed without a new revision.
+            self.commit(self.begin_rev, consistent_index)?;
+        }
         if self.changes.is_empty() {
             if let Some(ci) = consistent_index {
                 self.shared.backend.set_consistent_index(ci);
@@ -337,7 +345,9 @@ impl WriteTxn {
         self.reader = None;
         let backend = self.shared.backend.clone();
         let changes = &self.changes;
+        let lease_ops = &self.lease_ops;
         backend.commit(false, |tx| {
+            crate::lease_table::write_ops(tx, lease_ops)?;
             let mut table = tx
                 .open_table(KEY_TABLE)
                 .map_err(|e| MvccError::backend("open key table", e))?;

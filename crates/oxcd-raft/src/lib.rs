@@ -1,6 +1,32 @@
-//! Consensus plumbing for oxcd: the WAL, snapshot files, raft storage and
-//! the peer transport.
+//! Consensus plumbing for oxcd. Built so far: the durable half.
 //!
-//! Not built yet: a single-member oxcd commits writes straight to the MVCC
-//! backend with an fsync per batch (see `oxcd-server`'s applier). The
-//! replication issue fills this crate in; ARCHITECTURE.md describes its room.
+//! - [`wal`]: the write-ahead log (etcd `wal/`): segmented files under
+//!   `member/wal`, CRC-32C chained records, one `fdatasync` per save,
+//!   torn-tail repair on open, refusal on real corruption, segment locks,
+//!   release and purge of old segments.
+//! - [`snap`]: raft snapshot files under `member/snap` (etcd
+//!   `etcdserver/api/snap`): CRC-checked, newest-valid loading, purge.
+//! - [`fs`]: the file seam both go through, with the real file system and an
+//!   in-memory one for fault-injection and crash tests.
+//! - [`error`]: the typed errors of each.
+//!
+//! - [`transport`]: raft messages between members over the peer URLs
+//!   (`oxcdpeerpb.Peer`), never blocking the raft loop.
+//! - [`node`]: the raft loop around raft-rs's `RawNode`: one thread that
+//!   persists each `Ready` to the WAL with one fsync, sends, and applies.
+//!
+//! Still to come with the replication issue: snapshots of the backend and
+//! log compaction, membership changes at runtime. Record payloads are opaque here, so
+//! this crate does not depend on raft-rs yet. The byte formats are in
+//! `docs/design/wal.md`.
+
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod fs;
+pub mod node;
+pub mod snap;
+pub mod transport;
+pub mod wal;
+
+pub use error::{Corruption, SnapError, WalError};

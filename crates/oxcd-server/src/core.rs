@@ -4,10 +4,11 @@
 //! One owner per piece of state: the store is owned by `oxcd-mvcc`, the
 //! write path by its apply thread; `Core` only hands out handles.
 
+use crate::lessor::Lessor;
 use crate::membership::Member;
 use crate::propose::WritePath;
 use oxcd_api::etcdserverpb::ResponseHeader;
-use oxcd_mvcc::KvStore;
+use oxcd_mvcc::{KvStore, WatchableStore};
 
 /// The raft term a single member reports: it elects itself once at start,
 /// as etcd's single member does (term 1 → 2).
@@ -19,6 +20,10 @@ pub struct Core {
     pub store: KvStore,
     /// Where writes are proposed.
     pub writes: WritePath,
+    /// Watchers: fed by the write path after each durable group.
+    pub watchable: WatchableStore,
+    /// Leases: renewals and lookups are served from it directly.
+    pub lessor: Lessor,
     /// This member.
     pub member: Member,
     /// Every member of the cluster, sorted by ID.

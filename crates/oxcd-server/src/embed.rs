@@ -14,13 +14,14 @@
 use crate::bootstrap;
 use crate::config::{url_string, Config, TlsInfo};
 use crate::core::Core;
+use crate::lessor::{self, Lessor};
 use crate::membership::{cluster_id, InitialCluster, Member};
 use crate::propose::WritePath;
 use crate::serve::listener::{self, Bound};
 use crate::serve::tls::{self, TlsSettings};
 use crate::v3rpc::{self, GrpcLimits};
 use crate::version::API_VERSION;
-use oxcd_mvcc::{BackendConfig, KvStore};
+use oxcd_mvcc::{BackendConfig, KvStore, WatchableStore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -73,12 +74,15 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
     let identity = bootstrap::load_or_create_identity(&layout, || initial_identity(&cfg))?;
     let store = KvStore::open(&layout.backend_path(), BackendConfig::default())?;
     let first_index = store.consistent_index().max(bootstrap::BOOTSTRAP_INDEX);
+    let lessor = start_lessor(&cfg, &store)?;
+    let watchable = WatchableStore::new(store.clone()).map_err(StartError::Thread)?;
     let writes = WritePath::start(
         store.clone(),
+        lessor.clone(),
         cfg.max_request_bytes as usize,
         identity.member.id,
         first_index,
-        Arc::new(crate::propose::NoWatchers),
+        Arc::new(watchable.clone()),
     )
     .map_err(StartError::Thread)?;
 
@@ -106,6 +110,8 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
     let core = Arc::new(Core {
         store,
         writes,
+        watchable,
+        lessor,
         member: identity.member.clone(),
         members: identity.members.clone(),
         cluster_id: identity.cluster_id,
@@ -117,6 +123,11 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         tasks: TaskTracker::new(),
     };
     log_ready(&core, &identity);
+    etcd.tasks.spawn(lessor::run_expiry(
+        core.lessor.clone(),
+        core.writes.clone(),
+        etcd.shutdown.clone(),
+    ));
     let quota = if cfg.quota_backend_bytes == 0 {
         DEFAULT_QUOTA_BYTES
     } else {
@@ -125,6 +136,9 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
     let limits = GrpcLimits {
         max_recv_bytes: cfg.max_request_bytes as usize + oxcd_api::limits::GRPC_OVERHEAD_BYTES,
         quota_bytes: quota,
+        watch_progress_interval: v3rpc::watch::progress_interval(
+            cfg.experimental_watch_progress_notify_interval,
+        ),
     };
     let client_router = crate::serve::client_router(
         v3rpc::routes(core.clone(), limits),
@@ -157,6 +171,8 @@ impl Etcd {
 
     /// Stops serving: no new connections, in-flight ones get a grace period.
     pub async fn close(self) {
+        // Watch streams never end on their own; end them first.
+        self.core.watchable.close();
         self.shutdown.cancel();
         self.tasks.close();
         if tokio::time::timeout(CLOSE_GRACE, self.tasks.wait())
@@ -166,6 +182,17 @@ impl Etcd {
             tracing::warn!("connections still open after {CLOSE_GRACE:?}; closing anyway");
         }
     }
+}
+
+/// Loads the leases and makes the lessor primary: a single member is its
+/// own leader from the start, and like etcd's new leader it gives every
+/// lease its TTL plus one election timeout from now (so leases survive a
+/// restart with their time refreshed).
+fn start_lessor(cfg: &Config, store: &KvStore) -> Result<Lessor, StartError> {
+    let min_ttl = lessor::min_lease_ttl(cfg.election_ticks(), cfg.heartbeat_interval_ms);
+    let lessor = Lessor::recover(store, min_ttl)?;
+    lessor.promote(Duration::from_millis(cfg.election_timeout_ms));
+    Ok(lessor)
 }
 
 /// The member list and IDs a brand-new member derives from its flags.

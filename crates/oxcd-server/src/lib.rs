@@ -7,20 +7,28 @@
 //! - [`bootstrap`]: data-dir layout and persisted identity;
 //! - [`membership`]: members, member and cluster IDs;
 //! - [`propose`]: the write path (propose → apply → fsync → answer);
-//! - [`apply`]: the applier: Put, DeleteRange, Txn, Compaction semantics;
+//! - [`apply`]: the applier: Put, DeleteRange, Txn, Compaction, LeaseGrant
+//!   and LeaseRevoke semantics;
+//! - [`lessor`]: leases, their expiry and attached keys;
 //! - [`core`]: the handles every service shares;
 //! - [`v3rpc`]: the gRPC services;
+//! - [`v3lock`], [`v3election`]: the Lock and Election services, on
+//!   the recipes of [`concurrency`];
 //! - [`serve`]: listeners, TLS, one port for gRPC and HTTP/1;
 //! - [`version`]: the versions oxcd reports.
 #![forbid(unsafe_code)]
 
 pub mod apply;
 pub mod bootstrap;
+pub mod concurrency;
 pub mod config;
 pub mod core;
 pub mod embed;
+pub mod lessor;
 pub mod membership;
 pub mod propose;
 pub mod serve;
 pub mod v3rpc;
+pub mod v3election;
+pub mod v3lock;
 pub mod version;

@@ -18,6 +18,7 @@
 //! write that a crash could still take back.
 
 use crate::apply::{Applier, Request, Response};
+use crate::lessor::Lessor;
 use oxcd_api::etcdserverpb::{InternalRaftRequest, RequestHeader};
 use oxcd_api::mvccpb::Event;
 use oxcd_api::EtcdError;
@@ -70,10 +71,12 @@ pub struct WritePath {
 }
 
 impl WritePath {
-    /// Starts the apply thread over `store`. `first_index` is the log index
-    /// already applied (the store's consistent index on restart).
+    /// Starts the apply thread over `store` and `lessor`. `first_index` is
+    /// the log index already applied (the store's consistent index on
+    /// restart).
     pub fn start(
         store: KvStore,
+        lessor: Lessor,
         max_request_bytes: usize,
         member_id: u64,
         first_index: u64,
@@ -87,7 +90,10 @@ impl WritePath {
         let p = progress.clone();
         std::thread::Builder::new()
             .name("oxcd-apply".into())
-            .spawn(move || apply_loop(Applier::new(store.clone()), store, rx, rev_tx, p, sink))?;
+            .spawn(move || {
+                let applier = Applier::new(store.clone(), lessor);
+                apply_loop(applier, store, rx, rev_tx, p, sink)
+            })?;
         // Request ids as etcd builds them: member bits, start time, counter.
         let millis = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -120,6 +126,12 @@ impl WritePath {
         rx.await.map_err(|_| EtcdError::Stopped)?
     }
 
+    /// A fresh request ID (member bits, start time, counter), as etcd's
+    /// `reqIDGen.Next()`; LeaseGrant takes its server-chosen IDs from it.
+    pub fn next_request_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Waits until every write up to revision `rev` is durable.
     pub async fn wait_durable(&self, rev: i64) -> Result<(), EtcdError> {
         let mut rx = self.durable_rev.clone();
@@ -150,6 +162,8 @@ fn encoded_len(req: &Request, id: u64) -> usize {
         Request::DeleteRange(d) => r.delete_range = Some(d.clone()),
         Request::Txn(t) => r.txn = Some(t.clone()),
         Request::Compaction(c) => r.compaction = Some(*c),
+        Request::LeaseGrant(g) => r.lease_grant = Some(*g),
+        Request::LeaseRevoke(v) => r.lease_revoke = Some(*v),
     }
     r.encoded_len()
 }

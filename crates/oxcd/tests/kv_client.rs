@@ -311,7 +311,6 @@ async fn range_sorting() {
 }
 
 #[tokio::test]
-#[ignore = "attaches leases: needs the Lease service (issue 3)"]
 async fn put_options() {
     bounded(async {
         let m = Member::start().await;
@@ -465,7 +464,6 @@ async fn delete_range_options() {
 }
 
 #[tokio::test]
-#[ignore = "attaches leases: needs the Lease service (issue 3)"]
 async fn txn_compares() {
     bounded(async {
         let m = Member::start().await;

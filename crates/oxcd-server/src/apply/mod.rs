@@ -2,14 +2,18 @@
 //! each in one write transaction that also records its log index as the
 //! consistent index. Mirrors etcd's `etcdserver/apply.go`
 //! (`applierV3backend`), without etcd's back-pointer into the server: the
-//! applier owns the MVCC write path and nothing else.
+//! applier owns the MVCC write path and keeps the lessor's key
+//! attachments in step with it, nothing else.
 
+mod lease;
 pub mod range;
 pub mod txn;
 
+use crate::lessor::Lessor;
 use oxcd_api::etcdserverpb::{
     request_op, response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest,
-    DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
+    DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest,
+    LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
     ResponseOp, TxnRequest, TxnResponse,
 };
 use oxcd_api::mvccpb::Event;
@@ -30,6 +34,10 @@ pub enum Request {
     Txn(TxnRequest),
     /// `KV/Compact`.
     Compaction(CompactionRequest),
+    /// `Lease/LeaseGrant`, with the ID already chosen (never 0).
+    LeaseGrant(LeaseGrantRequest),
+    /// `Lease/LeaseRevoke`, from a client or the expiry loop.
+    LeaseRevoke(LeaseRevokeRequest),
 }
 
 /// The outcome of applying one request.
@@ -52,6 +60,10 @@ pub enum Response {
     Txn(TxnResponse),
     /// Answer to [`Request::Compaction`].
     Compaction(CompactionResponse),
+    /// Answer to [`Request::LeaseGrant`].
+    LeaseGrant(LeaseGrantResponse),
+    /// Answer to [`Request::LeaseRevoke`].
+    LeaseRevoke(LeaseRevokeResponse),
 }
 
 /// Maps store errors to etcd's wire errors.
@@ -83,12 +95,15 @@ pub fn check_put(p: &PutRequest) -> Result<(), EtcdError> {
 /// Runs committed requests against the store. Owned by the write path.
 pub struct Applier {
     store: KvStore,
+    /// Leases and their keys; the applier keeps attachments in step with
+    /// the key space it changes.
+    lessor: Lessor,
 }
 
 impl Applier {
-    /// Creates the applier over `store`.
-    pub fn new(store: KvStore) -> Self {
-        Self { store }
+    /// Creates the applier over `store` and `lessor`.
+    pub fn new(store: KvStore, lessor: Lessor) -> Self {
+        Self { store, lessor }
     }
 
     /// Applies one committed request at log position `index`. A request that
@@ -101,12 +116,18 @@ impl Applier {
             Request::Put(p) => {
                 self.write(index, &mut events, |t, s| s.put(t, p).map(Response::Put))
             }
-            Request::DeleteRange(d) => self.write(index, &mut events, |t, _| {
-                Ok(Response::DeleteRange(delete_range(t, d)?))
+            Request::DeleteRange(d) => self.write(index, &mut events, |t, s| {
+                Ok(Response::DeleteRange(s.delete_range(t, d)?))
             }),
             Request::Txn(r) => {
                 self.write(index, &mut events, |t, s| s.txn(t, r).map(Response::Txn))
             }
+            Request::LeaseGrant(r) => self.write(index, &mut events, |t, s| {
+                lease::grant(&s.lessor, t, r).map(Response::LeaseGrant)
+            }),
+            Request::LeaseRevoke(r) => self.write(index, &mut events, |t, s| {
+                lease::revoke(&s.lessor, t, r).map(Response::LeaseRevoke)
+            }),
         };
         Applied { result, events }
     }
@@ -131,10 +152,9 @@ impl Applier {
         }))
     }
 
-    /// Whether lease `id` exists. No lessor yet (watch/lease issue): any
-    /// non-zero lease is unknown, which is etcd's answer with no leases.
-    fn lease_exists(&self, _id: i64) -> bool {
-        false
+    /// Whether lease `id` exists (expired but not yet revoked counts).
+    fn lease_exists(&self, id: i64) -> bool {
+        self.lessor.contains(id)
     }
 
     fn put(&self, t: &mut WriteTxn, p: &PutRequest) -> Result<PutResponse, EtcdError> {
@@ -160,6 +180,7 @@ impl Applier {
             return Err(EtcdError::LeaseNotFound);
         }
         t.put(&p.key, &value, lease).map_err(mvcc_error)?;
+        self.lessor.attach(&p.key, lease);
         Ok(PutResponse {
             header: Some(header(t.rev())),
             prev_kv: if p.prev_kv { prev } else { None },
@@ -241,7 +262,7 @@ impl Applier {
                     response_op::Response::ResponsePut(self.put(t, p)?)
                 }
                 Some(request_op::Request::RequestDeleteRange(d)) => {
-                    response_op::Response::ResponseDeleteRange(delete_range(t, d)?)
+                    response_op::Response::ResponseDeleteRange(self.delete_range(t, d)?)
                 }
                 Some(request_op::Request::RequestTxn(n)) => {
                     let np = nested.next().cloned().unwrap_or(Path {
@@ -264,18 +285,23 @@ impl Applier {
             responses,
         })
     }
-}
 
-fn delete_range(
-    t: &mut WriteTxn,
-    d: &DeleteRangeRequest,
-) -> Result<DeleteRangeResponse, EtcdError> {
-    let deleted = t.delete_range(&d.key, &d.range_end).map_err(mvcc_error)?;
-    Ok(DeleteRangeResponse {
-        header: Some(header(t.rev())),
-        deleted: deleted.len() as i64,
-        prev_kvs: if d.prev_kv { deleted } else { Vec::new() },
-    })
+    /// Deletes the range and detaches the deleted keys from their leases.
+    fn delete_range(
+        &self,
+        t: &mut WriteTxn,
+        d: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, EtcdError> {
+        let deleted = t.delete_range(&d.key, &d.range_end).map_err(mvcc_error)?;
+        for kv in deleted.iter().filter(|kv| kv.lease != 0) {
+            self.lessor.detach(&kv.key);
+        }
+        Ok(DeleteRangeResponse {
+            header: Some(header(t.rev())),
+            deleted: deleted.len() as i64,
+            prev_kvs: if d.prev_kv { deleted } else { Vec::new() },
+        })
+    }
 }
 
 /// A header carrying only a revision; the service layer adds cluster fields.

@@ -1,15 +1,23 @@
 //! The gRPC services of the client port (etcd's `etcdserver/api/v3rpc`).
-//! Services not built yet (Watch, Lease, Auth, lock, election) are not
-//! registered, so their methods answer `Unimplemented`.
+//! Lock and Election live in [`crate::v3lock`] and [`crate::v3election`]
+//! (etcd keeps them in `api/v3lock` and `api/v3election`). Services not
+//! built yet (Auth) are not registered, so their methods answer
+//! `Unimplemented`.
 
 pub mod cluster;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
+pub mod watch;
 
 use crate::core::Core;
 use oxcd_api::etcdserverpb::cluster_server::ClusterServer;
 use oxcd_api::etcdserverpb::kv_server::KvServer;
+use oxcd_api::etcdserverpb::lease_server::LeaseServer;
 use oxcd_api::etcdserverpb::maintenance_server::MaintenanceServer;
+use oxcd_api::etcdserverpb::watch_server::WatchServer;
+use oxcd_api::v3electionpb::election_server::ElectionServer;
+use oxcd_api::v3lockpb::lock_server::LockServer;
 use std::sync::Arc;
 
 /// Limits the gRPC layer enforces.
@@ -19,6 +27,9 @@ pub struct GrpcLimits {
     pub max_recv_bytes: usize,
     /// Effective backend quota reported by Status.
     pub quota_bytes: i64,
+    /// Effective watch progress-notify interval (see
+    /// [`watch::progress_interval`]).
+    pub watch_progress_interval: std::time::Duration,
 }
 
 /// Builds the gRPC routes for all implemented services.
@@ -32,11 +43,31 @@ pub fn routes(core: Arc<Core>, limits: GrpcLimits) -> axum::Router {
     ))
     .max_decoding_message_size(limits.max_recv_bytes)
     .max_encoding_message_size(usize::MAX);
+    let lease = LeaseServer::new(lease::LeaseService::new(core.clone()))
+        .max_decoding_message_size(limits.max_recv_bytes)
+        .max_encoding_message_size(usize::MAX);
+    let watch = WatchServer::new(watch::WatchService::new(
+        core.clone(),
+        limits.max_recv_bytes,
+        limits.watch_progress_interval,
+    ))
+    .max_decoding_message_size(limits.max_recv_bytes)
+    .max_encoding_message_size(usize::MAX);
+    let lock = LockServer::new(crate::v3lock::LockService::new(core.clone()))
+        .max_decoding_message_size(limits.max_recv_bytes)
+        .max_encoding_message_size(usize::MAX);
+    let election = ElectionServer::new(crate::v3election::ElectionService::new(core.clone()))
+        .max_decoding_message_size(limits.max_recv_bytes)
+        .max_encoding_message_size(usize::MAX);
     let cluster = ClusterServer::new(cluster::ClusterService::new(core))
         .max_decoding_message_size(limits.max_recv_bytes)
         .max_encoding_message_size(usize::MAX);
     tonic::service::Routes::new(kv)
         .add_service(maintenance)
+        .add_service(lease)
+        .add_service(watch)
         .add_service(cluster)
+        .add_service(lock)
+        .add_service(election)
         .into_axum_router()
 }

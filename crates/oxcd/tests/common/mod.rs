@@ -22,10 +22,10 @@ use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use etcd_client::{Client, ConnectOptions, GetOptions};
+use etcd_client::{Client, ConnectOptions, GetOptions, StatusResponse};
 use tokio::io::AsyncWriteExt;
 
 /// The real etcdctl (3.4) is the client-side oracle for output formats.
@@ -105,6 +105,18 @@ pub struct Member {
     /// Number of processes started so far; each incarnation logs to its own
     /// files, so readiness only looks at the current one.
     incarnation: u32,
+    /// `http` or `https` (peer TLS) for the peer URL.
+    peer_scheme: &'static str,
+    /// Membership flags (`--initial-cluster`, token, state) of a cluster
+    /// member; empty means a single-member cluster of its own.
+    cluster_args: Vec<String>,
+    /// Further flags given on every start (e.g. raft timings, peer TLS).
+    extra_args: Vec<String>,
+    /// Flags for the next start only (e.g. `--force-new-cluster`).
+    once_args: Vec<String>,
+    /// Probe readiness with a serializable Get (a learner refuses
+    /// linearizable reads).
+    serializable_probe: bool,
 }
 
 impl Member {
@@ -124,6 +136,11 @@ impl Member {
                 dir,
                 child: None,
                 incarnation: 0,
+                peer_scheme: "http",
+                cluster_args: Vec::new(),
+                extra_args: Vec::new(),
+                once_args: Vec::new(),
+                serializable_probe: false,
             };
             member.spawn();
             match member.wait_ready().await {
@@ -140,7 +157,12 @@ impl Member {
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.peer_scheme, self.peer_port)
+    }
+
+    /// Whether a process of this member is running (not killed or stopped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// `host:port` as etcdctl's `--endpoints` and its output spell it.
@@ -193,9 +215,15 @@ impl Member {
             .arg("--listen-peer-urls")
             .arg(self.peer_url())
             .arg("--initial-advertise-peer-urls")
-            .arg(self.peer_url())
-            .arg("--initial-cluster")
-            .arg(format!("{}={}", self.name, self.peer_url()))
+            .arg(self.peer_url());
+        if self.cluster_args.is_empty() {
+            cmd.arg("--initial-cluster")
+                .arg(format!("{}={}", self.name, self.peer_url()));
+        } else {
+            cmd.args(&self.cluster_args);
+        }
+        cmd.args(&self.extra_args)
+            .args(std::mem::take(&mut self.once_args))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
@@ -205,15 +233,21 @@ impl Member {
         self.child = Some(child);
     }
 
+    /// One readiness check: `Ok(true)` when ready, `Err(log)` if the process
+    /// has exited.
+    async fn poll_ready(&mut self) -> Result<bool, String> {
+        if let Some(status) = self.try_exit_status() {
+            return Err(format!("server exited early with {status}\n{}", self.log()));
+        }
+        Ok(self.log().contains("ready to serve client requests") || self.probe().await)
+    }
+
     /// Polls until the member is ready; `Err(log)` if it exits or the
     /// deadline passes.
     async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_DEADLINE;
         loop {
-            if let Some(status) = self.try_exit_status() {
-                return Err(format!("server exited early with {status}\n{}", self.log()));
-            }
-            if self.log().contains("ready to serve client requests") || self.probe().await {
+            if self.poll_ready().await? {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -236,7 +270,12 @@ impl Member {
                 .await
                 .ok()?;
             client.status().await.ok()?;
-            client.get("probe", Some(GetOptions::new())).await.ok()
+            let opts = if self.serializable_probe {
+                GetOptions::new().with_serializable()
+            } else {
+                GetOptions::new()
+            };
+            client.get("probe", Some(opts)).await.ok()
         };
         matches!(
             tokio::time::timeout(Duration::from_secs(1), attempt).await,
@@ -299,6 +338,13 @@ impl Member {
         if let Err(log) = self.wait_ready().await {
             panic!("member did not become ready after restart:\n{log}");
         }
+    }
+
+    /// Like [`Member::restart`], with `flags` added for this start only
+    /// (e.g. `--force-new-cluster`).
+    pub async fn restart_with(&mut self, flags: &[&str]) {
+        self.once_args = flags.iter().map(|f| (*f).to_string()).collect();
+        self.restart().await;
     }
 
     /// Runs etcdctl against this member.
@@ -422,5 +468,522 @@ pub fn grpc_status(err: etcd_client::Error) -> tonic::Status {
     match err {
         etcd_client::Error::GRpcStatus(status) => status,
         other => panic!("expected a gRPC status, got {other:?}"),
+    }
+}
+
+/// Raft timings that keep multi-member tests fast: 50 ms heartbeats and a
+/// 500 ms election timeout (etcd's defaults are 100 ms and 1 s).
+pub const FAST_RAFT: &[&str] = &["--heartbeat-interval", "50", "--election-timeout", "500"];
+
+/// The election timeout [`FAST_RAFT`] configures.
+pub const ELECTION_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long a member may take to exit after SIGTERM.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Distinguishes the clusters of one test process (the token also carries
+/// the pid and the clock, so clusters of different processes differ too).
+static NEXT_CLUSTER: AtomicU32 = AtomicU32::new(0);
+
+/// How a [`Cluster`] is started: size, flags for every member, flags for
+/// single members, peer TLS.
+#[derive(Clone, Debug)]
+pub struct ClusterBuilder {
+    size: usize,
+    flags: Vec<String>,
+    member_flags: Vec<Vec<String>>,
+    peer_auto_tls: bool,
+}
+
+impl ClusterBuilder {
+    /// `size` members with [`FAST_RAFT`] timings and etcd's other defaults.
+    pub fn new(size: usize) -> ClusterBuilder {
+        assert!(size >= 1, "a cluster has at least one member");
+        ClusterBuilder {
+            size,
+            flags: FAST_RAFT.iter().map(|f| (*f).to_string()).collect(),
+            member_flags: vec![Vec::new(); size],
+            peer_auto_tls: false,
+        }
+    }
+
+    /// Adds `flags` to every member's command line (after [`FAST_RAFT`]).
+    pub fn flags(mut self, flags: &[&str]) -> ClusterBuilder {
+        self.flags.extend(flags.iter().map(|f| (*f).to_string()));
+        self
+    }
+
+    /// Adds `flags` to member `i`'s command line only.
+    pub fn member_flags(mut self, i: usize, flags: &[&str]) -> ClusterBuilder {
+        self.member_flags[i].extend(flags.iter().map(|f| (*f).to_string()));
+        self
+    }
+
+    /// Peers talk TLS: `https://` peer URLs and `--peer-auto-tls`.
+    pub fn peer_auto_tls(mut self) -> ClusterBuilder {
+        self.peer_auto_tls = true;
+        self
+    }
+
+    /// Starts every member and waits until all serve clients. Retries with
+    /// fresh ports (and a fresh token) if some port was taken meanwhile.
+    pub async fn start(self) -> Cluster {
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            let mut cluster = self.spawn_all();
+            match cluster.wait_all_ready().await {
+                Ok(()) => {
+                    cluster.learn_ids().await;
+                    return cluster;
+                }
+                Err(log) if log.contains("address already in use") => last_log = log,
+                Err(log) => panic!("cluster did not become ready:\n{log}"),
+            }
+        }
+        panic!("cluster failed to start three times (ports in use):\n{last_log}");
+    }
+
+    fn spawn_all(&self) -> Cluster {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let token = format!(
+            "oxcd-bbx-{}-{}-{nanos}",
+            std::process::id(),
+            NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let peer_scheme = if self.peer_auto_tls { "https" } else { "http" };
+        let mut common_flags = self.flags.clone();
+        if self.peer_auto_tls {
+            common_flags.push("--peer-auto-tls".to_string());
+        }
+        let mut members: Vec<Member> = (0..self.size)
+            .map(|i| {
+                let dir = tempfile::Builder::new()
+                    .prefix("oxcd-bbx-")
+                    .tempdir()
+                    .expect("create temp dir");
+                let mut extra_args = common_flags.clone();
+                extra_args.extend(self.member_flags[i].iter().cloned());
+                Member {
+                    name: format!("m{i}"),
+                    client_port: free_port(),
+                    peer_port: free_port(),
+                    dir,
+                    child: None,
+                    incarnation: 0,
+                    peer_scheme,
+                    cluster_args: Vec::new(),
+                    extra_args,
+                    once_args: Vec::new(),
+                    serializable_probe: false,
+                }
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        for m in &mut members {
+            m.cluster_args = vec![
+                "--initial-cluster".to_string(),
+                initial_cluster.clone(),
+                "--initial-cluster-token".to_string(),
+                token.clone(),
+                "--initial-cluster-state".to_string(),
+                "new".to_string(),
+            ];
+            m.spawn();
+        }
+        Cluster {
+            members,
+            ids: Vec::new(),
+            token,
+            common_flags,
+            peer_scheme,
+        }
+    }
+}
+
+/// A multi-member cluster of real server processes on 127.0.0.1, owned by
+/// the test. Members are `m0`, `m1`, ... with their own ports, data dirs and
+/// logs. Dropping it SIGKILLs every member still running (by pid, through
+/// [`Member`]'s drop).
+pub struct Cluster {
+    pub members: Vec<Member>,
+    /// Member IDs by index, learned from `Status` once the cluster is ready.
+    ids: Vec<u64>,
+    token: String,
+    /// Flags every member got (for members added later).
+    common_flags: Vec<String>,
+    peer_scheme: &'static str,
+}
+
+impl Cluster {
+    /// `size` members with [`FAST_RAFT`] timings.
+    pub async fn start(size: usize) -> Cluster {
+        ClusterBuilder::new(size).start().await
+    }
+
+    pub fn builder(size: usize) -> ClusterBuilder {
+        ClusterBuilder::new(size)
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn member(&self, i: usize) -> &Member {
+        &self.members[i]
+    }
+
+    /// Member `i`'s ID (as `Status` and `member list` report it).
+    pub fn member_id(&self, i: usize) -> u64 {
+        self.ids[i]
+    }
+
+    /// Index of the member with ID `id`.
+    pub fn index_of(&self, id: u64) -> Option<usize> {
+        self.ids.iter().position(|&x| x == id)
+    }
+
+    /// Indexes of the members whose process is running.
+    pub fn live(&self) -> Vec<usize> {
+        (0..self.len())
+            .filter(|&i| self.members[i].is_running())
+            .collect()
+    }
+
+    /// `host:port` of every member, running or not, in index order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Member::endpoint).collect()
+    }
+
+    /// `host:port` of the running members.
+    pub fn live_endpoints(&self) -> Vec<String> {
+        self.live()
+            .into_iter()
+            .map(|i| self.members[i].endpoint())
+            .collect()
+    }
+
+    /// A client of member `i` alone.
+    pub async fn client_of(&self, i: usize) -> Client {
+        self.members[i].client().await
+    }
+
+    /// A client with a short request timeout, for loops that must notice a
+    /// dead or leaderless member quickly.
+    pub async fn quick_client_of(&self, i: usize, timeout: Duration) -> Client {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_timeout(timeout);
+        Client::connect([self.members[i].client_url()], Some(opts))
+            .await
+            .unwrap_or_else(|e| panic!("connect to member {i}: {e}"))
+    }
+
+    /// `Status` of member `i`, or `None` if it does not answer within 2 s.
+    pub async fn status_of(&self, i: usize) -> Option<StatusResponse> {
+        let url = self.members[i].client_url();
+        let attempt = async move {
+            let opts = ConnectOptions::new()
+                .with_connect_timeout(Duration::from_millis(500))
+                .with_timeout(Duration::from_millis(1500));
+            let mut client = Client::connect([url], Some(opts)).await.ok()?;
+            client.status().await.ok()
+        };
+        tokio::time::timeout(Duration::from_secs(2), attempt)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The running member that reports itself as leader (`Status.leader` is
+    /// its own member ID); the highest term wins if a deposed leader has not
+    /// noticed yet. One pass, no waiting.
+    pub async fn leader_index(&self) -> Option<usize> {
+        let mut best: Option<(u64, usize)> = None;
+        for i in self.live() {
+            let Some(st) = self.status_of(i).await else {
+                continue;
+            };
+            let own = st.header().map_or(0, |h| h.member_id());
+            if own != 0 && st.leader() == own && best.is_none_or(|(t, _)| st.raft_term() > t) {
+                best = Some((st.raft_term(), i));
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    /// Polls until every running member names the same leader in the same
+    /// term and that leader is running; returns its index.
+    pub async fn wait_leader(&self, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut views = Vec::new();
+            for i in self.live() {
+                let view = self
+                    .status_of(i)
+                    .await
+                    .map(|st| (st.leader(), st.raft_term()));
+                views.push(view);
+            }
+            if let Some(Some((leader, term))) = views.first().copied() {
+                let agreed = views.iter().all(|v| *v == Some((leader, term)));
+                if agreed && leader != 0 {
+                    if let Some(i) = self.index_of(leader) {
+                        if self.members[i].is_running() {
+                            return i;
+                        }
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {within:?}; last (leader, term) per live member: \
+                 {views:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// SIGKILL member `i` (by pid) and reap it.
+    pub fn kill9(&mut self, i: usize) {
+        self.members[i].kill9();
+    }
+
+    /// SIGTERM member `i` and wait (bounded) for its exit.
+    pub async fn stop(&mut self, i: usize) -> ExitStatus {
+        self.members[i].stop_graceful(STOP_DEADLINE).await
+    }
+
+    /// Starts member `i` again with its data dir, ports and flags. It must
+    /// be able to reach a quorum to become ready.
+    pub async fn restart(&mut self, i: usize) {
+        self.members[i].restart().await;
+    }
+
+    /// Like [`Cluster::restart`], with `flags` added for this start only.
+    pub async fn restart_with(&mut self, i: usize, flags: &[&str]) {
+        self.members[i].restart_with(flags).await;
+    }
+
+    /// Runs etcdctl with `--endpoints` listing every running member.
+    pub async fn etcdctl(&self, args: &[&str]) -> CtlOutput {
+        run_etcdctl(&self.live_endpoints().join(","), args, "").await
+    }
+
+    /// Runs etcdctl against member `i` alone.
+    pub async fn etcdctl_on(&self, i: usize, args: &[&str]) -> CtlOutput {
+        self.members[i].etcdctl(args).await
+    }
+
+    /// Member `i`'s current revision as its own store has it (a
+    /// serializable read), or `None` if it does not answer.
+    pub async fn local_revision(&self, i: usize) -> Option<i64> {
+        let url = self.members[i].client_url();
+        let attempt = async move {
+            let opts = ConnectOptions::new()
+                .with_connect_timeout(Duration::from_millis(500))
+                .with_timeout(Duration::from_millis(1500));
+            let mut client = Client::connect([url], Some(opts)).await.ok()?;
+            let r = client
+                .get("probe", Some(GetOptions::new().with_serializable()))
+                .await
+                .ok()?;
+            Some(r.header()?.revision())
+        };
+        tokio::time::timeout(Duration::from_secs(2), attempt)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Polls until every running member has the same revision and the same
+    /// `HashKV` at it; returns that revision. Only meaningful while nothing
+    /// writes.
+    pub async fn wait_converged(&self, within: Duration) -> i64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut revs = Vec::new();
+            for i in self.live() {
+                revs.push(self.local_revision(i).await);
+            }
+            let mut hashes = Vec::new();
+            if let Some(Some(rev)) = revs.first().copied() {
+                if revs.iter().all(|r| *r == Some(rev)) {
+                    for i in self.live() {
+                        hashes.push(self.hash_kv_of(i, rev).await);
+                    }
+                    let first = hashes[0];
+                    if first.is_some() && hashes.iter().all(|h| *h == first) {
+                        return rev;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members did not converge within {within:?}: revisions {revs:?}, \
+                 (hash, compact revision) {hashes:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Member `i`'s `HashKV` at `rev`: (hash, compact revision).
+    pub async fn hash_kv_of(&self, i: usize, rev: i64) -> Option<(u32, i64)> {
+        let url = self.members[i].client_url();
+        let attempt = async move {
+            let opts = ConnectOptions::new()
+                .with_connect_timeout(Duration::from_millis(500))
+                .with_timeout(Duration::from_secs(3));
+            let mut client = Client::connect([url], Some(opts)).await.ok()?;
+            let r = client.hash_kv(rev).await.ok()?;
+            Some((r.hash(), r.compact_version()))
+        };
+        tokio::time::timeout(Duration::from_secs(4), attempt)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Adds a member through `etcdctl member add` (as a learner if asked),
+    /// starts it with `--initial-cluster-state existing` and waits until it
+    /// serves clients. Returns its index.
+    pub async fn add_member(&mut self, learner: bool) -> usize {
+        let i = self.len();
+        let dir = tempfile::Builder::new()
+            .prefix("oxcd-bbx-")
+            .tempdir()
+            .expect("create temp dir");
+        let mut m = Member {
+            name: format!("m{i}"),
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir,
+            child: None,
+            incarnation: 0,
+            peer_scheme: self.peer_scheme,
+            cluster_args: Vec::new(),
+            extra_args: self.common_flags.clone(),
+            once_args: Vec::new(),
+            serializable_probe: learner,
+        };
+        let peer_urls = format!("--peer-urls={}", m.peer_url());
+        let mut args = vec!["member", "add", m.name.as_str(), peer_urls.as_str()];
+        if learner {
+            args.push("--learner");
+        }
+        let out = self.etcdctl(&args).await;
+        // etcdctl prints the environment the new member needs, e.g.
+        // ETCD_INITIAL_CLUSTER="m0=http://...,m3=http://...".
+        let initial_cluster = out
+            .ok()
+            .lines()
+            .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
+            .and_then(|l| l.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("no ETCD_INITIAL_CLUSTER in {out:#?}"))
+            .to_string();
+        m.cluster_args = vec![
+            "--initial-cluster".to_string(),
+            initial_cluster,
+            "--initial-cluster-token".to_string(),
+            self.token.clone(),
+            "--initial-cluster-state".to_string(),
+            "existing".to_string(),
+        ];
+        m.spawn();
+        if let Err(log) = m.wait_ready().await {
+            panic!("added member did not become ready:\n{log}\n{}", self.logs());
+        }
+        let id = self.own_id(&m).await;
+        self.members.push(m);
+        self.ids.push(id);
+        i
+    }
+
+    /// Forgets member `i` after it was removed from the cluster: waits
+    /// (bounded) for its process to exit, which etcd does once it learns of
+    /// its removal, and SIGKILLs it if it has not.
+    pub async fn wait_exit(&mut self, i: usize, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.members[i].try_exit_status() {
+                self.members[i].child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Every member's current log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("==== {} ====\n{}", m.name, m.log()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Polls, for every ready member, until all serve clients; the first
+    /// member that exits or the deadline ends the wait with `Err(logs)`.
+    async fn wait_all_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + READY_DEADLINE;
+        let mut ready = vec![false; self.len()];
+        loop {
+            for (i, done) in ready.iter_mut().enumerate() {
+                if !*done {
+                    match self.members[i].poll_ready().await {
+                        Ok(r) => *done = r,
+                        Err(log) => return Err(format!("member m{i}: {log}\n{}", self.logs())),
+                    }
+                }
+            }
+            if ready.iter().all(|r| *r) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "not all ready after {READY_DEADLINE:?} (ready: {ready:?})\n{}",
+                    self.logs()
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Reads every member's ID from its own `Status`.
+    async fn learn_ids(&mut self) {
+        let mut ids = Vec::new();
+        for m in &self.members {
+            ids.push(self.own_id(m).await);
+        }
+        self.ids = ids;
+    }
+
+    async fn own_id(&self, m: &Member) -> u64 {
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            let mut client = m.client().await;
+            if let Ok(st) = client.status().await {
+                if let Some(h) = st.header() {
+                    return h.member_id();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not report its member ID\n{}",
+                m.name,
+                m.log()
+            );
+            tokio::time::sleep(POLL).await;
+        }
     }
 }

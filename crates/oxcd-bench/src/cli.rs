@@ -1,0 +1,323 @@
+//! The command line, shaped like etcd's `benchmark` tool: global flags
+//! (`--endpoints`, `--conns`, `--clients`, `--target-leader`) and one
+//! subcommand per workload with etcd's flag names and defaults.
+//!
+//! Global flags may appear before or after the subcommand.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// `oxcd-bench [global flags] <command> [command flags]`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "oxcd-bench",
+    version,
+    about = "Load generator for etcd v3 servers (oxcd or etcd), modelled on etcd's benchmark tool"
+)]
+pub struct Cli {
+    /// Flags shared by every workload.
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    /// The workload to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags shared by every workload.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalOpts {
+    /// gRPC endpoints, comma separated: `host:port` or `http://host:port`.
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
+    pub endpoints: Vec<String>,
+    /// Number of gRPC connections (HTTP/2 channels), spread over the endpoints.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub conns: usize,
+    /// Number of concurrent clients; client i uses connection i % conns.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub clients: usize,
+    /// Send all traffic to the leader (found with Maintenance/Status);
+    /// a no-op with one endpoint.
+    #[arg(long, global = true)]
+    pub target_leader: bool,
+    /// Print one JSON line instead of the text report.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Dial timeout per connection, in seconds.
+    #[arg(long, global = true, default_value_t = 5)]
+    pub dial_timeout: u64,
+    /// Overall deadline for the whole run, in seconds: no request starts
+    /// after it, and requests in flight are abandoned and counted as errors.
+    #[arg(long, global = true, default_value_t = 600)]
+    pub timeout: u64,
+}
+
+impl Default for GlobalOpts {
+    fn default() -> Self {
+        GlobalOpts {
+            endpoints: vec!["127.0.0.1:2379".to_string()],
+            conns: 1,
+            clients: 1,
+            target_leader: false,
+            json: false,
+            dial_timeout: 5,
+            timeout: 600,
+        }
+    }
+}
+
+/// One workload.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Benchmark put.
+    Put(PutOpts),
+    /// Benchmark range.
+    Range(RangeOpts),
+    /// Benchmark txns, each made of `--txn-ops` puts.
+    TxnPut(TxnPutOpts),
+    /// Benchmark watch: watcher creation, then puts on the watched keys and
+    /// the events they fan out to.
+    Watch(WatchOpts),
+    /// Benchmark watch latency: time from a put's acknowledgement to the
+    /// event's receipt by each watcher.
+    WatchLatency(WatchLatencyOpts),
+    /// Benchmark lease keep-alive round trips.
+    LeaseKeepalive(LeaseOpts),
+}
+
+/// `put`: writes `--total` keys of `--key-size` bytes chosen from
+/// `--key-space-size` keys, randomly or in order.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "put")]
+pub struct PutOpts {
+    /// Total number of put requests.
+    #[arg(long, default_value_t = 10_000)]
+    pub total: u64,
+    /// Key size of put request.
+    #[arg(long, default_value_t = 8)]
+    pub key_size: usize,
+    /// Value size of put request.
+    #[arg(long, default_value_t = 8)]
+    pub val_size: usize,
+    /// Maximum possible keys.
+    #[arg(long, default_value_t = 1)]
+    pub key_space_size: u64,
+    /// Use sequential keys (index modulo the key space) instead of random ones.
+    #[arg(long)]
+    pub sequential_keys: bool,
+}
+
+impl Default for PutOpts {
+    fn default() -> Self {
+        PutOpts::parse_from(["put"])
+    }
+}
+
+/// Read consistency of `range`, as etcd's `--consistency` spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Consistency {
+    /// Linearizable (`l`): goes through the leader's read index.
+    #[value(name = "l")]
+    Linearizable,
+    /// Serializable (`s`): served from the local store.
+    #[value(name = "s")]
+    Serializable,
+}
+
+/// `range KEY [END]`: reads one key or the range [KEY, END).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "range")]
+pub struct RangeOpts {
+    /// Key to read (or start of the range).
+    pub key: String,
+    /// End of the range (exclusive); absent reads the single key.
+    pub end: Option<String>,
+    /// Total number of range requests.
+    #[arg(long, default_value_t = 10_000)]
+    pub total: u64,
+    /// Linearizable (`l`) or serializable (`s`).
+    #[arg(long, value_enum, default_value = "l")]
+    pub consistency: Consistency,
+    /// Maximum number of keys per response (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub limit: i64,
+    /// Return only the count of keys.
+    #[arg(long)]
+    pub count_only: bool,
+}
+
+/// `txn-put`: txns of `--txn-ops` puts on distinct keys.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "txn-put")]
+pub struct TxnPutOpts {
+    /// Number of puts per txn.
+    #[arg(long, default_value_t = 1)]
+    pub txn_ops: usize,
+    /// Total number of txn requests.
+    #[arg(long, default_value_t = 10_000)]
+    pub total: u64,
+    /// Key size of each put.
+    #[arg(long, default_value_t = 8)]
+    pub key_size: usize,
+    /// Value size of each put.
+    #[arg(long, default_value_t = 8)]
+    pub val_size: usize,
+    /// Maximum possible keys (at least `--txn-ops`).
+    #[arg(long, default_value_t = 1)]
+    pub key_space_size: u64,
+}
+
+impl Default for TxnPutOpts {
+    fn default() -> Self {
+        TxnPutOpts::parse_from(["txn-put"])
+    }
+}
+
+/// `watch`: `--streams` streams with `--watch-per-stream` watchers each on
+/// `--watched-key-total` keys, then `--put-total` puts on those keys.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "watch")]
+pub struct WatchOpts {
+    /// Number of watch streams.
+    #[arg(long, default_value_t = 10)]
+    pub streams: usize,
+    /// Number of watchers per stream.
+    #[arg(long, default_value_t = 100)]
+    pub watch_per_stream: usize,
+    /// Number of distinct watched keys (watcher w watches key w % this).
+    #[arg(long, default_value_t = 1)]
+    pub watched_key_total: u64,
+    /// Number of puts after the watchers are created.
+    #[arg(long, default_value_t = 1_000)]
+    pub put_total: u64,
+    /// Puts per second (0: unlimited).
+    #[arg(long, default_value_t = 100)]
+    pub put_rate: u64,
+    /// Key size.
+    #[arg(long, default_value_t = 32)]
+    pub key_size: usize,
+    /// Value size of each put.
+    #[arg(long, default_value_t = 8)]
+    pub val_size: usize,
+}
+
+impl Default for WatchOpts {
+    fn default() -> Self {
+        WatchOpts::parse_from(["watch"])
+    }
+}
+
+/// `watch-latency`: `--watchers` watchers spread over `--streams` streams on
+/// one key, and `--total` puts on it, one at a time at `--put-rate`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "watch-latency")]
+pub struct WatchLatencyOpts {
+    /// Total number of puts; every watcher should see each one.
+    #[arg(long, default_value_t = 10_000)]
+    pub total: u64,
+    /// Puts per second (0: unlimited, still one at a time).
+    #[arg(long, default_value_t = 100)]
+    pub put_rate: u64,
+    /// Total number of watchers, spread round-robin over the streams.
+    #[arg(long, default_value_t = 100)]
+    pub watchers: usize,
+    /// Number of watch streams.
+    #[arg(long, default_value_t = 10)]
+    pub streams: usize,
+    /// Key size.
+    #[arg(long, default_value_t = 32)]
+    pub key_size: usize,
+    /// Value size.
+    #[arg(long, default_value_t = 32)]
+    pub val_size: usize,
+}
+
+impl Default for WatchLatencyOpts {
+    fn default() -> Self {
+        WatchLatencyOpts::parse_from(["watch-latency"])
+    }
+}
+
+/// `lease-keepalive`: each client grants one lease and sends keep-alives on
+/// one stream until `--total` round trips are done.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "lease-keepalive")]
+pub struct LeaseOpts {
+    /// Total number of keep-alive round trips.
+    #[arg(long, default_value_t = 10_000)]
+    pub total: u64,
+    /// TTL of each granted lease, in seconds.
+    #[arg(long, default_value_t = 100)]
+    pub ttl: i64,
+}
+
+impl Default for LeaseOpts {
+    fn default() -> Self {
+        LeaseOpts::parse_from(["lease-keepalive"])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_flags_go_before_or_after_the_command() {
+        let cli = Cli::try_parse_from([
+            "oxcd-bench",
+            "--endpoints",
+            "127.0.0.1:1,http://127.0.0.1:2",
+            "--conns=100",
+            "put",
+            "--clients",
+            "1000",
+            "--total=5",
+            "--val-size",
+            "256",
+            "--sequential-keys",
+            "--json",
+        ])
+        .expect("valid command line");
+        assert_eq!(cli.global.endpoints, ["127.0.0.1:1", "http://127.0.0.1:2"]);
+        assert_eq!((cli.global.conns, cli.global.clients), (100, 1000));
+        assert!(cli.global.json);
+        let Command::Put(put) = cli.command else {
+            panic!("expected put")
+        };
+        assert_eq!((put.total, put.key_size, put.val_size), (5, 8, 256));
+        assert!(put.sequential_keys);
+    }
+
+    #[test]
+    fn range_takes_key_end_and_consistency() {
+        let cli = Cli::try_parse_from(["b", "range", "a", "z", "--consistency", "s"])
+            .expect("valid command line");
+        let Command::Range(r) = cli.command else {
+            panic!("expected range")
+        };
+        assert_eq!((r.key.as_str(), r.end.as_deref()), ("a", Some("z")));
+        assert_eq!(r.consistency, Consistency::Serializable);
+        assert!(Cli::try_parse_from(["b", "range", "a", "--consistency", "x"]).is_err());
+    }
+
+    #[test]
+    fn subcommand_names_and_defaults_match_etcds_tool() {
+        for name in [
+            "txn-put",
+            "watch",
+            "watch-latency",
+            "lease-keepalive",
+            "put",
+        ] {
+            assert!(Cli::try_parse_from(["b", name]).is_ok(), "{name}");
+        }
+        assert_eq!(PutOpts::default().total, 10_000);
+        assert_eq!(TxnPutOpts::default().txn_ops, 1);
+        assert_eq!(WatchLatencyOpts::default().put_rate, 100);
+        assert_eq!(LeaseOpts::default().ttl, 100);
+        assert_eq!(GlobalOpts::default().conns, 1);
+    }
+}

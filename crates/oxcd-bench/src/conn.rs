@@ -1,0 +1,144 @@
+//! Connections and clients, as etcd's benchmark makes them: `--conns`
+//! HTTP/2 channels (connection i dials endpoint i % endpoints), and
+//! `--clients` logical clients, client i sharing connection i % conns.
+
+use std::time::Duration;
+
+use oxcd_api::etcdserverpb::kv_client::KvClient;
+use oxcd_api::etcdserverpb::maintenance_client::MaintenanceClient;
+use oxcd_api::etcdserverpb::StatusRequest;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::cli::GlobalOpts;
+use crate::error::BenchError;
+
+/// The dialled connections and the number of clients spread over them.
+#[derive(Debug, Clone)]
+pub struct Conns {
+    channels: Vec<Channel>,
+    clients: usize,
+}
+
+impl Conns {
+    /// Dials `opts.conns` connections eagerly (each bounded by
+    /// `--dial-timeout`); with `--target-leader` and several endpoints,
+    /// all of them dial the leader.
+    ///
+    /// # Errors
+    /// Zero conns or clients, a malformed endpoint, a failed dial, or no
+    /// leader found.
+    pub async fn connect(opts: &GlobalOpts) -> Result<Conns, BenchError> {
+        if opts.conns == 0 || opts.clients == 0 {
+            return Err(BenchError::InvalidArgs(
+                "--conns and --clients must be at least 1".into(),
+            ));
+        }
+        let mut urls = opts
+            .endpoints
+            .iter()
+            .map(|e| endpoint_url(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        if urls.is_empty() {
+            return Err(BenchError::InvalidArgs("no --endpoints given".into()));
+        }
+        let dial_timeout = Duration::from_secs(opts.dial_timeout.max(1));
+        if opts.target_leader && urls.len() > 1 {
+            urls = vec![find_leader(&urls, dial_timeout).await?];
+        }
+        let mut channels = Vec::with_capacity(opts.conns);
+        for i in 0..opts.conns {
+            channels.push(dial(&urls[i % urls.len()], dial_timeout).await?);
+        }
+        Ok(Conns {
+            channels,
+            clients: opts.clients,
+        })
+    }
+
+    /// Number of logical clients (`--clients`).
+    pub fn clients(&self) -> usize {
+        self.clients
+    }
+
+    /// The connection that client `client` uses.
+    pub fn channel_for(&self, client: usize) -> Channel {
+        self.channels[client % self.channels.len()].clone()
+    }
+
+    /// One KV client per logical client.
+    pub fn kv_clients(&self) -> Vec<KvClient<Channel>> {
+        (0..self.clients)
+            .map(|c| KvClient::new(self.channel_for(c)))
+            .collect()
+    }
+}
+
+/// `host:port` becomes `http://host:port`; `http://` URLs pass through.
+fn endpoint_url(endpoint: &str) -> Result<String, BenchError> {
+    let invalid = |reason: &str| BenchError::InvalidEndpoint {
+        endpoint: endpoint.to_string(),
+        reason: reason.to_string(),
+    };
+    match endpoint.split_once("://") {
+        None if endpoint.is_empty() => Err(invalid("empty")),
+        None => Ok(format!("http://{endpoint}")),
+        Some(("http", rest)) if !rest.is_empty() => Ok(endpoint.to_string()),
+        Some(("https", _)) => Err(invalid("TLS endpoints are not supported yet")),
+        Some(_) => Err(invalid("expected host:port or http://host:port")),
+    }
+}
+
+async fn dial(url: &str, timeout: Duration) -> Result<Channel, BenchError> {
+    let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| BenchError::Connect {
+        endpoint: url.to_string(),
+        source: e,
+    })?;
+    endpoint
+        .connect_timeout(timeout)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| BenchError::Connect {
+            endpoint: url.to_string(),
+            source: e,
+        })
+}
+
+/// The first endpoint whose Status says it is the leader.
+async fn find_leader(urls: &[String], timeout: Duration) -> Result<String, BenchError> {
+    for url in urls {
+        let Ok(channel) = dial(url, timeout).await else {
+            continue;
+        };
+        let status = tokio::time::timeout(
+            timeout,
+            MaintenanceClient::new(channel).status(StatusRequest {}),
+        )
+        .await;
+        if let Ok(Ok(reply)) = status {
+            let reply = reply.into_inner();
+            let member = reply.header.as_ref().map_or(0, |h| h.member_id);
+            if member != 0 && reply.leader == member {
+                return Ok(url.clone());
+            }
+        }
+    }
+    Err(BenchError::NoLeader)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_normalised() {
+        assert_eq!(
+            endpoint_url("127.0.0.1:2379").unwrap(),
+            "http://127.0.0.1:2379"
+        );
+        assert_eq!(endpoint_url("http://h:1").unwrap(), "http://h:1");
+        assert!(endpoint_url("https://h:1").is_err());
+        assert!(endpoint_url("unix://x").is_err());
+        assert!(endpoint_url("").is_err());
+    }
+}

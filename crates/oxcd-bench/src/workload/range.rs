@@ -1,0 +1,50 @@
+//! `range`: etcd benchmark's `range.go`. Every request reads the same key
+//! or range, linearizably or serializably.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use oxcd_api::etcdserverpb::RangeRequest;
+
+use super::{drive, Plan};
+use crate::cli::{Consistency, RangeOpts};
+use crate::conn::Conns;
+use crate::error::BenchError;
+use crate::report::Summary;
+
+/// Runs `opts.total` range requests over `conns`' clients until done or
+/// `deadline`.
+///
+/// # Errors
+/// None today; the `Result` keeps every workload's entry point alike.
+pub async fn run(
+    conns: &Conns,
+    opts: &RangeOpts,
+    deadline: Instant,
+) -> Result<Summary, BenchError> {
+    let clients = conns.kv_clients();
+    let template = RangeRequest {
+        key: Bytes::from(opts.key.clone().into_bytes()),
+        range_end: opts
+            .end
+            .as_ref()
+            .map_or_else(Bytes::new, |e| Bytes::from(e.clone().into_bytes())),
+        limit: opts.limit,
+        serializable: opts.consistency == Consistency::Serializable,
+        count_only: opts.count_only,
+        ..Default::default()
+    };
+    let plan = Plan {
+        command: "range",
+        clients: clients.len(),
+        total: opts.total,
+        rate: 0,
+        deadline,
+    };
+    Ok(drive(plan, move |client, _| {
+        let mut kv = clients[client].clone();
+        let req = template.clone();
+        async move { kv.range(req).await.map(drop) }
+    })
+    .await)
+}

@@ -1,0 +1,111 @@
+//! The watchers of one client stream (mirrors `watchStream` in etcd
+//! `mvcc/watcher.go`): id assignment, cancel, progress requests.
+
+use std::collections::HashMap;
+
+use tokio::sync::mpsc;
+
+use crate::watchable_store::WatchableStore;
+use crate::watcher::{
+    Filters, WatchError, WatchId, WatchRange, WatchResponse, WatcherKey, AUTO_WATCH_ID,
+};
+
+/// The watchers of one client stream (etcd `watchStream`): assigns ids,
+/// and cancels every watcher it still has when dropped. All its watchers
+/// send on one channel, received by the stream's owner.
+pub struct WatchStream {
+    store: WatchableStore,
+    tx: mpsc::Sender<WatchResponse>,
+    watchers: HashMap<WatchId, WatcherKey>,
+    next_id: WatchId,
+}
+
+impl WatchStream {
+    pub(crate) fn new(store: WatchableStore, tx: mpsc::Sender<WatchResponse>) -> Self {
+        WatchStream {
+            store,
+            tx,
+            watchers: HashMap::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Creates a watcher on `[key, end)` (Range conventions for `end`)
+    /// starting at `start_rev` (0: after the current revision). `id` is
+    /// [`AUTO_WATCH_ID`] for the next free id counting from 0, or any other
+    /// value (including -1) to use as given. Returns the id.
+    ///
+    /// # Errors
+    /// [`WatchError::EmptyRange`] when `end` is set and not after `key`;
+    /// [`WatchError::DuplicateId`] when `id` is in use on this stream.
+    pub fn watch(
+        &mut self,
+        id: WatchId,
+        key: &[u8],
+        end: &[u8],
+        start_rev: i64,
+        filters: Filters,
+    ) -> Result<WatchId, WatchError> {
+        let range = WatchRange::new(key, end).ok_or(WatchError::EmptyRange)?;
+        let id = if id == AUTO_WATCH_ID {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id += 1;
+            self.next_id - 1
+        } else if self.watchers.contains_key(&id) {
+            return Err(WatchError::DuplicateId);
+        } else {
+            id
+        };
+        let wk = self
+            .store
+            .add_watcher(id, range, start_rev, filters, self.tx.clone());
+        self.watchers.insert(id, wk);
+        Ok(id)
+    }
+
+    /// Cancels watcher `id`; false if this stream has no such watcher.
+    pub fn cancel(&mut self, id: WatchId) -> bool {
+        match self.watchers.remove(&id) {
+            Some(wk) => {
+                self.store.remove_watcher(wk);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Asks for a progress notification for watcher `id`: sent only if it
+    /// is synced (etcd `RequestProgress`).
+    pub fn request_progress(&self, id: WatchId) {
+        if let Some(wk) = self.watchers.get(&id) {
+            self.store.progress(*wk);
+        }
+    }
+
+    /// The revision watchers have been told about (see
+    /// [`WatchableStore::rev`]).
+    pub fn rev(&self) -> i64 {
+        self.store.rev()
+    }
+
+    /// True if `resp` comes from the watcher this stream now has under
+    /// `resp.watch_id` (not from a cancelled one whose id was reused).
+    pub fn is_current(&self, resp: &WatchResponse) -> bool {
+        self.watchers.get(&resp.watch_id) == Some(&resp.watcher)
+    }
+
+    /// The store this stream watches.
+    pub fn store(&self) -> &WatchableStore {
+        &self.store
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        for (_, wk) in self.watchers.drain() {
+            self.store.remove_watcher(wk);
+        }
+    }
+}

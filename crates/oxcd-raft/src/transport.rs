@@ -1,0 +1,330 @@
+//! The peer transport: raft messages between members over the peer URLs
+//! (etcd's `rafthttp`, with oxcd's own protocol, `oxcdpeerpb.Peer`).
+//!
+//! Sending side: one task per remote member owns a long-lived client stream
+//! (`Peer/Raft`) to one of its URLs. [`Transport::send`] never blocks: it
+//! puts the message on that member's bounded queue and, if the queue is
+//! full or the member is unknown, drops it and says so. Raft tolerates lost
+//! messages (it retries), and a partitioned or slow member can therefore
+//! never stall the raft loop or the other members. When the stream breaks,
+//! the task reconnects with capped backoff, discarding what queued up
+//! meanwhile (stale heartbeats and appends would only be rejected).
+//!
+//! Receiving side: [`PeerService`] accepts streams, checks the cluster ID
+//! and the addressee, and hands each batch to the local [`Inbox`].
+
+use oxcd_api::oxcdpeerpb::peer_client::PeerClient;
+use oxcd_api::oxcdpeerpb::peer_server::Peer;
+use oxcd_api::oxcdpeerpb::{
+    HelloRequest, HelloResponse, RaftBatch, RaftStreamEnd, SnapshotAck, SnapshotChunk,
+};
+use prost::bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+/// Messages queued per remote member before new ones are dropped
+/// (etcd's stream buffer is 4096 as well).
+const QUEUE_DEPTH: usize = 4096;
+/// Most messages sent in one batch.
+const MAX_BATCH: usize = 256;
+/// Backoff bounds between reconnection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Where received raft messages go (the raft loop's mailbox).
+pub trait Inbox: Send + Sync + 'static {
+    /// Takes a batch of encoded raft messages sent by member `from`.
+    fn deliver(&self, from: u64, messages: Vec<Bytes>);
+}
+
+/// Why a message was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// No such member is known to the transport.
+    #[error("unknown peer {0:x}")]
+    UnknownPeer(u64),
+    /// The member's queue is full: it is slow or unreachable.
+    #[error("peer {0:x} is not keeping up; message dropped")]
+    Full(u64),
+}
+
+struct PeerHandle {
+    queue: mpsc::Sender<Bytes>,
+    active: Arc<AtomicBool>,
+    stop: CancellationToken,
+}
+
+/// Sends raft messages to the other members. Cheap to share (`Arc`).
+pub struct Transport {
+    local_id: u64,
+    cluster_id: u64,
+    tls: Option<ClientTlsConfig>,
+    peers: Mutex<HashMap<u64, PeerHandle>>,
+}
+
+impl Transport {
+    /// Creates a transport for member `local_id` of `cluster_id`. `tls` is
+    /// used for `https` peer URLs.
+    pub fn new(local_id: u64, cluster_id: u64, tls: Option<ClientTlsConfig>) -> Arc<Self> {
+        Arc::new(Self {
+            local_id,
+            cluster_id,
+            tls,
+            peers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Starts talking to member `id` at `urls` (replacing an earlier entry).
+    /// Must be called inside a tokio runtime.
+    pub fn add_peer(&self, id: u64, urls: Vec<String>) {
+        let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
+        let active = Arc::new(AtomicBool::new(false));
+        let stop = CancellationToken::new();
+        let link = Link {
+            from: self.local_id,
+            to: id,
+            cluster_id: self.cluster_id,
+            urls,
+            tls: self.tls.clone(),
+            active: active.clone(),
+        };
+        tokio::spawn(link.run(rx, stop.clone()));
+        let old = self.lock().insert(
+            id,
+            PeerHandle {
+                queue,
+                active,
+                stop,
+            },
+        );
+        if let Some(old) = old {
+            old.stop.cancel();
+        }
+    }
+
+    /// Stops talking to member `id`.
+    pub fn remove_peer(&self, id: u64) {
+        if let Some(p) = self.lock().remove(&id) {
+            p.stop.cancel();
+        }
+    }
+
+    /// Queues one encoded raft message for member `to`; never blocks.
+    pub fn send(&self, to: u64, message: Bytes) -> Result<(), SendError> {
+        let peers = self.lock();
+        let p = peers.get(&to).ok_or(SendError::UnknownPeer(to))?;
+        p.queue.try_send(message).map_err(|_| SendError::Full(to))
+    }
+
+    /// Whether a stream to member `id` is currently established.
+    pub fn is_active(&self, id: u64) -> bool {
+        self.lock()
+            .get(&id)
+            .is_some_and(|p| p.active.load(Ordering::Acquire))
+    }
+
+    /// Stops every link.
+    pub fn stop(&self) {
+        for (_, p) in self.lock().drain() {
+            p.stop.cancel();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, PeerHandle>> {
+        // A panic while holding this lock cannot leave the map half-updated.
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One outgoing link: reconnects and streams until stopped.
+struct Link {
+    from: u64,
+    to: u64,
+    cluster_id: u64,
+    urls: Vec<String>,
+    tls: Option<ClientTlsConfig>,
+    active: Arc<AtomicBool>,
+}
+
+impl Link {
+    async fn run(self, mut rx: mpsc::Receiver<Bytes>, stop: CancellationToken) {
+        let mut backoff = BACKOFF_MIN;
+        let mut attempt = 0usize;
+        loop {
+            let url = &self.urls[attempt % self.urls.len().max(1)];
+            attempt += 1;
+            let streamed = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = self.stream_once(url, &mut rx) => r,
+            };
+            self.active.store(false, Ordering::Release);
+            match streamed {
+                Ok(()) => backoff = BACKOFF_MIN,
+                Err(e) => {
+                    tracing::debug!(to = %format!("{:x}", self.to), %url, error = %e, "peer stream failed")
+                }
+            }
+            // Whatever queued while disconnected is stale by now.
+            while rx.try_recv().is_ok() {}
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Connects to `url` and forwards queued messages until the stream or
+    /// the queue ends.
+    async fn stream_once(&self, url: &str, rx: &mut mpsc::Receiver<Bytes>) -> Result<(), Status> {
+        let channel = connect(url, self.tls.as_ref())
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut client = PeerClient::new(channel);
+        client
+            .hello(HelloRequest {
+                cluster_id: self.cluster_id,
+                from: self.from,
+                to: self.to,
+                server_version: String::new(),
+            })
+            .await?;
+        let (tx, crx) = mpsc::channel::<RaftBatch>(8);
+        let call = tokio::spawn(async move { client.raft(ReceiverStream::new(crx)).await });
+        self.active.store(true, Ordering::Release);
+        loop {
+            let Some(first) = rx.recv().await else {
+                return Ok(());
+            };
+            let mut messages = vec![first];
+            while messages.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => messages.push(m),
+                    Err(_) => break,
+                }
+            }
+            let batch = RaftBatch {
+                cluster_id: self.cluster_id,
+                from: self.from,
+                to: self.to,
+                messages,
+            };
+            if tx.send(batch).await.is_err() || call.is_finished() {
+                return match call.await {
+                    Ok(Ok(_)) => Err(Status::unavailable("peer closed the stream")),
+                    Ok(Err(s)) => Err(s),
+                    Err(e) => Err(Status::internal(e.to_string())),
+                };
+            }
+        }
+    }
+}
+
+/// Opens a channel to a peer URL (`http`, `https`, `unix`, `unixs`).
+async fn connect(
+    url: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Channel, tonic::transport::Error> {
+    if let Some(path) = url
+        .strip_prefix("unix://")
+        .or_else(|| url.strip_prefix("unixs://"))
+    {
+        let path = path.to_string();
+        return Endpoint::from_static("http://unix.socket")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move {
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map(hyper_util::rt::TokioIo::new)
+                }
+            }))
+            .await;
+    }
+    let mut ep = Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10));
+    if let (Some(t), true) = (tls, url.starts_with("https://")) {
+        ep = ep.tls_config(t.clone())?;
+    }
+    ep.connect().await
+}
+
+/// The receiving side of the peer protocol.
+pub struct PeerService {
+    local_id: u64,
+    cluster_id: u64,
+    inbox: Arc<dyn Inbox>,
+}
+
+impl PeerService {
+    /// Serves member `local_id` of `cluster_id`, delivering into `inbox`.
+    pub fn new(local_id: u64, cluster_id: u64, inbox: Arc<dyn Inbox>) -> Self {
+        Self {
+            local_id,
+            cluster_id,
+            inbox,
+        }
+    }
+
+    fn check(&self, cluster_id: u64, to: u64) -> Result<(), Status> {
+        if cluster_id != self.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "cluster ID mismatch: local {:x}, remote {:x}",
+                self.cluster_id, cluster_id
+            )));
+        }
+        if to != self.local_id {
+            return Err(Status::failed_precondition(format!(
+                "message for member {to:x} reached member {:x}",
+                self.local_id
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn hello(&self, r: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
+        let r = r.into_inner();
+        self.check(r.cluster_id, r.to)?;
+        Ok(Response::new(HelloResponse {
+            cluster_id: self.cluster_id,
+            member_id: self.local_id,
+            server_version: String::new(),
+        }))
+    }
+
+    async fn raft(
+        &self,
+        r: Request<Streaming<RaftBatch>>,
+    ) -> Result<Response<RaftStreamEnd>, Status> {
+        let mut stream = r.into_inner();
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            self.check(batch.cluster_id, batch.to)?;
+            self.inbox.deliver(batch.from, batch.messages);
+        }
+        Ok(Response::new(RaftStreamEnd {}))
+    }
+
+    async fn snapshot(
+        &self,
+        _r: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<SnapshotAck>, Status> {
+        Err(Status::unimplemented(
+            "oxcd: snapshot transfer is not built yet",
+        ))
+    }
+}

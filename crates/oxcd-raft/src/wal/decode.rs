@@ -1,0 +1,232 @@
+//! Reading one segment's bytes into records, and telling a torn tail from
+//! corruption (etcd `wal/decoder.go`, `isTornEntry`; `wal/repair.go`).
+//!
+//! A record that fails to decode is a *torn write* only in the last segment
+//! and only if it cannot have been acknowledged:
+//! - its frame runs past the end of the file (a write cut short), or
+//! - every byte after its frame is zero (it was the last thing written and
+//!   the rest of the preallocated segment is untouched), or
+//! - one of the 512-byte sectors its body spans is all zeros (sectors of
+//!   one unsynced write reached the disk out of order; etcd's rule).
+//!
+//! A zero length word ends the records of the last segment: that is where
+//! preallocated space begins. Anything else is corruption, and the caller
+//! refuses the WAL. The trade-off, shared with etcd: a damaged *last*
+//! record followed only by zeros is indistinguishable from a torn write and
+//! is dropped; records before it are never dropped silently.
+
+use super::record::{padded, Record, LEN_WORD, MAX_BODY};
+use crate::error::Corruption;
+
+/// Disk sectors are written atomically at this size or larger; a torn
+/// write leaves whole sectors missing (etcd `minSectorSize`).
+const SECTOR: usize = 512;
+
+/// The outcome of scanning one segment.
+#[derive(Debug)]
+pub(crate) struct Scan {
+    /// The records, in file order.
+    pub records: Vec<Record>,
+    /// Offset just past the last good record: where appending resumes.
+    pub valid_end: u64,
+    /// A torn record was dropped.
+    pub torn: bool,
+    /// Bytes past `valid_end` are not all zero, so the tail needs zeroing
+    /// before anything is appended.
+    pub dirty: bool,
+}
+
+/// A record that cannot be trusted, at byte `offset` of the segment.
+#[derive(Debug)]
+pub(crate) struct BadRecord {
+    pub offset: u64,
+    pub reason: Corruption,
+}
+
+fn all_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| *b == 0)
+}
+
+/// Whether the bad frame `[off, frame_end)` looks like a torn write.
+fn is_torn(bytes: &[u8], off: usize, frame_end: usize) -> bool {
+    if frame_end >= bytes.len() || all_zero(&bytes[frame_end..]) {
+        return true;
+    }
+    let mut start = off + LEN_WORD;
+    while start < frame_end {
+        let end = ((start / SECTOR + 1) * SECTOR).min(frame_end);
+        if all_zero(&bytes[start..end]) {
+            return true;
+        }
+        start = end;
+    }
+    false
+}
+
+/// Scans a whole segment. `crc` is the running checksum carried from the
+/// previous segment (`None` for the first segment read); it is advanced
+/// past every good record. `last` says whether this is the newest segment,
+/// the only one allowed a torn tail or trailing zeros.
+///
+/// # Errors
+/// The first record that is corrupt rather than torn.
+pub(crate) fn scan(bytes: &[u8], crc: &mut Option<u32>, last: bool) -> Result<Scan, BadRecord> {
+    let mut records = Vec::new();
+    let mut off = 0usize;
+    let mut torn = false;
+    let len = bytes.len();
+    let bad = |off: usize, reason: Corruption| BadRecord {
+        offset: off as u64,
+        reason,
+    };
+    while off < len {
+        let Some(word) = bytes[off..].first_chunk::<LEN_WORD>() else {
+            if last {
+                torn = true;
+                break;
+            }
+            return Err(bad(off, Corruption::BadFrame("length word cut short")));
+        };
+        let body_len = u64::from_le_bytes(*word);
+        if body_len == 0 {
+            if last {
+                break;
+            }
+            return Err(bad(off, Corruption::BadFrame("zero length word")));
+        }
+        let frame_end = if body_len > MAX_BODY {
+            None
+        } else {
+            usize::try_from(padded(body_len))
+                .ok()
+                .and_then(|p| (off + LEN_WORD).checked_add(p))
+        };
+        let Some(frame_end) = frame_end else {
+            if last && is_torn(bytes, off, (off + LEN_WORD).min(len)) {
+                torn = true;
+                break;
+            }
+            return Err(bad(off, Corruption::BadFrame("length out of range")));
+        };
+        if frame_end > len {
+            if last {
+                torn = true;
+                break;
+            }
+            return Err(bad(
+                off,
+                Corruption::BadFrame("frame runs past segment end"),
+            ));
+        }
+        // body_len <= MAX_BODY and the frame fits in memory, so it fits usize.
+        let body = &bytes[off + LEN_WORD..off + LEN_WORD + body_len as usize];
+        let mut next_crc = *crc;
+        match Record::decode(body, &mut next_crc) {
+            Ok(rec) => {
+                *crc = next_crc;
+                records.push(rec);
+                off = frame_end;
+            }
+            Err(reason) => {
+                if last && is_torn(bytes, off, frame_end) {
+                    torn = true;
+                    break;
+                }
+                return Err(bad(off, reason));
+            }
+        }
+    }
+    Ok(Scan {
+        records,
+        valid_end: off as u64,
+        torn,
+        dirty: !all_zero(&bytes[off..]),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::record::Entry;
+
+    fn segment(n: u64) -> (Vec<u8>, Vec<usize>) {
+        let mut buf = Vec::new();
+        let mut crc = 0;
+        let mut offsets = Vec::new();
+        Record::Crc(0).encode(&mut buf, &mut crc).unwrap();
+        for i in 1..=n {
+            offsets.push(buf.len());
+            Record::Entry(Entry {
+                index: i,
+                term: 1,
+                data: vec![0xab; 20],
+            })
+            .encode(&mut buf, &mut crc)
+            .unwrap();
+        }
+        (buf, offsets)
+    }
+
+    #[test]
+    fn trailing_zeros_end_the_last_segment_only() {
+        let (mut buf, _) = segment(2);
+        let end = buf.len();
+        buf.resize(end + 4096, 0);
+        let s = scan(&buf, &mut None, true).unwrap();
+        assert_eq!(
+            (s.records.len(), s.valid_end, s.torn, s.dirty),
+            (3, end as u64, false, false)
+        );
+        assert!(scan(&buf, &mut None, false).is_err());
+    }
+
+    #[test]
+    fn a_record_cut_short_is_torn_in_the_last_segment() {
+        let (buf, offs) = segment(3);
+        let cut = &buf[..offs[2] + 13];
+        let s = scan(cut, &mut None, true).unwrap();
+        assert_eq!(
+            (s.records.len(), s.valid_end, s.torn),
+            (3, offs[2] as u64, true)
+        );
+        let e = scan(cut, &mut None, false).unwrap_err();
+        assert_eq!(e.offset, offs[2] as u64);
+    }
+
+    #[test]
+    fn damage_followed_by_records_is_corruption() {
+        let (mut buf, offs) = segment(3);
+        buf[offs[1] + 20] ^= 0x40;
+        let e = scan(&buf, &mut None, true).unwrap_err();
+        assert_eq!(e.offset, offs[1] as u64);
+        assert!(matches!(e.reason, Corruption::CrcMismatch { .. }));
+    }
+
+    #[test]
+    fn a_zeroed_sector_inside_a_record_is_torn() {
+        let mut buf = Vec::new();
+        let mut crc = 0;
+        Record::Crc(0).encode(&mut buf, &mut crc).unwrap();
+        let big = buf.len();
+        Record::Entry(Entry {
+            index: 1,
+            term: 1,
+            data: vec![7; 2000],
+        })
+        .encode(&mut buf, &mut crc)
+        .unwrap();
+        Record::Entry(Entry {
+            index: 2,
+            term: 1,
+            data: vec![7; 10],
+        })
+        .encode(&mut buf, &mut crc)
+        .unwrap();
+        buf[1024..1536].fill(0);
+        let s = scan(&buf, &mut None, true).unwrap();
+        assert_eq!(
+            (s.records.len(), s.valid_end, s.torn, s.dirty),
+            (1, big as u64, true, true)
+        );
+    }
+}

@@ -1,0 +1,168 @@
+//! The `etcdserverpb.Lease` service (etcd's `v3rpc/lease.go` and the
+//! lease half of `etcdserver/v3_server.go`).
+//!
+//! Grant and Revoke go through the write path. KeepAlive, TimeToLive and
+//! Leases are answered by the lessor directly, as etcd's leader does:
+//! renewals are not replicated.
+
+use crate::apply::{Request, Response};
+use crate::core::Core;
+use futures::Stream;
+use oxcd_api::etcdserverpb::lease_server::Lease;
+use oxcd_api::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use oxcd_api::EtcdError;
+use std::pin::Pin;
+use std::sync::Arc;
+use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status, Streaming};
+
+/// Server-chosen lease IDs are request IDs masked to 63 bits, so they are
+/// positive.
+const LEASE_ID_MASK: u64 = (1 << 63) - 1;
+
+/// The keepalive response stream.
+pub type KeepAliveStream =
+    Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send + 'static>>;
+
+/// gRPC handler for lease requests.
+pub struct LeaseService {
+    core: Arc<Core>,
+}
+
+impl LeaseService {
+    /// Creates the service over shared member state.
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+
+    /// A server-chosen ID for a grant: non-zero and not in use.
+    fn new_lease_id(&self) -> i64 {
+        loop {
+            let id = (self.core.writes.next_request_id() & LEASE_ID_MASK) as i64;
+            if id != 0 && !self.core.lessor.contains(id) {
+                return id;
+            }
+        }
+    }
+}
+
+fn unexpected() -> Status {
+    Status::internal("oxcd: write path answered with the wrong response type")
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        request: GrpcRequest<LeaseGrantRequest>,
+    ) -> Result<GrpcResponse<LeaseGrantResponse>, Status> {
+        let mut r = request.into_inner();
+        if r.id == 0 {
+            r.id = self.new_lease_id();
+        }
+        let Response::LeaseGrant(mut resp) =
+            self.core.writes.propose(Request::LeaseGrant(r)).await?
+        else {
+            return Err(unexpected());
+        };
+        self.core.stamp(&mut resp.header);
+        Ok(GrpcResponse::new(resp))
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: GrpcRequest<LeaseRevokeRequest>,
+    ) -> Result<GrpcResponse<LeaseRevokeResponse>, Status> {
+        let r = request.into_inner();
+        let Response::LeaseRevoke(mut resp) =
+            self.core.writes.propose(Request::LeaseRevoke(r)).await?
+        else {
+            return Err(unexpected());
+        };
+        self.core.stamp(&mut resp.header);
+        Ok(GrpcResponse::new(resp))
+    }
+
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    /// Answers each `{ID}` with `{header, ID, TTL}`: the granted TTL, or 0
+    /// for an unknown, revoked or expired lease. The stream ends when the
+    /// client closes its side; dropping it stops everything.
+    async fn lease_keep_alive(
+        &self,
+        request: GrpcRequest<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<GrpcResponse<Self::LeaseKeepAliveStream>, Status> {
+        let core = self.core.clone();
+        let out = futures::stream::unfold(Some(request.into_inner()), move |inbound| {
+            let core = core.clone();
+            async move {
+                let mut inbound = inbound?;
+                let req = match inbound.message().await {
+                    Ok(Some(req)) => req,
+                    Ok(None) | Err(_) => return None,
+                };
+                let answer = keep_alive_once(&core, req.id).await;
+                let next = answer.is_ok().then_some(inbound);
+                Some((answer, next))
+            }
+        });
+        Ok(GrpcResponse::new(Box::pin(out)))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: GrpcRequest<LeaseTimeToLiveRequest>,
+    ) -> Result<GrpcResponse<LeaseTimeToLiveResponse>, Status> {
+        let r = request.into_inner();
+        let header = Some(self.core.header(self.core.store.rev()));
+        let resp = match self.core.lessor.time_to_live(r.id, r.keys) {
+            Some(t) => LeaseTimeToLiveResponse {
+                header,
+                id: r.id,
+                ttl: t.ttl,
+                granted_ttl: t.granted_ttl,
+                keys: t.keys.into_iter().map(Into::into).collect(),
+            },
+            // etcd answers an unknown lease with TTL -1, not an error.
+            None => LeaseTimeToLiveResponse {
+                header,
+                id: r.id,
+                ttl: -1,
+                ..Default::default()
+            },
+        };
+        Ok(GrpcResponse::new(resp))
+    }
+
+    async fn lease_leases(
+        &self,
+        _request: GrpcRequest<LeaseLeasesRequest>,
+    ) -> Result<GrpcResponse<LeaseLeasesResponse>, Status> {
+        let leases = self
+            .core
+            .lessor
+            .leases()
+            .into_iter()
+            .map(|id| LeaseStatus { id })
+            .collect();
+        Ok(GrpcResponse::new(LeaseLeasesResponse {
+            header: Some(self.core.header(self.core.store.rev())),
+            leases,
+        }))
+    }
+}
+
+/// One keepalive answer. The header is taken before the renewal, so its
+/// revision is never past a revoke the renewal lost to (etcd does the same).
+async fn keep_alive_once(core: &Core, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+    let header = Some(core.header(core.store.rev()));
+    let ttl = match core.lessor.renew(id).await {
+        Ok(ttl) => ttl,
+        Err(EtcdError::LeaseNotFound) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(LeaseKeepAliveResponse { header, id, ttl })
+}

@@ -1,0 +1,440 @@
+//! The `etcdserverpb.Watch` service (etcd `etcdserver/api/v3rpc/watch.go`).
+//!
+//! One bidi stream carries many watchers. Each stream is one [`Session`]
+//! that owns everything about it: the [`WatchStream`] (its watchers in the
+//! watchable store), the receiver of their responses, the per-watcher
+//! options, and the queue of messages ready to go out. The response stream
+//! tonic polls *is* the session, so there is no extra task and no lock:
+//! - a message is produced only when tonic can send one, so a client that
+//!   does not read stops the session from draining its store channel, and
+//!   its watchers become victims in the store (never blocking writers);
+//! - requests are handled in order with the responses, so a watcher's
+//!   `created` reply always goes out before its first events (etcd buffers
+//!   them for the same effect);
+//! - dropping the stream (client gone) drops the `WatchStream`, which
+//!   cancels every watcher.
+//!
+//! A client half-close does not end the stream: watchers keep reporting
+//! until the RPC itself ends (etcd does the same). When the member stops,
+//! every stream ends with `etcdserver: server stopped` (Unavailable).
+
+use crate::core::Core;
+use crate::propose::EventSink;
+use futures::{Stream, StreamExt};
+use oxcd_api::etcdserverpb::watch_request::RequestUnion;
+use oxcd_api::etcdserverpb::watch_server::Watch;
+use oxcd_api::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+use oxcd_api::mvccpb::Event;
+use oxcd_api::EtcdError;
+use oxcd_mvcc::{Filters, WatchStream, WatchableStore};
+use prost::Message;
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::{Interval, MissedTickBehavior};
+use tonic::{Request, Response, Status, Streaming};
+
+/// The watch id of responses that belong to no watcher (clientv3
+/// `InvalidWatchID`): failed creates and progress replies.
+const INVALID_WATCH_ID: i64 = -1;
+/// etcd's default progress-notify interval.
+const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
+/// The shortest progress-notify interval etcd accepts.
+const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The watchable store receives each durable group's events from the
+/// apply thread.
+impl EventSink for WatchableStore {
+    fn publish(&self, events: Vec<Event>) {
+        self.notify(events);
+    }
+}
+
+/// The effective progress-notify interval for the configured value
+/// (`--experimental-watch-progress-notify-interval`): 0 means etcd's
+/// default of 10 minutes, and values below 100 ms are raised to it.
+pub fn progress_interval(configured: Duration) -> Duration {
+    if configured.is_zero() {
+        DEFAULT_PROGRESS_INTERVAL
+    } else {
+        configured.max(MIN_PROGRESS_INTERVAL)
+    }
+}
+
+/// gRPC handler for watch streams.
+pub struct WatchService {
+    core: Arc<Core>,
+    fragment_bytes: usize,
+    progress_interval: Duration,
+}
+
+impl WatchService {
+    /// Creates the service. `fragment_bytes` is the size from which a
+    /// response of a watcher that asked for fragments is split
+    /// (`--max-request-bytes` + 512 KiB); `progress_interval` the
+    /// effective progress-notify interval (see [`progress_interval`]).
+    pub fn new(core: Arc<Core>, fragment_bytes: usize, progress_interval: Duration) -> Self {
+        Self {
+            core,
+            fragment_bytes,
+            progress_interval,
+        }
+    }
+}
+
+/// The response stream of one Watch RPC.
+pub type WatchResponseStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = WatchResponseStream;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let session = Session::new(
+            self.core.clone(),
+            request.into_inner(),
+            self.fragment_bytes,
+            self.progress_interval,
+        );
+        let stream = futures::stream::unfold(session, |mut s| async move {
+            s.next_message().await.map(|m| (m, s))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// What a watcher asked for beyond its range (etcd keeps these in the
+/// server stream's `progress`, `prevKV` and `fragment` maps).
+#[derive(Debug, Clone, Copy, Default)]
+struct WatchOpts {
+    prev_kv: bool,
+    fragment: bool,
+    progress_notify: bool,
+    /// No events were sent since the last progress tick.
+    quiet: bool,
+}
+
+/// One Watch RPC (etcd `serverWatchStream`).
+struct Session {
+    core: Arc<Core>,
+    inbound: Streaming<WatchRequest>,
+    /// False once the client half-closed.
+    inbound_open: bool,
+    stream: WatchStream,
+    responses: mpsc::Receiver<oxcd_mvcc::WatchResponse>,
+    opts: HashMap<i64, WatchOpts>,
+    /// Messages ready to send, in order.
+    out: VecDeque<WatchResponse>,
+    ticker: Interval,
+    fragment_bytes: usize,
+    finished: bool,
+}
+
+impl Session {
+    fn new(
+        core: Arc<Core>,
+        inbound: Streaming<WatchRequest>,
+        fragment_bytes: usize,
+        interval: Duration,
+    ) -> Self {
+        let (stream, responses) = core.watchable.new_watch_stream();
+        // Like etcd, each stream's ticks get up to 10 % of jitter so that
+        // many streams do not notify at the same moment.
+        let jitter = interval.mul_f64(rand::random::<f64>() / 10.0);
+        let period = interval + jitter;
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Session {
+            core,
+            inbound,
+            inbound_open: true,
+            stream,
+            responses,
+            opts: HashMap::new(),
+            out: VecDeque::new(),
+            ticker,
+            fragment_bytes,
+            finished: false,
+        }
+    }
+
+    /// The next message for the client; `None` ends the stream.
+    /// Cancel-safe: every branch below keeps its state across a drop.
+    async fn next_message(&mut self) -> Option<Result<WatchResponse, Status>> {
+        loop {
+            if let Some(m) = self.out.pop_front() {
+                return Some(Ok(m));
+            }
+            if self.finished {
+                return None;
+            }
+            tokio::select! {
+                req = self.inbound.next(), if self.inbound_open => match req {
+                    Some(Ok(r)) => self.on_request(r),
+                    None => self.inbound_open = false,
+                    Some(Err(status)) => {
+                        tracing::debug!(%status, "watch stream receive failed");
+                        self.finished = true;
+                        return Some(Err(EtcdError::WatchCanceled.into()));
+                    }
+                },
+                Some(resp) = self.responses.recv() => self.on_store_response(resp),
+                _ = self.ticker.tick() => self.on_progress_tick(),
+                () = self.core.watchable.closed() => {
+                    // The member is stopping: end the stream so that the
+                    // connection can close.
+                    self.finished = true;
+                    return Some(Err(EtcdError::Stopped.into()));
+                }
+            }
+        }
+    }
+
+    fn header(&self, revision: i64) -> Option<oxcd_api::etcdserverpb::ResponseHeader> {
+        Some(self.core.header(revision))
+    }
+
+    fn on_request(&mut self, req: WatchRequest) {
+        match req.request_union {
+            Some(RequestUnion::CreateRequest(c)) => self.create(c),
+            Some(RequestUnion::CancelRequest(c)) => self.cancel(c.watch_id),
+            Some(RequestUnion::ProgressRequest(_)) => {
+                // 3.4.23 answers at once; clients hand it to every watcher.
+                self.out.push_back(WatchResponse {
+                    header: self.header(self.stream.rev()),
+                    watch_id: INVALID_WATCH_ID,
+                    ..Default::default()
+                });
+            }
+            None => {}
+        }
+    }
+
+    /// Cancels watcher `id`; an unknown id gets no reply at all, as in
+    /// etcd.
+    fn cancel(&mut self, id: i64) {
+        if self.stream.cancel(id) {
+            self.opts.remove(&id);
+            self.out.push_back(WatchResponse {
+                header: self.header(self.stream.rev()),
+                watch_id: id,
+                canceled: true,
+                ..Default::default()
+            });
+        }
+    }
+
+    fn create(&mut self, c: WatchCreateRequest) {
+        let key: &[u8] = if c.key.is_empty() { &[0] } else { &c.key };
+        let rev = self.stream.rev();
+        let start = if c.start_revision == 0 {
+            rev + 1
+        } else {
+            c.start_revision
+        };
+        let filters = Filters::from_wire(&c.filters);
+        let reply = match self
+            .stream
+            .watch(c.watch_id, key, &c.range_end, start, filters)
+        {
+            Ok(id) => {
+                let opts = WatchOpts {
+                    prev_kv: c.prev_kv,
+                    fragment: c.fragment,
+                    progress_notify: c.progress_notify,
+                    quiet: true,
+                };
+                self.opts.insert(id, opts);
+                WatchResponse {
+                    header: self.header(rev),
+                    watch_id: id,
+                    created: true,
+                    ..Default::default()
+                }
+            }
+            Err(e) => WatchResponse {
+                header: self.header(rev),
+                watch_id: INVALID_WATCH_ID,
+                created: true,
+                canceled: true,
+                cancel_reason: e.to_string(),
+                ..Default::default()
+            },
+        };
+        self.out.push_back(reply);
+    }
+
+    fn on_store_response(&mut self, resp: oxcd_mvcc::WatchResponse) {
+        if !self.stream.is_current(&resp) {
+            return; // from a watcher cancelled since
+        }
+        let id = resp.watch_id;
+        if resp.compact_revision != 0 {
+            // The store removed the watcher; forget it here too.
+            self.stream.cancel(id);
+            self.opts.remove(&id);
+            self.out.push_back(WatchResponse {
+                header: self.header(0),
+                watch_id: id,
+                canceled: true,
+                compact_revision: resp.compact_revision,
+                ..Default::default()
+            });
+            return;
+        }
+        let Some(opts) = self.opts.get_mut(&id) else {
+            return;
+        };
+        if !resp.events.is_empty() {
+            opts.quiet = false;
+        }
+        let opts = *opts;
+        let mut events: Vec<Event> = resp.events.iter().map(|e| Event::clone(e)).collect();
+        if opts.prev_kv {
+            self.core.watchable.fill_prev_kv(&mut events);
+        }
+        let pieces = if resp.live {
+            split_by_revision(events)
+        } else {
+            vec![(resp.revision, events)]
+        };
+        for (revision, events) in pieces {
+            let msg = WatchResponse {
+                header: self.header(revision),
+                watch_id: id,
+                events,
+                ..Default::default()
+            };
+            if opts.fragment {
+                self.out.extend(fragments(msg, self.fragment_bytes));
+            } else {
+                self.out.push_back(msg);
+            }
+        }
+    }
+
+    /// etcd's progress ticker: a watcher that asked for progress
+    /// notifications and got no events since the last tick is sent one
+    /// (if it is synced); then every such watcher starts a quiet period.
+    fn on_progress_tick(&mut self) {
+        for (id, o) in &mut self.opts {
+            if !o.progress_notify {
+                continue;
+            }
+            if o.quiet {
+                self.stream.request_progress(*id);
+            }
+            o.quiet = true;
+        }
+    }
+}
+
+/// Live events in one message per revision, each headed by its revision.
+fn split_by_revision(events: Vec<Event>) -> Vec<(i64, Vec<Event>)> {
+    let mut out: Vec<(i64, Vec<Event>)> = Vec::new();
+    for ev in events {
+        let rev = oxcd_mvcc::revision_of(&ev);
+        match out.last_mut() {
+            Some((r, evs)) if *r == rev => evs.push(ev),
+            _ => out.push((rev, vec![ev])),
+        }
+    }
+    out
+}
+
+/// Splits `msg` like etcd's `sendFragments`: a response of at least
+/// `limit` bytes with two or more events goes out in pieces of fewer than
+/// `limit` bytes (a single event may exceed it), every piece but the last
+/// marked `fragment`.
+fn fragments(msg: WatchResponse, limit: usize) -> Vec<WatchResponse> {
+    if msg.events.len() < 2 || msg.encoded_len() < limit {
+        return vec![msg];
+    }
+    let mut base = msg;
+    let events = std::mem::take(&mut base.events);
+    base.fragment = true;
+    let base_len = base.encoded_len();
+    let mut out = Vec::new();
+    let mut cur = base.clone();
+    let mut cur_len = base_len;
+    for ev in events {
+        let len = prost::encoding::message::encoded_len(11, &ev);
+        if !cur.events.is_empty() && cur_len + len >= limit {
+            out.push(std::mem::replace(&mut cur, base.clone()));
+            cur_len = base_len;
+        }
+        cur.events.push(ev);
+        cur_len += len;
+    }
+    cur.fragment = false;
+    out.push(cur);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oxcd_api::mvccpb::KeyValue;
+
+    fn ev(rev: i64, value_len: usize) -> Event {
+        Event {
+            kv: Some(KeyValue {
+                key: b"k".to_vec().into(),
+                value: vec![b'x'; value_len].into(),
+                mod_revision: rev,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn live_events_split_per_revision() {
+        let pieces = split_by_revision(vec![ev(3, 0), ev(3, 0), ev(4, 0), ev(6, 0)]);
+        let shape: Vec<(i64, usize)> = pieces.iter().map(|(r, e)| (*r, e.len())).collect();
+        assert_eq!(shape, [(3, 2), (4, 1), (6, 1)]);
+    }
+
+    #[test]
+    fn fragments_follow_etcd() {
+        let msg = WatchResponse {
+            watch_id: 1,
+            events: (0..10).map(|i| ev(i, 100)).collect(),
+            ..Default::default()
+        };
+        assert_eq!(fragments(msg.clone(), usize::MAX).len(), 1);
+        let pieces = fragments(msg.clone(), 350);
+        assert!(pieces.len() > 1);
+        let (last, rest) = pieces.split_last().unwrap();
+        assert!(!last.fragment && rest.iter().all(|p| p.fragment));
+        assert!(pieces
+            .iter()
+            .all(|p| p.encoded_len() < 350 || p.events.len() == 1));
+        let total: usize = pieces.iter().map(|p| p.events.len()).sum();
+        assert_eq!(total, 10);
+        // One event is never split, whatever its size.
+        let one = WatchResponse {
+            events: vec![ev(1, 1000)],
+            ..Default::default()
+        };
+        assert_eq!(fragments(one, 10).len(), 1);
+    }
+
+    #[test]
+    fn progress_interval_defaults_and_minimum() {
+        assert_eq!(progress_interval(Duration::ZERO), DEFAULT_PROGRESS_INTERVAL);
+        assert_eq!(
+            progress_interval(Duration::from_millis(5)),
+            MIN_PROGRESS_INTERVAL
+        );
+        assert_eq!(
+            progress_interval(Duration::from_secs(2)),
+            Duration::from_secs(2)
+        );
+    }
+}
