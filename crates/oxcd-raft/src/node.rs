@@ -287,6 +287,7 @@ pub fn start<A: Application>(
         status_tx,
         tick: cfg.tick,
         leader: 0,
+        campaign_alone: false,
     };
     std::thread::Builder::new()
         .name("oxcd-raft".into())
@@ -319,6 +320,8 @@ struct RaftLoop<A> {
     status_tx: watch::Sender<Status>,
     tick: Duration,
     leader: u64,
+    /// Set when this member became the only voter; it campaigns at once.
+    campaign_alone: bool,
 }
 
 impl<A: Application> RaftLoop<A> {
@@ -400,6 +403,11 @@ impl<A: Application> RaftLoop<A> {
         self.send(light.take_messages());
         self.apply(light.take_committed_entries());
         self.raw.advance_apply();
+        if std::mem::take(&mut self.campaign_alone) {
+            if let Err(err) = self.raw.campaign() {
+                tracing::warn!(error = %err, "campaign failed");
+            }
+        }
         self.publish();
     }
 
@@ -515,6 +523,11 @@ impl<A: Application> RaftLoop<A> {
             Ok(cs) => {
                 self.raw.mut_store().wl().set_conf_state(cs.clone());
                 self.app.apply_conf_change(e.index, &cc, &cs);
+                // A lone voter need not wait an election timeout to lead;
+                // raft refuses to campaign until the change is applied, so
+                // this happens after `advance_apply`.
+                self.campaign_alone =
+                    cs.voters == [self.raw.raft.id] && self.raw.raft.state != StateRole::Leader;
             }
             Err(err) => tracing::warn!(index = e.index, error = %err, "conf change rejected"),
         }

@@ -67,14 +67,14 @@ struct PeerHandle {
 pub struct Transport {
     local_id: u64,
     cluster_id: u64,
-    tls: Option<ClientTlsConfig>,
+    tls: PeerTls,
     peers: Mutex<HashMap<u64, PeerHandle>>,
 }
 
 impl Transport {
     /// Creates a transport for member `local_id` of `cluster_id`. `tls` is
     /// used for `https` peer URLs.
-    pub fn new(local_id: u64, cluster_id: u64, tls: Option<ClientTlsConfig>) -> Arc<Self> {
+    pub fn new(local_id: u64, cluster_id: u64, tls: PeerTls) -> Arc<Self> {
         Arc::new(Self {
             local_id,
             cluster_id,
@@ -151,7 +151,7 @@ struct Link {
     to: u64,
     cluster_id: u64,
     urls: Vec<String>,
-    tls: Option<ClientTlsConfig>,
+    tls: PeerTls,
     active: Arc<AtomicBool>,
 }
 
@@ -186,7 +186,7 @@ impl Link {
     /// Connects to `url` and forwards queued messages until the stream or
     /// the queue ends.
     async fn stream_once(&self, url: &str, rx: &mut mpsc::Receiver<Bytes>) -> Result<(), Status> {
-        let channel = connect(url, self.tls.as_ref())
+        let channel = connect(url, &self.tls)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         let mut client = PeerClient::new(channel);
@@ -229,11 +229,99 @@ impl Link {
     }
 }
 
+/// How this member authenticates peers it dials over `https`.
+#[derive(Clone, Default)]
+pub enum PeerTls {
+    /// No TLS settings: `https` peer URLs use tonic's defaults.
+    #[default]
+    Plain,
+    /// Verify the peer against the given CA, present the given identity.
+    Verified(ClientTlsConfig),
+    /// `--peer-auto-tls`: the peers' certificates are self-signed, so they
+    /// are not verified (etcd sets `InsecureSkipVerify` likewise); the
+    /// given rustls config carries this member's own certificate if any.
+    SkipVerify(Arc<rustls::ClientConfig>),
+}
+
+/// A rustls client config that accepts any server certificate, for
+/// `--peer-auto-tls` (self-signed peers), optionally presenting a client
+/// certificate chain and key (PEM).
+pub fn skip_verify_config(
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)));
+    let mut cfg = match identity {
+        Some((cert, key)) => {
+            let certs = CertificateDer::pem_slice_iter(&cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+            let key = PrivateKeyDer::from_pem_slice(&key)
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+            builder.with_client_auth_cert(certs, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Accepts every server certificate (signatures are still checked).
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// Opens a channel to a peer URL (`http`, `https`, `unix`, `unixs`).
-async fn connect(
-    url: &str,
-    tls: Option<&ClientTlsConfig>,
-) -> Result<Channel, tonic::transport::Error> {
+async fn connect(url: &str, tls: &PeerTls) -> Result<Channel, tonic::transport::Error> {
     if let Some(path) = url
         .strip_prefix("unix://")
         .or_else(|| url.strip_prefix("unixs://"))
@@ -250,14 +338,46 @@ async fn connect(
             }))
             .await;
     }
-    let mut ep = Endpoint::from_shared(url.to_string())?
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10));
-    if let (Some(t), true) = (tls, url.starts_with("https://")) {
+    let https = url.starts_with("https://");
+    if let (true, PeerTls::SkipVerify(cfg)) = (https, tls) {
+        let plain = format!("http://{}", &url["https://".len()..]);
+        let cfg = cfg.clone();
+        return endpoint(&plain)?
+            .connect_with_connector(tower::service_fn(move |uri: http::Uri| {
+                let cfg = cfg.clone();
+                async move { tls_dial(uri, cfg).await }
+            }))
+            .await;
+    }
+    let mut ep = endpoint(url)?;
+    if let (true, PeerTls::Verified(t)) = (https, tls) {
         ep = ep.tls_config(t.clone())?;
     }
     ep.connect().await
+}
+
+fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10)))
+}
+
+async fn tls_dial(
+    uri: http::Uri,
+    cfg: Arc<rustls::ClientConfig>,
+) -> std::io::Result<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>
+{
+    let host = uri.host().unwrap_or("localhost").to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+    let _ = tcp.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::try_from(host)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await?;
+    Ok(hyper_util::rt::TokioIo::new(tls))
 }
 
 /// The receiving side of the peer protocol.

@@ -5,7 +5,7 @@
 use oxcd_api::oxcdpeerpb::peer_server::PeerServer;
 use oxcd_raft::fs::OsFs;
 use oxcd_raft::node::{self, Application, Input, NodeConfig, NodeHandle, NodeInbox};
-use oxcd_raft::transport::{PeerService, Transport};
+use oxcd_raft::transport::{PeerService, PeerTls, Transport};
 use oxcd_raft::wal::{SnapshotMarker, Wal, WalOptions};
 use prost::bytes::Bytes;
 use raft::prelude::{ConfChange, ConfState};
@@ -57,7 +57,7 @@ async fn start_member(
         let contents = node::bootstrap(&mut wal, &boot).expect("bootstrap");
         (wal, contents)
     };
-    let transport = Transport::new(id, 1, None);
+    let transport = Transport::new(id, 1, PeerTls::Plain);
     for (peer, url) in members {
         if *peer != id {
             transport.add_peer(*peer, vec![url.clone()]);

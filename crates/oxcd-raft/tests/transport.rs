@@ -3,7 +3,7 @@
 //! reconnection once the peer comes back.
 
 use oxcd_api::oxcdpeerpb::peer_server::PeerServer;
-use oxcd_raft::transport::{Inbox, PeerService, SendError, Transport};
+use oxcd_raft::transport::{Inbox, PeerService, PeerTls, SendError, Transport};
 use prost::bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -110,7 +110,7 @@ async fn send_when_active(t: &Transport, to: u64, msg: Bytes) {
 #[tokio::test]
 async fn delivers_in_order_and_reconnects() {
     let (addr, mut rx, server) = serve("127.0.0.1:0".parse().unwrap(), 2, 7);
-    let t = Transport::new(1, 7, None);
+    let t = Transport::new(1, 7, PeerTls::Plain);
     t.add_peer(2, vec![format!("http://{addr}")]);
     send_when_active(&t, 2, Bytes::from_static(b"m0")).await;
     for i in 1..500 {
@@ -161,7 +161,7 @@ async fn delivers_in_order_and_reconnects() {
 #[tokio::test]
 async fn refuses_another_cluster_and_unknown_peers() {
     let (addr, mut rx, server) = serve("127.0.0.1:0".parse().unwrap(), 2, 7);
-    let t = Transport::new(1, 8, None);
+    let t = Transport::new(1, 8, PeerTls::Plain);
     t.add_peer(2, vec![format!("http://{addr}")]);
     assert_eq!(t.send(3, Bytes::new()), Err(SendError::UnknownPeer(3)));
     // The hello is refused, so the link never becomes active.

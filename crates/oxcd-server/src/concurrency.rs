@@ -334,7 +334,11 @@ impl KeyWatch {
                 .events
                 .into_iter()
                 .map(|ev| {
-                    let r = if live { oxcd_mvcc::revision_of(&ev) } else { rev };
+                    let r = if live {
+                        oxcd_mvcc::revision_of(&ev)
+                    } else {
+                        rev
+                    };
                     (r, ev)
                 })
                 .collect());

@@ -5,14 +5,10 @@
 //! write path by its apply thread; `Core` only hands out handles.
 
 use crate::lessor::Lessor;
-use crate::membership::Member;
+use crate::membership::{Member, Members};
 use crate::propose::WritePath;
 use oxcd_api::etcdserverpb::ResponseHeader;
 use oxcd_mvcc::{KvStore, WatchableStore};
-
-/// The raft term a single member reports: it elects itself once at start,
-/// as etcd's single member does (term 1 → 2).
-pub const SINGLE_MEMBER_TERM: u64 = 2;
 
 /// Shared state handed to the gRPC and HTTP services.
 pub struct Core {
@@ -27,7 +23,7 @@ pub struct Core {
     /// This member.
     pub member: Member,
     /// Every member of the cluster, sorted by ID.
-    pub members: Vec<Member>,
+    pub members: Members,
     /// The cluster ID derived from the initial members.
     pub cluster_id: u64,
     /// `--max-txn-ops`.
@@ -41,7 +37,7 @@ impl Core {
             cluster_id: self.cluster_id,
             member_id: self.member.id,
             revision,
-            raft_term: SINGLE_MEMBER_TERM,
+            raft_term: self.writes.status().term,
         }
     }
 
@@ -51,8 +47,8 @@ impl Core {
         *h = Some(self.header(rev));
     }
 
-    /// The leader's member ID: with one member, always this one.
+    /// The leader's member ID, 0 when there is none.
     pub fn leader(&self) -> u64 {
-        self.member.id
+        self.writes.status().leader
     }
 }

@@ -15,12 +15,11 @@ use crate::bootstrap;
 use crate::config::{url_string, Config, TlsInfo};
 use crate::core::Core;
 use crate::lessor::{self, Lessor};
-use crate::membership::{cluster_id, InitialCluster, Member};
-use crate::propose::WritePath;
+use crate::membership::{cluster_id, InitialCluster, Member, Members};
 use crate::serve::listener::{self, Bound};
 use crate::serve::tls::{self, TlsSettings};
 use crate::v3rpc::{self, GrpcLimits};
-use crate::version::API_VERSION;
+use crate::{publish, raft_boot};
 use oxcd_mvcc::{BackendConfig, KvStore, WatchableStore};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,21 +50,25 @@ pub enum StartError {
     /// A listener could not be bound.
     #[error("{0}")]
     Listen(std::io::Error),
-    /// The apply thread could not be started.
-    #[error("cannot start the apply thread: {0}")]
+    /// A background thread could not be started.
+    #[error("cannot start a background thread: {0}")]
     Thread(std::io::Error),
+    /// The WAL or the raft loop could not be started.
+    #[error("{0}")]
+    Raft(String),
 }
 
 /// A running member.
 pub struct Etcd {
     /// State shared with the services (for in-process tests and tools).
     pub core: Arc<Core>,
+    transport: Arc<oxcd_raft::transport::Transport>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
 
 /// Starts a member from `cfg` (already validated) and returns once it
-/// serves clients.
+/// has joined its cluster and serves clients.
 pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
     for flag in cfg.unimplemented_flags_set() {
         tracing::warn!("--{flag} is accepted but not acted on by this version of oxcd");
@@ -73,19 +76,67 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
     let layout = bootstrap::prepare_data_dir(&cfg.data_dir)?;
     let identity = bootstrap::load_or_create_identity(&layout, || initial_identity(&cfg))?;
     let store = KvStore::open(&layout.backend_path(), BackendConfig::default())?;
-    let first_index = store.consistent_index().max(bootstrap::BOOTSTRAP_INDEX);
     let lessor = start_lessor(&cfg, &store)?;
     let watchable = WatchableStore::new(store.clone()).map_err(StartError::Thread)?;
-    let writes = WritePath::start(
-        store.clone(),
-        lessor.clone(),
-        cfg.max_request_bytes as usize,
-        identity.member.id,
-        first_index,
-        Arc::new(watchable.clone()),
-    )
-    .map_err(StartError::Thread)?;
+    let members = Members::new(identity.members.clone());
+    let (peers, clients) = bind_listeners(&cfg, &layout).await?;
+    let raft = raft_boot::start(raft_boot::RaftBoot {
+        cfg: &cfg,
+        layout: &layout,
+        identity: &identity,
+        store: store.clone(),
+        lessor: lessor.clone(),
+        watchable: watchable.clone(),
+        members: members.clone(),
+    })?;
+    let core = Arc::new(Core {
+        store,
+        writes: raft.writes,
+        watchable,
+        lessor,
+        member: identity.member.clone(),
+        members,
+        cluster_id: identity.cluster_id,
+        max_txn_ops: cfg.max_txn_ops as usize,
+    });
+    let etcd = Etcd {
+        core: core.clone(),
+        transport: raft.transport,
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+    };
+    // Peers first: the other members need this one to elect a leader.
+    let peer_router = raft_boot::peer_routes(&core.writes, core.member.id, core.cluster_id)
+        .merge(crate::serve::http::routes(core.clone()))
+        .fallback(crate::serve::fallback);
+    for b in peers {
+        etcd.spawn_serve(b, peer_router.clone(), "peer");
+    }
+    if !publish::become_ready(&core).await {
+        return Err(StartError::Raft(
+            "the raft loop stopped before the member was ready".into(),
+        ));
+    }
+    etcd.tasks.spawn(lessor::run_expiry(
+        core.lessor.clone(),
+        core.writes.clone(),
+        etcd.shutdown.clone(),
+    ));
+    let client_router = crate::serve::client_router(
+        v3rpc::routes(core.clone(), grpc_limits(&cfg)),
+        crate::serve::http::routes(core.clone()),
+    );
+    for b in clients {
+        etcd.spawn_serve(b, client_router.clone(), "client");
+    }
+    Ok(etcd)
+}
 
+/// Binds every peer and client URL, so that a busy port fails start-up.
+async fn bind_listeners(
+    cfg: &Config,
+    layout: &bootstrap::Layout,
+) -> Result<(Vec<Bound>, Vec<Bound>), StartError> {
     let peer_tls = listener_tls(
         &cfg.peer_tls,
         &layout.peer_fixtures(),
@@ -106,72 +157,43 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         let t = listener::is_secure(u).then(|| client_tls.clone()).flatten();
         clients.push(listener::bind(u, t).await.map_err(StartError::Listen)?);
     }
+    Ok((peers, clients))
+}
 
-    let core = Arc::new(Core {
-        store,
-        writes,
-        watchable,
-        lessor,
-        member: identity.member.clone(),
-        members: identity.members.clone(),
-        cluster_id: identity.cluster_id,
-        max_txn_ops: cfg.max_txn_ops as usize,
-    });
-    let etcd = Etcd {
-        core: core.clone(),
-        shutdown: CancellationToken::new(),
-        tasks: TaskTracker::new(),
-    };
-    log_ready(&core, &identity);
-    etcd.tasks.spawn(lessor::run_expiry(
-        core.lessor.clone(),
-        core.writes.clone(),
-        etcd.shutdown.clone(),
-    ));
-    let quota = if cfg.quota_backend_bytes == 0 {
-        DEFAULT_QUOTA_BYTES
-    } else {
-        cfg.quota_backend_bytes
-    };
-    let limits = GrpcLimits {
+fn grpc_limits(cfg: &Config) -> GrpcLimits {
+    GrpcLimits {
         max_recv_bytes: cfg.max_request_bytes as usize + oxcd_api::limits::GRPC_OVERHEAD_BYTES,
-        quota_bytes: quota,
+        quota_bytes: if cfg.quota_backend_bytes == 0 {
+            DEFAULT_QUOTA_BYTES
+        } else {
+            cfg.quota_backend_bytes
+        },
         watch_progress_interval: v3rpc::watch::progress_interval(
             cfg.experimental_watch_progress_notify_interval,
         ),
-    };
-    let client_router = crate::serve::client_router(
-        v3rpc::routes(core.clone(), limits),
-        crate::serve::http::routes(core.clone()),
-    );
-    let peer_router = crate::serve::http::routes(core.clone()).fallback(crate::serve::fallback);
-    for b in peers {
-        etcd.spawn_serve(b, peer_router.clone(), "peer");
     }
-    for b in clients {
-        etcd.spawn_serve(b, client_router.clone(), "client");
-    }
-    Ok(etcd)
 }
 
 impl Etcd {
     fn spawn_serve(&self, b: Bound, router: axum::Router, kind: &'static str) {
         match (kind, b.tls.is_some()) {
-            ("client", true) => tracing::info!("serving client requests on {}", b.url),
+            ("client", true) => tracing::info!("serving client requests on {}", url_string(&b.url)),
             ("client", false) => tracing::info!(
                 "serving insecure client requests on {}, this is strongly discouraged!",
-                b.url
+                url_string(&b.url)
             ),
-            _ => tracing::info!("listening for peers on {}", b.url),
+            _ => tracing::info!("listening for peers on {}", url_string(&b.url)),
         }
         let (shutdown, tasks) = (self.shutdown.clone(), self.tasks.clone());
         self.tasks
             .spawn(listener::serve(b, router, shutdown, tasks));
     }
 
-    /// Stops serving: no new connections, in-flight ones get a grace period.
+    /// Stops the member:
+    /// 1. end watch streams (they never end on their own);
+    /// 2. stop accepting and let connections finish (bounded);
+    /// 3. stop the peer links and the raft loop, which closes the WAL.
     pub async fn close(self) {
-        // Watch streams never end on their own; end them first.
         self.core.watchable.close();
         self.shutdown.cancel();
         self.tasks.close();
@@ -180,6 +202,11 @@ impl Etcd {
             .is_err()
         {
             tracing::warn!("connections still open after {CLOSE_GRACE:?}; closing anyway");
+        }
+        self.transport.stop();
+        let node = self.core.writes.node();
+        if node.send(oxcd_raft::node::Input::Stop).is_ok() {
+            let _ = tokio::time::timeout(CLOSE_GRACE, node.stopped()).await;
         }
     }
 }
@@ -249,24 +276,6 @@ fn listener_tls(
         return Ok(Some(s.server_config()?));
     }
     Err(tls::TlsError::Missing.into())
-}
-
-/// The log lines etcd prints on becoming ready, which tooling waits for.
-fn log_ready(core: &Core, id: &bootstrap::Identity) {
-    let me = format!("{:x}", core.member.id);
-    tracing::info!(
-        "raft.node: {me} elected leader {me} at term {}",
-        crate::core::SINGLE_MEMBER_TERM
-    );
-    tracing::info!("etcdserver/membership: set the initial cluster version to {API_VERSION}");
-    tracing::info!("etcdserver/api: enabled capabilities for version {API_VERSION}");
-    tracing::info!(
-        "etcdserver: published {{Name:{} ClientURLs:[{}]}} to cluster {:x}",
-        id.member.name,
-        id.member.client_urls.join(" "),
-        id.cluster_id
-    );
-    tracing::info!("embed: ready to serve client requests");
 }
 
 /// The listener's view of the configured TLS files (empty path = unset).

@@ -11,6 +11,7 @@
 
 use sha1::{Digest, Sha1};
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 
 /// One member of the cluster as `MemberList` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +26,59 @@ pub struct Member {
     pub client_urls: Vec<String>,
     /// Whether the member is a non-voting learner.
     pub is_learner: bool,
+}
+
+/// The cluster's members as this member knows them, shared between the
+/// services and the raft apply side (which fills in published attributes).
+#[derive(Clone, Default)]
+pub struct Members {
+    inner: Arc<RwLock<Vec<Member>>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl Members {
+    /// Starts from `members` (sorted by ID).
+    pub fn new(members: Vec<Member>) -> Self {
+        Self {
+            inner: Arc::new(RwLock::new(members)),
+            changed: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// A copy of the current list, sorted by ID.
+    pub fn list(&self) -> Vec<Member> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records the name and client URLs member `id` published.
+    pub fn set_attributes(&self, id: u64, name: String, client_urls: Vec<String>) {
+        let mut list = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = list.iter_mut().find(|m| m.id == id) {
+            m.name = name;
+            m.client_urls = client_urls;
+        }
+        drop(list);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until `f` holds for the list, or `timeout` passes; returns
+    /// whether it holds.
+    pub async fn wait_until(
+        &self,
+        timeout: std::time::Duration,
+        f: impl Fn(&[Member]) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            if f(&self.list()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return f(&self.list());
+            }
+        }
+    }
 }
 
 /// Errors in `--initial-cluster` and member identity.

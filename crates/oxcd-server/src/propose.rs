@@ -1,42 +1,43 @@
-//! The write path of a single-member oxcd: propose → apply → fsync → answer.
+//! The write path: propose → raft (WAL fsync, replication to a quorum) →
+//! apply → answer. Follows etcd's `processInternalRaftRequestOnce`
+//! (`etcdserver/v3_server.go`) step for step:
 //!
-//! Mirrors the shape of etcd's `processInternalRaftRequestOnce`
-//! (`etcdserver/v3_server.go`): check backpressure, stamp an id, marshal,
-//! check the size, hand over, wait. Until the replication issue brings raft
-//! and the WAL, the "log" is a channel into one apply thread, and the MVCC
-//! backend's durable commit is what makes a write durable:
+//! 1. backpressure: refuse when the applied index lags the committed one by
+//!    more than 5000 entries (`etcdserver: too many requests`);
+//! 2. stamp a fresh request ID and wrap the request in an
+//!    `InternalRaftRequest`;
+//! 3. refuse it if the envelope exceeds `--max-request-bytes`;
+//! 4. register a waiter under the ID, hand the entry to the raft loop;
+//! 5. wait for the waiter, the request timeout (5 s + 2 × election
+//!    timeout) or shutdown.
 //!
-//! 1. the apply thread takes every proposal waiting (group commit, bounded);
-//! 2. applies each in order, assigning consecutive log indexes and recording
-//!    the index as the consistent index in the same backend transaction;
-//! 3. fsyncs the backend once for the whole group;
-//! 4. publishes the durable revision, then answers every waiter.
+//! The raft loop fsyncs the WAL before an entry can commit, so an answered
+//! write is durable on a quorum. The MVCC backend commits in batches behind
+//! it; after a crash the WAL replays from the backend's consistent index.
 //!
-//! Readers may observe an applied revision before step 3 finished; the
-//! linearizable read path therefore waits for [`WritePath::durable_rev`] to
-//! reach the revision it read (see `v3rpc::kv`), so no client ever sees a
-//! write that a crash could still take back.
+//! Linearizable reads use [`WritePath::linearizable_barrier`]: a batched
+//! ReadIndex round, then a wait until the applied index reaches it.
 
-use crate::apply::{Applier, Request, Response};
-use crate::lessor::Lessor;
-use oxcd_api::etcdserverpb::{InternalRaftRequest, RequestHeader};
+use crate::apply::{Request, Response};
+use crate::read_index::ReadIndex;
+use crate::wait::Waiters;
 use oxcd_api::mvccpb::Event;
 use oxcd_api::EtcdError;
-use oxcd_mvcc::KvStore;
+use oxcd_raft::node::{Input, NodeError, NodeHandle, Status};
+use prost::bytes::Bytes;
 use prost::Message;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, watch};
+use std::time::Duration;
+use tokio::sync::watch;
 
-/// Most proposals applied between two fsyncs.
-const MAX_BATCH: usize = 4096;
-/// Proposals queued before callers wait (backpressure).
-const QUEUE_DEPTH: usize = 16 * 1024;
+/// Most entries committed but not yet applied before proposals are refused.
+const MAX_APPLY_LAG: u64 = 5000;
 
-/// Receives the events of applied writes once they are durable, in
-/// revision order (the watchable store implements it).
+/// Receives the events of applied writes, in revision order (the watchable
+/// store implements it).
 pub trait EventSink: Send + Sync + 'static {
-    /// Publishes the events of one durable group of writes.
+    /// Publishes the events of one applied group of writes.
     fn publish(&self, events: Vec<Event>);
 }
 
@@ -48,82 +49,89 @@ impl EventSink for NoWatchers {
     fn publish(&self, _events: Vec<Event>) {}
 }
 
-struct Proposal {
-    req: Request,
-    reply: oneshot::Sender<Result<Response, EtcdError>>,
-}
-
-/// Progress of the (single-member) log, shared with Status and headers.
-#[derive(Debug, Default)]
-pub struct LogProgress {
-    /// Index of the last applied entry.
-    pub applied: AtomicU64,
-}
-
-/// Handle for proposing writes; cheap to clone.
+/// Handle for proposing writes and waiting on reads; cheap to clone.
 #[derive(Clone)]
 pub struct WritePath {
-    tx: mpsc::Sender<Proposal>,
-    durable_rev: watch::Receiver<i64>,
+    node: NodeHandle,
+    waiters: Arc<Waiters>,
+    reads: Arc<ReadIndex>,
+    applied: watch::Receiver<u64>,
     next_id: Arc<AtomicU64>,
     max_request_bytes: usize,
-    progress: Arc<LogProgress>,
+    request_timeout: Duration,
+}
+
+/// What [`WritePath::new`] needs.
+pub struct WritePathParts {
+    /// The raft loop.
+    pub node: NodeHandle,
+    /// Waiters shared with the apply side.
+    pub waiters: Arc<Waiters>,
+    /// The ReadIndex batcher shared with the apply side.
+    pub reads: Arc<ReadIndex>,
+    /// The applied index the apply side publishes.
+    pub applied: watch::Receiver<u64>,
+    /// This member's ID (seeds request IDs).
+    pub member_id: u64,
+    /// `--max-request-bytes`.
+    pub max_request_bytes: usize,
+    /// 5 s + 2 × election timeout.
+    pub request_timeout: Duration,
+}
+
+/// Request IDs as etcd builds them: low member bits, start time, counter.
+pub fn request_id_base(member_id: u64) -> u64 {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    ((member_id & 0xffff) << 48) | ((millis & 0xff_ffff_ffff) << 8)
 }
 
 impl WritePath {
-    /// Starts the apply thread over `store` and `lessor`. `first_index` is
-    /// the log index already applied (the store's consistent index on
-    /// restart).
-    pub fn start(
-        store: KvStore,
-        lessor: Lessor,
-        max_request_bytes: usize,
-        member_id: u64,
-        first_index: u64,
-        sink: Arc<dyn EventSink>,
-    ) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let (rev_tx, durable_rev) = watch::channel(store.rev());
-        let progress = Arc::new(LogProgress {
-            applied: AtomicU64::new(first_index),
-        });
-        let p = progress.clone();
-        std::thread::Builder::new()
-            .name("oxcd-apply".into())
-            .spawn(move || {
-                let applier = Applier::new(store.clone(), lessor);
-                apply_loop(applier, store, rx, rev_tx, p, sink)
-            })?;
-        // Request ids as etcd builds them: member bits, start time, counter.
-        let millis = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let base = ((member_id & 0xffff) << 48) | ((millis & 0xff_ffff_ffff) << 8);
-        Ok(Self {
-            tx,
-            durable_rev,
-            next_id: Arc::new(AtomicU64::new(base)),
-            max_request_bytes,
-            progress,
-        })
+    /// Assembles the write path around a started raft loop.
+    pub fn new(p: WritePathParts) -> Self {
+        Self {
+            node: p.node,
+            waiters: p.waiters,
+            reads: p.reads,
+            applied: p.applied,
+            next_id: Arc::new(AtomicU64::new(request_id_base(p.member_id))),
+            max_request_bytes: p.max_request_bytes,
+            request_timeout: p.request_timeout,
+        }
     }
 
-    /// Proposes `req` and waits until it is applied and durable.
+    /// Proposes `req` and waits until it is committed and applied.
     ///
     /// Cancel-safe: dropping the future abandons the wait, but a proposal
-    /// already handed over is still applied (as in etcd).
+    /// already handed to raft may still be applied (as in etcd).
     pub async fn propose(&self, req: Request) -> Result<Response, EtcdError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if encoded_len(&req, id) > self.max_request_bytes {
+        let status = self.node.status();
+        if status.commit > status.applied + MAX_APPLY_LAG {
+            return Err(EtcdError::TooManyRequests);
+        }
+        let id = self.next_request_id();
+        let data = req.to_internal(id).encode_to_vec();
+        if data.len() > self.max_request_bytes {
             return Err(EtcdError::RequestTooLarge);
         }
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Proposal { req, reply })
-            .await
-            .map_err(|_| EtcdError::Stopped)?;
-        rx.await.map_err(|_| EtcdError::Stopped)?
+        let mut guard = self.waiters.register(id);
+        self.node
+            .send(Input::Propose(Bytes::from(data)))
+            .map_err(node_error)?;
+        match tokio::time::timeout(self.request_timeout, guard.wait()).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(self.timeout_error()),
+        }
+    }
+
+    /// Proposes an already-encoded entry without waiting (member
+    /// attributes, which have no response).
+    pub fn propose_raw(&self, data: Vec<u8>) -> Result<(), EtcdError> {
+        self.node
+            .send(Input::Propose(Bytes::from(data)))
+            .map_err(node_error)
     }
 
     /// A fresh request ID (member bits, start time, counter), as etcd's
@@ -132,82 +140,59 @@ impl WritePath {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Waits until every write up to revision `rev` is durable.
-    pub async fn wait_durable(&self, rev: i64) -> Result<(), EtcdError> {
-        let mut rx = self.durable_rev.clone();
-        rx.wait_for(|d| *d >= rev)
-            .await
-            .map(|_| ())
-            .map_err(|_| EtcdError::Stopped)
+    /// Waits until this member may serve a linearizable read: a ReadIndex
+    /// round through the leader, then the applied index reaching it.
+    pub async fn linearizable_barrier(&self) -> Result<(), EtcdError> {
+        let index = self.reads.read_index().await?;
+        self.wait_applied(index).await
+    }
+
+    /// Waits (bounded by the request timeout) until `index` is applied.
+    pub async fn wait_applied(&self, index: u64) -> Result<(), EtcdError> {
+        let mut rx = self.applied.clone();
+        let reached = tokio::time::timeout(self.request_timeout, async move {
+            rx.wait_for(|a| *a >= index).await.is_ok()
+        })
+        .await;
+        match reached {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(EtcdError::Stopped),
+            Err(_) => Err(EtcdError::Timeout),
+        }
     }
 
     /// Index of the last applied log entry.
     pub fn applied_index(&self) -> u64 {
-        self.progress.applied.load(Ordering::Acquire)
+        *self.applied.borrow()
+    }
+
+    /// The raft loop's latest status (leader, term, commit, applied).
+    pub fn status(&self) -> Status {
+        self.node.status()
+    }
+
+    /// Whether this member currently leads.
+    pub fn is_leader(&self) -> bool {
+        self.node.status().is_leader()
+    }
+
+    /// The raft loop itself (leader transfer, shutdown).
+    pub fn node(&self) -> &NodeHandle {
+        &self.node
+    }
+
+    /// etcd's wording for a proposal that did not finish in time. etcd
+    /// says "request timed out" with no leader too; the finer variants
+    /// (leader failed meanwhile, connection lost) need the election and
+    /// peer-activity times, which are not tracked yet.
+    fn timeout_error(&self) -> EtcdError {
+        EtcdError::Timeout
     }
 }
 
-/// Size of the request as it would travel through raft, which is what
-/// etcd's `--max-request-bytes` limits.
-fn encoded_len(req: &Request, id: u64) -> usize {
-    let mut r = InternalRaftRequest {
-        header: Some(RequestHeader {
-            id,
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    match req {
-        Request::Put(p) => r.put = Some(p.clone()),
-        Request::DeleteRange(d) => r.delete_range = Some(d.clone()),
-        Request::Txn(t) => r.txn = Some(t.clone()),
-        Request::Compaction(c) => r.compaction = Some(*c),
-        Request::LeaseGrant(g) => r.lease_grant = Some(*g),
-        Request::LeaseRevoke(v) => r.lease_revoke = Some(*v),
-    }
-    r.encoded_len()
-}
-
-fn apply_loop(
-    applier: Applier,
-    store: KvStore,
-    mut rx: mpsc::Receiver<Proposal>,
-    durable: watch::Sender<i64>,
-    progress: Arc<LogProgress>,
-    sink: Arc<dyn EventSink>,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        let mut index = progress.applied.load(Ordering::Acquire);
-        let mut events = Vec::new();
-        let results: Vec<_> = batch
-            .iter()
-            .map(|p| {
-                index += 1;
-                let applied = applier.apply(&p.req, index);
-                events.extend(applied.events);
-                applied.result
-            })
-            .collect();
-        if let Err(e) = store.sync() {
-            // As with a failed WAL fsync in etcd: durability is gone, stop.
-            tracing::error!(error = %e, "failed to sync the backend; exiting");
-            std::process::exit(1);
-        }
-        progress.applied.store(index, Ordering::Release);
-        durable.send_replace(store.rev());
-        if !events.is_empty() {
-            sink.publish(events);
-        }
-        for (p, r) in batch.drain(..).zip(results) {
-            let _ = p.reply.send(r);
-        }
+fn node_error(e: NodeError) -> EtcdError {
+    match e {
+        NodeError::Busy => EtcdError::TooManyRequests,
+        _ => EtcdError::Stopped,
     }
 }

@@ -74,7 +74,9 @@ impl Election for ElectionService {
         request: GrpcRequest<ProclaimRequest>,
     ) -> Result<GrpcResponse<ProclaimResponse>, Status> {
         let r = request.into_inner();
-        let leader = r.leader.ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
+        let leader = r
+            .leader
+            .ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
         let lease = session_lease(&self.core, leader.lease)
             .await
             .map_err(to_status)?;
@@ -127,7 +129,9 @@ impl Election for ElectionService {
         request: GrpcRequest<ResignRequest>,
     ) -> Result<GrpcResponse<ResignResponse>, Status> {
         let r = request.into_inner();
-        let leader = r.leader.ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
+        let leader = r
+            .leader
+            .ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
         // etcd opens a session here too, granting a lease for lease 0.
         session_lease(&self.core, leader.lease)
             .await

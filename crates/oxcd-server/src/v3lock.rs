@@ -11,12 +11,12 @@
 //! [`to_status`]).
 
 use crate::apply::Request;
+use crate::concurrency;
 use crate::concurrency::{
     created_at, first_created, get_op, put_op, range_kvs, range_op, session_lease, to_status,
     wait_deletes, Cleanup,
 };
 use crate::core::Core;
-use crate::concurrency;
 use bytes::Bytes;
 use oxcd_api::etcdserverpb::{DeleteRangeRequest, ResponseHeader, TxnRequest};
 use oxcd_api::v3lockpb::lock_server::Lock;

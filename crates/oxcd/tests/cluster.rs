@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{bounded, grpc_status, server_binary, Cluster, ELECTION_TIMEOUT};
+use common::{bounded, grpc_status, server_binary, Cluster, ELECTION_TIMEOUT, UNHEALTHY};
 use etcd_client::{Client, ConnectOptions, GetOptions};
 use serde_json::Value;
 
@@ -144,7 +144,11 @@ async fn three_members_form_a_cluster() {
                 .unwrap_or_else(|| panic!("member {i} missing in {j}"));
             assert_eq!(entry["name"], m.name.as_str(), "{j}");
             assert_eq!(entry["peerURLs"], serde_json::json!([m.peer_url()]), "{j}");
-            assert_eq!(entry["clientURLs"], serde_json::json!([m.client_url()]), "{j}");
+            assert_eq!(
+                entry["clientURLs"],
+                serde_json::json!([m.client_url()]),
+                "{j}"
+            );
         }
 
         // endpoint status on all: one common leader, one common term.
@@ -152,15 +156,25 @@ async fn three_members_form_a_cluster() {
         assert_eq!(c.leader_index().await, Some(leader));
         let deadline = Instant::now() + ELECTION_BOUND;
         loop {
-            let j = c.etcdctl(&["endpoint", "status", "-w", "json"]).await.json();
+            let j = c
+                .etcdctl(&["endpoint", "status", "-w", "json"])
+                .await
+                .json();
             let entries = j.as_array().expect("array of endpoint statuses");
             assert_eq!(entries.len(), 3, "{j}");
             let views: Vec<(Value, Value)> = entries
                 .iter()
-                .map(|e| (e["Status"]["leader"].clone(), e["Status"]["raftTerm"].clone()))
+                .map(|e| {
+                    (
+                        e["Status"]["leader"].clone(),
+                        e["Status"]["raftTerm"].clone(),
+                    )
+                })
                 .collect();
-            let leader_id = Value::from(c.member_id(leader));
-            if views.iter().all(|(l, t)| *l == leader_id && *t == views[0].1) {
+            // (Compared with each other, not with `leader`: a loaded machine
+            // may see an extra election in between.)
+            let leader_id = views[0].0.as_u64().unwrap_or(0);
+            if c.index_of(leader_id).is_some() && views.iter().all(|v| *v == views[0]) {
                 break;
             }
             assert!(Instant::now() < deadline, "no common leader/term: {j}");
@@ -193,7 +207,14 @@ async fn three_members_form_a_cluster() {
         // Same revision and hash everywhere, as etcdctl shows it too.
         let rev = c.wait_converged(CONVERGE_BOUND).await;
         let j = c
-            .etcdctl(&["endpoint", "hashkv", "--rev", &rev.to_string(), "-w", "json"])
+            .etcdctl(&[
+                "endpoint",
+                "hashkv",
+                "--rev",
+                &rev.to_string(),
+                "-w",
+                "json",
+            ])
             .await
             .json();
         let hashes: Vec<&Value> = j
@@ -224,12 +245,17 @@ struct WriterReport {
 }
 
 /// If no put succeeds for this long, writes did not resume.
-const WRITE_STALL: Duration = Duration::from_secs(15);
+const WRITE_STALL: Duration = Duration::from_secs(10);
 
 /// Puts `count` keys; each attempt gets its own key, so an attempt that
 /// failed for the client but still committed cannot be mistaken for an
 /// acknowledged one. On an error the writer moves to the next endpoint.
-async fn writer(urls: Vec<String>, task: usize, count: usize, acked: Arc<AtomicUsize>) -> WriterReport {
+async fn writer(
+    urls: Vec<String>,
+    task: usize,
+    count: usize,
+    acked: Arc<AtomicUsize>,
+) -> WriterReport {
     let mut clients: Vec<Option<Client>> = vec![None; urls.len()];
     let mut at = task % urls.len();
     let mut report = WriterReport {
@@ -400,7 +426,10 @@ async fn minority_cannot_serve_linearizable_reads() {
         let survivor = leader;
         let deadline = Instant::now() + ELECTION_BOUND;
         loop {
-            let st = c.status_of(survivor).await.expect("survivor answers Status");
+            let st = c
+                .status_of(survivor)
+                .await
+                .expect("survivor answers Status");
             if st.leader() == 0 {
                 assert_eq!(st.errors(), ["etcdserver: no leader"]);
                 break;
@@ -465,8 +494,11 @@ async fn minority_cannot_serve_linearizable_reads() {
             ),
             "put on a minority: {write:?}"
         );
-        // etcdctl retries until its --command-timeout (8 s) expires.
-        assert_eq!(ctl.err(), "Error: context deadline exceeded");
+        // etcdctl retries until its --command-timeout (8 s) expires; the
+        // last attempt ends on the client's deadline or on the server's
+        // (`Error: rpc error: code = Unknown desc = context deadline
+        // exceeded`), whichever notices first.
+        assert!(ctl.err().ends_with("context deadline exceeded"), "{ctl:#?}");
 
         // A client that requires a leader is refused at once.
         let opts = ConnectOptions::new()
@@ -494,7 +526,10 @@ async fn minority_cannot_serve_linearizable_reads() {
         c.wait_leader(ELECTION_BOUND).await;
         for i in 0..3 {
             let mut client = c.client_of(i).await;
-            let r = client.get("minority", None).await.expect("linearizable get");
+            let r = client
+                .get("minority", None)
+                .await
+                .expect("linearizable get");
             // The put above may or may not have committed after all.
             assert!(matches!(r.kvs()[0].value(), b"v1" | b"v2"));
         }
@@ -603,6 +638,8 @@ async fn learner_joins_and_is_promoted() {
         let client = c.client_of(0).await;
         write_keys(&client, "before-learner/", 100, 2).await;
 
+        // (etcdctl prints IDs in `Member ... added/promoted/removed` lines
+        // with Go's `%16x`: space-padded to 16 columns.)
         let l = c.add_member(true).await;
         let id = format!("{:x}", c.member_id(l));
         let out = c.etcdctl_on(0, &["member", "list"]).await;
@@ -633,16 +670,31 @@ async fn learner_joins_and_is_promoted() {
         loop {
             let out = c.etcdctl_on(0, &["member", "promote", &id]).await;
             if out.success {
-                assert!(out.stdout.starts_with(&format!("Member {id} promoted in cluster ")));
+                assert!(
+                    out.stdout.starts_with(&format!(
+                        "Member {:16x} promoted in cluster ",
+                        c.member_id(l)
+                    )),
+                    "{out:#?}"
+                );
                 break;
             }
-            assert!(Instant::now() < deadline, "promote never succeeded: {out:#?}");
+            assert!(
+                Instant::now() < deadline,
+                "promote never succeeded: {out:#?}"
+            );
             tokio::time::sleep(POLL).await;
         }
         let out = c.etcdctl_on(0, &["member", "list"]).await;
         assert_eq!(out.ok().lines().count(), 4);
-        assert!(out.ok().lines().all(|line| line.ends_with(", false")), "{out:#?}");
-        let r = lc.get("before-learner/00000", None).await.expect("get after promotion");
+        assert!(
+            out.ok().lines().all(|line| line.ends_with(", false")),
+            "{out:#?}"
+        );
+        let r = lc
+            .get("before-learner/00000", None)
+            .await
+            .expect("get after promotion");
         assert_eq!(r.kvs()[0].value(), b"v0");
         c.wait_converged(CONVERGE_BOUND).await;
     })
@@ -657,20 +709,32 @@ async fn member_remove_shrinks_cluster() {
         let leader = c.wait_leader(ELECTION_BOUND).await;
         let gone = (leader + 1) % 3;
         let id = format!("{:x}", c.member_id(gone));
-        let out = c.etcdctl_on(leader, &["member", "remove", &id]).await;
+        let out = c
+            .etcdctl_retrying(&["member", "remove", &id], &[UNHEALTHY], CONVERGE_BOUND)
+            .await;
         assert!(
-            out.ok().starts_with(&format!("Member {id} removed from cluster ")),
+            out.ok().starts_with(&format!(
+                "Member {:16x} removed from cluster ",
+                c.member_id(gone)
+            )),
             "{out:#?}"
         );
         // The removed member learns of it and exits.
         let status = c.wait_exit(gone, Duration::from_secs(10)).await;
-        assert!(status.is_some(), "removed member still running\n{}", c.logs());
+        assert!(
+            status.is_some(),
+            "removed member still running\n{}",
+            c.logs()
+        );
 
         let out = c.etcdctl(&["member", "list"]).await;
         assert_eq!(out.ok().lines().count(), 2, "{out:#?}");
         assert!(!out.ok().contains(&id));
         let mut client = c.client_of(leader).await;
-        client.put("after-remove", "ok", None).await.expect("put on two members");
+        client
+            .put("after-remove", "ok", None)
+            .await
+            .expect("put on two members");
         c.wait_converged(CONVERGE_BOUND).await;
     })
     .await;
@@ -688,7 +752,10 @@ async fn move_leader_transfers_leadership() {
 
         // etcdctl looks for the leader among the endpoints it is given.
         let out = c.etcdctl_on(other, &["move-leader", &target_id]).await;
-        assert!(out.err().starts_with("Error: no leader endpoint given at "), "{out:#?}");
+        assert!(
+            out.err().starts_with("Error: no leader endpoint given at "),
+            "{out:#?}"
+        );
 
         let out = c.etcdctl(&["move-leader", &target_id]).await;
         assert_eq!(

@@ -16,6 +16,7 @@ use oxcd_api::etcdserverpb::{
     LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
     ResponseOp, TxnRequest, TxnResponse,
 };
+use oxcd_api::etcdserverpb::{InternalRaftRequest, RequestHeader};
 use oxcd_api::mvccpb::Event;
 use oxcd_api::EtcdError;
 use oxcd_mvcc::{KvStore, MvccError, RangeOptions, WriteTxn};
@@ -38,6 +39,46 @@ pub enum Request {
     LeaseGrant(LeaseGrantRequest),
     /// `Lease/LeaseRevoke`, from a client or the expiry loop.
     LeaseRevoke(LeaseRevokeRequest),
+}
+
+impl Request {
+    /// Wraps the request in the raft envelope with request `id`.
+    pub fn to_internal(&self, id: u64) -> InternalRaftRequest {
+        let mut r = InternalRaftRequest {
+            header: Some(RequestHeader {
+                id,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        match self {
+            Request::Put(p) => r.put = Some(p.clone()),
+            Request::DeleteRange(d) => r.delete_range = Some(d.clone()),
+            Request::Txn(t) => r.txn = Some(t.clone()),
+            Request::Compaction(c) => r.compaction = Some(*c),
+            Request::LeaseGrant(g) => r.lease_grant = Some(*g),
+            Request::LeaseRevoke(v) => r.lease_revoke = Some(*v),
+        }
+        r
+    }
+
+    /// Unwraps a raft envelope; `None` for requests this applier does not
+    /// handle (membership attributes are handled by the raft application).
+    pub fn from_internal(r: InternalRaftRequest) -> Option<Request> {
+        if let Some(p) = r.put {
+            Some(Request::Put(p))
+        } else if let Some(d) = r.delete_range {
+            Some(Request::DeleteRange(d))
+        } else if let Some(t) = r.txn {
+            Some(Request::Txn(t))
+        } else if let Some(c) = r.compaction {
+            Some(Request::Compaction(c))
+        } else if let Some(g) = r.lease_grant {
+            Some(Request::LeaseGrant(g))
+        } else {
+            r.lease_revoke.map(Request::LeaseRevoke)
+        }
+    }
 }
 
 /// The outcome of applying one request.

@@ -33,6 +33,11 @@ pub async fn run(lessor: Lessor, writes: WritePath, shutdown: CancellationToken)
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // Only the leader expires leases; the others learn of it through
+        // the revokes it replicates.
+        if !writes.is_leader() {
+            continue;
+        }
         let expired = lessor.find_expired(Instant::now(), REVOKES_PER_PASS, RETRY_INTERVAL);
         if expired.is_empty() {
             continue;

@@ -69,7 +69,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberListResponse>, Status> {
         Ok(Response::new(MemberListResponse {
             header: self.header(),
-            members: self.core.members.iter().map(to_pb).collect(),
+            members: self.core.members.list().iter().map(to_pb).collect(),
         }))
     }
 

@@ -27,10 +27,11 @@ impl KvService {
         Ok(self.core.writes.propose(req).await?)
     }
 
-    /// Waits, for a linearizable read, until what it saw is durable.
-    async fn settle(&self, serializable: bool, rev: i64) -> Result<(), Status> {
+    /// Before a linearizable read: a ReadIndex round and the wait until it
+    /// is applied, so the read sees every write acknowledged before it.
+    async fn barrier(&self, serializable: bool) -> Result<(), Status> {
         if !serializable {
-            self.core.writes.wait_durable(rev).await?;
+            self.core.writes.linearizable_barrier().await?;
         }
         Ok(())
     }
@@ -50,9 +51,9 @@ impl Kv for KvService {
         if r.key.is_empty() {
             return Err(EtcdError::EmptyKey.into());
         }
+        self.barrier(r.serializable).await?;
         let mut read = self.core.store.read().map_err(apply::mvcc_error)?;
         let mut resp = apply::read_range(&mut read, &r)?;
-        self.settle(r.serializable, read.rev()).await?;
         self.core.stamp(&mut resp.header);
         Ok(GrpcResponse::new(resp))
     }
@@ -93,11 +94,10 @@ impl Kv for KvService {
         txn::check_txn_request(&r, self.core.max_txn_ops)?;
         txn::check_duplicates(&r)?;
         let mut resp = if txn::is_read_only(&r) {
+            self.barrier(all_serializable(&r)).await?;
             let mut read = self.core.store.read().map_err(apply::mvcc_error)?;
             let rev = read.rev();
-            let resp = apply::read_only_txn(&mut read, rev, &r)?;
-            self.settle(all_serializable(&r), rev).await?;
-            resp
+            apply::read_only_txn(&mut read, rev, &r)?
         } else {
             let Response::Txn(resp) = self.write(Request::Txn(r)).await? else {
                 return Err(unexpected());

@@ -3,7 +3,7 @@
 //! move-leader and downgrade belong to later issues and answer
 //! `Unimplemented`.
 
-use crate::core::{Core, SINGLE_MEMBER_TERM};
+use crate::core::Core;
 use crate::version::SERVER_VERSION;
 use oxcd_api::etcdserverpb::maintenance_server::Maintenance;
 use oxcd_api::etcdserverpb::*;
@@ -35,15 +35,20 @@ impl Maintenance for MaintenanceService {
 
     async fn status(&self, _r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let c = &self.core;
-        let index = c.writes.applied_index();
+        let st = c.writes.status();
         Ok(Response::new(StatusResponse {
             header: Some(c.header(c.store.rev())),
             version: SERVER_VERSION.to_string(),
             db_size: c.store.db_size().unwrap_or(0) as i64,
-            leader: c.leader(),
-            raft_index: index,
-            raft_term: SINGLE_MEMBER_TERM,
-            raft_applied_index: index,
+            leader: st.leader,
+            raft_index: st.commit,
+            raft_term: st.term,
+            raft_applied_index: st.applied,
+            errors: if st.leader == 0 {
+                vec![oxcd_api::EtcdError::NoLeader.message().to_string()]
+            } else {
+                Vec::new()
+            },
             db_size_in_use: c.store.db_size_in_use() as i64,
             is_learner: false,
             db_size_quota: self.quota_bytes,

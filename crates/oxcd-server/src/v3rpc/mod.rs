@@ -11,6 +11,7 @@ pub mod maintenance;
 pub mod watch;
 
 use crate::core::Core;
+use axum::response::IntoResponse;
 use oxcd_api::etcdserverpb::cluster_server::ClusterServer;
 use oxcd_api::etcdserverpb::kv_server::KvServer;
 use oxcd_api::etcdserverpb::lease_server::LeaseServer;
@@ -59,7 +60,7 @@ pub fn routes(core: Arc<Core>, limits: GrpcLimits) -> axum::Router {
     let election = ElectionServer::new(crate::v3election::ElectionService::new(core.clone()))
         .max_decoding_message_size(limits.max_recv_bytes)
         .max_encoding_message_size(usize::MAX);
-    let cluster = ClusterServer::new(cluster::ClusterService::new(core))
+    let cluster = ClusterServer::new(cluster::ClusterService::new(core.clone()))
         .max_decoding_message_size(limits.max_recv_bytes)
         .max_encoding_message_size(usize::MAX);
     tonic::service::Routes::new(kv)
@@ -70,4 +71,25 @@ pub fn routes(core: Arc<Core>, limits: GrpcLimits) -> axum::Router {
         .add_service(lock)
         .add_service(election)
         .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(core, require_leader))
+}
+
+/// etcd's `hasleader` metadata: a client that sets it is refused at once
+/// with `etcdserver: no leader` while this member knows no leader, instead
+/// of waiting for a timeout (etcd's v3rpc interceptors).
+async fn require_leader(
+    axum::extract::State(core): axum::extract::State<Arc<Core>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let wants_leader = req
+        .headers()
+        .get("hasleader")
+        .is_some_and(|v| v.as_bytes() == b"true");
+    if wants_leader && core.leader() == 0 {
+        return tonic::Status::from(oxcd_api::EtcdError::NoLeader)
+            .into_http::<axum::body::Body>()
+            .into_response();
+    }
+    next.run(req).await
 }

@@ -1,5 +1,6 @@
-//! Black-box harness: spawns a real single-member server process and drives it
-//! with the real `etcdctl` and with the `etcd-client` crate.
+//! Black-box harness: spawns real server processes, a single member
+//! ([`Member`]) or a multi-member cluster ([`Cluster`]), and drives them with
+//! the real `etcdctl` and with the `etcd-client` crate.
 //!
 //! The server binary is `$OXCD_TEST_SERVER` when set (for example
 //! `/usr/bin/etcd`, to validate the suite against the reference), otherwise
@@ -478,6 +479,10 @@ pub const FAST_RAFT: &[&str] = &["--heartbeat-interval", "50", "--election-timeo
 /// The election timeout [`FAST_RAFT`] configures.
 pub const ELECTION_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// etcd's refusal of a membership change (`--strict-reconfig-check`) while
+/// some member has not been connected for 5 s, e.g. just after start-up.
+pub const UNHEALTHY: &str = "etcdserver: unhealthy cluster";
+
 /// How long a member may take to exit after SIGTERM.
 pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -776,6 +781,25 @@ impl Cluster {
         run_etcdctl(&self.live_endpoints().join(","), args, "").await
     }
 
+    /// Runs etcdctl (all running members) until it succeeds or fails with
+    /// an error containing none of `transient`; bounded by `within`.
+    pub async fn etcdctl_retrying(
+        &self,
+        args: &[&str],
+        transient: &[&str],
+        within: Duration,
+    ) -> CtlOutput {
+        let deadline = Instant::now() + within;
+        loop {
+            let out = self.etcdctl(args).await;
+            let retry = !out.success && transient.iter().any(|t| out.stderr.contains(t));
+            if !retry || Instant::now() >= deadline {
+                return out;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     /// Runs etcdctl against member `i` alone.
     pub async fn etcdctl_on(&self, i: usize, args: &[&str]) -> CtlOutput {
         self.members[i].etcdctl(args).await
@@ -878,7 +902,9 @@ impl Cluster {
         if learner {
             args.push("--learner");
         }
-        let out = self.etcdctl(&args).await;
+        let out = self
+            .etcdctl_retrying(&args, &[UNHEALTHY], READY_DEADLINE)
+            .await;
         // etcdctl prints the environment the new member needs, e.g.
         // ETCD_INITIAL_CLUSTER="m0=http://...,m3=http://...".
         let initial_cluster = out

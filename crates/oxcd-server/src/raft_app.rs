@@ -1,0 +1,120 @@
+//! The server side of the raft loop: what happens to a committed entry
+//! (etcd's `applyAll` / `applyEntryNormal` / `applyConfChange`).
+//!
+//! Runs on the raft thread. For each committed normal entry, in log order:
+//! decode the `InternalRaftRequest`; member attributes update the member
+//! list; everything else goes to the [`Applier`] unless the backend already
+//! holds it (index ≤ the consistent index the store had at start: the WAL
+//! replays the whole log after a restart, the backend kept a prefix). After
+//! each group: watchers get the group's events, then the proposers their
+//! answers, then the applied index is published (which releases
+//! linearizable reads waiting for it). Conf changes are always re-applied
+//! to raft by the loop; here they are only logged until runtime membership
+//! changes land.
+
+use crate::apply::{Applier, Request};
+use crate::lessor::Lessor;
+use crate::membership::Members;
+use crate::propose::EventSink;
+use crate::read_index::ReadIndex;
+use crate::wait::{Outcome, Waiters};
+use oxcd_api::etcdserverpb::InternalRaftRequest;
+use oxcd_api::mvccpb::Event;
+use oxcd_raft::node::Application;
+use prost::Message;
+use raft::prelude::{ConfChange, ConfState};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Everything the apply side needs, owned by the raft thread.
+pub struct ServerApp {
+    /// Runs requests against the store.
+    pub applier: Applier,
+    /// The backend's consistent index at start: entries up to it are
+    /// already applied.
+    pub skip_until: u64,
+    /// Proposers waiting for their entries.
+    pub waiters: Arc<Waiters>,
+    /// Linearizable readers waiting for read indexes.
+    pub reads: Arc<ReadIndex>,
+    /// The applied index, published after each group.
+    pub applied: watch::Sender<u64>,
+    /// Where watch events go once their group is applied.
+    pub sink: Arc<dyn EventSink>,
+    /// The member list (attributes arrive through raft).
+    pub members: Members,
+    /// The lessor, promoted when this member becomes leader.
+    pub lessor: Lessor,
+    /// This member's ID.
+    pub member_id: u64,
+    /// `--election-timeout`: a new leader extends leases by it.
+    pub election_timeout: Duration,
+    /// Events of the group being applied.
+    pub events: Vec<Event>,
+    /// Answers of the group being applied.
+    pub done: Vec<(u64, Outcome)>,
+}
+
+impl Application for ServerApp {
+    fn apply_entry(&mut self, index: u64, _term: u64, data: &[u8]) {
+        let r = match InternalRaftRequest::decode(data) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(index, error = %e, "undecodable raft entry; skipped");
+                return;
+            }
+        };
+        let id = r.header.as_ref().map_or(0, |h| h.id);
+        if let Some(attrs) = &r.cluster_member_attr_set {
+            let a = attrs.member_attributes.clone().unwrap_or_default();
+            self.members
+                .set_attributes(attrs.member_id, a.name, a.client_urls);
+            return;
+        }
+        if index <= self.skip_until {
+            return;
+        }
+        let Some(req) = Request::from_internal(r) else {
+            tracing::warn!(index, "raft entry with no request this version applies");
+            return;
+        };
+        let applied = self.applier.apply(&req, index);
+        self.events.extend(applied.events);
+        if id != 0 {
+            self.done.push((id, applied.result));
+        }
+    }
+
+    fn apply_conf_change(&mut self, index: u64, cc: &ConfChange, cs: &ConfState) {
+        tracing::info!(
+            index,
+            node = %format!("{:x}", cc.node_id),
+            change = ?cc.get_change_type(),
+            voters = ?cs.voters.iter().map(|v| format!("{v:x}")).collect::<Vec<_>>(),
+            "applied raft conf change"
+        );
+    }
+
+    fn on_read_index(&mut self, ctx: &[u8], index: u64) {
+        self.reads.resolve(ctx, index);
+    }
+
+    fn on_applied(&mut self, applied: u64) {
+        if !self.events.is_empty() {
+            self.sink.publish(std::mem::take(&mut self.events));
+        }
+        for (id, outcome) in self.done.drain(..) {
+            self.waiters.trigger(id, outcome);
+        }
+        self.applied.send_replace(applied);
+    }
+
+    fn on_leader_change(&mut self, leader: u64, _term: u64) {
+        if leader == self.member_id {
+            // A new leader gives every lease a fresh TTL plus one election
+            // timeout, as etcd's lessor Promote does.
+            self.lessor.promote(self.election_timeout);
+        }
+    }
+}

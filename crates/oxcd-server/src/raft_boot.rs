@@ -1,0 +1,205 @@
+//! Starting raft for a member (etcd's `bootstrap.go` raft half and
+//! `raft.go` `startNode` / `restartNode`):
+//!
+//! - a new member creates its WAL (metadata: member and cluster ID) and
+//!   writes the bootstrap log, one committed `AddNode` per initial member;
+//! - a restarting member opens its WAL, which replays the whole log; the
+//!   applier skips what the backend already holds (its consistent index);
+//! - then the peer transport, the apply side and the raft loop start, and
+//!   the write path is assembled around them.
+
+use crate::apply::Applier;
+use crate::bootstrap::{Identity, Layout};
+use crate::config::{Config, TlsInfo};
+use crate::embed::StartError;
+use crate::lessor::Lessor;
+use crate::membership::Members;
+use crate::propose::{WritePath, WritePathParts};
+use crate::raft_app::ServerApp;
+use crate::read_index::ReadIndex;
+use crate::wait::Waiters;
+use oxcd_api::oxcdpeerpb::peer_server::PeerServer;
+use oxcd_mvcc::{KvStore, WatchableStore};
+use oxcd_raft::fs::{Fs, OsFs};
+use oxcd_raft::node::{self, NodeConfig, NodeInbox};
+use oxcd_raft::transport::{skip_verify_config, PeerService, PeerTls, Transport};
+use oxcd_raft::wal::{self, SnapshotMarker, Wal, WalOptions};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity as TlsIdentity};
+
+/// What starting raft needs from the member being started.
+pub struct RaftBoot<'a> {
+    /// The validated configuration.
+    pub cfg: &'a Config,
+    /// The data dir layout.
+    pub layout: &'a Layout,
+    /// This member and its initial cluster.
+    pub identity: &'a Identity,
+    /// The MVCC store the applier writes to.
+    pub store: KvStore,
+    /// The lessor the applier and leadership changes drive.
+    pub lessor: Lessor,
+    /// Where applied events go.
+    pub watchable: WatchableStore,
+    /// The shared member list.
+    pub members: Members,
+}
+
+/// The running raft half of a member.
+pub struct Raft {
+    /// Proposals and linearizable reads.
+    pub writes: WritePath,
+    /// Links to the other members.
+    pub transport: Arc<Transport>,
+}
+
+/// etcd's request timeout: 5 s plus two election timeouts.
+pub fn request_timeout(cfg: &Config) -> Duration {
+    Duration::from_secs(5) + 2 * Duration::from_millis(cfg.election_timeout_ms)
+}
+
+/// Opens or creates the WAL, starts the transport and the raft loop.
+pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
+    let cfg = b.cfg;
+    let me = b.identity.member.id;
+    let cid = b.identity.cluster_id;
+    let (wal, replayed) = open_or_bootstrap(&b)?;
+    let transport = Transport::new(
+        me,
+        cid,
+        peer_client_tls(&cfg.peer_tls, &b.layout.peer_fixtures())?,
+    );
+    for m in b.identity.members.iter().filter(|m| m.id != me) {
+        transport.add_peer(m.id, m.peer_urls.clone());
+    }
+    let timeout = request_timeout(cfg);
+    let waiters = Arc::new(Waiters::default());
+    let reads = ReadIndex::new(timeout);
+    let (applied_tx, applied_rx) = watch::channel(0);
+    let app = ServerApp {
+        applier: Applier::new(b.store.clone(), b.lessor.clone()),
+        skip_until: b.store.consistent_index(),
+        waiters: waiters.clone(),
+        reads: reads.clone(),
+        applied: applied_tx,
+        sink: Arc::new(b.watchable.clone()),
+        members: b.members.clone(),
+        lessor: b.lessor.clone(),
+        member_id: me,
+        election_timeout: Duration::from_millis(cfg.election_timeout_ms),
+        events: Vec::new(),
+        done: Vec::new(),
+    };
+    let node_cfg = NodeConfig {
+        id: me,
+        tick: Duration::from_millis(cfg.heartbeat_interval_ms.max(1)),
+        election_ticks: cfg.election_ticks().max(2) as usize,
+        pre_vote: true,
+    };
+    let node = node::start(node_cfg, wal, replayed, transport.clone(), app)
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    reads.set_node(node.clone());
+    let writes = WritePath::new(WritePathParts {
+        node,
+        waiters,
+        reads,
+        applied: applied_rx,
+        member_id: me,
+        max_request_bytes: cfg.max_request_bytes as usize,
+        request_timeout: timeout,
+    });
+    Ok(Raft { writes, transport })
+}
+
+fn wal_dir(cfg: &Config, layout: &Layout) -> PathBuf {
+    if cfg.wal_dir.as_os_str().is_empty() {
+        layout.member_dir().join("wal")
+    } else {
+        cfg.wal_dir.clone()
+    }
+}
+
+fn open_or_bootstrap(b: &RaftBoot<'_>) -> Result<(Wal, wal::WalContents), StartError> {
+    let fs: Arc<dyn Fs> = Arc::new(OsFs);
+    let dir = wal_dir(b.cfg, b.layout);
+    if wal::exists(fs.as_ref(), &dir) {
+        return Wal::open(fs, &dir, SnapshotMarker::default(), WalOptions::default()).map_err(
+            |e| StartError::Raft(format!("cannot open the WAL in {}: {e}", dir.display())),
+        );
+    }
+    if b.store.consistent_index() > 0 {
+        return Err(StartError::Raft(format!(
+            "the backend holds applied data but the WAL in {} is missing; refusing to start",
+            dir.display()
+        )));
+    }
+    let meta = format!(
+        r#"{{"member_id":"{:x}","cluster_id":"{:x}"}}"#,
+        b.identity.member.id, b.identity.cluster_id
+    );
+    let mut w = Wal::create(fs, &dir, meta.as_bytes(), WalOptions::default()).map_err(|e| {
+        StartError::Raft(format!("cannot create the WAL in {}: {e}", dir.display()))
+    })?;
+    let boot: node::BootstrapMembers = b
+        .identity
+        .members
+        .iter()
+        .map(|m| (m.id, m.peer_urls.join(",").into_bytes()))
+        .collect();
+    let replayed = node::bootstrap(&mut w, &boot).map_err(|e| StartError::Raft(e.to_string()))?;
+    Ok((w, replayed))
+}
+
+/// Client-side TLS for `https` peer URLs, from the `--peer-*` settings.
+/// With `--peer-auto-tls` (and no certificate files) the peers' certificates
+/// are self-signed, so they are not verified, as in etcd.
+fn peer_client_tls(t: &TlsInfo, fixtures: &std::path::Path) -> Result<PeerTls, StartError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| StartError::Raft(format!("cannot read {}: {e}", p.display())))
+    };
+    let has_files = !t.cert_file.as_os_str().is_empty() && !t.key_file.as_os_str().is_empty();
+    if t.auto_tls && !has_files {
+        let (cert, key) = (fixtures.join("cert.pem"), fixtures.join("key.pem"));
+        let identity = if cert.exists() && key.exists() {
+            Some((read(&cert)?, read(&key)?))
+        } else {
+            None
+        };
+        let cfg =
+            skip_verify_config(identity).map_err(|e| StartError::Raft(format!("peer TLS: {e}")))?;
+        return Ok(PeerTls::SkipVerify(cfg));
+    }
+    let mut tls = ClientTlsConfig::new();
+    let mut any = false;
+    if !t.trusted_ca_file.as_os_str().is_empty() {
+        tls = tls.ca_certificate(Certificate::from_pem(read(&t.trusted_ca_file)?));
+        any = true;
+    }
+    if has_files {
+        tls = tls.identity(TlsIdentity::from_pem(
+            read(&t.cert_file)?,
+            read(&t.key_file)?,
+        ));
+        any = true;
+    }
+    Ok(if any {
+        PeerTls::Verified(tls)
+    } else {
+        PeerTls::Plain
+    })
+}
+
+/// The gRPC routes of the peer port: oxcd's peer protocol.
+pub fn peer_routes(writes: &WritePath, member_id: u64, cluster_id: u64) -> axum::Router {
+    let inbox = Arc::new(NodeInbox(writes.node().clone()));
+    let svc = PeerService::new(member_id, cluster_id, inbox);
+    tonic::service::Routes::new(
+        PeerServer::new(svc)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024),
+    )
+    .into_axum_router()
+}
