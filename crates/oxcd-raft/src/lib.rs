@@ -12,6 +12,7 @@
 //!
 //! - [`transport`]: raft messages between members over the peer URLs
 //!   (`oxcdpeerpb.Peer`), never blocking the raft loop.
+//! - [`tls_error`]: TLS failures in Go's `crypto/tls` wording, for logs.
 //! - [`node`]: the raft loop around raft-rs's `RawNode`: one thread that
 //!   persists each `Ready` to the WAL with one fsync, sends, and applies.
 //!
@@ -26,6 +27,7 @@ pub mod error;
 pub mod fs;
 pub mod node;
 pub mod snap;
+pub mod tls_error;
 pub mod transport;
 pub mod wal;
 

@@ -13,10 +13,12 @@
 //! Receiving side: [`PeerService`] accepts streams, checks the cluster ID
 //! and the addressee, and hands each batch to the local [`Inbox`].
 
+use crate::tls_error::{self, Side};
 use oxcd_api::oxcdpeerpb::peer_client::PeerClient;
 use oxcd_api::oxcdpeerpb::peer_server::Peer;
 use oxcd_api::oxcdpeerpb::{
-    HelloRequest, HelloResponse, RaftBatch, RaftStreamEnd, SnapshotAck, SnapshotChunk,
+    HelloRequest, HelloResponse, MembersRequest, MembersResponse, PeerMember, RaftBatch,
+    RaftStreamEnd, SnapshotAck, SnapshotChunk,
 };
 use prost::bytes::Bytes;
 use std::collections::HashMap;
@@ -38,6 +40,8 @@ const MAX_BATCH: usize = 256;
 /// Backoff bounds between reconnection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How often a failing link is reported (etcd's `statusErrorInterval`).
+const UNHEALTHY_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Where received raft messages go (the raft loop's mailbox).
 pub trait Inbox: Send + Sync + 'static {
@@ -69,22 +73,29 @@ pub struct Transport {
     cluster_id: u64,
     tls: PeerTls,
     peers: Mutex<HashMap<u64, PeerHandle>>,
+    /// Fires when a peer says this member was removed from the cluster.
+    removed: Arc<tokio::sync::Notify>,
+    /// Links are spawned here, so peers can be added from any thread (the
+    /// raft thread applies membership changes).
+    runtime: tokio::runtime::Handle,
 }
 
 impl Transport {
     /// Creates a transport for member `local_id` of `cluster_id`. `tls` is
-    /// used for `https` peer URLs.
+    /// used for `https` peer URLs. Must be called inside a tokio runtime,
+    /// which then runs the links.
     pub fn new(local_id: u64, cluster_id: u64, tls: PeerTls) -> Arc<Self> {
         Arc::new(Self {
             local_id,
             cluster_id,
             tls,
             peers: Mutex::new(HashMap::new()),
+            removed: Arc::new(tokio::sync::Notify::new()),
+            runtime: tokio::runtime::Handle::current(),
         })
     }
 
     /// Starts talking to member `id` at `urls` (replacing an earlier entry).
-    /// Must be called inside a tokio runtime.
     pub fn add_peer(&self, id: u64, urls: Vec<String>) {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
         let active = Arc::new(AtomicBool::new(false));
@@ -96,8 +107,9 @@ impl Transport {
             urls,
             tls: self.tls.clone(),
             active: active.clone(),
+            removed: self.removed.clone(),
         };
-        tokio::spawn(link.run(rx, stop.clone()));
+        self.runtime.spawn(link.run(rx, stop.clone()));
         let old = self.lock().insert(
             id,
             PeerHandle {
@@ -132,6 +144,11 @@ impl Transport {
             .is_some_and(|p| p.active.load(Ordering::Acquire))
     }
 
+    /// Resolves once a peer reports this member removed from the cluster.
+    pub async fn removed(&self) {
+        self.removed.notified().await;
+    }
+
     /// Stops every link.
     pub fn stop(&self) {
         for (_, p) in self.lock().drain() {
@@ -153,12 +170,19 @@ struct Link {
     urls: Vec<String>,
     tls: PeerTls,
     active: Arc<AtomicBool>,
+    removed: Arc<tokio::sync::Notify>,
 }
 
 impl Link {
     async fn run(self, mut rx: mpsc::Receiver<Bytes>, stop: CancellationToken) {
         let mut backoff = BACKOFF_MIN;
         let mut attempt = 0usize;
+        // Like etcd's prober: while the link keeps failing, warn every
+        // UNHEALTHY_LOG_INTERVAL (`health check for peer .. could not connect`).
+        let mut last_warned: Option<std::time::Instant> = None;
+        // The last TLS failure of this streak: when the server refuses the
+        // handshake, a request may only see "connection closed".
+        let mut tls_cause: Option<String> = None;
         loop {
             let url = &self.urls[attempt % self.urls.len().max(1)];
             attempt += 1;
@@ -166,11 +190,33 @@ impl Link {
                 _ = stop.cancelled() => return,
                 r = self.stream_once(url, &mut rx) => r,
             };
-            self.active.store(false, Ordering::Release);
+            if self.active.swap(false, Ordering::AcqRel) {
+                // The link worked for a while: a new failure streak starts.
+                last_warned = None;
+                tls_cause = None;
+            }
             match streamed {
-                Ok(()) => backoff = BACKOFF_MIN,
+                Ok(()) => {
+                    backoff = BACKOFF_MIN;
+                    last_warned = None;
+                    tls_cause = None;
+                }
+                Err(e) if e.message() == REMOVED_MESSAGE => self.removed.notify_one(),
                 Err(e) => {
-                    tracing::debug!(to = %format!("{:x}", self.to), %url, error = %e, "peer stream failed")
+                    if let Some(t) = tls_error::describe_tls(&e, Side::Client) {
+                        tls_cause = Some(t);
+                    }
+                    let error = tls_cause.clone().unwrap_or_else(|| e.message().to_string());
+                    tracing::debug!(to = %format!("{:x}", self.to), %url, %error, "peer stream failed");
+                    let now = std::time::Instant::now();
+                    let last = last_warned.get_or_insert(now);
+                    if now.duration_since(*last) >= UNHEALTHY_LOG_INTERVAL {
+                        *last = now;
+                        tracing::warn!(
+                            "health check for peer {:x} could not connect: {error}",
+                            self.to
+                        );
+                    }
                 }
             }
             // Whatever queued while disconnected is stale by now.
@@ -188,7 +234,7 @@ impl Link {
     async fn stream_once(&self, url: &str, rx: &mut mpsc::Receiver<Bytes>) -> Result<(), Status> {
         let channel = connect(url, &self.tls)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| Status::unavailable(tls_error::describe(&e, Side::Client)))?;
         let mut client = PeerClient::new(channel);
         client
             .hello(HelloRequest {
@@ -385,6 +431,41 @@ pub struct PeerService {
     local_id: u64,
     cluster_id: u64,
     inbox: Arc<dyn Inbox>,
+    directory: Option<Arc<dyn Directory>>,
+}
+
+/// Who is in the cluster, as served to joining members.
+pub trait Directory: Send + Sync + 'static {
+    /// The current members.
+    fn members(&self) -> Vec<PeerMember>;
+    /// Whether `id` was removed from the cluster.
+    fn is_removed(&self, _id: u64) -> bool {
+        false
+    }
+}
+
+/// What a member that was removed from the cluster is told by the others
+/// (etcd answers its removed peers with HTTP 410 Gone).
+pub const REMOVED_MESSAGE: &str = "the member has been permanently removed from the cluster";
+
+/// Asks the members at `urls`, in turn, for the cluster they are part of
+/// (etcd's `GetClusterFromRemotePeers`).
+pub async fn fetch_members(urls: &[String], tls: &PeerTls) -> Result<MembersResponse, Status> {
+    let mut last = Status::unavailable("no peer URL to ask");
+    for url in urls {
+        let channel = match connect(url, tls).await {
+            Ok(c) => c,
+            Err(e) => {
+                last = Status::unavailable(format!("{url}: {e}"));
+                continue;
+            }
+        };
+        match PeerClient::new(channel).members(MembersRequest {}).await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 impl PeerService {
@@ -394,7 +475,21 @@ impl PeerService {
             local_id,
             cluster_id,
             inbox,
+            directory: None,
         }
+    }
+
+    /// Also answers `Members` from `directory`.
+    pub fn with_directory(mut self, directory: Arc<dyn Directory>) -> Self {
+        self.directory = Some(directory);
+        self
+    }
+
+    fn check_from(&self, from: u64) -> Result<(), Status> {
+        if self.directory.as_ref().is_some_and(|d| d.is_removed(from)) {
+            return Err(Status::permission_denied(REMOVED_MESSAGE));
+        }
+        Ok(())
     }
 
     fn check(&self, cluster_id: u64, to: u64) -> Result<(), Status> {
@@ -419,6 +514,7 @@ impl Peer for PeerService {
     async fn hello(&self, r: Request<HelloRequest>) -> Result<Response<HelloResponse>, Status> {
         let r = r.into_inner();
         self.check(r.cluster_id, r.to)?;
+        self.check_from(r.from)?;
         Ok(Response::new(HelloResponse {
             cluster_id: self.cluster_id,
             member_id: self.local_id,
@@ -437,6 +533,20 @@ impl Peer for PeerService {
             self.inbox.deliver(batch.from, batch.messages);
         }
         Ok(Response::new(RaftStreamEnd {}))
+    }
+
+    async fn members(
+        &self,
+        _r: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        Ok(Response::new(MembersResponse {
+            cluster_id: self.cluster_id,
+            members: self
+                .directory
+                .as_ref()
+                .map(|d| d.members())
+                .unwrap_or_default(),
+        }))
     }
 
     async fn snapshot(

@@ -47,6 +47,13 @@ impl Core {
         *h = Some(self.header(rev));
     }
 
+    /// Whether this member is currently a non-voting learner.
+    pub fn is_learner(&self) -> bool {
+        self.members
+            .get(self.member.id)
+            .is_some_and(|m| m.is_learner)
+    }
+
     /// The leader's member ID, 0 when there is none.
     pub fn leader(&self) -> u64 {
         self.writes.status().leader

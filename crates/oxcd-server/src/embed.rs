@@ -12,7 +12,7 @@
 //! apply thread ends after its last batch is durable.
 
 use crate::bootstrap;
-use crate::config::{url_string, Config, TlsInfo};
+use crate::config::{url_string, ClusterState, Config, TlsInfo};
 use crate::core::Core;
 use crate::lessor::{self, Lessor};
 use crate::membership::{cluster_id, InitialCluster, Member, Members};
@@ -74,12 +74,21 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         tracing::warn!("--{flag} is accepted but not acted on by this version of oxcd");
     }
     let layout = bootstrap::prepare_data_dir(&cfg.data_dir)?;
-    let identity = bootstrap::load_or_create_identity(&layout, || initial_identity(&cfg))?;
+    let (peers, clients) = bind_listeners(&cfg, &layout).await?;
+    let joined = match cfg.initial_cluster_state {
+        ClusterState::Existing if !layout.identity_path().exists() => {
+            Some(join_identity(&cfg, &layout).await?)
+        }
+        _ => None,
+    };
+    let identity = bootstrap::load_or_create_identity(&layout, || match joined {
+        Some(id) => Ok(id),
+        None => initial_identity(&cfg),
+    })?;
     let store = KvStore::open(&layout.backend_path(), BackendConfig::default())?;
     let lessor = start_lessor(&cfg, &store)?;
     let watchable = WatchableStore::new(store.clone()).map_err(StartError::Thread)?;
     let members = Members::new(identity.members.clone());
-    let (peers, clients) = bind_listeners(&cfg, &layout).await?;
     let raft = raft_boot::start(raft_boot::RaftBoot {
         cfg: &cfg,
         layout: &layout,
@@ -106,9 +115,10 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         tasks: TaskTracker::new(),
     };
     // Peers first: the other members need this one to elect a leader.
-    let peer_router = raft_boot::peer_routes(&core.writes, core.member.id, core.cluster_id)
-        .merge(crate::serve::http::routes(core.clone()))
-        .fallback(crate::serve::fallback);
+    let peer_router =
+        raft_boot::peer_routes(&core.writes, &core.members, core.member.id, core.cluster_id)
+            .merge(crate::serve::http::routes(core.clone()))
+            .fallback(crate::serve::fallback);
     for b in peers {
         etcd.spawn_serve(b, peer_router.clone(), "peer");
     }
@@ -117,6 +127,11 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
             "the raft loop stopped before the member was ready".into(),
         ));
     }
+    let transport = etcd.transport.clone();
+    etcd.tasks.spawn(async move {
+        transport.removed().await;
+        crate::raft_app::removed_exit();
+    });
     etcd.tasks.spawn(lessor::run_expiry(
         core.lessor.clone(),
         core.writes.clone(),
@@ -222,6 +237,73 @@ fn start_lessor(cfg: &Config, store: &KvStore) -> Result<Lessor, StartError> {
     Ok(lessor)
 }
 
+/// Who this member is when it joins a running cluster
+/// (`--initial-cluster-state existing`): the cluster ID and member list
+/// come from the other members (etcd's `GetClusterFromRemotePeers`), and
+/// this member is the one added with its advertised peer URLs.
+async fn join_identity(
+    cfg: &Config,
+    layout: &bootstrap::Layout,
+) -> Result<bootstrap::Identity, StartError> {
+    let mine: Vec<String> = cfg
+        .initial_advertise_peer_urls
+        .iter()
+        .map(url_string)
+        .collect();
+    let ic = InitialCluster::parse(&cfg.initial_cluster)?;
+    let others: Vec<String> = ic
+        .by_name
+        .values()
+        .flatten()
+        .filter(|u| !mine.contains(u))
+        .cloned()
+        .collect();
+    let tls = raft_boot::peer_client_tls(&cfg.peer_tls, &layout.peer_fixtures())?;
+    let remote = oxcd_raft::transport::fetch_members(&others, &tls)
+        .await
+        .map_err(|e| {
+            StartError::Raft(format!(
+                "cannot fetch cluster info from peer urls: {}",
+                e.message()
+            ))
+        })?;
+    let mut members: Vec<Member> = remote
+        .members
+        .into_iter()
+        .map(|m| Member {
+            id: m.id,
+            name: m.name,
+            peer_urls: m.peer_urls,
+            client_urls: m.client_urls,
+            is_learner: m.is_learner,
+        })
+        .collect();
+    let mut sorted_mine = mine.clone();
+    sorted_mine.sort();
+    let me = members
+        .iter_mut()
+        .find(|m| {
+            let mut p = m.peer_urls.clone();
+            p.sort();
+            p == sorted_mine
+        })
+        .ok_or_else(|| {
+            StartError::Raft(format!(
+                "member with peer URLs {} has not been added to the cluster (use member add first)",
+                mine.join(",")
+            ))
+        })?;
+    me.name = cfg.name.clone();
+    me.client_urls = cfg.advertise_client_urls.iter().map(url_string).collect();
+    let member = me.clone();
+    members.sort_by_key(|m| m.id);
+    Ok(bootstrap::Identity {
+        member,
+        members,
+        cluster_id: remote.cluster_id,
+    })
+}
+
 /// The member list and IDs a brand-new member derives from its flags.
 fn initial_identity(cfg: &Config) -> Result<bootstrap::Identity, StartError> {
     let advertised: Vec<String> = cfg
@@ -286,5 +368,7 @@ fn tls_settings(t: &TlsInfo) -> TlsSettings {
         key_file: path(&t.key_file),
         trusted_ca_file: path(&t.trusted_ca_file),
         client_cert_auth: t.client_cert_auth,
+        allowed_cn: Some(t.allowed_cn.clone()).filter(|s| !s.is_empty()),
+        allowed_hostname: Some(t.allowed_hostname.clone()).filter(|s| !s.is_empty()),
     }
 }

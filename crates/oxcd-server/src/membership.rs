@@ -33,6 +33,7 @@ pub struct Member {
 #[derive(Clone, Default)]
 pub struct Members {
     inner: Arc<RwLock<Vec<Member>>>,
+    removed: Arc<RwLock<std::collections::HashSet<u64>>>,
     changed: Arc<tokio::sync::Notify>,
 }
 
@@ -41,6 +42,7 @@ impl Members {
     pub fn new(members: Vec<Member>) -> Self {
         Self {
             inner: Arc::new(RwLock::new(members)),
+            removed: Arc::default(),
             changed: Arc::new(tokio::sync::Notify::new()),
         }
     }
@@ -79,6 +81,133 @@ impl Members {
             }
         }
     }
+}
+
+/// What a membership conf change carries in its context: the member, and
+/// whether the change updates an existing member's peer URLs (raft-rs has
+/// no `UpdateNode`, so updates travel as an `AddNode` of a current voter,
+/// which raft treats as a no-op).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ConfContext {
+    /// `add`, `update` or `remove`.
+    pub op: String,
+    /// Member ID (hex).
+    pub id: String,
+    /// Name, empty until the member publishes.
+    #[serde(default)]
+    pub name: String,
+    /// Peer URLs.
+    #[serde(default)]
+    pub peer_urls: Vec<String>,
+    /// Whether the member joins as a learner.
+    #[serde(default)]
+    pub is_learner: bool,
+}
+
+impl ConfContext {
+    /// The context for `op` on member `m`.
+    pub fn new(op: &str, m: &Member) -> Self {
+        Self {
+            op: op.to_string(),
+            id: format!("{:x}", m.id),
+            name: m.name.clone(),
+            peer_urls: m.peer_urls.clone(),
+            is_learner: m.is_learner,
+        }
+    }
+
+    /// Encodes the context for a raft conf change.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes a conf change context; `None` if it is not one of ours.
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        serde_json::from_slice(b).ok()
+    }
+}
+
+impl Members {
+    /// Adds `m`, or refreshes its peer URLs and learner flag if present.
+    pub fn upsert(&self, m: Member) {
+        let mut list = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        match list.iter_mut().find(|x| x.id == m.id) {
+            Some(x) => {
+                x.peer_urls = m.peer_urls;
+                x.is_learner = m.is_learner;
+            }
+            None => {
+                list.push(m);
+                list.sort_by_key(|m| m.id);
+            }
+        }
+        drop(list);
+        self.changed.notify_waiters();
+    }
+
+    /// Removes member `id`; it is refused as a peer from then on.
+    pub fn remove(&self, id: u64) {
+        self.removed
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
+        self.inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|m| m.id != id);
+        self.changed.notify_waiters();
+    }
+
+    /// Marks learner `id` as a voter.
+    pub fn promote(&self, id: u64) {
+        if let Some(m) = self
+            .inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter_mut()
+            .find(|m| m.id == id)
+        {
+            m.is_learner = false;
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Member `id`, if present.
+    pub fn get(&self, id: u64) -> Option<Member> {
+        self.list().into_iter().find(|m| m.id == id)
+    }
+}
+
+impl oxcd_raft::transport::Directory for Members {
+    fn is_removed(&self, id: u64) -> bool {
+        self.removed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
+    }
+
+    fn members(&self) -> Vec<oxcd_api::oxcdpeerpb::PeerMember> {
+        self.list()
+            .into_iter()
+            .map(|m| oxcd_api::oxcdpeerpb::PeerMember {
+                id: m.id,
+                name: m.name,
+                peer_urls: m.peer_urls,
+                client_urls: m.client_urls,
+                is_learner: m.is_learner,
+            })
+            .collect()
+    }
+}
+
+/// A member ID for a member added at runtime: like etcd, the peer URLs
+/// hashed with the current time, so re-adding the same URLs gets a new ID.
+pub fn new_member_id(peer_urls: &[String]) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    member_id(peer_urls, &now.to_string())
 }
 
 /// Errors in `--initial-cluster` and member identity.

@@ -126,6 +126,52 @@ impl WritePath {
         }
     }
 
+    /// Proposes a membership change and waits until it is applied;
+    /// answers with the member list after it.
+    pub async fn propose_conf_change(
+        &self,
+        change: raft::prelude::ConfChangeType,
+        node_id: u64,
+        context: Vec<u8>,
+    ) -> Result<Vec<crate::membership::Member>, EtcdError> {
+        let id = self.next_request_id();
+        let mut cc = raft::prelude::ConfChange::default();
+        cc.set_change_type(change);
+        cc.node_id = node_id;
+        cc.id = id;
+        cc.context = Bytes::from(context);
+        let mut guard = self.waiters.register(id);
+        self.node
+            .send(Input::ProposeConfChange(cc))
+            .map_err(node_error)?;
+        match tokio::time::timeout(self.request_timeout, guard.wait()).await {
+            Ok(Ok(Response::Members(m))) => Ok(m),
+            Ok(Ok(_)) => Err(EtcdError::Unknown("unexpected conf change answer".into())),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(self.timeout_error()),
+        }
+    }
+
+    /// Hands leadership to `to` and waits (bounded by the request timeout)
+    /// until it leads.
+    pub async fn move_leader(&self, to: u64) -> Result<(), EtcdError> {
+        self.node
+            .send(Input::TransferLeader(to))
+            .map_err(node_error)?;
+        let mut st = self.node.watch_status();
+        let moved = tokio::time::timeout(self.request_timeout, async move {
+            st.wait_for(|s| s.leader == to).await.is_ok()
+        })
+        .await;
+        match moved {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(EtcdError::Stopped),
+            Err(_) => Err(EtcdError::Unknown(
+                "etcdserver: request timed out, leader transfer took too long".into(),
+            )),
+        }
+    }
+
     /// Proposes an already-encoded entry without waiting (member
     /// attributes, which have no response).
     pub fn propose_raw(&self, data: Vec<u8>) -> Result<(), EtcdError> {

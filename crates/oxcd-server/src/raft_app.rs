@@ -14,7 +14,7 @@
 
 use crate::apply::{Applier, Request};
 use crate::lessor::Lessor;
-use crate::membership::Members;
+use crate::membership::{ConfContext, Member, Members};
 use crate::propose::EventSink;
 use crate::read_index::ReadIndex;
 use crate::wait::{Outcome, Waiters};
@@ -22,7 +22,7 @@ use oxcd_api::etcdserverpb::InternalRaftRequest;
 use oxcd_api::mvccpb::Event;
 use oxcd_raft::node::Application;
 use prost::Message;
-use raft::prelude::{ConfChange, ConfState};
+use raft::prelude::{ConfChange, ConfChangeType, ConfState};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -44,6 +44,8 @@ pub struct ServerApp {
     pub sink: Arc<dyn EventSink>,
     /// The member list (attributes arrive through raft).
     pub members: Members,
+    /// Links to the other members, updated by membership changes.
+    pub transport: Arc<oxcd_raft::transport::Transport>,
     /// The lessor, promoted when this member becomes leader.
     pub lessor: Lessor,
     /// This member's ID.
@@ -94,6 +96,43 @@ impl Application for ServerApp {
             voters = ?cs.voters.iter().map(|v| format!("{v:x}")).collect::<Vec<_>>(),
             "applied raft conf change"
         );
+        let ctx = ConfContext::decode(&cc.context);
+        match cc.get_change_type() {
+            ConfChangeType::RemoveNode => {
+                self.members.remove(cc.node_id);
+                self.transport.remove_peer(cc.node_id);
+                if cc.node_id == self.member_id {
+                    removed_exit();
+                }
+            }
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                let learner = cc.get_change_type() == ConfChangeType::AddLearnerNode;
+                match (ctx, self.members.get(cc.node_id)) {
+                    (Some(c), existing) if c.op == "update" || existing.is_none() => {
+                        let name = existing.map(|m| m.name).unwrap_or_default();
+                        let m = Member {
+                            id: cc.node_id,
+                            name,
+                            peer_urls: c.peer_urls.clone(),
+                            client_urls: Vec::new(),
+                            is_learner: learner,
+                        };
+                        if cc.node_id != self.member_id {
+                            self.transport.add_peer(cc.node_id, c.peer_urls);
+                        }
+                        self.members.upsert(m);
+                    }
+                    (_, Some(m)) if m.is_learner && !learner => self.members.promote(cc.node_id),
+                    _ => {}
+                }
+            }
+        }
+        if cc.id != 0 {
+            self.done.push((
+                cc.id,
+                Ok(crate::apply::Response::Members(self.members.list())),
+            ));
+        }
     }
 
     fn on_read_index(&mut self, ctx: &[u8], index: u64) {
@@ -117,4 +156,16 @@ impl Application for ServerApp {
             self.lessor.promote(self.election_timeout);
         }
     }
+}
+
+/// A member removed from the cluster stops itself, as etcd's does, after a
+/// moment that lets the leader see the change committed.
+pub fn removed_exit() {
+    tracing::warn!("the member has been permanently removed from the cluster; exiting");
+    let _ = std::thread::Builder::new()
+        .name("oxcd-removed".into())
+        .spawn(|| {
+            std::thread::sleep(Duration::from_millis(500));
+            std::process::exit(0);
+        });
 }

@@ -10,10 +10,10 @@
 
 use crate::apply::Applier;
 use crate::bootstrap::{Identity, Layout};
-use crate::config::{Config, TlsInfo};
+use crate::config::{ClusterState, Config, TlsInfo};
 use crate::embed::StartError;
 use crate::lessor::Lessor;
-use crate::membership::Members;
+use crate::membership::{ConfContext, Members};
 use crate::propose::{WritePath, WritePathParts};
 use crate::raft_app::ServerApp;
 use crate::read_index::ReadIndex;
@@ -88,6 +88,7 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
         sink: Arc::new(b.watchable.clone()),
         members: b.members.clone(),
         lessor: b.lessor.clone(),
+        transport: transport.clone(),
         member_id: me,
         election_timeout: Duration::from_millis(cfg.election_timeout_ms),
         events: Vec::new(),
@@ -130,6 +131,17 @@ fn open_or_bootstrap(b: &RaftBoot<'_>) -> Result<(Wal, wal::WalContents), StartE
             |e| StartError::Raft(format!("cannot open the WAL in {}: {e}", dir.display())),
         );
     }
+    if b.cfg.initial_cluster_state == ClusterState::Existing {
+        // Joining: the leader sends the whole log, membership included.
+        let meta = format!(
+            r#"{{"member_id":"{:x}","cluster_id":"{:x}"}}"#,
+            b.identity.member.id, b.identity.cluster_id
+        );
+        let w = Wal::create(fs, &dir, meta.as_bytes(), WalOptions::default()).map_err(|e| {
+            StartError::Raft(format!("cannot create the WAL in {}: {e}", dir.display()))
+        })?;
+        return Ok((w, wal::WalContents::default()));
+    }
     if b.store.consistent_index() > 0 {
         return Err(StartError::Raft(format!(
             "the backend holds applied data but the WAL in {} is missing; refusing to start",
@@ -147,7 +159,7 @@ fn open_or_bootstrap(b: &RaftBoot<'_>) -> Result<(Wal, wal::WalContents), StartE
         .identity
         .members
         .iter()
-        .map(|m| (m.id, m.peer_urls.join(",").into_bytes()))
+        .map(|m| (m.id, ConfContext::new("add", m).encode()))
         .collect();
     let replayed = node::bootstrap(&mut w, &boot).map_err(|e| StartError::Raft(e.to_string()))?;
     Ok((w, replayed))
@@ -156,7 +168,10 @@ fn open_or_bootstrap(b: &RaftBoot<'_>) -> Result<(Wal, wal::WalContents), StartE
 /// Client-side TLS for `https` peer URLs, from the `--peer-*` settings.
 /// With `--peer-auto-tls` (and no certificate files) the peers' certificates
 /// are self-signed, so they are not verified, as in etcd.
-fn peer_client_tls(t: &TlsInfo, fixtures: &std::path::Path) -> Result<PeerTls, StartError> {
+pub(crate) fn peer_client_tls(
+    t: &TlsInfo,
+    fixtures: &std::path::Path,
+) -> Result<PeerTls, StartError> {
     let read = |p: &std::path::Path| {
         std::fs::read(p).map_err(|e| StartError::Raft(format!("cannot read {}: {e}", p.display())))
     };
@@ -193,9 +208,15 @@ fn peer_client_tls(t: &TlsInfo, fixtures: &std::path::Path) -> Result<PeerTls, S
 }
 
 /// The gRPC routes of the peer port: oxcd's peer protocol.
-pub fn peer_routes(writes: &WritePath, member_id: u64, cluster_id: u64) -> axum::Router {
+pub fn peer_routes(
+    writes: &WritePath,
+    members: &Members,
+    member_id: u64,
+    cluster_id: u64,
+) -> axum::Router {
     let inbox = Arc::new(NodeInbox(writes.node().clone()));
-    let svc = PeerService::new(member_id, cluster_id, inbox);
+    let svc =
+        PeerService::new(member_id, cluster_id, inbox).with_directory(Arc::new(members.clone()));
     tonic::service::Routes::new(
         PeerServer::new(svc)
             .max_decoding_message_size(64 * 1024 * 1024)

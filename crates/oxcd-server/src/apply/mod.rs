@@ -105,6 +105,8 @@ pub enum Response {
     LeaseGrant(LeaseGrantResponse),
     /// Answer to [`Request::LeaseRevoke`].
     LeaseRevoke(LeaseRevokeResponse),
+    /// Answer to a membership change: the members after it.
+    Members(Vec<crate::membership::Member>),
 }
 
 /// Maps store errors to etcd's wire errors.

@@ -9,12 +9,14 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use oxcd_raft::tls_error::{self, Side};
+use rustls::server::Acceptor;
 use rustls::ServerConfig;
 use std::io;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use url::Url;
@@ -92,13 +94,12 @@ fn with_addr(e: io::Error, addr: &str) -> io::Error {
 /// Serves `router` on `bound` until `shutdown` fires. Connections are
 /// tracked by `tasks` so that close can wait for them.
 pub async fn serve(bound: Bound, router: Router, shutdown: CancellationToken, tasks: TaskTracker) {
-    let acceptor = bound.tls.clone().map(TlsAcceptor::from);
     loop {
-        let accepted: io::Result<Box<dyn Conn>> = tokio::select! {
+        let accepted: io::Result<(Box<dyn Conn>, String)> = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = accept(&bound.socket) => r,
         };
-        let stream = match accepted {
+        let (stream, remote) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(url = %bound.url, error = %e, "accept failed");
@@ -108,32 +109,93 @@ pub async fn serve(bound: Bound, router: Router, shutdown: CancellationToken, ta
             }
         };
         let router = router.clone();
-        let acceptor = acceptor.clone();
+        let tls = bound.tls.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            match acceptor {
-                Some(a) => match a.accept(stream).await {
-                    Ok(tls) => serve_conn(tls, router, shutdown).await,
-                    Err(e) => tracing::warn!(error = %e, "TLS handshake failed"),
-                },
+            match tls {
+                Some(config) => {
+                    if let Some(tls) = handshake(stream, config, &remote).await {
+                        serve_conn(tls, router, shutdown).await;
+                    }
+                }
                 None => serve_conn(stream, router, shutdown).await,
             }
         });
     }
 }
 
+/// Runs the server side of a TLS handshake. A failure is logged as etcd
+/// does (`rejected connection from "<addr>" (error "<Go wording>",
+/// ServerName "<SNI>")`), e.g. `client certificate authentication failed`
+/// for a peer refused by `--peer-cert-allowed-cn`.
+async fn handshake(
+    stream: Box<dyn Conn>,
+    config: Arc<ServerConfig>,
+    remote: &str,
+) -> Option<tokio_rustls::server::TlsStream<Box<dyn Conn>>> {
+    let start = match LazyConfigAcceptor::new(Acceptor::default(), stream).await {
+        Ok(s) => s,
+        Err(e) => {
+            log_rejected(remote, &e, "");
+            return None;
+        }
+    };
+    let server_name = start.client_hello().server_name().unwrap_or("").to_string();
+    match start.into_stream(config).into_fallible().await {
+        Ok(tls) => Some(tls),
+        Err((e, io)) => {
+            log_rejected(remote, &e, &server_name);
+            linger(io).await;
+            None
+        }
+    }
+}
+
+/// How long a refused connection is kept half-open after the alert.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Closes a connection whose handshake failed so that the peer reads the
+/// alert: send FIN after it, then drain what the peer already sent (a TLS
+/// 1.3 client sends application data right after its certificate) until
+/// it closes or [`LINGER`] passes. Closing with unread data would send a
+/// reset instead, and the peer would see `broken pipe` rather than
+/// `remote error: tls: bad certificate`.
+async fn linger(mut io: Box<dyn Conn>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = io.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while matches!(io.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+fn log_rejected(remote: &str, e: &io::Error, server_name: &str) {
+    let error = tls_error::describe(e, Side::Server);
+    tracing::warn!(
+        "rejected connection from {remote:?} (error {error:?}, ServerName {server_name:?})"
+    );
+}
+
 /// A byte stream a connection can run over.
 trait Conn: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Conn for T {}
 
-async fn accept(socket: &Socket) -> io::Result<Box<dyn Conn>> {
+/// Accepts one connection, with the remote address as Go prints it.
+async fn accept(socket: &Socket) -> io::Result<(Box<dyn Conn>, String)> {
     Ok(match socket {
         Socket::Tcp(l) => {
-            let (s, _) = l.accept().await?;
+            let (s, addr) = l.accept().await?;
             let _ = s.set_nodelay(true);
-            Box::new(s)
+            (Box::new(s), addr.to_string())
         }
-        Socket::Unix(l) => Box::new(l.accept().await?.0),
+        Socket::Unix(l) => {
+            let (s, addr) = l.accept().await?;
+            let addr = addr
+                .as_pathname()
+                .map_or_else(|| "@".to_string(), |p| p.display().to_string());
+            (Box::new(s), addr)
+        }
     })
 }
 

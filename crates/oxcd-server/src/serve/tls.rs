@@ -5,13 +5,26 @@
 //!   certificate signed by one of the CAs.
 //! * `--auto-tls`: a self-signed certificate generated once into
 //!   `<data-dir>/fixtures/{client,peer}/` and reused on restart.
+//! * `--peer-cert-allowed-cn` / `--peer-cert-allowed-hostname` (and
+//!   `--client-cert-allowed-hostname`): on top of chain verification, the
+//!   client's leaf certificate must carry that CN, or be valid for that
+//!   host name (Go's `x509.Certificate.VerifyHostname`), as in etcd's
+//!   `transport.TLSInfo.ServerConfig`. A mismatch fails the handshake with
+//!   a `bad certificate` alert and is logged as etcd's
+//!   `client certificate authentication failed`.
 //!
 //! ALPN offers `h2` and `http/1.1` so gRPC and the JSON gateway share a port.
 
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,6 +39,11 @@ pub struct TlsSettings {
     pub trusted_ca_file: Option<PathBuf>,
     /// Require and verify client certificates.
     pub client_cert_auth: bool,
+    /// `--peer-cert-allowed-cn`: the verified client leaf's CN must equal it.
+    pub allowed_cn: Option<String>,
+    /// `--peer-cert-allowed-hostname`: the verified client leaf must be
+    /// valid for this host name or IP address.
+    pub allowed_hostname: Option<String>,
 }
 
 /// Failures building a TLS configuration.
@@ -59,6 +77,16 @@ pub enum TlsError {
     /// Certificate generation failed.
     #[error("could not generate self-signed certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    /// Both an allowed CN and an allowed host name were given.
+    #[error(
+        "AllowedCN and AllowedHostname are mutually exclusive (cn={cn:?}, hostname={hostname:?})"
+    )]
+    AllowedConflict {
+        /// The allowed CN.
+        cn: String,
+        /// The allowed host name.
+        hostname: String,
+    },
     /// HTTPS requested but no certificate given.
     #[error(
         "TLS requested but no certificate/key given (use --cert-file/--key-file or --auto-tls)"
@@ -77,6 +105,7 @@ impl TlsSettings {
         let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) else {
             return Err(TlsError::Missing);
         };
+        let allowed = self.allowed_client()?;
         let certs = load_certs(cert)?;
         let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Pem {
             what: "private key",
@@ -92,9 +121,15 @@ impl TlsSettings {
                 for c in load_certs(ca)? {
                     roots.add(c)?;
                 }
-                let verifier =
+                let mut verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                         .build()?;
+                if let Some(allowed) = allowed {
+                    verifier = Arc::new(AllowedClientVerifier {
+                        inner: verifier,
+                        allowed,
+                    });
+                }
                 builder.with_client_cert_verifier(verifier)
             }
             _ => builder.with_no_client_auth(),
@@ -102,6 +137,184 @@ impl TlsSettings {
         let mut config = builder.with_single_cert(certs, key)?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
+    }
+
+    /// The extra client-certificate rule, if any (etcd refuses both at once).
+    fn allowed_client(&self) -> Result<Option<AllowedClient>, TlsError> {
+        let nonempty = |o: &Option<String>| o.clone().filter(|s| !s.is_empty());
+        match (nonempty(&self.allowed_cn), nonempty(&self.allowed_hostname)) {
+            (Some(cn), Some(hostname)) => Err(TlsError::AllowedConflict { cn, hostname }),
+            (Some(cn), None) => Ok(Some(AllowedClient::CommonName(cn))),
+            (None, Some(h)) => Ok(Some(AllowedClient::Hostname(h))),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// Which verified client certificates a listener accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedClient {
+    /// The leaf's subject CN must equal this exactly.
+    CommonName(String),
+    /// The leaf must be valid for this host name or IP address.
+    Hostname(String),
+}
+
+impl AllowedClient {
+    /// Whether the DER leaf certificate `der` satisfies the rule. An
+    /// unparsable certificate never does.
+    pub fn permits(&self, der: &[u8]) -> bool {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+            return false;
+        };
+        match self {
+            // Go's pkix.Name keeps the last CN attribute.
+            Self::CommonName(cn) => cert
+                .subject()
+                .iter_common_name()
+                .last()
+                .and_then(|a| a.as_str().ok())
+                .is_some_and(|got| got == cn),
+            Self::Hostname(host) => {
+                let (mut dns, mut ips) = (Vec::new(), Vec::new());
+                if let Ok(Some(san)) = cert.subject_alternative_name() {
+                    for name in &san.value.general_names {
+                        match name {
+                            x509_parser::extensions::GeneralName::DNSName(d) => dns.push(*d),
+                            x509_parser::extensions::GeneralName::IPAddress(b) => {
+                                if let Some(ip) = ip_from_bytes(b) {
+                                    ips.push(ip);
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                verify_hostname(host, &dns, &ips)
+            }
+        }
+    }
+}
+
+fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
+    match b.len() {
+        4 => <[u8; 4]>::try_from(b).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(b).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
+/// Go's `x509.Certificate.VerifyHostname` (no legacy CN fallback): an IP
+/// address (optionally in brackets) must be among the IP SANs (IPv4 equal
+/// to its IPv4-mapped IPv6 form); a name must match a DNS SAN, case-
+/// insensitively, ignoring one trailing dot, with `*` allowed as the whole
+/// leftmost label of the pattern.
+fn verify_hostname(host: &str, dns: &[&str], ips: &[IpAddr]) -> bool {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return ips.iter().any(|c| c.to_canonical() == ip.to_canonical());
+    }
+    let host = host.to_ascii_lowercase();
+    let valid = valid_hostname(&host);
+    dns.iter().any(|pattern| {
+        let pattern = pattern.to_ascii_lowercase();
+        if valid {
+            match_hostnames(&pattern, &host)
+        } else {
+            !host.is_empty() && host != "." && pattern == host
+        }
+    })
+}
+
+fn valid_hostname(host: &str) -> bool {
+    let h = host.strip_suffix('.').unwrap_or(host);
+    !h.is_empty()
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b':')
+        })
+}
+
+fn match_hostnames(pattern: &str, host: &str) -> bool {
+    let pattern = pattern.strip_suffix('.').unwrap_or(pattern);
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if pattern.is_empty() || host.is_empty() {
+        return false;
+    }
+    let (p, h): (Vec<&str>, Vec<&str>) = (pattern.split('.').collect(), host.split('.').collect());
+    p.len() == h.len()
+        && p.iter()
+            .zip(&h)
+            .enumerate()
+            .all(|(i, (p, h))| (i == 0 && *p == "*") || p == h)
+}
+
+/// Chain verification by `inner`, then the [`AllowedClient`] rule on the
+/// leaf. A rule mismatch is reported as a name mismatch, which rustls
+/// answers with the `bad certificate` alert Go sends, and which
+/// `oxcd_raft::tls_error` words as `client certificate authentication failed`.
+#[derive(Debug)]
+struct AllowedClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    allowed: AllowedClient,
+}
+
+impl ClientCertVerifier for AllowedClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if self.allowed.permits(end_entity) {
+            Ok(verified)
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 
@@ -139,7 +352,9 @@ pub fn self_signed(dir: &Path, hosts: &[String]) -> Result<TlsSettings, TlsError
     Ok(TlsSettings {
         cert_file: Some(cert_path),
         key_file: Some(key_path),
-        trusted_ca_file: None,
-        client_cert_auth: false,
+        ..TlsSettings::default()
     })
 }
+
+#[cfg(test)]
+mod tests;

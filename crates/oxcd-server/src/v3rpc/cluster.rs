@@ -1,10 +1,12 @@
-//! The `etcdserverpb.Cluster` service (etcd's `v3rpc/member.go`). Member
-//! changes need replication and answer `Unimplemented` until that issue.
+//! The `etcdserverpb.Cluster` service (etcd's `v3rpc/member.go`): member
+//! changes are raft conf changes, answered once applied.
 
 use crate::core::Core;
-use crate::membership::Member as OxMember;
+use crate::membership::{ConfContext, Member as OxMember};
 use oxcd_api::etcdserverpb::cluster_server::Cluster;
 use oxcd_api::etcdserverpb::*;
+use oxcd_api::EtcdError;
+use raft::prelude::ConfChangeType;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -36,31 +38,121 @@ pub fn to_pb(m: &OxMember) -> Member {
     }
 }
 
+/// etcd's peer URL rule for MemberAdd: scheme http/https/unix(s), host:port,
+/// no path.
+fn valid_peer_url(u: &str) -> bool {
+    let Ok(url) = url::Url::parse(u) else {
+        return false;
+    };
+    matches!(url.scheme(), "http" | "https" | "unix" | "unixs")
+        && url.host_str().is_some()
+        && url.port().is_some()
+        && (url.path().is_empty() || url.path() == "/")
+}
+
+impl ClusterService {
+    fn check_urls_free(&self, urls: &[String], except: u64) -> Result<(), Status> {
+        let taken = self
+            .core
+            .members
+            .list()
+            .iter()
+            .filter(|m| m.id != except)
+            .any(|m| m.peer_urls.iter().any(|u| urls.contains(u)));
+        if taken {
+            return Err(EtcdError::PeerURLExist.into());
+        }
+        Ok(())
+    }
+
+    fn response_members(list: &[OxMember]) -> Vec<Member> {
+        list.iter().map(to_pb).collect()
+    }
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _r: Request<MemberAddRequest>,
+        r: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(Status::unimplemented("oxcd: member add needs replication"))
+        let r = r.into_inner();
+        if r.peer_ur_ls.is_empty() || !r.peer_ur_ls.iter().all(|u| valid_peer_url(u)) {
+            return Err(EtcdError::MemberBadURLs.into());
+        }
+        self.check_urls_free(&r.peer_ur_ls, 0)?;
+        let m = OxMember {
+            id: crate::membership::new_member_id(&r.peer_ur_ls),
+            name: String::new(),
+            peer_urls: r.peer_ur_ls.clone(),
+            client_urls: Vec::new(),
+            is_learner: r.is_learner,
+        };
+        if self.core.members.get(m.id).is_some() {
+            return Err(EtcdError::MemberExist.into());
+        }
+        let change = if r.is_learner {
+            ConfChangeType::AddLearnerNode
+        } else {
+            ConfChangeType::AddNode
+        };
+        let ctx = ConfContext::new("add", &m).encode();
+        let list = self
+            .core
+            .writes
+            .propose_conf_change(change, m.id, ctx)
+            .await?;
+        Ok(Response::new(MemberAddResponse {
+            header: self.header(),
+            member: Some(to_pb(&m)),
+            members: Self::response_members(&list),
+        }))
     }
 
     async fn member_remove(
         &self,
-        _r: Request<MemberRemoveRequest>,
+        r: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(Status::unimplemented(
-            "oxcd: member remove needs replication",
-        ))
+        let id = r.into_inner().id;
+        if self.core.members.get(id).is_none() {
+            return Err(EtcdError::MemberNotFound.into());
+        }
+        let list = self
+            .core
+            .writes
+            .propose_conf_change(ConfChangeType::RemoveNode, id, Vec::new())
+            .await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.header(),
+            members: Self::response_members(&list),
+        }))
     }
 
     async fn member_update(
         &self,
-        _r: Request<MemberUpdateRequest>,
+        r: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(Status::unimplemented(
-            "oxcd: member update needs replication",
-        ))
+        let r = r.into_inner();
+        let Some(mut m) = self.core.members.get(r.id) else {
+            return Err(EtcdError::MemberNotFound.into());
+        };
+        self.check_urls_free(&r.peer_ur_ls, r.id)?;
+        m.peer_urls = r.peer_ur_ls;
+        let change = if m.is_learner {
+            ConfChangeType::AddLearnerNode
+        } else {
+            ConfChangeType::AddNode
+        };
+        let ctx = ConfContext::new("update", &m).encode();
+        let list = self
+            .core
+            .writes
+            .propose_conf_change(change, m.id, ctx)
+            .await?;
+        Ok(Response::new(MemberUpdateResponse {
+            header: self.header(),
+            members: Self::response_members(&list),
+        }))
     }
 
     async fn member_list(
@@ -75,10 +167,27 @@ impl Cluster for ClusterService {
 
     async fn member_promote(
         &self,
-        _r: Request<MemberPromoteRequest>,
+        r: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(Status::unimplemented(
-            "oxcd: member promote needs replication",
-        ))
+        let id = r.into_inner().id;
+        let Some(m) = self.core.members.get(id) else {
+            return Err(EtcdError::MemberNotFound.into());
+        };
+        if !m.is_learner {
+            return Err(EtcdError::MemberNotLearner.into());
+        }
+        let list = self
+            .core
+            .writes
+            .propose_conf_change(
+                ConfChangeType::AddNode,
+                id,
+                ConfContext::new("promote", &m).encode(),
+            )
+            .await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: self.header(),
+            members: Self::response_members(&list),
+        }))
     }
 }

@@ -30,6 +30,9 @@ impl KvService {
     /// Before a linearizable read: a ReadIndex round and the wait until it
     /// is applied, so the read sees every write acknowledged before it.
     async fn barrier(&self, serializable: bool) -> Result<(), Status> {
+        if !serializable && self.core.is_learner() {
+            return Err(EtcdError::NotSupportedForLearner.into());
+        }
         if !serializable {
             self.core.writes.linearizable_barrier().await?;
         }

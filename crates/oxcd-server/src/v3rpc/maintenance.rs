@@ -50,7 +50,7 @@ impl Maintenance for MaintenanceService {
                 Vec::new()
             },
             db_size_in_use: c.store.db_size_in_use() as i64,
-            is_learner: false,
+            is_learner: c.is_learner(),
             db_size_quota: self.quota_bytes,
             ..Default::default()
         }))
@@ -98,9 +98,21 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _r: Request<MoveLeaderRequest>,
+        r: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(Status::unimplemented("oxcd: move-leader needs replication"))
+        let target = r.into_inner().target_id;
+        let c = &self.core;
+        if !c.writes.is_leader() {
+            return Err(oxcd_api::EtcdError::NotLeader.into());
+        }
+        match c.members.get(target) {
+            Some(m) if !m.is_learner => {}
+            _ => return Err(oxcd_api::EtcdError::BadLeaderTransferee.into()),
+        }
+        c.writes.move_leader(target).await?;
+        Ok(Response::new(MoveLeaderResponse {
+            header: Some(c.header(c.store.rev())),
+        }))
     }
 
     async fn downgrade(

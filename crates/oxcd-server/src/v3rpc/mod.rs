@@ -91,5 +91,16 @@ async fn require_leader(
             .into_http::<axum::body::Body>()
             .into_response();
     }
+    // A learner serves only Status and serializable Range (checked in the
+    // KV service), as etcd's learners do.
+    let path = req.uri().path();
+    if core.is_learner()
+        && path != "/etcdserverpb.KV/Range"
+        && path != "/etcdserverpb.Maintenance/Status"
+    {
+        return tonic::Status::from(oxcd_api::EtcdError::NotSupportedForLearner)
+            .into_http::<axum::body::Body>()
+            .into_response();
+    }
     next.run(req).await
 }
