@@ -210,6 +210,63 @@ pub fn bootstrap(wal: &mut Wal, members: &BootstrapMembers) -> Result<WalContent
     })
 }
 
+/// `--force-new-cluster` (etcd's `restartAsStandaloneNode`): appends to
+/// the replayed log, as committed entries, one `RemoveNode` for every other
+/// member the log's conf changes left in the configuration, so that this
+/// member restarts as the only voter of the same cluster with all its data.
+/// Returns the IDs removed.
+pub fn force_new_cluster(
+    wal: &mut Wal,
+    replayed: &mut WalContents,
+    me: u64,
+) -> Result<Vec<u64>, BootstrapError> {
+    let mut members = std::collections::BTreeSet::new();
+    for we in &replayed.entries {
+        let e = Entry::parse_from_bytes(&we.data).map_err(encode_err)?;
+        if e.get_entry_type() != EntryType::EntryConfChange {
+            continue;
+        }
+        let cc = ConfChange::parse_from_bytes(&e.data).map_err(encode_err)?;
+        match cc.get_change_type() {
+            ConfChangeType::RemoveNode => {
+                members.remove(&cc.node_id);
+            }
+            _ => {
+                members.insert(cc.node_id);
+            }
+        }
+    }
+    let last = replayed
+        .entries
+        .last()
+        .map_or((0, 0), |e| (e.index, e.term));
+    let term = last.1.max(replayed.hard_state.term);
+    let others: Vec<u64> = members.into_iter().filter(|id| *id != me).collect();
+    let mut added = Vec::new();
+    for (i, id) in others.iter().enumerate() {
+        let mut cc = ConfChange::default();
+        cc.set_change_type(ConfChangeType::RemoveNode);
+        cc.node_id = *id;
+        let mut e = Entry::default();
+        e.set_entry_type(EntryType::EntryConfChange);
+        e.term = term;
+        e.index = last.0 + i as u64 + 1;
+        e.data = Bytes::from(cc.write_to_bytes().map_err(encode_err)?);
+        added.push(to_wal_entry(&e)?);
+    }
+    if let Some(end) = added.last().map(|e| e.index) {
+        let hs = wal::HardState {
+            term,
+            vote: replayed.hard_state.vote,
+            commit: end,
+        };
+        wal.save(&hs, &added)?;
+        replayed.hard_state = hs;
+        replayed.entries.extend(added);
+    }
+    Ok(others)
+}
+
 /// Why the bootstrap log could not be written.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -127,9 +127,21 @@ fn open_or_bootstrap(b: &RaftBoot<'_>) -> Result<(Wal, wal::WalContents), StartE
     let fs: Arc<dyn Fs> = Arc::new(OsFs);
     let dir = wal_dir(b.cfg, b.layout);
     if wal::exists(fs.as_ref(), &dir) {
-        return Wal::open(fs, &dir, SnapshotMarker::default(), WalOptions::default()).map_err(
-            |e| StartError::Raft(format!("cannot open the WAL in {}: {e}", dir.display())),
-        );
+        let (mut w, mut replayed) =
+            Wal::open(fs, &dir, SnapshotMarker::default(), WalOptions::default()).map_err(|e| {
+                StartError::Raft(format!("cannot open the WAL in {}: {e}", dir.display()))
+            })?;
+        if b.cfg.force_new_cluster {
+            let removed = node::force_new_cluster(&mut w, &mut replayed, b.identity.member.id)
+                .map_err(|e| StartError::Raft(e.to_string()))?;
+            tracing::warn!(
+                "forcing restart of member {:x} in cluster {:x}: removed {:x?} from the configuration",
+                b.identity.member.id,
+                b.identity.cluster_id,
+                removed
+            );
+        }
+        return Ok((w, replayed));
     }
     if b.cfg.initial_cluster_state == ClusterState::Existing {
         // Joining: the leader sends the whole log, membership included.

@@ -7,9 +7,7 @@
 //! election timeout ([`common::FAST_RAFT`]). The default `--snapshot-count`
 //! is kept except in `caught_up_through_snapshot` (oxcd does not compact its
 //! raft log yet, so there the follower catches up from entries; against
-//! etcd the test also sees a snapshot sent). `--force-new-cluster` is
-//! `#[ignore]`d until oxcd has it (`cargo nextest run --run-ignored all`
-//! runs it).
+//! etcd the test also sees a snapshot sent).
 
 mod common;
 
@@ -774,7 +772,6 @@ async fn move_leader_transfers_leadership() {
 }
 
 #[tokio::test]
-#[ignore = "oxcd: --force-new-cluster not built yet"]
 async fn force_new_cluster_recovers_from_lost_quorum() {
     bounded(async {
         let mut c = Cluster::start(3).await;
