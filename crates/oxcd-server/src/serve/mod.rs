@@ -1,6 +1,7 @@
 //! Serving clients and peers: listeners, TLS, and the router that puts
 //! gRPC and HTTP/1 endpoints on one port (etcd's `embed/serve.go`).
 
+pub mod authority;
 pub mod http;
 pub mod listener;
 pub mod tls;
