@@ -123,6 +123,16 @@ impl Transport {
         }
     }
 
+    /// Stops talking to member `id` after `delay`, so that messages already
+    /// queued for it (such as the commit of its own removal) still go out.
+    pub fn remove_peer_later(self: &Arc<Self>, id: u64, delay: Duration) {
+        let this = self.clone();
+        self.runtime.spawn(async move {
+            tokio::time::sleep(delay).await;
+            this.remove_peer(id);
+        });
+    }
+
     /// Stops talking to member `id`.
     pub fn remove_peer(&self, id: u64) {
         if let Some(p) = self.lock().remove(&id) {
@@ -530,6 +540,7 @@ impl Peer for PeerService {
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             self.check(batch.cluster_id, batch.to)?;
+            self.check_from(batch.from)?;
             self.inbox.deliver(batch.from, batch.messages);
         }
         Ok(Response::new(RaftStreamEnd {}))

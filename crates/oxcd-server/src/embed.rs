@@ -229,10 +229,17 @@ impl Etcd {
 /// Loads the leases and makes the lessor primary: a single member is its
 /// own leader from the start, and like etcd's new leader it gives every
 /// lease its TTL plus one election timeout from now (so leases survive a
-/// restart with their time refreshed).
+/// restart with their time refreshed, or, with checkpoints, counting from
+/// their last checkpointed remaining TTL).
 fn start_lessor(cfg: &Config, store: &KvStore) -> Result<Lessor, StartError> {
     let min_ttl = lessor::min_lease_ttl(cfg.election_ticks(), cfg.heartbeat_interval_ms);
     let lessor = Lessor::recover(store, min_ttl)?;
+    if cfg.experimental_enable_lease_checkpoint {
+        lessor.enable_checkpoints(
+            lessor::checkpoint_interval(),
+            cfg.experimental_enable_lease_checkpoint_persist,
+        );
+    }
     lessor.promote(Duration::from_millis(cfg.election_timeout_ms));
     Ok(lessor)
 }

@@ -100,7 +100,10 @@ impl Application for ServerApp {
         match cc.get_change_type() {
             ConfChangeType::RemoveNode => {
                 self.members.remove(cc.node_id);
-                self.transport.remove_peer(cc.node_id);
+                // Later, not now: the messages telling the removed member
+                // that its removal committed are still queued.
+                self.transport
+                    .remove_peer_later(cc.node_id, Duration::from_secs(2));
                 if cc.node_id == self.member_id {
                     removed_exit();
                 }

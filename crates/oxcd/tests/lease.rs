@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{bounded, grpc_status, Member};
+use common::{bounded, grpc_status, Cluster, Member};
 use etcd_client::{
     Client, EventType, GetOptions, LeaseGrantOptions, LeaseTimeToLiveOptions, PutOptions,
     WatchOptions, WatchStream,
@@ -457,6 +457,108 @@ async fn leases_survive_a_restart() {
         c.lease_grant(60, Some(LeaseGrantOptions::new().with_id(short)))
             .await
             .expect("an expired ID can be granted again");
+    })
+    .await;
+}
+
+/// Checkpoint flags plus the hidden knob that shortens etcd's fixed 5 min
+/// checkpoint interval to 1 s, so the tests below are oxcd-only.
+const CHECKPOINTS: &[&str] = &[
+    "--experimental-enable-lease-checkpoint",
+    "--experimental-enable-lease-checkpoint-persist",
+];
+const INTERVAL_ENV: &str = "OXCD_TEST_LEASE_CHECKPOINT_INTERVAL_MS";
+
+/// etcd's checkpoint interval cannot be shortened (3.4 has no flag), so a
+/// test that waits for checkpoints runs against oxcd only.
+fn skip_for_etcd(test: &str) -> bool {
+    if std::env::var_os("OXCD_TEST_SERVER").is_some() {
+        eprintln!("{test}: skipped with OXCD_TEST_SERVER (etcd's checkpoint interval is 5 min)");
+        return true;
+    }
+    false
+}
+
+async fn ttl_of(c: &mut Client, id: i64) -> i64 {
+    let t = c.lease_time_to_live(id, None).await.expect("ttl");
+    assert_eq!(t.granted_ttl(), 60);
+    t.ttl()
+}
+
+/// With persisted checkpoints a restarted member counts from the last
+/// checkpointed remaining TTL; a keepalive resets it to the full TTL. (Without
+/// the flags a restart gives the full TTL: `leases_survive_a_restart`.)
+#[tokio::test]
+async fn checkpointed_ttl_survives_a_restart() {
+    if skip_for_etcd("checkpointed_ttl_survives_a_restart") {
+        return;
+    }
+    bounded(async {
+        let mut cl = Cluster::builder(1)
+            .flags(CHECKPOINTS)
+            .env(INTERVAL_ENV, "1000")
+            .start()
+            .await;
+        let mut c = cl.client_of(0).await;
+        let id = c.lease_grant(60, None).await.expect("grant").id();
+        tokio::time::sleep(Duration::from_millis(4500)).await;
+        cl.kill9(0);
+        cl.restart(0).await;
+        let mut c = cl.client_of(0).await;
+        let ttl = ttl_of(&mut c, id).await;
+        assert!(
+            (50..=58).contains(&ttl),
+            "counts from a checkpoint (the full TTL would show 59-60): {ttl}"
+        );
+
+        // A keepalive resets the checkpoint through raft before renewing.
+        let (mut keeper, mut stream) = c.lease_keep_alive(id).await.expect("keepalive");
+        keeper.keep_alive().await.expect("send");
+        let ka = stream.message().await.expect("recv").expect("answer");
+        assert_eq!(ka.ttl(), 60);
+        drop((keeper, stream));
+        // A graceful stop: after kill -9 the last backend commits are
+        // replayed from the WAL only after start-up promoted the lessor.
+        cl.stop(0).await;
+        cl.restart(0).await;
+        let mut c = cl.client_of(0).await;
+        let renewed = ttl_of(&mut c, id).await;
+        // Checkpoints go on after the renewal, so a checkpoint may already
+        // have been taken from the fresh 60 s; it is still above the old one.
+        assert!(
+            renewed > ttl && renewed >= 57,
+            "counts from the renewal, not the old checkpoint: {renewed} vs {ttl}"
+        );
+    })
+    .await;
+}
+
+/// Without persistence (etcd 3.4's checkpoints) the remaining TTL lives in
+/// every member's memory, so a new leader counts from it.
+#[tokio::test]
+async fn checkpointed_ttl_survives_a_leader_change() {
+    if skip_for_etcd("checkpointed_ttl_survives_a_leader_change") {
+        return;
+    }
+    bounded(async {
+        let mut cl = Cluster::builder(3)
+            .flags(&CHECKPOINTS[..1])
+            .env(INTERVAL_ENV, "1000")
+            .start()
+            .await;
+        let bound = Duration::from_secs(10);
+        let leader = cl.wait_leader(bound).await;
+        let mut c = cl.client_of(leader).await;
+        let id = c.lease_grant(60, None).await.expect("grant").id();
+        tokio::time::sleep(Duration::from_millis(4500)).await;
+        cl.kill9(leader);
+        let leader = cl.wait_leader(bound).await;
+        let mut c = cl.client_of(leader).await;
+        let ttl = ttl_of(&mut c, id).await;
+        assert!(
+            (50..=58).contains(&ttl),
+            "a new leader counts from the checkpoint, not 60 s: {ttl}"
+        );
     })
     .await;
 }

@@ -12,9 +12,9 @@ pub mod txn;
 use crate::lessor::Lessor;
 use oxcd_api::etcdserverpb::{
     request_op, response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest,
-    DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest,
-    LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
-    ResponseOp, TxnRequest, TxnResponse,
+    DeleteRangeResponse, LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest,
+    LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use oxcd_api::etcdserverpb::{InternalRaftRequest, RequestHeader};
 use oxcd_api::mvccpb::Event;
@@ -39,6 +39,9 @@ pub enum Request {
     LeaseGrant(LeaseGrantRequest),
     /// `Lease/LeaseRevoke`, from a client or the expiry loop.
     LeaseRevoke(LeaseRevokeRequest),
+    /// Remaining TTLs recorded by the leader (checkpoints enabled), or a
+    /// reset to 0 before a renewal.
+    LeaseCheckpoint(LeaseCheckpointRequest),
 }
 
 impl Request {
@@ -58,6 +61,7 @@ impl Request {
             Request::Compaction(c) => r.compaction = Some(*c),
             Request::LeaseGrant(g) => r.lease_grant = Some(*g),
             Request::LeaseRevoke(v) => r.lease_revoke = Some(*v),
+            Request::LeaseCheckpoint(c) => r.lease_checkpoint = Some(c.clone()),
         }
         r
     }
@@ -75,8 +79,10 @@ impl Request {
             Some(Request::Compaction(c))
         } else if let Some(g) = r.lease_grant {
             Some(Request::LeaseGrant(g))
+        } else if let Some(v) = r.lease_revoke {
+            Some(Request::LeaseRevoke(v))
         } else {
-            r.lease_revoke.map(Request::LeaseRevoke)
+            r.lease_checkpoint.map(Request::LeaseCheckpoint)
         }
     }
 }
@@ -105,6 +111,8 @@ pub enum Response {
     LeaseGrant(LeaseGrantResponse),
     /// Answer to [`Request::LeaseRevoke`].
     LeaseRevoke(LeaseRevokeResponse),
+    /// Answer to [`Request::LeaseCheckpoint`].
+    LeaseCheckpoint(LeaseCheckpointResponse),
     /// Answer to a membership change: the members after it.
     Members(Vec<crate::membership::Member>),
 }
@@ -170,6 +178,11 @@ impl Applier {
             }),
             Request::LeaseRevoke(r) => self.write(index, &mut events, |t, s| {
                 lease::revoke(&s.lessor, t, r).map(Response::LeaseRevoke)
+            }),
+            Request::LeaseCheckpoint(r) => self.write(index, &mut events, |t, s| {
+                Ok(Response::LeaseCheckpoint(lease::checkpoint(
+                    &s.lessor, t, r,
+                )))
             }),
         };
         Applied { result, events }

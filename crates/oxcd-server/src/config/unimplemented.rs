@@ -81,15 +81,6 @@ const NOT_ACTED_ON: &[(&str, Differs)] = &[
     ("experimental-stop-grpc-service-on-defrag", |c, d| {
         c.experimental_stop_grpc_service_on_defrag != d.experimental_stop_grpc_service_on_defrag
     }),
-    // Leases work without checkpoints: a restart or new leader gives every
-    // lease its full TTL again (etcd's behaviour with checkpoints off).
-    ("experimental-enable-lease-checkpoint", |c, d| {
-        c.experimental_enable_lease_checkpoint != d.experimental_enable_lease_checkpoint
-    }),
-    ("experimental-enable-lease-checkpoint-persist", |c, d| {
-        c.experimental_enable_lease_checkpoint_persist
-            != d.experimental_enable_lease_checkpoint_persist
-    }),
 ];
 
 impl Config {

@@ -1,6 +1,7 @@
 //! The expiry loop: turns expired leases into `LeaseRevoke` proposals
 //! (etcd's `lessor.runLoop` + `revokeExpiredLeases`, and the part of
-//! `EtcdServer.run` that proposes the revokes).
+//! `EtcdServer.run` that proposes the revokes), then proposes the due
+//! lease checkpoints (`checkpointScheduledLeases`).
 
 use super::Lessor;
 use crate::apply::Request;
@@ -21,8 +22,8 @@ pub(crate) const RETRY_INTERVAL: Duration = Duration::from_secs(3);
 /// Bound on one revoke proposal (etcd's request timeout).
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(7);
 
-/// Revokes expired leases until `shutdown` is cancelled. Only a primary
-/// lessor finds anything to revoke.
+/// Revokes expired leases and checkpoints due ones until `shutdown` is
+/// cancelled. Only a primary lessor finds anything to do.
 ///
 /// Cancel-safe: a revoke already handed to the write path is still applied.
 pub async fn run(lessor: Lessor, writes: WritePath, shutdown: CancellationToken) {
@@ -39,14 +40,17 @@ pub async fn run(lessor: Lessor, writes: WritePath, shutdown: CancellationToken)
             continue;
         }
         let expired = lessor.find_expired(Instant::now(), REVOKES_PER_PASS, RETRY_INTERVAL);
-        if expired.is_empty() {
-            continue;
+        if !expired.is_empty() {
+            // Proposed together, so the write path applies them as one group.
+            let revokes = expired.into_iter().map(|id| revoke(&writes, id));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = futures::future::join_all(revokes) => {}
+            }
         }
-        // Proposed together, so the write path applies them as one group.
-        let revokes = expired.into_iter().map(|id| revoke(&writes, id));
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = futures::future::join_all(revokes) => {}
+            _ = super::checkpoint::propose_due(&lessor, &writes) => {}
         }
     }
 }

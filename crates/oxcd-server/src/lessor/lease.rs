@@ -12,7 +12,7 @@ pub(crate) struct Lease {
     /// The granted TTL in seconds, already raised to the minimum.
     pub ttl: i64,
     /// Last checkpointed remaining TTL in seconds; 0 means unset (the full
-    /// TTL applies on promote). Persisted, never set by oxcd yet.
+    /// TTL applies on promote). Set by applied `LeaseCheckpoint`s.
     pub remaining_ttl: i64,
     /// When the lease expires; `None` means never (a lessor that is not
     /// primary holds every lease forever, as etcd's followers do).
@@ -21,6 +21,9 @@ pub(crate) struct Lease {
     /// or a retry time once a revoke has been proposed. A queue entry with
     /// another time is stale.
     pub next_check: Option<Instant>,
+    /// When the checkpoint loop should record this lease's remaining TTL;
+    /// a checkpoint queue entry with another time is stale.
+    pub next_checkpoint: Option<Instant>,
     /// Attached keys, sorted: a revoke deletes them in this order so that
     /// every member produces the same backend (etcd sorts them too).
     pub keys: BTreeSet<Vec<u8>>,
@@ -38,6 +41,7 @@ impl Lease {
             remaining_ttl,
             expiry: None,
             next_check: None,
+            next_checkpoint: None,
             keys: BTreeSet::new(),
             revoked: watch::channel(false).0,
         }

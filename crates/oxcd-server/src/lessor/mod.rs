@@ -24,10 +24,21 @@
 //! proposal was lost. A lessor that is not primary holds every lease
 //! forever; [`Lessor::promote`] starts the clocks (etcd calls it when a
 //! member becomes leader, and at start-up of a single member).
+//!
+//! # Checkpoints
+//!
+//! With `--experimental-enable-lease-checkpoint`, the primary also records
+//! how much time a lease has left, so that a new leader (or a restarted
+//! member, with `--experimental-enable-lease-checkpoint-persist`) does not
+//! give it its full TTL again; see [`checkpoint`].
 
+mod checkpoint;
 mod expiry;
 mod lease;
 
+pub use checkpoint::{
+    checkpoint_interval, propose as propose_checkpoint, DEFAULT_CHECKPOINT_INTERVAL, INTERVAL_ENV,
+};
 pub use expiry::run as run_expiry;
 
 use lease::Lease;
@@ -80,6 +91,12 @@ struct State {
     primary: bool,
     /// TTLs below this many seconds are raised to it.
     min_ttl: i64,
+    /// Checkpointing settings; `None` when checkpoints are off (etcd: no
+    /// checkpointer set).
+    checkpoints: Option<checkpoint::Settings>,
+    /// Due checkpoints by time, smallest first. An entry is live only
+    /// while it equals its lease's `next_checkpoint`.
+    checkpoint_queue: BinaryHeap<Reverse<(Instant, i64)>>,
 }
 
 impl std::fmt::Debug for Lessor {
@@ -103,6 +120,8 @@ impl Lessor {
                 queue: BinaryHeap::new(),
                 primary: false,
                 min_ttl,
+                checkpoints: None,
+                checkpoint_queue: BinaryHeap::new(),
             })),
         }
     }
@@ -169,6 +188,7 @@ impl Lessor {
             if let Some(t) = l.next_check {
                 st.queue.push(Reverse((t, l.id)));
             }
+            checkpoint::schedule(&st.checkpoints, &mut st.checkpoint_queue, l, now);
         }
     }
 
@@ -196,12 +216,14 @@ impl Lessor {
             return Err(EtcdError::LeaseTTLTooLarge);
         }
         let mut st = self.state();
+        let st = &mut *st;
         if st.leases.contains_key(&id) {
             return Err(EtcdError::LeaseExist);
         }
         let mut l = Lease::new(id, ttl.max(st.min_ttl), 0);
         if st.primary {
             l.refresh(now, Duration::ZERO);
+            checkpoint::schedule(&st.checkpoints, &mut st.checkpoint_queue, &mut l, now);
         }
         if let Some(t) = l.next_check {
             st.queue.push(Reverse((t, id)));

@@ -7,6 +7,7 @@
 
 use crate::apply::{Request, Response};
 use crate::core::Core;
+use crate::lessor;
 use futures::Stream;
 use oxcd_api::etcdserverpb::lease_server::Lease;
 use oxcd_api::etcdserverpb::{
@@ -159,6 +160,11 @@ impl Lease for LeaseService {
 /// revision is never past a revoke the renewal lost to (etcd does the same).
 async fn keep_alive_once(core: &Core, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
     let header = Some(core.header(core.store.rev()));
+    // A recorded remaining TTL is reset through raft before the renewal,
+    // so no later leader counts from it (etcd 3.5's `Renew`).
+    if let Some(reset) = core.lessor.renewal_checkpoint(id) {
+        lessor::propose_checkpoint(&core.writes, reset).await;
+    }
     let ttl = match core.lessor.renew(id).await {
         Ok(ttl) => ttl,
         Err(EtcdError::LeaseNotFound) => 0,

@@ -115,6 +115,8 @@ pub struct Member {
     extra_args: Vec<String>,
     /// Flags for the next start only (e.g. `--force-new-cluster`).
     once_args: Vec<String>,
+    /// Environment variables set on every start (e.g. hidden test knobs).
+    envs: Vec<(String, String)>,
     /// Probe readiness with a serializable Get (a learner refuses
     /// linearizable reads).
     serializable_probe: bool,
@@ -141,6 +143,7 @@ impl Member {
                 cluster_args: Vec::new(),
                 extra_args: Vec::new(),
                 once_args: Vec::new(),
+                envs: Vec::new(),
                 serializable_probe: false,
             };
             member.spawn();
@@ -225,6 +228,7 @@ impl Member {
         }
         cmd.args(&self.extra_args)
             .args(std::mem::take(&mut self.once_args))
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
@@ -498,6 +502,7 @@ pub struct ClusterBuilder {
     flags: Vec<String>,
     member_flags: Vec<Vec<String>>,
     peer_auto_tls: bool,
+    envs: Vec<(String, String)>,
 }
 
 impl ClusterBuilder {
@@ -509,6 +514,7 @@ impl ClusterBuilder {
             flags: FAST_RAFT.iter().map(|f| (*f).to_string()).collect(),
             member_flags: vec![Vec::new(); size],
             peer_auto_tls: false,
+            envs: Vec::new(),
         }
     }
 
@@ -521,6 +527,13 @@ impl ClusterBuilder {
     /// Adds `flags` to member `i`'s command line only.
     pub fn member_flags(mut self, i: usize, flags: &[&str]) -> ClusterBuilder {
         self.member_flags[i].extend(flags.iter().map(|f| (*f).to_string()));
+        self
+    }
+
+    /// Sets environment variable `key` for every member (members added
+    /// later do not get it).
+    pub fn env(mut self, key: &str, value: &str) -> ClusterBuilder {
+        self.envs.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -581,6 +594,7 @@ impl ClusterBuilder {
                     cluster_args: Vec::new(),
                     extra_args,
                     once_args: Vec::new(),
+                    envs: self.envs.clone(),
                     serializable_probe: false,
                 }
             })
@@ -895,6 +909,7 @@ impl Cluster {
             cluster_args: Vec::new(),
             extra_args: self.common_flags.clone(),
             once_args: Vec::new(),
+            envs: Vec::new(),
             serializable_probe: learner,
         };
         let peer_urls = format!("--peer-urls={}", m.peer_url());
