@@ -3,24 +3,33 @@
 # with the same flags on 127.0.0.1, driven by the same oxcd-bench workloads.
 #
 # For each repetition the two servers take turns (the first one alternates
-# between repetitions); each turn starts a fresh member in a fresh temp data
-# dir, runs every workload in order, and stops it. Per workload the script
+# between repetitions); each turn starts fresh members in fresh temp data
+# dirs, runs every workload in order, and stops them. Per workload the script
 # records throughput and latency (from oxcd-bench --json) and the server's
 # CPU time per operation (utime+stime from /proc/<pid>/stat, delta over the
-# workload, divided by its successful ops); after the load phase it records
-# the server's resident memory (VmRSS from /proc/<pid>/status). It prints
+# workload, divided by its successful ops); after the put workloads it
+# records the server's resident memory (VmRSS from /proc/<pid>/status). It prints
 # the medians over the repetitions and the ratios oxcd/etcd.
-# With --members 3, CPU time and RSS are summed over the three members.
+# With --members 3 both servers run as real 3-member clusters (the same
+# --initial-cluster flags), the script waits until the members agree on a
+# leader, every workload runs with --target-leader (oxcd-bench sends all
+# traffic to the member whose Maintenance/Status says it leads), and CPU
+# time and RSS are summed over the three members. A leader change during a
+# turn is reported on stderr (its numbers include an election).
 #
-# Usage: bench/compare.sh [--reps N] [--full] [--members 1|3] [--no-build]
-#                         [--out FILE] [--keep]
+# Usage: bench/compare.sh [--reps N] [--full|--smoke] [--members 1|3]
+#                         [--no-build] [--out FILE] [--keep]
 #   --reps N      repetitions per server (default 3)
 #   --full        etcd's documented sizes (100k requests per workload);
 #                 the default sizes keep a run under ~10 minutes on 2 cores
-#   --members 3   three-member clusters (oxcd: "needs replication" for now)
+#   --smoke       tiny sizes, to check the script and the servers, not to
+#                 measure anything
+#   --members 3   three-member clusters of each server
 #   --no-build    use the existing target/release binaries
 #   --out FILE    also write the table (markdown) to FILE
 #   --keep        keep the temp dir (logs, raw results) for inspection
+# Environment: ETCD_BIN (default /usr/bin/etcd), OXCD_BIN (default
+# target/release/oxcd).
 #
 # Only processes this script started are signalled, by their saved pid.
 # All traffic goes to 127.0.0.1; every bench run has --timeout and an
@@ -29,10 +38,10 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 ETCD_BIN="${ETCD_BIN:-/usr/bin/etcd}"
-OXCD_BIN="$ROOT/target/release/oxcd"
+OXCD_BIN="${OXCD_BIN:-$ROOT/target/release/oxcd}"
 BENCH="$ROOT/target/release/oxcd-bench"
 REPS=3
-FULL=0
+SIZES=default
 MEMBERS=1
 BUILD=1
 OUT=""
@@ -45,7 +54,8 @@ BENCH_TIMEOUT=300
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) REPS="$2"; shift 2 ;;
-    --full) FULL=1; shift ;;
+    --full) SIZES=full; shift ;;
+    --smoke) SIZES=smoke; shift ;;
     --members) MEMBERS="$2"; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --out) OUT="$2"; shift 2 ;;
@@ -75,6 +85,7 @@ WORK="$(mktemp -d /tmp/oxcd-compare.XXXXXX)"
 RESULTS="$WORK/results.tsv"
 : > "$RESULTS"
 PIDS=()
+LEADER=""
 CLK_TCK="$(getconf CLK_TCK)"
 
 stop_servers() {
@@ -95,11 +106,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Workload sizes: default (quick) and --full (etcd's documented sizes).
-if [ "$FULL" = 1 ]; then
-  PUT1=10000 PUTN=100000 RANGEN=100000 TXNN=100000 WLAT=10000 LKA=100000
+# Workload sizes: default (quick), --full (etcd's documented sizes) and
+# --smoke (tiny).
+if [ "$SIZES" = full ]; then
+  PUT1=10000 PUTN=100000 FILLN=100000 RANGEN=100000 TXNN=100000 WLAT=10000 LKA=100000
+elif [ "$SIZES" = smoke ]; then
+  PUT1=200 PUTN=2000 FILLN=2000 RANGEN=2000 TXNN=500 WLAT=100 LKA=2000
 else
-  PUT1=5000 PUTN=50000 RANGEN=50000 TXNN=20000 WLAT=1000 LKA=50000
+  PUT1=5000 PUTN=50000 FILLN=100000 RANGEN=50000 TXNN=20000 WLAT=1000 LKA=50000
 fi
 MANY="--conns 100 --clients 1000"
 # name|bench arguments. Keys: 8 bytes; values: 256 bytes; `foo` is written
@@ -107,13 +121,16 @@ MANY="--conns 100 --clients 1000"
 WORKLOADS=(
   "put-1client|--conns 1 --clients 1 put --total $PUT1 --key-size 8 --val-size 256 --sequential-keys"
   "put-1000clients|$MANY put --total $PUTN --key-size 8 --val-size 256 --key-space-size 100000"
+  "put-100k-keys|$MANY put --total $FILLN --key-size 8 --val-size 256 --key-space-size $FILLN --sequential-keys"
   "range-linearizable|$MANY range foo --consistency l --total $RANGEN"
   "range-serializable|$MANY range foo --consistency s --total $RANGEN"
   "txn-put|$MANY txn-put --total $TXNN --txn-ops 4 --key-size 8 --val-size 256 --key-space-size 100000"
   "watch-latency|--conns 10 --clients 10 watch-latency --total $WLAT --put-rate 200 --watchers 100 --streams 10"
   "lease-keepalive|--conns 10 --clients 100 lease-keepalive --total $LKA"
 )
-LOAD_DONE_AFTER="put-1000clients"
+# VmRSS is recorded after these workloads: after put-100k-keys the key
+# space holds exactly $FILLN keys (the earlier puts fall in the same space).
+RSS_AFTER=(put-1000clients put-100k-keys)
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -148,6 +165,46 @@ start_servers() {
     done
     [ "$ok" = 1 ] || { echo "$kind member m$i did not become ready; log:" >&2; tail -20 "$dir/m$i.log" >&2; exit 1; }
   done
+  wait_leader "$kind" "$dir"
+}
+
+# member_status ENDPOINT: "member_id leader" from Maintenance/Status, as
+# decimal strings (jq 1.6 would round 64-bit ids), or nothing.
+member_status() {
+  local json
+  json=$(ETCDCTL_API=3 timeout 5 "$ETCDCTL" --endpoints "$1" --dial-timeout 1s --command-timeout 2s \
+    endpoint status -w json 2>/dev/null) || return 0
+  printf '%s %s\n' "$(grep -o '"member_id":[0-9]*' <<<"$json" | head -1 | cut -d: -f2)" \
+    "$(grep -o '"leader":[0-9]*' <<<"$json" | head -1 | cut -d: -f2)"
+}
+
+# wait_leader KIND DIR: until every member names the same leader, that
+# leader is one of them, and a linearizable read through each member
+# succeeds (so the leader has committed in its term). At most 30 s.
+wait_leader() {
+  local kind="$1" dir="$2" ep st ids leader agreed eps
+  IFS=, read -ra eps <<<"$ENDPOINTS"
+  for _ in $(seq 60); do
+    ids=" " leader="" agreed=1
+    for ep in "${eps[@]}"; do
+      st=$(member_status "$ep")
+      if [ -z "${st#* }" ] || [ "${st#* }" = 0 ]; then agreed=0; break; fi
+      ids+="${st% *} "
+      if [ -z "$leader" ]; then leader="${st#* }"; elif [ "$leader" != "${st#* }" ]; then agreed=0; break; fi
+    done
+    if [ "$agreed" = 1 ] && [[ "$ids" == *" $leader "* ]]; then
+      for ep in "${eps[@]}"; do
+        ETCDCTL_API=3 timeout 5 "$ETCDCTL" --endpoints "$ep" --dial-timeout 1s --command-timeout 3s \
+          get --consistency=l bench-probe >/dev/null 2>&1 || { agreed=0; break; }
+      done
+      [ "$agreed" = 1 ] && { LEADER="$leader"; return 0; }
+    fi
+    sleep 0.5
+  done
+  echo "$kind: the $MEMBERS member(s) did not agree on a leader within 30 s; logs in $dir" >&2
+  for ((i = 0; i < MEMBERS; i++)); do tail -5 "$dir/m$i.log" >&2; done
+  KEEP=1
+  exit 1
 }
 
 cpu_ticks() { # sum of utime+stime over PIDS
@@ -169,16 +226,10 @@ rss_kib() { # sum of VmRSS over PIDS
 
 # run_turn KIND REP: one fresh server, every workload. Appends rows
 #   kind rep workload status ops_per_sec p50 p99 p999 max errors cpu_us_per_op
-# and "kind rep rss-after-load - KiB".
+# and "kind rep rss-after-WORKLOAD ok KiB" after each workload in RSS_AFTER.
 run_turn() {
   local kind="$1" rep="$2" dir="$WORK/$1-$2" entry name args before after line rc ok
   mkdir -p "$dir"
-  if [ "$kind" = oxcd ] && [ "$MEMBERS" -gt 1 ]; then
-    for entry in "${WORKLOADS[@]}"; do
-      printf '%s\t%s\t%s\tneeds-replication\n' "$kind" "$rep" "${entry%%|*}" >>"$RESULTS"
-    done
-    return
-  fi
   start_servers "$kind" "$dir"
   local target=""
   [ "$MEMBERS" -gt 1 ] && target="--target-leader"
@@ -209,14 +260,19 @@ run_turn() {
         'BEGIN { printf "%.3f", (ok > 0 ? d / hz * 1e6 / ok : 0) }')" \
       '[$k, $r, $n, "ok", .ops_per_sec, .p50_ms, .p99_ms, .p999_ms, .max_ms, .errors, $cpu] | @tsv' \
       <<<"$line" >>"$RESULTS"
-    if [ "$name" = "$LOAD_DONE_AFTER" ]; then
-      printf '%s\t%s\trss-after-load\tok\t%s\n' "$kind" "$rep" "$(rss_kib)" >>"$RESULTS"
+    if [[ " ${RSS_AFTER[*]} " == *" $name "* ]]; then
+      printf '%s\t%s\trss-after-%s\tok\t%s\n' "$kind" "$rep" "$name" "$(rss_kib)" >>"$RESULTS"
     fi
   done
+  local now
+  now=$(member_status "${ENDPOINTS%%,*}")
+  if [ "${now#* }" != "$LEADER" ]; then
+    echo "    warning: $kind rep $rep: the leader changed during the turn ($LEADER -> ${now#* })" >&2
+  fi
   stop_servers
 }
 
-echo "results in $WORK (reps=$REPS, members=$MEMBERS, full=$FULL)" >&2
+echo "results in $WORK (reps=$REPS, members=$MEMBERS, sizes=$SIZES)" >&2
 for ((rep = 1; rep <= REPS; rep++)); do
   if ((rep % 2)); then order=(etcd oxcd); else order=(oxcd etcd); fi
   for kind in "${order[@]}"; do run_turn "$kind" "$rep"; done
@@ -234,6 +290,7 @@ median() {
       if (m >= 1000) printf "%.0f\n", m; else printf "%.4g\n", m
     }' "$RESULTS"
 }
+mib() { awk -v v="$1" 'BEGIN { if (v ~ /^[0-9.e+]+$/) printf "%.1f", v / 1024; else print v }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.e+-]+$/ && b ~ /^[0-9.e+-]+$/ && b + 0 > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
 {
@@ -249,11 +306,13 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.e+-]+$/ && b ~ /^[0-9.
     row+=" | $(median etcd "$name" 10)/$(median oxcd "$name" 10) |"
     echo "$row"
   done
-  e=$(median etcd rss-after-load 5) o=$(median oxcd rss-after-load 5)
   echo
   echo "| memory | etcd | oxcd | ratio |"
   echo "|---|---|---|---|"
-  echo "| RSS after $LOAD_DONE_AFTER (MiB) | $(awk -v v="$e" 'BEGIN { if (v ~ /^[0-9.e+]+$/) printf "%.1f", v / 1024; else print v }') | $(awk -v v="$o" 'BEGIN { if (v ~ /^[0-9.e+]+$/) printf "%.1f", v / 1024; else print v }') | $(ratio "$o" "$e") |"
+  for name in "${RSS_AFTER[@]}"; do
+    e=$(median etcd "rss-after-$name" 5) o=$(median oxcd "rss-after-$name" 5)
+    echo "| RSS after $name (MiB) | $(mib "$e") | $(mib "$o") | $(ratio "$o" "$e") |"
+  done
   echo
   echo "Medians of $REPS repetition(s), $MEMBERS member(s). ratio = oxcd/etcd: above 1 is better for ops/s, below 1 is better for latency, CPU and memory. n/a: the server answers Unimplemented."
 } | tee "${OUT:-/dev/null}"
