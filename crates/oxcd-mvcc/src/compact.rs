@@ -51,6 +51,9 @@ impl KvStore {
             .unwrap_or_else(PoisonError::into_inner);
         let keep = {
             let _writer = WriterGuard::new(&self.shared.writer);
+            // Within a batch: the compaction sees (and readers see) every
+            // revision applied before it.
+            self.publish_staged()?;
             self.check_compact_rev(rev)?;
             self.shared
                 .backend

@@ -47,8 +47,15 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub(crate) struct State {
     pub index: TreeIndex,
-    /// The newest committed main revision (1 for an empty store).
+    /// The newest main revision readers may see (1 for an empty store):
+    /// committed to redb and published.
     pub current_rev: i64,
+    /// The newest main revision written, published or not (equal to
+    /// `current_rev` outside a batch). The writer builds on it.
+    pub staged_rev: i64,
+    /// Whether a batch is open: write transactions then stage their
+    /// revision instead of publishing it.
+    pub batching: bool,
     /// The revision of the last compaction, -1 before the first.
     pub compact_rev: i64,
 }
@@ -169,6 +176,45 @@ impl KvStore {
     /// `write` or `compact` again (it would wait for itself).
     pub fn write(&self) -> WriteTxn {
         WriteTxn::begin(self.shared.clone())
+    }
+
+    /// Opens a batch: until [`KvStore::end_batch`], write transactions share
+    /// one backend transaction and their revisions stay invisible to
+    /// readers. The server brackets each group of applied raft entries with
+    /// it, so that the group costs one backend commit.
+    ///
+    /// # Errors
+    /// Backend errors committing an earlier open transaction.
+    pub fn begin_batch(&self) -> Result<()> {
+        let _writer = WriterGuard::new(&self.shared.writer);
+        self.shared.backend.set_batching(true)?;
+        self.shared.state_mut().batching = true;
+        Ok(())
+    }
+
+    /// Ends the batch: commits the shared backend transaction (not
+    /// durably: the raft WAL holds the entries) and publishes the newest
+    /// revision to readers.
+    ///
+    /// # Errors
+    /// Backend errors; the batch's writes are then lost from the backend
+    /// and the caller must treat this as fatal.
+    pub fn end_batch(&self) -> Result<()> {
+        let _writer = WriterGuard::new(&self.shared.writer);
+        self.shared.backend.set_batching(false)?;
+        let mut st = self.shared.state_mut();
+        st.batching = false;
+        st.current_rev = st.staged_rev;
+        Ok(())
+    }
+
+    /// Commits and publishes what the open batch holds, keeping the batch
+    /// open. The caller holds the writer lock.
+    pub(crate) fn publish_staged(&self) -> Result<()> {
+        self.shared.backend.commit_open()?;
+        let mut st = self.shared.state_mut();
+        st.current_rev = st.staged_rev;
+        Ok(())
     }
 
     /// Makes every committed write durable (one fsync), together with the

@@ -55,6 +55,8 @@ pub(crate) fn restore(backend: &Backend) -> Result<Restored> {
         state: State {
             index,
             current_rev,
+            staged_rev: current_rev,
+            batching: false,
             compact_rev,
         },
         resume_compaction,

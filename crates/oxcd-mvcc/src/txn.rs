@@ -11,7 +11,7 @@ use redb::ReadTransaction;
 
 use oxcd_api::mvccpb::{event::EventType, Event, KeyValue};
 
-use crate::backend::KEY_TABLE;
+use crate::backend::{KeyLookup, KEY_TABLE};
 use crate::error::{MvccError, Result};
 use crate::index::KeyRange;
 use crate::key_index::Found;
@@ -83,7 +83,15 @@ impl ReadTxn {
     /// revision, backend or corruption errors when fetching values.
     pub fn range(&self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult> {
         let found = lookup(&self.shared, KeyRange::new(key, end), self.rev, opts)?;
-        let kvs = fetch_all(&self.tx, &found.entries, |_| None)?;
+        let kvs = if found.entries.is_empty() {
+            Vec::new()
+        } else {
+            let table = self
+                .tx
+                .open_table(KEY_TABLE)
+                .map_err(|e| MvccError::backend("open key table", e))?;
+            fetch_all(&table, &found.entries, |_| None)?
+        };
         Ok(RangeResult {
             kvs,
             rev: self.rev,
@@ -135,32 +143,17 @@ fn lookup(
 /// Fetches the value of every entry; `overlay` supplies values not yet
 /// committed (a write transaction's own changes).
 fn fetch_all(
-    tx: &ReadTransaction,
+    table: &dyn KeyLookup,
     entries: &[(Vec<u8>, Found)],
     overlay: impl Fn(Revision) -> Option<KeyValue>,
 ) -> Result<Vec<KeyValue>> {
-    if entries.is_empty() {
-        return Ok(Vec::new());
-    }
-    let table = tx
-        .open_table(KEY_TABLE)
-        .map_err(|e| MvccError::backend("open key table", e))?;
     entries
         .iter()
         .map(|(_, f)| match overlay(f.modified) {
             Some(kv) => Ok(kv),
-            None => fetch_one(&table, f.modified),
+            None => table.get_kv(f.modified),
         })
         .collect()
-}
-
-fn fetch_one(table: &redb::ReadOnlyTable<&[u8], &[u8]>, rev: Revision) -> Result<KeyValue> {
-    let guard = table
-        .get(rev.to_bytes().as_slice())
-        .map_err(|e| MvccError::backend("read revision", e))?
-        .ok_or_else(|| MvccError::Corrupt(format!("revision {rev} is indexed but not stored")))?;
-    KeyValue::decode(guard.value())
-        .map_err(|e| MvccError::Corrupt(format!("KeyValue at revision {rev}: {e}")))
 }
 
 /// The result of committing a [`WriteTxn`].
@@ -187,8 +180,6 @@ pub struct WriteTxn {
     shared: Arc<Shared>,
     begin_rev: i64,
     changes: Vec<Change>,
-    /// Snapshot for reading committed values, opened on first need.
-    reader: Option<ReadTransaction>,
     /// Changes to the `lease` table, committed with the key changes.
     pub(crate) lease_ops: Vec<crate::lease_table::LeaseOp>,
     ended: bool,
@@ -197,12 +188,11 @@ pub struct WriteTxn {
 impl WriteTxn {
     pub(crate) fn begin(shared: Arc<Shared>) -> WriteTxn {
         shared.writer.acquire();
-        let begin_rev = shared.state().current_rev;
+        let begin_rev = shared.state().staged_rev;
         WriteTxn {
             shared,
             begin_rev,
             changes: Vec::new(),
-            reader: None,
             lease_ops: Vec::new(),
             ended: false,
         }
@@ -335,14 +325,17 @@ impl WriteTxn {
             self.rollback();
             return Err(e);
         }
-        self.shared.state_mut().current_rev = main;
+        let mut st = self.shared.state_mut();
+        st.staged_rev = main;
+        if !st.batching {
+            st.current_rev = main;
+        }
+        drop(st);
         let events = self.changes.drain(..).map(|c| to_event(c, main)).collect();
         Ok(TxnOutcome { rev: main, events })
     }
 
     fn commit(&mut self, main: i64, consistent_index: Option<u64>) -> Result<()> {
-        // Release the snapshot: it is not needed any more.
-        self.reader = None;
         let backend = self.shared.backend.clone();
         let changes = &self.changes;
         let lease_ops = &self.lease_ops;
@@ -387,11 +380,9 @@ impl WriteTxn {
                 .filter_map(|(_, f)| overlay(f.modified))
                 .collect());
         }
-        if self.reader.is_none() {
-            self.reader = Some(self.shared.backend.begin_read()?);
-        }
-        let tx = self.reader.as_ref().expect("reader was just set");
-        fetch_all(tx, entries, overlay)
+        self.shared
+            .backend
+            .read_latest(|table| fetch_all(table, entries, overlay))
     }
 
     fn rollback(&mut self) {

@@ -56,6 +56,8 @@ pub struct ServerApp {
     pub events: Vec<Event>,
     /// Answers of the group being applied.
     pub done: Vec<(u64, Outcome)>,
+    /// Whether the store has a batch open for this group.
+    pub batch_open: bool,
 }
 
 impl Application for ServerApp {
@@ -81,6 +83,13 @@ impl Application for ServerApp {
             tracing::warn!(index, "raft entry with no request this version applies");
             return;
         };
+        if !self.batch_open {
+            // One backend commit for the whole group (see `on_applied`).
+            if let Err(e) = self.applier.store().begin_batch() {
+                fatal_backend(&e);
+            }
+            self.batch_open = true;
+        }
         let applied = self.applier.apply(&req, index);
         self.events.extend(applied.events);
         if id != 0 {
@@ -143,6 +152,14 @@ impl Application for ServerApp {
     }
 
     fn on_applied(&mut self, applied: u64) {
+        // Readers, watchers and proposers learn of the group only once the
+        // store has committed and published it.
+        if self.batch_open {
+            self.batch_open = false;
+            if let Err(e) = self.applier.store().end_batch() {
+                fatal_backend(&e);
+            }
+        }
         if !self.events.is_empty() {
             self.sink.publish(std::mem::take(&mut self.events));
         }
@@ -159,6 +176,13 @@ impl Application for ServerApp {
             self.lessor.promote(self.election_timeout);
         }
     }
+}
+
+/// A backend that fails to commit has lost applied entries the raft log
+/// still holds: exit, as etcd does, and let the restart replay them.
+fn fatal_backend(e: &oxcd_mvcc::MvccError) -> ! {
+    tracing::error!(error = %e, "backend commit failed; exiting");
+    std::process::exit(1);
 }
 
 /// A member removed from the cluster stops itself, as etcd's does, after a

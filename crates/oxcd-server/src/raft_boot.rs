@@ -93,6 +93,7 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
         election_timeout: Duration::from_millis(cfg.election_timeout_ms),
         events: Vec::new(),
         done: Vec::new(),
+        batch_open: false,
     };
     let node_cfg = NodeConfig {
         id: me,

@@ -157,6 +157,11 @@ impl Applier {
         Self { store, lessor }
     }
 
+    /// The store it applies to.
+    pub fn store(&self) -> &KvStore {
+        &self.store
+    }
+
     /// Applies one committed request at log position `index`. A request that
     /// fails leaves the store untouched. The events of a successful write
     /// are returned for the watchers, to publish once they are durable.
