@@ -46,7 +46,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Mutex, PoisonError, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redb::{
     Database, Durability, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction,
@@ -89,6 +89,16 @@ impl Default for BackendConfig {
     }
 }
 
+/// redb's page cache. redb defaults to 1 GiB, which a busy member fills
+/// with pages the kernel's page cache already holds; a small cache keeps
+/// the resident set small (the key index, not the cache, makes reads
+/// fast: values are fetched by revision, one point lookup each).
+const CACHE_SIZE: usize = 32 << 20;
+
+/// How often a durable commit measures the bytes in use (see
+/// [`Backend::size_in_use`]).
+const MEASURE_EVERY: Duration = Duration::from_secs(10);
+
 /// What the `meta` table says.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Meta {
@@ -107,8 +117,11 @@ pub(crate) struct Backend {
     /// The newest applied raft index; written into `meta` by every commit
     /// so that it always describes the data committed with it.
     consistent_index: AtomicU64,
-    /// Bytes allocated inside the file, measured at the last durable commit.
+    /// Bytes allocated inside the file, measured at a durable commit at
+    /// most every [`MEASURE_EVERY`].
     size_in_use: AtomicU64,
+    /// When `size_in_use` was last measured.
+    measured: Mutex<Instant>,
     /// The redb write transaction of the group being applied, if any.
     open: Mutex<Open>,
 }
@@ -124,6 +137,7 @@ impl Backend {
     /// Opens (creating if absent) the file and its tables.
     pub fn open(path: &Path, cfg: BackendConfig) -> Result<Backend> {
         let db = Database::builder()
+            .set_cache_size(CACHE_SIZE)
             .create(path)
             .map_err(|e| MvccError::backend("open database", e))?;
         let backend = Backend {
@@ -133,6 +147,7 @@ impl Backend {
             pending: AtomicU64::new(0),
             consistent_index: AtomicU64::new(0),
             size_in_use: AtomicU64::new(0),
+            measured: Mutex::new(Instant::now()),
             open: Mutex::new(Open::default()),
         };
         backend.create_tables()?;
@@ -260,22 +275,34 @@ impl Backend {
             Durability::None
         });
         self.put_consistent_index(&tx)?;
-        let in_use = if durable {
+        let in_use = if durable && self.measure_due() {
             Some(allocated_bytes(&tx)?)
         } else {
             None
         };
         tx.commit().map_err(|e| MvccError::backend("commit", e))?;
-        match in_use {
-            Some(bytes) => {
-                self.pending.store(0, Ordering::SeqCst);
-                self.size_in_use.store(bytes, Ordering::Relaxed);
-            }
-            None => {
-                self.pending.fetch_add(1, Ordering::SeqCst);
-            }
+        if durable {
+            self.pending.store(0, Ordering::SeqCst);
+        } else {
+            self.pending.fetch_add(1, Ordering::SeqCst);
+        }
+        if let Some(bytes) = in_use {
+            self.size_in_use.store(bytes, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Whether `size_in_use` should be measured now. redb measures by
+    /// walking every page of the file (through its cache), which is far too
+    /// costly for every durable commit.
+    fn measure_due(&self) -> bool {
+        let mut at = self.measured.lock().unwrap_or_else(PoisonError::into_inner);
+        if at.elapsed() >= MEASURE_EVERY {
+            *at = Instant::now();
+            true
+        } else {
+            false
+        }
     }
 
     /// Makes every commit so far durable (one fsync).
@@ -343,7 +370,9 @@ impl Backend {
             })
     }
 
-    /// Bytes in use inside the file, as of the last durable commit.
+    /// Bytes in use inside the file, as measured at open or by a durable
+    /// commit in the last [`MEASURE_EVERY`] (etcd's figure is an estimate
+    /// too: file size minus its free list).
     pub fn size_in_use(&self) -> u64 {
         self.size_in_use.load(Ordering::Relaxed)
     }
@@ -479,7 +508,7 @@ mod tests {
             // The third reaches the limit and is durable.
             b.commit(false, |_| Ok(())).unwrap();
             assert_eq!(b.pending(), 0);
-            assert!(b.size_in_use() > 0);
+            assert!(b.size_in_use() > 0, "measured at open");
             assert!(b.size().unwrap() >= b.size_in_use());
         }
         let b = Backend::open(&path, cfg).unwrap();

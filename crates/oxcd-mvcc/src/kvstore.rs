@@ -235,8 +235,8 @@ impl KvStore {
         self.shared.backend.size()
     }
 
-    /// Bytes in use inside the backend file, as of the last durable commit
-    /// (best effort: pages freed since then are still counted).
+    /// Bytes in use inside the backend file, as measured at open or within
+    /// the last ten seconds of durable commits (an estimate, like etcd's).
     pub fn db_size_in_use(&self) -> u64 {
         self.shared.backend.size_in_use()
     }

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Inputs queued to the raft loop before callers are told to back off.
-const INPUT_DEPTH: usize = 64 * 1024;
+const INPUT_DEPTH: usize = 8 * 1024;
 
 /// Something for the raft loop to do.
 #[derive(Debug)]

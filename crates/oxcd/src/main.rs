@@ -9,6 +9,12 @@ mod help;
 use oxcd_server::config::Config;
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc malloc: the request path allocates many small,
+/// short-lived buffers across threads, where glibc's arenas spent ~15 % of
+/// the CPU in the put-1000-clients profile.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
