@@ -28,6 +28,8 @@
 #   --no-build    use the existing target/release binaries
 #   --out FILE    also write the table (markdown) to FILE
 #   --keep        keep the temp dir (logs, raw results) for inspection
+#   --restart-keys N  keys loaded before the restart measurement (default
+#                 250000; 1000000 with --full, as etcd's docs size it)
 # Environment: ETCD_BIN (default /usr/bin/etcd), OXCD_BIN (default
 # target/release/oxcd).
 #
@@ -46,6 +48,7 @@ MEMBERS=1
 BUILD=1
 OUT=""
 KEEP=0
+RESTARTN_ARG=""
 # Client ports: etcd 22379.., oxcd 22479..; peer ports are client + 50.
 ETCD_BASE_PORT=22379
 OXCD_BASE_PORT=22479
@@ -60,6 +63,7 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=0; shift ;;
     --out) OUT="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
+    --restart-keys) RESTARTN_ARG="$2"; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
@@ -109,12 +113,14 @@ trap 'exit 130' INT TERM
 # Workload sizes: default (quick), --full (etcd's documented sizes) and
 # --smoke (tiny).
 if [ "$SIZES" = full ]; then
-  PUT1=10000 PUTN=100000 FILLN=100000 RANGEN=100000 TXNN=100000 WLAT=10000 LKA=100000
+  PUT1=10000 PUTN=100000 FILLN=100000 RANGEN=100000 TXNN=100000 WLAT=10000 LKA=100000 RESTARTN=1000000
 elif [ "$SIZES" = smoke ]; then
-  PUT1=200 PUTN=2000 FILLN=2000 RANGEN=2000 TXNN=500 WLAT=100 LKA=2000
+  PUT1=200 PUTN=2000 FILLN=2000 RANGEN=2000 TXNN=500 WLAT=100 LKA=2000 RESTARTN=5000
 else
-  PUT1=5000 PUTN=50000 FILLN=100000 RANGEN=50000 TXNN=20000 WLAT=1000 LKA=50000
+  PUT1=5000 PUTN=50000 FILLN=100000 RANGEN=50000 TXNN=20000 WLAT=1000 LKA=50000 RESTARTN=250000
 fi
+RESTARTN="${RESTARTN_ARG:-$RESTARTN}"
+[[ "$RESTARTN" =~ ^[1-9][0-9]*$ ]] || { echo "--restart-keys must be a positive integer" >&2; exit 2; }
 MANY="--conns 100 --clients 1000"
 # name|bench arguments. Keys: 8 bytes; values: 256 bytes; `foo` is written
 # by etcdctl before the range workloads.
@@ -269,7 +275,33 @@ run_turn() {
   if [ "${now#* }" != "$LEADER" ]; then
     echo "    warning: $kind rep $rep: the leader changed during the turn ($LEADER -> ${now#* })" >&2
   fi
+  restart_turn "$kind" "$rep" "$dir" "$target"
   stop_servers
+}
+
+# restart_turn KIND REP DIR TARGET: loads $RESTARTN keys (256-byte values),
+# stops the members (SIGTERM, as an operator would), starts them again on
+# the same data dirs and records the seconds until every member is healthy
+# and a linearizable read succeeds through each, then the RSS.
+restart_turn() {
+  local kind="$1" rep="$2" dir="$3" target="$4" t0 t1 rc=0
+  echo "  $kind rep $rep: restart after $RESTARTN keys" >&2
+  # shellcheck disable=SC2086 # target is a word list on purpose
+  timeout $((BENCH_TIMEOUT * 4 + 60)) "$BENCH" --endpoints "$ENDPOINTS" $target --json \
+    --timeout $((BENCH_TIMEOUT * 4)) --conns 100 --clients 1000 put --total "$RESTARTN" \
+    --key-size 8 --val-size 256 --key-space-size "$RESTARTN" --sequential-keys \
+    >/dev/null 2>>"$dir/bench.err" || rc=$?
+  if [ "$rc" != 0 ]; then
+    echo "    loading failed (exit $rc), see $dir/bench.err" >&2
+    printf '%s\t%s\trestart\tfailed\n' "$kind" "$rep" >>"$RESULTS"
+    return
+  fi
+  stop_servers
+  t0=$(date +%s.%N)
+  start_servers "$kind" "$dir"
+  t1=$(date +%s.%N)
+  printf '%s\t%s\trestart\tok\t%s\n' "$kind" "$rep" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')" >>"$RESULTS"
+  printf '%s\t%s\trss-after-restart\tok\t%s\n' "$kind" "$rep" "$(rss_kib)" >>"$RESULTS"
 }
 
 echo "results in $WORK (reps=$REPS, members=$MEMBERS, sizes=$SIZES)" >&2
@@ -313,6 +345,13 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.e+-]+$/ && b ~ /^[0-9.
     e=$(median etcd "rss-after-$name" 5) o=$(median oxcd "rss-after-$name" 5)
     echo "| RSS after $name (MiB) | $(mib "$e") | $(mib "$o") | $(ratio "$o" "$e") |"
   done
+  e=$(median etcd "rss-after-restart" 5) o=$(median oxcd "rss-after-restart" 5)
+  echo "| RSS after restart with $RESTARTN keys (MiB) | $(mib "$e") | $(mib "$o") | $(ratio "$o" "$e") |"
+  echo
+  echo "| restart | etcd | oxcd | ratio |"
+  echo "|---|---|---|---|"
+  e=$(median etcd restart 5) o=$(median oxcd restart 5)
+  echo "| seconds from start to serving linearizable reads, $RESTARTN keys | $e | $o | $(ratio "$o" "$e") |"
   echo
   echo "Medians of $REPS repetition(s), $MEMBERS member(s). ratio = oxcd/etcd: above 1 is better for ops/s, below 1 is better for latency, CPU and memory. n/a: the server answers Unimplemented."
 } | tee "${OUT:-/dev/null}"
