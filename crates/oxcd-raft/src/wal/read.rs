@@ -135,6 +135,24 @@ pub(crate) struct ReadOutcome {
     pub crc: Option<u32>,
 }
 
+/// The offset just past the last non-zero byte of the first `len` bytes,
+/// found by reading backwards in bounded chunks.
+fn data_end(file: &dyn crate::fs::FileHandle, len: usize) -> std::io::Result<usize> {
+    const CHUNK: usize = 1 << 20;
+    let mut buf = vec![0u8; CHUNK.min(len)];
+    let mut end = len;
+    while end > 0 {
+        let start = end.saturating_sub(CHUNK);
+        let chunk = &mut buf[..end - start];
+        file.read_exact_at(start as u64, chunk)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b != 0) {
+            return Ok(start + i + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
 /// Opens (and, when `write`, locks) each selected segment, scans it and
 /// folds its records into `replay`.
 pub(crate) fn read_segments(
@@ -161,8 +179,14 @@ pub(crate) fn read_segments(
             offset: 0,
             reason: Corruption::BadFrame("segment larger than memory"),
         })?;
+        // Segments are preallocated: most of a young segment is zeros. The
+        // buffer keeps the file's full length (the decoder sees exactly the
+        // file), but only the part up to the last non-zero byte is read
+        // into it; the rest stays untouched zeroed memory, which costs no
+        // resident pages.
+        let end = data_end(&*file, len).map_err(io_err("read", &path))?;
         let mut bytes = vec![0u8; len];
-        file.read_exact_at(0, &mut bytes)
+        file.read_exact_at(0, &mut bytes[..end])
             .map_err(io_err("read", &path))?;
         let corrupt = |offset: u64, reason| WalError::Corrupt {
             path: path.clone(),
