@@ -42,6 +42,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// Most proposals stepped into raft as one message.
+const MAX_PROPOSAL_BATCH: usize = 1024;
+/// Most payload bytes stepped into raft as one message.
+const MAX_PROPOSAL_BATCH_BYTES: usize = 4 << 20;
+
 /// Inputs queued to the raft loop before callers are told to back off.
 const INPUT_DEPTH: usize = 8 * 1024;
 
@@ -345,6 +350,8 @@ pub fn start<A: Application>(
         tick: cfg.tick,
         leader: 0,
         campaign_alone: false,
+        proposals: Vec::new(),
+        proposal_bytes: 0,
     };
     std::thread::Builder::new()
         .name("oxcd-raft".into())
@@ -379,6 +386,10 @@ struct RaftLoop<A> {
     leader: u64,
     /// Set when this member became the only voter; it campaigns at once.
     campaign_alone: bool,
+    /// Proposals waiting to be stepped into raft together.
+    proposals: Vec<Entry>,
+    /// Their payload size.
+    proposal_bytes: usize,
 }
 
 impl<A: Application> RaftLoop<A> {
@@ -396,6 +407,7 @@ impl<A: Application> RaftLoop<A> {
                             return;
                         }
                     }
+                    self.flush_proposals();
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -411,10 +423,46 @@ impl<A: Application> RaftLoop<A> {
         }
     }
 
+    /// Queues a proposal; queued proposals reach raft as one `MsgPropose`
+    /// (one append, one broadcast to the followers) when the input queue is
+    /// drained, another kind of input arrives, or the batch is full.
+    fn queue_proposal(&mut self, data: Bytes) {
+        self.proposal_bytes += data.len();
+        let mut e = Entry::default();
+        e.data = data;
+        self.proposals.push(e);
+        if self.proposals.len() >= MAX_PROPOSAL_BATCH
+            || self.proposal_bytes >= MAX_PROPOSAL_BATCH_BYTES
+        {
+            self.flush_proposals();
+        }
+    }
+
+    fn flush_proposals(&mut self) {
+        if self.proposals.is_empty() {
+            return;
+        }
+        self.proposal_bytes = 0;
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgPropose);
+        m.from = self.raw.raft.id;
+        m.set_entries(std::mem::take(&mut self.proposals).into());
+        if let Err(e) = self.raw.step(m) {
+            // Dropped proposals (no leader) time out at their waiters.
+            tracing::debug!(error = %e, "raft refused proposals");
+        }
+    }
+
     fn handle(&mut self, input: Input) -> ControlFlow<()> {
+        if let Input::Propose(data) = input {
+            self.queue_proposal(data);
+            return ControlFlow::Continue(());
+        }
+        // Everything else is ordered after the proposals queued before it.
+        self.flush_proposals();
         let r = match input {
             Input::Stop => return ControlFlow::Break(()),
-            Input::Propose(data) => self.raw.propose(Vec::new(), data.to_vec()),
+            Input::Propose(_) => Ok(()),
             Input::ProposeConfChange(cc) => self.raw.propose_conf_change(Vec::new(), cc),
             Input::Step(m) => self.raw.step(m),
             Input::ReadIndex(ctx) => {
