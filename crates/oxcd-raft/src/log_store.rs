@@ -77,10 +77,12 @@ impl LogStore {
         let conf_state = self.mem.initial_state()?.conf_state;
         let mut core = self.mem.wl();
         let hs = core.hard_state().clone();
-        let mut meta = SnapshotMetadata::default();
+        let mut meta = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
         meta.set_conf_state(conf_state);
-        meta.index = index;
-        meta.term = term;
         let mut base = Snapshot::default();
         base.set_metadata(meta);
         core.apply_snapshot(base)?;

@@ -172,9 +172,11 @@ impl<A: Application> RaftLoop<A> {
             Ok(d) => d,
             Err(e) => fatal(&format!("cannot snapshot the application state: {e}")),
         };
-        let mut meta = SnapshotMetadata::default();
-        meta.index = index;
-        meta.term = term;
+        let mut meta = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
         // The stored conf state is updated as each conf change is applied,
         // so it is the configuration as of `index`.
         match self.raw.store().initial_state() {
