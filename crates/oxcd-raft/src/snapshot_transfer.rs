@@ -174,6 +174,41 @@ async fn read_full(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Resul
     Ok(n)
 }
 
+/// Removes leftovers of transfers from `dir`: received backends
+/// (`<index>.snap.db`, `.tmp`) at or below `upto`, which raft can no longer
+/// install, and, when `senders_too` (at start-up, when no transfer runs),
+/// the sender's scratch copies. Returns the removed paths; errors are
+/// logged, never fatal.
+pub fn remove_stale(dir: &Path, upto: u64, senders_too: bool) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stale = if name.ends_with(".snap.db.send") {
+            senders_too
+        } else if let Some(stem) = name
+            .strip_suffix(".snap.db")
+            .or_else(|| name.strip_suffix(".snap.db.tmp"))
+        {
+            crate::wal::parse_hex16(stem).is_some_and(|i| i <= upto)
+        } else {
+            false
+        };
+        if stale {
+            let path = e.path();
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed.push(path),
+                Err(err) => {
+                    tracing::warn!(file = %path.display(), error = %err, "cannot remove stale snapshot file")
+                }
+            }
+        }
+    }
+    removed
+}
+
 /// A received transfer: who sent it and the raft message to step.
 pub(crate) struct Received {
     pub from: u64,
@@ -248,4 +283,37 @@ async fn write_file(
     }
     f.sync_all().await.map_err(io)?;
     Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_transfer_files_are_removed() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        for name in [
+            "0000000000000005.snap.db",
+            "0000000000000009.snap.db.tmp",
+            "000000000000000a.snap.db",
+            "0000000000000002-0000000000000005.snap.db.send",
+            "0000000000000001-0000000000000005.snap",
+            "db",
+        ] {
+            std::fs::write(dir.path().join(name), b"x")?;
+        }
+        let mut gone: Vec<String> = remove_stale(dir.path(), 9, false)
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        gone.sort();
+        assert_eq!(
+            gone,
+            ["0000000000000005.snap.db", "0000000000000009.snap.db.tmp"]
+        );
+        assert_eq!(remove_stale(dir.path(), 0, true).len(), 1);
+        assert!(dir.path().join("000000000000000a.snap.db").exists());
+        assert!(dir.path().join("db").exists());
+        Ok(())
+    }
 }

@@ -73,6 +73,13 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
     let fs: Arc<dyn Fs> = Arc::new(OsFs);
     let snapshotter = Snapshotter::new(fs.clone(), &snap_dir(b.layout));
     let restored = open_or_bootstrap(&b, &fs, &snapshotter)?;
+    let snap_index = restored
+        .snapshot
+        .as_ref()
+        .map_or(0, |s| s.get_metadata().index);
+    // No transfer runs yet: scratch copies and uninstallable backends left
+    // by a crash can go.
+    oxcd_raft::snapshot_transfer::remove_stale(&snap_dir(b.layout), snap_index, true);
     if let Some(s) = &restored.snapshot {
         b.members
             .restore_snapshot(&s.data)

@@ -211,6 +211,23 @@ async fn killed_follower_catches_up_through_snapshot_transfer() {
             assert!(Instant::now() < deadline, "follower stopped replicating");
             tokio::time::sleep(POLL).await;
         }
+        let snap_dir = c.member(follower).data_dir().join("member").join("snap");
+        assert!(
+            files_ending(&snap_dir, ".snap.db").is_empty(),
+            "the installed snapshot backend was not cleaned up"
+        );
+
+        // And it restarts from what it installed: the received snapshot
+        // and the WAL after it.
+        c.kill9(follower);
+        c.restart(follower).await;
+        let log = c.member(follower).log();
+        assert!(log.contains("recovered from snapshot at index"), "{log}");
+        assert_eq!(c.wait_converged(CONVERGE_BOUND).await, rev);
+        assert_eq!(
+            local_dump(&c, follower, "").await,
+            local_dump(&c, leader, "").await
+        );
     })
     .await;
 }

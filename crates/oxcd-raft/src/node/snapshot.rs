@@ -240,6 +240,7 @@ impl<A: Application> RaftLoop<A> {
             }
             Err(e) => tracing::warn!(error = %e, "failed to purge snap files"),
         }
+        crate::snapshot_transfer::remove_stale(s.snapshotter.dir(), index, false);
     }
 
     /// Installs a snapshot received from the leader (see the module doc
