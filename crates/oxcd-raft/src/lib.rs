@@ -18,6 +18,8 @@
 //!
 //! - [`log_store`]: the in-memory raft log raft-rs reads, with the newest
 //!   snapshot and compaction.
+//! - [`snapshot_transfer`]: backend snapshots streamed to lagging followers
+//!   over `Peer/Snapshot`, and saved on arrival.
 //!
 //! The WAL byte format is in `docs/design/wal.md`; snapshots and their
 //! transfer in `docs/design/snapshots.md`.
