@@ -325,6 +325,12 @@ impl Backend {
         self.consistent_index.fetch_max(ci, Ordering::SeqCst);
     }
 
+    /// Sets the consistent index outright (a snapshot replacing the whole
+    /// backend may carry any index); persisted by the next commit.
+    pub fn reset_consistent_index(&self, ci: u64) {
+        self.consistent_index.store(ci, Ordering::SeqCst);
+    }
+
     fn put_consistent_index(&self, tx: &WriteTransaction) -> Result<()> {
         let ci = self.consistent_index();
         let mut meta = tx

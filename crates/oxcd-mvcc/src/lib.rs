@@ -24,6 +24,7 @@
 //! | `watcher_group` | `mvcc/watcher_group.go` | watchers by key; fan-out of events per watcher |
 //! | `watchable_store` | `mvcc/watchable_store.go` | [`WatchableStore`]: synced / unsynced / victim groups, `notify`, catch-up |
 //! | `watch_stream` | `mvcc/watcher.go` (`watchStream`) | [`WatchStream`]: one client stream's watchers and ids |
+//! | `snapshot` | `mvcc/backend/backend.go` (`Snapshot`), `etcdserver/server.go` (`applySnapshot`) | [`KvStore::export_to`], [`KvStore::replace_from`]: whole-backend copies for raft snapshots |
 //! | `hash` | `mvcc/kvstore.go` (`HashByRev`) | [`KvStore::hash_kv`] with CRC-32C |
 //! | [`error`] | `mvcc/kv.go` errors | [`MvccError`] |
 //!
@@ -56,6 +57,7 @@ mod kvstore;
 mod lease_table;
 mod restore;
 pub mod revision;
+mod snapshot;
 mod txn;
 mod watch_stream;
 mod watchable_store;

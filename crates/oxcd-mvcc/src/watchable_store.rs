@@ -316,6 +316,32 @@ impl WatchableStore {
         wk
     }
 
+    /// Re-syncs every watcher after the backend was replaced by a raft
+    /// snapshot (etcd `watchableStore.Restore`): synced watchers move to
+    /// unsynced, so the sync loop reads whatever they miss from the new
+    /// contents (or tells them it was compacted), and the published
+    /// revision becomes the new store's current revision.
+    pub fn restore(&self) {
+        let mut st = self.state();
+        let HubState {
+            watchers,
+            synced,
+            unsynced,
+            rev,
+            ..
+        } = &mut *st;
+        for (wk, w) in watchers.iter_mut() {
+            if w.group == Group::Synced {
+                synced.remove(*wk, &w.range);
+                w.group = Group::Unsynced;
+                unsynced.insert(*wk);
+            }
+        }
+        *rev = self.inner.kv.rev();
+        drop(st);
+        self.inner.wake.notify();
+    }
+
     /// Removes a watcher from whichever group it is in; false if it is
     /// already gone (cancelled, or removed after a compaction notice).
     pub(crate) fn remove_watcher(&self, wk: WatcherKey) -> bool {

@@ -16,17 +16,22 @@
 //! - [`node`]: the raft loop around raft-rs's `RawNode`: one thread that
 //!   persists each `Ready` to the WAL with one fsync, sends, and applies.
 //!
-//! Still to come with the replication issue: snapshots of the backend and
-//! log compaction, membership changes at runtime. Record payloads are opaque here, so
-//! this crate does not depend on raft-rs yet. The byte formats are in
-//! `docs/design/wal.md`.
+//! - [`log_store`]: the in-memory raft log raft-rs reads, with the newest
+//!   snapshot and compaction.
+//! - [`snapshot_transfer`]: backend snapshots streamed to lagging followers
+//!   over `Peer/Snapshot`, and saved on arrival.
+//!
+//! The WAL byte format is in `docs/design/wal.md`; snapshots and their
+//! transfer in `docs/design/snapshots.md`.
 
 #![forbid(unsafe_code)]
 
 pub mod error;
 pub mod fs;
+pub mod log_store;
 pub mod node;
 pub mod snap;
+pub mod snapshot_transfer;
 pub mod tls_error;
 pub mod transport;
 pub mod wal;

@@ -23,20 +23,35 @@
 //!
 //! The application (the server's applier) sees committed normal entries in
 //! log order exactly once per process run, and conf changes always: on
-//! restart the whole log after the last snapshot is replayed, and the
+//! restart the log after the newest snapshot is replayed, and the
 //! application skips the KV part of entries its backend already holds (its
 //! consistent index), but conf changes must be applied to raft again.
+//!
+//! Snapshots (taking them every `--snapshot-count` entries, compaction,
+//! purging, sending and installing them) are in the `snapshot` submodule.
 
+mod bootstrap;
+mod snapshot;
+
+use bootstrap::to_wal_entry;
+pub use bootstrap::{bootstrap, force_new_cluster, BootstrapError, BootstrapMembers};
+pub use snapshot::{
+    from_file as snapshot_from_file, to_file as snapshot_to_file, SnapshotDecodeError,
+    SnapshotSettings, CATCH_UP_ENTRIES,
+};
+
+use crate::log_store::LogStore;
 use crate::transport::{Inbox, Transport};
 use crate::wal::{self, Wal, WalContents};
 use prost::bytes::Bytes;
 use protobuf::Message as _;
 use raft::prelude::{
-    ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, MessageType,
+    ConfChange, ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot,
 };
-use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole};
+use snapshot::SnapshotState;
 use std::ops::ControlFlow;
+use std::path::Path;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -102,7 +117,23 @@ pub trait Application: Send + 'static {
     fn on_applied(&mut self, applied: u64);
     /// The leader changed (`leader` 0: no leader).
     fn on_leader_change(&mut self, leader: u64, term: u64);
+    /// For a raft snapshot at `index` (everything up to it applied): makes
+    /// the backend durable up to at least `index`, since the WAL behind the
+    /// snapshot is released next, and returns the state that lives outside
+    /// the backend (etcd's v2 store: the member list), stored as the
+    /// snapshot's data. An error is fatal.
+    fn snapshot_data(&mut self, index: u64) -> Result<Vec<u8>, AppError>;
+    /// Replaces the application's state with a snapshot from the leader:
+    /// `db` is the backend file it sent (raft index `index`, or later),
+    /// `data` what its [`Application::snapshot_data`] returned. The entries
+    /// after `index` are applied next. An error is fatal.
+    fn restore_snapshot(&mut self, index: u64, db: &Path, data: &[u8]) -> Result<(), AppError>;
 }
+
+/// Why the application could not take or restore a snapshot.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AppError(pub String);
 
 /// Why an input was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -179,149 +210,49 @@ pub struct NodeConfig {
     pub pre_vote: bool,
 }
 
-/// Members a brand-new cluster starts with: (ID, context stored with the
-/// bootstrap conf change, e.g. the member's attributes).
-pub type BootstrapMembers = Vec<(u64, Vec<u8>)>;
-
-/// Writes the bootstrap log of a new cluster into a fresh WAL, as etcd's
-/// `StartNode` does: one committed `AddNode` conf change per member at
-/// term 1, indexes 1..=n. Returns what `start` must be given.
-pub fn bootstrap(wal: &mut Wal, members: &BootstrapMembers) -> Result<WalContents, BootstrapError> {
-    let mut sorted = members.clone();
-    sorted.sort_by_key(|(id, _)| *id);
-    let mut entries = Vec::new();
-    for (i, (id, ctx)) in sorted.iter().enumerate() {
-        let mut cc = ConfChange::default();
-        cc.set_change_type(ConfChangeType::AddNode);
-        cc.node_id = *id;
-        cc.context = Bytes::from(ctx.clone());
-        let mut e = Entry::default();
-        e.set_entry_type(EntryType::EntryConfChange);
-        e.term = 1;
-        e.index = i as u64 + 1;
-        e.data = Bytes::from(cc.write_to_bytes().map_err(encode_err)?);
-        entries.push(to_wal_entry(&e)?);
-    }
-    let hs = wal::HardState {
-        term: 1,
-        vote: 0,
-        commit: entries.len() as u64,
-    };
-    wal.save(&hs, &entries)?;
-    Ok(WalContents {
-        metadata: Vec::new(),
-        hard_state: hs,
-        entries,
-    })
+/// What the raft loop restarts from: the newest snapshot (if any), and
+/// the WAL opened at it with everything it recorded after it.
+pub struct Restored {
+    /// The WAL, positioned for appending.
+    pub wal: Wal,
+    /// The hard state and the entries after the snapshot.
+    pub replayed: WalContents,
+    /// The snapshot the WAL was opened at.
+    pub snapshot: Option<Snapshot>,
 }
 
-/// `--force-new-cluster` (etcd's `restartAsStandaloneNode`): appends to
-/// the replayed log, as committed entries, one `RemoveNode` for every other
-/// member the log's conf changes left in the configuration, so that this
-/// member restarts as the only voter of the same cluster with all its data.
-/// Returns the IDs removed.
-pub fn force_new_cluster(
-    wal: &mut Wal,
-    replayed: &mut WalContents,
-    me: u64,
-) -> Result<Vec<u64>, BootstrapError> {
-    let mut members = std::collections::BTreeSet::new();
-    for we in &replayed.entries {
-        let e = Entry::parse_from_bytes(&we.data).map_err(encode_err)?;
-        if e.get_entry_type() != EntryType::EntryConfChange {
-            continue;
-        }
-        let cc = ConfChange::parse_from_bytes(&e.data).map_err(encode_err)?;
-        match cc.get_change_type() {
-            ConfChangeType::RemoveNode => {
-                members.remove(&cc.node_id);
-            }
-            _ => {
-                members.insert(cc.node_id);
-            }
-        }
-    }
-    let last = replayed
-        .entries
-        .last()
-        .map_or((0, 0), |e| (e.index, e.term));
-    let term = last.1.max(replayed.hard_state.term);
-    let others: Vec<u64> = members.into_iter().filter(|id| *id != me).collect();
-    let mut added = Vec::new();
-    for (i, id) in others.iter().enumerate() {
-        let mut cc = ConfChange::default();
-        cc.set_change_type(ConfChangeType::RemoveNode);
-        cc.node_id = *id;
-        let mut e = Entry::default();
-        e.set_entry_type(EntryType::EntryConfChange);
-        e.term = term;
-        e.index = last.0 + i as u64 + 1;
-        e.data = Bytes::from(cc.write_to_bytes().map_err(encode_err)?);
-        added.push(to_wal_entry(&e)?);
-    }
-    if let Some(end) = added.last().map(|e| e.index) {
-        let hs = wal::HardState {
-            term,
-            vote: replayed.hard_state.vote,
-            commit: end,
-        };
-        wal.save(&hs, &added)?;
-        replayed.hard_state = hs;
-        replayed.entries.extend(added);
-    }
-    Ok(others)
-}
-
-/// Why the bootstrap log could not be written.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum BootstrapError {
-    /// The WAL refused the write.
-    #[error(transparent)]
-    Wal(#[from] crate::error::WalError),
-    /// A raft record could not be encoded.
-    #[error("cannot encode raft record: {0}")]
-    Encode(String),
-}
-
-fn encode_err(e: protobuf::ProtobufError) -> BootstrapError {
-    BootstrapError::Encode(e.to_string())
-}
-
-fn to_wal_entry(e: &Entry) -> Result<wal::Entry, BootstrapError> {
-    Ok(wal::Entry {
-        index: e.index,
-        term: e.term,
-        data: e.write_to_bytes().map_err(encode_err)?,
-    })
-}
-
-/// Starts the raft loop on its own thread over `wal` and what it replayed.
+/// Starts the raft loop on its own thread over the restored log.
 pub fn start<A: Application>(
     cfg: NodeConfig,
-    wal: Wal,
-    replayed: WalContents,
+    restored: Restored,
+    snaps: SnapshotSettings,
     transport: Arc<Transport>,
     app: A,
 ) -> Result<NodeHandle, StartError> {
-    let storage = MemStorage::new();
-    {
-        let mut core = storage.wl();
-        let mut entries = Vec::with_capacity(replayed.entries.len());
-        for we in &replayed.entries {
-            entries.push(
-                Entry::parse_from_bytes(&we.data)
-                    .map_err(|e| StartError::Decode(format!("wal entry {}: {e}", we.index)))?,
-            );
-        }
-        core.append(&entries).map_err(StartError::Raft)?;
-        core.set_hardstate(HardState {
-            term: replayed.hard_state.term,
-            vote: replayed.hard_state.vote,
-            commit: replayed.hard_state.commit,
-            ..Default::default()
-        });
+    let Restored {
+        wal,
+        replayed,
+        snapshot,
+    } = restored;
+    let mut storage = LogStore::new();
+    let snap_index = snapshot.as_ref().map_or(0, |s| s.get_metadata().index);
+    if let Some(s) = snapshot {
+        storage.apply_snapshot(s).map_err(StartError::Raft)?;
     }
+    let mut entries = Vec::with_capacity(replayed.entries.len());
+    for we in replayed.entries.iter().filter(|e| e.index > snap_index) {
+        entries.push(
+            Entry::parse_from_bytes(&we.data)
+                .map_err(|e| StartError::Decode(format!("wal entry {}: {e}", we.index)))?,
+        );
+    }
+    storage.append(&entries).map_err(StartError::Raft)?;
+    storage.set_hardstate(HardState {
+        term: replayed.hard_state.term,
+        vote: replayed.hard_state.vote,
+        commit: replayed.hard_state.commit.max(snap_index),
+        ..Default::default()
+    });
     let raft_cfg = Config {
         id: cfg.id,
         election_tick: cfg.election_ticks,
@@ -352,6 +283,7 @@ pub fn start<A: Application>(
         campaign_alone: false,
         proposals: Vec::new(),
         proposal_bytes: 0,
+        snaps: SnapshotState::new(snaps, snap_index),
     };
     std::thread::Builder::new()
         .name("oxcd-raft".into())
@@ -376,7 +308,7 @@ pub enum StartError {
 }
 
 struct RaftLoop<A> {
-    raw: RawNode<MemStorage>,
+    raw: RawNode<LogStore>,
     wal: Wal,
     transport: Arc<Transport>,
     app: A,
@@ -390,6 +322,7 @@ struct RaftLoop<A> {
     proposals: Vec<Entry>,
     /// Their payload size.
     proposal_bytes: usize,
+    snaps: SnapshotState,
 }
 
 impl<A: Application> RaftLoop<A> {
@@ -419,6 +352,7 @@ impl<A: Application> RaftLoop<A> {
                     next_tick = Instant::now() + self.tick;
                 }
             }
+            self.drain_snapshot_reports();
             self.handle_ready();
         }
     }
@@ -491,9 +425,7 @@ impl<A: Application> RaftLoop<A> {
         }
         self.send(rd.take_messages());
         if !rd.snapshot().is_empty() {
-            // Snapshot transfer is not built yet; members never compact
-            // their log, so a leader never needs to send one.
-            tracing::error!("received a raft snapshot, which this version cannot install");
+            self.install_snapshot(rd.snapshot().clone());
         }
         self.apply(rd.take_committed_entries());
         for rs in rd.take_read_states() {
@@ -503,11 +435,12 @@ impl<A: Application> RaftLoop<A> {
         self.send(rd.take_persisted_messages());
         let mut light = self.raw.advance(rd);
         if let Some(commit) = light.commit_index() {
-            self.raw.mut_store().wl().mut_hard_state().commit = commit;
+            self.raw.mut_store().set_commit(commit);
         }
         self.send(light.take_messages());
         self.apply(light.take_committed_entries());
         self.raw.advance_apply();
+        self.maybe_snapshot();
         if std::mem::take(&mut self.campaign_alone) {
             if let Err(err) = self.raw.campaign() {
                 tracing::warn!(error = %err, "campaign failed");
@@ -541,7 +474,10 @@ impl<A: Application> RaftLoop<A> {
     fn send(&mut self, msgs: Vec<Message>) {
         for m in msgs {
             let to = m.to;
-            let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                self.send_snapshot(m);
+                continue;
+            }
             let bytes = match m.write_to_bytes() {
                 Ok(b) => Bytes::from(b),
                 Err(e) => {
@@ -551,9 +487,6 @@ impl<A: Application> RaftLoop<A> {
             };
             if self.transport.send(to, bytes).is_err() {
                 self.raw.report_unreachable(to);
-                if is_snapshot {
-                    self.raw.report_snapshot(to, raft::SnapshotStatus::Failure);
-                }
             }
         }
     }
@@ -577,7 +510,7 @@ impl<A: Application> RaftLoop<A> {
                 commit: h.commit,
             },
             None => {
-                let h = store.rl().hard_state().clone();
+                let h = store.hard_state();
                 wal::HardState {
                     term: h.term,
                     vote: h.vote,
@@ -588,12 +521,11 @@ impl<A: Application> RaftLoop<A> {
         if let Err(e) = self.wal.save(&state, &wal_entries) {
             fatal(&format!("failed to write the WAL: {e}"));
         }
-        let mut core = store.wl();
-        if let Err(e) = core.append(entries) {
+        if let Err(e) = store.append(entries) {
             fatal(&format!("raft log append failed: {e}"));
         }
         if let Some(h) = hs {
-            core.set_hardstate(h.clone());
+            store.set_hardstate(h.clone());
         }
     }
 
@@ -626,7 +558,7 @@ impl<A: Application> RaftLoop<A> {
         };
         match self.raw.apply_conf_change(&cc) {
             Ok(cs) => {
-                self.raw.mut_store().wl().set_conf_state(cs.clone());
+                self.raw.mut_store().set_conf_state(cs.clone());
                 self.app.apply_conf_change(e.index, &cc, &cs);
                 // A lone voter need not wait an election timeout to lead;
                 // raft refuses to campaign until the change is applied, so

@@ -123,6 +123,11 @@ impl Snapshotter {
         }
     }
 
+    /// The snapshot directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Writes `snap` durably and returns its path (etcd `SaveSnap`).
     ///
     /// # Errors

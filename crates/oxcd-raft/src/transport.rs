@@ -12,7 +12,11 @@
 //!
 //! Receiving side: [`PeerService`] accepts streams, checks the cluster ID
 //! and the addressee, and hands each batch to the local [`Inbox`].
+//!
+//! Raft snapshots travel apart from the message stream, one `Peer/Snapshot`
+//! call each, with the backend file ([`crate::snapshot_transfer`]).
 
+pub use crate::snapshot_transfer::{BackendSource, SnapshotJob, SnapshotReport};
 use crate::tls_error::{self, Side};
 use oxcd_api::oxcdpeerpb::peer_client::PeerClient;
 use oxcd_api::oxcdpeerpb::peer_server::Peer;
@@ -63,6 +67,7 @@ pub enum SendError {
 
 struct PeerHandle {
     queue: mpsc::Sender<Bytes>,
+    urls: Vec<String>,
     active: Arc<AtomicBool>,
     stop: CancellationToken,
 }
@@ -104,7 +109,7 @@ impl Transport {
             from: self.local_id,
             to: id,
             cluster_id: self.cluster_id,
-            urls,
+            urls: urls.clone(),
             tls: self.tls.clone(),
             active: active.clone(),
             removed: self.removed.clone(),
@@ -114,6 +119,7 @@ impl Transport {
             id,
             PeerHandle {
                 queue,
+                urls,
                 active,
                 stop,
             },
@@ -145,6 +151,34 @@ impl Transport {
         let peers = self.lock();
         let p = peers.get(&to).ok_or(SendError::UnknownPeer(to))?;
         p.queue.try_send(message).map_err(|_| SendError::Full(to))
+    }
+
+    /// Starts sending a raft snapshot with the backend to `job.to` on its
+    /// own task (etcd's snapshot sender); the outcome goes to `job.report`.
+    /// Never blocks.
+    ///
+    /// # Errors
+    /// [`SendError::UnknownPeer`]; nothing is sent or reported then.
+    pub fn send_snapshot(&self, job: SnapshotJob) -> Result<(), SendError> {
+        let urls = self
+            .lock()
+            .get(&job.to)
+            .map(|p| p.urls.clone())
+            .ok_or(SendError::UnknownPeer(job.to))?;
+        let route = crate::snapshot_transfer::Route {
+            from: self.local_id,
+            cluster_id: self.cluster_id,
+            urls,
+            tls: self.tls.clone(),
+        };
+        self.runtime
+            .spawn(crate::snapshot_transfer::send(route, job));
+        Ok(())
+    }
+
+    /// Whether member `id` is known to the transport.
+    pub fn has_peer(&self, id: u64) -> bool {
+        self.lock().contains_key(&id)
     }
 
     /// Whether a stream to member `id` is currently established.
@@ -377,7 +411,7 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
 }
 
 /// Opens a channel to a peer URL (`http`, `https`, `unix`, `unixs`).
-async fn connect(url: &str, tls: &PeerTls) -> Result<Channel, tonic::transport::Error> {
+pub(crate) async fn connect(url: &str, tls: &PeerTls) -> Result<Channel, tonic::transport::Error> {
     if let Some(path) = url
         .strip_prefix("unix://")
         .or_else(|| url.strip_prefix("unixs://"))
@@ -442,6 +476,9 @@ pub struct PeerService {
     cluster_id: u64,
     inbox: Arc<dyn Inbox>,
     directory: Option<Arc<dyn Directory>>,
+    /// Where received backend snapshots are saved (`member/snap`); without
+    /// it snapshots are refused.
+    snap_dir: Option<std::path::PathBuf>,
 }
 
 /// Who is in the cluster, as served to joining members.
@@ -486,7 +523,14 @@ impl PeerService {
             cluster_id,
             inbox,
             directory: None,
+            snap_dir: None,
         }
+    }
+
+    /// Also accepts backend snapshots, saving them in `dir`.
+    pub fn with_snap_dir(mut self, dir: std::path::PathBuf) -> Self {
+        self.snap_dir = Some(dir);
+        self
     }
 
     /// Also answers `Members` from `directory`.
@@ -562,10 +606,21 @@ impl Peer for PeerService {
 
     async fn snapshot(
         &self,
-        _r: Request<Streaming<SnapshotChunk>>,
+        r: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<SnapshotAck>, Status> {
-        Err(Status::unimplemented(
-            "oxcd: snapshot transfer is not built yet",
-        ))
+        let Some(dir) = &self.snap_dir else {
+            return Err(Status::unimplemented("this member does not take snapshots"));
+        };
+        let mut stream = r.into_inner();
+        let got = crate::snapshot_transfer::receive(dir, &mut stream, |c| {
+            self.check(c.cluster_id, c.to)?;
+            self.check_from(c.from)
+        })
+        .await?;
+        self.inbox.deliver(got.from, vec![got.message]);
+        Ok(Response::new(SnapshotAck {
+            accepted: true,
+            reason: String::new(),
+        }))
     }
 }

@@ -25,6 +25,26 @@ impl Application for Recorder {
     fn on_read_index(&mut self, _ctx: &[u8], _index: u64) {}
     fn on_applied(&mut self, _applied: u64) {}
     fn on_leader_change(&mut self, _leader: u64, _term: u64) {}
+    fn snapshot_data(&mut self, _index: u64) -> Result<Vec<u8>, node::AppError> {
+        Ok(Vec::new())
+    }
+    fn restore_snapshot(
+        &mut self,
+        _index: u64,
+        _db: &Path,
+        _data: &[u8],
+    ) -> Result<(), node::AppError> {
+        Err(node::AppError("this test takes no snapshots".into()))
+    }
+}
+
+/// A backend with nothing to export (these tests never snapshot).
+struct NoBackend;
+
+impl oxcd_raft::transport::BackendSource for NoBackend {
+    fn export(&self, _dst: &Path) -> Result<u64, String> {
+        Err("no backend".into())
+    }
 }
 
 struct Member {
@@ -70,7 +90,24 @@ async fn start_member(
         election_ticks: 10,
         pre_vote: true,
     };
-    let handle = node::start(cfg, wal, contents, transport.clone(), Recorder(tx)).expect("start");
+    let snap_dir = dir.join("snap");
+    std::fs::create_dir_all(&snap_dir).expect("snap dir");
+    let fs: Arc<dyn oxcd_raft::fs::Fs> = Arc::new(OsFs);
+    let snaps = node::SnapshotSettings {
+        count: 0,
+        catch_up_entries: node::CATCH_UP_ENTRIES,
+        max_snapshots: 5,
+        max_wals: 5,
+        snapshotter: oxcd_raft::snap::Snapshotter::new(fs.clone(), &snap_dir),
+        fs,
+        backend: Arc::new(NoBackend),
+    };
+    let restored = node::Restored {
+        wal,
+        replayed: contents,
+        snapshot: None,
+    };
+    let handle = node::start(cfg, restored, snaps, transport.clone(), Recorder(tx)).expect("start");
     let svc = PeerService::new(id, 1, Arc::new(NodeInbox(handle.clone())));
     tokio::spawn(
         tonic::transport::Server::builder()

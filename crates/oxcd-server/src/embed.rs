@@ -115,10 +115,15 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         tasks: TaskTracker::new(),
     };
     // Peers first: the other members need this one to elect a leader.
-    let peer_router =
-        raft_boot::peer_routes(&core.writes, &core.members, core.member.id, core.cluster_id)
-            .merge(crate::serve::http::routes(core.clone()))
-            .fallback(crate::serve::fallback);
+    let peer_router = raft_boot::peer_routes(
+        &core.writes,
+        &core.members,
+        core.member.id,
+        core.cluster_id,
+        &layout,
+    )
+    .merge(crate::serve::http::routes(core.clone()))
+    .fallback(crate::serve::fallback);
     for b in peers {
         etcd.spawn_serve(b, peer_router.clone(), "peer");
     }

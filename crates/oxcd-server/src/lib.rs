@@ -10,6 +10,8 @@
 //! - [`apply`]: the applier: Put, DeleteRange, Txn, Compaction, LeaseGrant
 //!   and LeaseRevoke semantics;
 //! - [`lessor`]: leases, their expiry and attached keys;
+//! - [`raft_boot`], [`raft_app`], [`raft_snapshot`]: starting raft, applying
+//!   committed entries, taking and installing raft snapshots;
 //! - [`core`]: the handles every service shares;
 //! - [`v3rpc`]: the gRPC services;
 //! - [`v3lock`], [`v3election`]: the Lock and Election services, on
@@ -30,6 +32,7 @@ pub mod propose;
 pub mod publish;
 pub mod raft_app;
 pub mod raft_boot;
+pub mod raft_snapshot;
 pub mod read_index;
 pub mod serve;
 pub mod v3election;

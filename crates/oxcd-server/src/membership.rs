@@ -178,6 +178,109 @@ impl Members {
     }
 }
 
+/// The member list as stored in a raft snapshot's data (the part of etcd's
+/// v2 store snapshot that 3.4 still reads): JSON, with etcd's member field
+/// names and hex IDs, e.g.
+/// `{"members":[{"id":"8e9e05c52164694d","name":"n1","peerURLs":["http://127.0.0.1:2380"],"clientURLs":["http://127.0.0.1:2379"],"isLearner":false}],"removed":["1234"]}`.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct MembersSnapshot {
+    members: Vec<MemberRecord>,
+    #[serde(default)]
+    removed: Vec<String>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct MemberRecord {
+    id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(rename = "peerURLs", default)]
+    peer_urls: Vec<String>,
+    #[serde(rename = "clientURLs", default)]
+    client_urls: Vec<String>,
+    #[serde(rename = "isLearner", default)]
+    is_learner: bool,
+}
+
+/// Why a snapshot's member list could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("corrupt member list in snapshot: {0}")]
+pub struct MembersSnapshotError(String);
+
+impl Members {
+    /// The member list (and removed IDs) for a raft snapshot.
+    pub fn snapshot_data(&self) -> Vec<u8> {
+        let members = self
+            .list()
+            .into_iter()
+            .map(|m| MemberRecord {
+                id: format!("{:x}", m.id),
+                name: m.name,
+                peer_urls: m.peer_urls,
+                client_urls: m.client_urls,
+                is_learner: m.is_learner,
+            })
+            .collect();
+        let mut removed: Vec<u64> = self
+            .removed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect();
+        removed.sort_unstable();
+        let snap = MembersSnapshot {
+            members,
+            removed: removed.iter().map(|id| format!("{id:x}")).collect(),
+        };
+        // Plain strings and lists cannot fail to serialise.
+        serde_json::to_vec(&snap).unwrap_or_default()
+    }
+
+    /// Replaces the list and the removed IDs with a snapshot's.
+    ///
+    /// # Errors
+    /// [`MembersSnapshotError`] if `data` is not what
+    /// [`Members::snapshot_data`] writes; nothing changes then.
+    pub fn restore_snapshot(&self, data: &[u8]) -> Result<(), MembersSnapshotError> {
+        let snap: MembersSnapshot =
+            serde_json::from_slice(data).map_err(|e| MembersSnapshotError(e.to_string()))?;
+        let hex = |s: &str| {
+            u64::from_str_radix(s, 16).map_err(|e| MembersSnapshotError(format!("id {s:?}: {e}")))
+        };
+        let mut list = Vec::with_capacity(snap.members.len());
+        for r in snap.members {
+            list.push(Member {
+                id: hex(&r.id)?,
+                name: r.name,
+                peer_urls: r.peer_urls,
+                client_urls: r.client_urls,
+                is_learner: r.is_learner,
+            });
+        }
+        list.sort_by_key(|m| m.id);
+        let removed = snap
+            .removed
+            .iter()
+            .map(|s| hex(s))
+            .collect::<Result<std::collections::HashSet<u64>, _>>()?;
+        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = list;
+        *self.removed.write().unwrap_or_else(|e| e.into_inner()) = removed;
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// IDs of removed members.
+    pub fn removed_ids(&self) -> Vec<u64> {
+        self.removed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+}
+
 impl oxcd_raft::transport::Directory for Members {
     fn is_removed(&self, id: u64) -> bool {
         self.removed
@@ -352,6 +455,34 @@ mod tests {
         let id = member_id(&urls, "etcd-cluster");
         assert_eq!(format!("{id:x}"), "8e9e05c52164694d");
         assert_eq!(format!("{:x}", cluster_id(&[id])), "cdf818194e3a8c32");
+    }
+
+    #[test]
+    fn member_list_round_trips_through_snapshot_data() {
+        let a = Members::new(vec![
+            Member {
+                id: 0x10,
+                name: "n1".into(),
+                peer_urls: vec!["http://127.0.0.1:1".into()],
+                client_urls: vec!["http://127.0.0.1:2".into()],
+                is_learner: false,
+            },
+            Member {
+                id: 0x20,
+                name: String::new(),
+                peer_urls: vec!["http://127.0.0.1:3".into()],
+                client_urls: Vec::new(),
+                is_learner: true,
+            },
+        ]);
+        a.remove(0x30);
+        let data = a.snapshot_data();
+        let b = Members::new(Vec::new());
+        b.restore_snapshot(&data).unwrap();
+        assert_eq!(b.list(), a.list());
+        assert_eq!(b.removed_ids(), vec![0x30]);
+        assert!(b.restore_snapshot(b"not json").is_err());
+        assert_eq!(b.list(), a.list());
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! Runs on the raft thread. For each committed normal entry, in log order:
 //! decode the `InternalRaftRequest`; member attributes update the member
 //! list; everything else goes to the [`Applier`] unless the backend already
-//! holds it (index ≤ the consistent index the store had at start: the WAL
-//! replays the whole log after a restart, the backend kept a prefix). After
+//! holds it (index ≤ the consistent index the store had at start, or got
+//! from an installed snapshot: the WAL replays the log after the newest
+//! snapshot on restart, the backend kept a prefix). After
 //! each group: watchers get the group's events, then the proposers their
 //! answers, then the applied index is published (which releases
 //! linearizable reads waiting for it). Conf changes are always re-applied
@@ -20,9 +21,10 @@ use crate::read_index::ReadIndex;
 use crate::wait::{Outcome, Waiters};
 use oxcd_api::etcdserverpb::InternalRaftRequest;
 use oxcd_api::mvccpb::Event;
-use oxcd_raft::node::Application;
+use oxcd_raft::node::{AppError, Application};
 use prost::Message;
 use raft::prelude::{ConfChange, ConfChangeType, ConfState};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -58,6 +60,8 @@ pub struct ServerApp {
     pub done: Vec<(u64, Outcome)>,
     /// Whether the store has a batch open for this group.
     pub batch_open: bool,
+    /// What raft snapshots read and replace (`raft_snapshot`).
+    pub snap: crate::raft_snapshot::SnapshotParts,
 }
 
 impl Application for ServerApp {
@@ -167,6 +171,14 @@ impl Application for ServerApp {
             self.waiters.trigger(id, outcome);
         }
         self.applied.send_replace(applied);
+    }
+
+    fn snapshot_data(&mut self, index: u64) -> Result<Vec<u8>, AppError> {
+        crate::raft_snapshot::snapshot_data(self, index)
+    }
+
+    fn restore_snapshot(&mut self, index: u64, db: &Path, data: &[u8]) -> Result<(), AppError> {
+        crate::raft_snapshot::restore(self, index, db, data)
     }
 
     fn on_leader_change(&mut self, leader: u64, _term: u64) {

@@ -3,8 +3,11 @@
 //!
 //! - a new member creates its WAL (metadata: member and cluster ID) and
 //!   writes the bootstrap log, one committed `AddNode` per initial member;
-//! - a restarting member opens its WAL, which replays the whole log; the
-//!   applier skips what the backend already holds (its consistent index);
+//! - a restarting member loads its newest snapshot that the WAL recorded
+//!   (`member/snap/<term>-<index>.snap`), restores the member list from it,
+//!   and opens the WAL there, so only the entries after it are replayed;
+//!   the applier skips what the backend already holds (its consistent
+//!   index);
 //! - then the peer transport, the apply side and the raft loop start, and
 //!   the write path is assembled around them.
 
@@ -21,7 +24,8 @@ use crate::wait::Waiters;
 use oxcd_api::oxcdpeerpb::peer_server::PeerServer;
 use oxcd_mvcc::{KvStore, WatchableStore};
 use oxcd_raft::fs::{Fs, OsFs};
-use oxcd_raft::node::{self, NodeConfig, NodeInbox};
+use oxcd_raft::node::{self, NodeConfig, NodeInbox, Restored, SnapshotSettings};
+use oxcd_raft::snap::Snapshotter;
 use oxcd_raft::transport::{skip_verify_config, PeerService, PeerTls, Transport};
 use oxcd_raft::wal::{self, SnapshotMarker, Wal, WalOptions};
 use std::path::PathBuf;
@@ -66,14 +70,28 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
     let cfg = b.cfg;
     let me = b.identity.member.id;
     let cid = b.identity.cluster_id;
-    let (wal, replayed) = open_or_bootstrap(&b)?;
+    let fs: Arc<dyn Fs> = Arc::new(OsFs);
+    let snapshotter = Snapshotter::new(fs.clone(), &snap_dir(b.layout));
+    let restored = open_or_bootstrap(&b, &fs, &snapshotter)?;
+    let snap_index = restored
+        .snapshot
+        .as_ref()
+        .map_or(0, |s| s.get_metadata().index);
+    // No transfer runs yet: scratch copies and uninstallable backends left
+    // by a crash can go.
+    oxcd_raft::snapshot_transfer::remove_stale(&snap_dir(b.layout), snap_index, true);
+    if let Some(s) = &restored.snapshot {
+        b.members
+            .restore_snapshot(&s.data)
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+    }
     let transport = Transport::new(
         me,
         cid,
         peer_client_tls(&cfg.peer_tls, &b.layout.peer_fixtures())?,
     );
-    for m in b.identity.members.iter().filter(|m| m.id != me) {
-        transport.add_peer(m.id, m.peer_urls.clone());
+    for m in b.members.list().into_iter().filter(|m| m.id != me) {
+        transport.add_peer(m.id, m.peer_urls);
     }
     let timeout = request_timeout(cfg);
     let waiters = Arc::new(Waiters::default());
@@ -94,6 +112,21 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
         events: Vec::new(),
         done: Vec::new(),
         batch_open: false,
+        snap: crate::raft_snapshot::SnapshotParts {
+            store: b.store.clone(),
+            watchable: b.watchable.clone(),
+        },
+    };
+    let snaps = SnapshotSettings {
+        count: cfg.snapshot_count,
+        catch_up_entries: cfg
+            .snapshot_catchup_entries
+            .min(SnapshotSettings::catch_up_for(cfg.snapshot_count)),
+        max_snapshots: usize::try_from(cfg.max_snapshots).unwrap_or(usize::MAX),
+        max_wals: usize::try_from(cfg.max_wals).unwrap_or(usize::MAX),
+        snapshotter,
+        fs,
+        backend: Arc::new(crate::raft_snapshot::StoreExporter(b.store.clone())),
     };
     let node_cfg = NodeConfig {
         id: me,
@@ -101,7 +134,7 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
         election_ticks: cfg.election_ticks().max(2) as usize,
         pre_vote: true,
     };
-    let node = node::start(node_cfg, wal, replayed, transport.clone(), app)
+    let node = node::start(node_cfg, restored, snaps, transport.clone(), app)
         .map_err(|e| StartError::Raft(e.to_string()))?;
     reads.set_node(node.clone());
     let writes = WritePath::new(WritePathParts {
@@ -124,17 +157,81 @@ fn wal_dir(cfg: &Config, layout: &Layout) -> PathBuf {
     }
 }
 
-fn open_or_bootstrap(b: &RaftBoot<'_>) -> Result<(Wal, wal::WalContents), StartError> {
-    let fs: Arc<dyn Fs> = Arc::new(OsFs);
+/// `<data-dir>/member/snap`: snapshot files and the backend.
+fn snap_dir(layout: &Layout) -> PathBuf {
+    layout.member_dir().join("snap")
+}
+
+/// WAL tunables. `OXCD_WAL_SEGMENT_BYTES` (not an etcd setting; for tests
+/// that need many segments) overrides etcd's 64 MB segment size.
+fn wal_options() -> WalOptions {
+    let mut opts = WalOptions::default();
+    if let Some(n) = std::env::var("OXCD_WAL_SEGMENT_BYTES")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|n| *n >= 4096)
+    {
+        opts.segment_size = n;
+    }
+    opts
+}
+
+/// The newest snapshot the WAL in `dir` recorded, if any (etcd 3.5's
+/// `LoadNewestAvailable`, so that snapshot and WAL always line up).
+fn load_snapshot(
+    fs: &Arc<dyn Fs>,
+    dir: &std::path::Path,
+    snapshotter: &Snapshotter,
+) -> Result<Option<raft::prelude::Snapshot>, StartError> {
+    let markers = wal::valid_snapshot_markers(fs.as_ref(), dir)
+        .map_err(|e| StartError::Raft(format!("cannot read the WAL in {}: {e}", dir.display())))?;
+    match snapshotter.load_newest_available(&markers) {
+        Ok(file) => {
+            let snap =
+                node::snapshot_from_file(&file).map_err(|e| StartError::Raft(e.to_string()))?;
+            tracing::info!(
+                "recovered from snapshot at index {} (term {})",
+                file.index,
+                file.term
+            );
+            Ok(Some(snap))
+        }
+        Err(oxcd_raft::SnapError::NoSnapshot) => Ok(None),
+        Err(e) => Err(StartError::Raft(format!("cannot load snapshot: {e}"))),
+    }
+}
+
+fn open_or_bootstrap(
+    b: &RaftBoot<'_>,
+    fs: &Arc<dyn Fs>,
+    snapshotter: &Snapshotter,
+) -> Result<Restored, StartError> {
+    let fs = fs.clone();
     let dir = wal_dir(b.cfg, b.layout);
     if wal::exists(fs.as_ref(), &dir) {
-        let (mut w, mut replayed) =
-            Wal::open(fs, &dir, SnapshotMarker::default(), WalOptions::default()).map_err(|e| {
-                StartError::Raft(format!("cannot open the WAL in {}: {e}", dir.display()))
-            })?;
+        let snapshot = load_snapshot(&fs, &dir, snapshotter)?;
+        let marker = snapshot
+            .as_ref()
+            .map_or(SnapshotMarker::default(), |s| SnapshotMarker {
+                index: s.get_metadata().index,
+                term: s.get_metadata().term,
+            });
+        let (mut w, mut replayed) = Wal::open(fs, &dir, marker, wal_options()).map_err(|e| {
+            StartError::Raft(format!("cannot open the WAL in {}: {e}", dir.display()))
+        })?;
+        tracing::info!(
+            "replaying {} WAL entries after index {}",
+            replayed.entries.len(),
+            marker.index
+        );
         if b.cfg.force_new_cluster {
-            let removed = node::force_new_cluster(&mut w, &mut replayed, b.identity.member.id)
-                .map_err(|e| StartError::Raft(e.to_string()))?;
+            let base: Vec<u64> = snapshot.as_ref().map_or(Vec::new(), |s| {
+                let cs = s.get_metadata().get_conf_state();
+                cs.voters.iter().chain(&cs.learners).copied().collect()
+            });
+            let removed =
+                node::force_new_cluster(&mut w, &mut replayed, &base, b.identity.member.id)
+                    .map_err(|e| StartError::Raft(e.to_string()))?;
             tracing::warn!(
                 "forcing restart of member {:x} in cluster {:x}: removed {:x?} from the configuration",
                 b.identity.member.id,
@@ -142,7 +239,11 @@ fn open_or_bootstrap(b: &RaftBoot<'_>) -> Result<(Wal, wal::WalContents), StartE
                 removed
             );
         }
-        return Ok((w, replayed));
+        return Ok(Restored {
+            wal: w,
+            replayed,
+            snapshot,
+        });
     }
     if b.cfg.initial_cluster_state == ClusterState::Existing {
         // Joining: the leader sends the whole log, membership included.
@@ -150,10 +251,14 @@ fn open_or_bootstrap(b: &RaftBoot<'_>) -> Result<(Wal, wal::WalContents), StartE
             r#"{{"member_id":"{:x}","cluster_id":"{:x}"}}"#,
             b.identity.member.id, b.identity.cluster_id
         );
-        let w = Wal::create(fs, &dir, meta.as_bytes(), WalOptions::default()).map_err(|e| {
+        let w = Wal::create(fs, &dir, meta.as_bytes(), wal_options()).map_err(|e| {
             StartError::Raft(format!("cannot create the WAL in {}: {e}", dir.display()))
         })?;
-        return Ok((w, wal::WalContents::default()));
+        return Ok(Restored {
+            wal: w,
+            replayed: wal::WalContents::default(),
+            snapshot: None,
+        });
     }
     if b.store.consistent_index() > 0 {
         return Err(StartError::Raft(format!(
@@ -165,7 +270,7 @@ fn open_or_bootstrap(b: &RaftBoot<'_>) -> Result<(Wal, wal::WalContents), StartE
         r#"{{"member_id":"{:x}","cluster_id":"{:x}"}}"#,
         b.identity.member.id, b.identity.cluster_id
     );
-    let mut w = Wal::create(fs, &dir, meta.as_bytes(), WalOptions::default()).map_err(|e| {
+    let mut w = Wal::create(fs, &dir, meta.as_bytes(), wal_options()).map_err(|e| {
         StartError::Raft(format!("cannot create the WAL in {}: {e}", dir.display()))
     })?;
     let boot: node::BootstrapMembers = b
@@ -175,7 +280,11 @@ fn open_or_bootstrap(b: &RaftBoot<'_>) -> Result<(Wal, wal::WalContents), StartE
         .map(|m| (m.id, ConfContext::new("add", m).encode()))
         .collect();
     let replayed = node::bootstrap(&mut w, &boot).map_err(|e| StartError::Raft(e.to_string()))?;
-    Ok((w, replayed))
+    Ok(Restored {
+        wal: w,
+        replayed,
+        snapshot: None,
+    })
 }
 
 /// Client-side TLS for `https` peer URLs, from the `--peer-*` settings.
@@ -220,16 +329,19 @@ pub(crate) fn peer_client_tls(
     })
 }
 
-/// The gRPC routes of the peer port: oxcd's peer protocol.
+/// The gRPC routes of the peer port: oxcd's peer protocol. Received
+/// backend snapshots are saved in `layout`'s `member/snap`.
 pub fn peer_routes(
     writes: &WritePath,
     members: &Members,
     member_id: u64,
     cluster_id: u64,
+    layout: &Layout,
 ) -> axum::Router {
     let inbox = Arc::new(NodeInbox(writes.node().clone()));
-    let svc =
-        PeerService::new(member_id, cluster_id, inbox).with_directory(Arc::new(members.clone()));
+    let svc = PeerService::new(member_id, cluster_id, inbox)
+        .with_directory(Arc::new(members.clone()))
+        .with_snap_dir(snap_dir(layout));
     tonic::service::Routes::new(
         PeerServer::new(svc)
             .max_decoding_message_size(64 * 1024 * 1024)

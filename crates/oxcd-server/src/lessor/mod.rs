@@ -166,6 +166,32 @@ impl Lessor {
         Ok(lessor)
     }
 
+    /// Replaces every lease with those in `store`, after the backend was
+    /// replaced by a raft snapshot (etcd's `lessor.Recover`). Keeps the
+    /// minimum TTL, the checkpoint settings and whether this lessor is
+    /// primary; a primary lessor restarts every lease's clock, as a newly
+    /// promoted one does.
+    ///
+    /// # Errors
+    /// Backend or corruption errors reading the store; the old leases stay.
+    pub fn restore(&self, store: &KvStore) -> Result<(), MvccError> {
+        let min_ttl = self.state().min_ttl;
+        let fresh = Lessor::recover(store, min_ttl)?;
+        let mut new = fresh.state();
+        let mut st = self.state();
+        st.leases = std::mem::take(&mut new.leases);
+        st.items = std::mem::take(&mut new.items);
+        st.queue.clear();
+        st.checkpoint_queue.clear();
+        let primary = st.primary;
+        drop(st);
+        drop(new);
+        if primary {
+            self.promote(Duration::ZERO);
+        }
+        Ok(())
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // Each critical section is a few map operations that cannot leave
         // the state half-changed, so a poisoned lock is used as is.
