@@ -362,9 +362,10 @@ impl<A: Application> RaftLoop<A> {
     /// drained, another kind of input arrives, or the batch is full.
     fn queue_proposal(&mut self, data: Bytes) {
         self.proposal_bytes += data.len();
-        let mut e = Entry::default();
-        e.data = data;
-        self.proposals.push(e);
+        self.proposals.push(Entry {
+            data,
+            ..Default::default()
+        });
         if self.proposals.len() >= MAX_PROPOSAL_BATCH
             || self.proposal_bytes >= MAX_PROPOSAL_BATCH_BYTES
         {
