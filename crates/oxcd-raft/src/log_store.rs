@@ -19,6 +19,11 @@ pub struct LogStore {
     mem: MemStorage,
     /// The newest snapshot, created here or received; empty when none.
     snapshot: Snapshot,
+    /// Set when raft asked for a snapshot this log could not give (none
+    /// yet, or one older than the log's start): the raft loop then takes a
+    /// fresh one. Needed because the log is compacted between snapshots to
+    /// bound its memory (see `node::snapshot`).
+    wanted: std::sync::atomic::AtomicBool,
 }
 
 impl LogStore {
@@ -47,6 +52,13 @@ impl LogStore {
         self.mem.wl().apply_snapshot(snap.clone())?;
         self.snapshot = snap;
         Ok(())
+    }
+
+    /// Whether raft asked for a snapshot newer than the one held since the
+    /// last call (clears the request).
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.wanted
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Records a snapshot created from this log; the entries stay until
@@ -151,7 +163,12 @@ impl Storage for LogStore {
     /// when there is none yet or it is older than `request_index`.
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         let index = self.snapshot.get_metadata().index;
-        if index == 0 || index < request_index {
+        // A follower installing a snapshot continues with the entry after
+        // it, which the log must still hold.
+        let first = self.mem.first_index()?;
+        if index == 0 || index < request_index || index + 1 < first {
+            self.wanted
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));

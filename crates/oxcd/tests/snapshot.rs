@@ -231,3 +231,53 @@ async fn killed_follower_catches_up_through_snapshot_transfer() {
     })
     .await;
 }
+
+/// Between snapshots the leader keeps only a bounded tail of the log in
+/// memory (oxcd's deviation from etcd, which keeps every entry since the
+/// last snapshot). A follower that needs an entry the leader dropped from
+/// memory makes it take a snapshot on demand and catches up through it,
+/// long before `--snapshot-count` (the default 100000 here) is reached.
+#[tokio::test]
+async fn follower_behind_the_in_memory_log_gets_an_on_demand_snapshot() {
+    bounded(async {
+        // 1000 entries are kept in memory (the floor); the log is compacted
+        // once it holds more than 2000 applied entries.
+        const WRITES: usize = 2600;
+        let mut c = Cluster::builder(3)
+            .flags(&["--experimental-snapshot-catchup-entries", "100"])
+            .start()
+            .await;
+        let leader = c.wait_leader(ELECTION_BOUND).await;
+        let follower = (leader + 1) % 3;
+        let mut client = c.client_of(leader).await;
+        c.kill9(follower);
+        let last = write_keys(&mut client, "k/", "v", WRITES).await;
+        let leader_log = c.member(leader).log();
+        assert!(
+            !leader_log.contains("saved snapshot at index"),
+            "no --snapshot-count snapshot is expected yet:\n{leader_log}"
+        );
+
+        c.restart(follower).await;
+        let deadline = Instant::now() + CONVERGE_BOUND;
+        while c.local_revision(follower).await != Some(last) {
+            assert!(
+                Instant::now() < deadline,
+                "follower did not reach revision {last}\n{}",
+                c.logs()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+        assert_eq!(
+            local_dump(&c, follower, "").await,
+            local_dump(&c, leader, "").await
+        );
+        let leader_log = c.member(leader).log();
+        assert!(
+            leader_log.contains("saved snapshot at index")
+                && leader_log.contains("sent database snapshot [index:"),
+            "the leader should have snapshotted on demand and sent it:\n{leader_log}"
+        );
+    })
+    .await;
+}

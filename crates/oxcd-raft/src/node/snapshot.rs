@@ -42,6 +42,10 @@ use std::sync::{Arc, Mutex};
 /// a slightly slow follower gets entries rather than a whole snapshot.
 pub const CATCH_UP_ENTRIES: u64 = 5000;
 
+/// Fewest entries the in-memory log keeps behind the applied index between
+/// snapshots (with a tiny `--snapshot-count`, snapshots bound it instead).
+const MIN_MEMORY_ENTRIES: u64 = 1000;
+
 /// How the raft loop takes, keeps and sends snapshots.
 pub struct SnapshotSettings {
     /// `--snapshot-count`: applied entries between snapshots (0: never).
@@ -154,10 +158,36 @@ impl<A: Application> RaftLoop<A> {
     pub(super) fn maybe_snapshot(&mut self) {
         let count = self.snaps.settings.count;
         let applied = self.raw.raft.raft_log.applied;
-        if count == 0 || applied <= self.snaps.index + count {
+        let wanted = self.raw.store().take_snapshot_wanted();
+        if (count != 0 && applied > self.snaps.index + count)
+            || (wanted && applied > self.snaps.index)
+        {
+            self.create_snapshot(applied);
             return;
         }
-        self.create_snapshot(applied);
+        self.bound_memory(applied);
+    }
+
+    /// Keeps the in-memory log short between snapshots. etcd holds every
+    /// entry since the last snapshot (up to `--snapshot-count`, 100k by
+    /// default) in memory; oxcd compacts it to the newest
+    /// `catch_up_entries` once it holds twice that many. The entries stay
+    /// in the WAL for replay; a follower that needs an entry no longer in
+    /// memory makes the loop take a fresh snapshot (see
+    /// `LogStore::take_snapshot_wanted`), which costs a backend sync.
+    fn bound_memory(&mut self, applied: u64) {
+        let keep = self.snaps.settings.catch_up_entries.max(MIN_MEMORY_ENTRIES);
+        let Ok(first) = self.raw.store().first_index() else {
+            return;
+        };
+        if applied.saturating_sub(first) <= 2 * keep {
+            return;
+        }
+        let compact = applied - keep;
+        match self.raw.mut_store().compact_to(compact) {
+            Ok(()) => tracing::debug!("compacted in-memory raft log at index {compact}"),
+            Err(e) => tracing::warn!(compact, error = %e, "raft log compaction failed"),
+        }
     }
 
     fn create_snapshot(&mut self, index: u64) {
