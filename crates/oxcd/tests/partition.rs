@@ -16,10 +16,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{bounded, grpc_status, server_binary, Cluster, ELECTION_TIMEOUT};
-use etcd_client::GetOptions;
+use etcd_client::{GetOptions, MemberAddOptions};
 
 /// A leader must be agreed on within this many election timeouts (each is
 /// randomised to 1-2x; pre-vote and a loaded 2-core machine add more).
@@ -32,6 +33,10 @@ const CONVERGE_BOUND: Duration = Duration::from_secs(20);
 /// How long an isolated member may take to refuse a linearizable read:
 /// etcd's request timeout (5 s + 2 election timeouts = 6 s here) plus slack.
 const REFUSE_BOUND: Duration = Duration::from_secs(12);
+
+/// How long a leader may take to notice that a peer went silent (etcd:
+/// its 5 s stream read timeout; oxcd: HTTP/2 pings).
+const NOTICE_BOUND: Duration = Duration::from_secs(15);
 
 /// Interval of the tests' own polls.
 const POLL: Duration = Duration::from_millis(25);
@@ -201,6 +206,10 @@ async fn isolate_and_recover(c: &Cluster, victim: usize, fault: Fault) {
     c.wait_converged(CONVERGE_BOUND).await;
     let before = dump(c, victim, "part/", true).await;
     let old_leader = c.wait_leader(ELECTION_BOUND).await;
+    if let Fault::Partition = fault {
+        // Every link up for 5 s: the strict check passes before the fault.
+        wait_reconfig_allowed(c, old_leader, true).await;
+    }
 
     match fault {
         Fault::Partition => c.isolate(victim),
@@ -225,8 +234,60 @@ async fn isolate_and_recover(c: &Cluster, victim: usize, fault: Fault) {
         assert_eq!(seen.len(), before.len() + 2, "member {i}: {seen:?}");
     }
 
+    if let Fault::Partition = fault {
+        // The leader notices the silent partition (no bytes, no reset) and
+        // refuses membership changes (`--strict-reconfig-check`).
+        wait_reconfig_allowed(c, leader, false).await;
+    }
     check_isolated_reads(c, victim, &before).await;
     heal_and_check(c, victim).await;
+}
+
+/// Whether member `i` lets a learner be added, which with
+/// `--strict-reconfig-check` needs every voter connected for the last 5 s.
+/// A learner is the one member that can be added safely whatever the
+/// answer; it is removed again at once (removing a learner is unchecked).
+async fn reconfig_allowed(c: &Cluster, i: usize) -> bool {
+    let mut client = c.quick_client_of(i, Duration::from_secs(3)).await;
+    // A fresh URL each time: etcd derives the member ID from it, and an ID
+    // once removed is refused ("member not found").
+    static PROBES: AtomicU16 = AtomicU16::new(1000);
+    let probe = format!(
+        "http://127.0.0.1:{}",
+        PROBES.fetch_add(1, Ordering::Relaxed)
+    );
+    let opts = MemberAddOptions::new().with_is_learner();
+    match client.member_add([probe], Some(opts)).await {
+        Ok(r) => {
+            let id = r.member().expect("added member").id();
+            client
+                .member_remove(id)
+                .await
+                .expect("remove probe learner");
+            true
+        }
+        Err(e) => {
+            let e = grpc_status(e);
+            assert_eq!(e.message(), "etcdserver: unhealthy cluster", "{e:?}");
+            false
+        }
+    }
+}
+
+/// Polls until [`reconfig_allowed`] on member `i` answers `want`.
+async fn wait_reconfig_allowed(c: &Cluster, i: usize, want: bool) {
+    let t0 = Instant::now();
+    while reconfig_allowed(c, i).await != want {
+        assert!(
+            t0.elapsed() < NOTICE_BOUND,
+            "member {i}: membership changes allowed is not {want} after {NOTICE_BOUND:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    eprintln!(
+        "member {i}: membership changes allowed = {want} after {:?}",
+        t0.elapsed()
+    );
 }
 
 #[tokio::test]
