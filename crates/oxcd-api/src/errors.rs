@@ -83,7 +83,10 @@ etcd_errors! {
     /// A peer URL is already used by another member.
     PeerURLExist => (FailedPrecondition, "etcdserver: Peer URLs already exists"),
     /// Strict reconfig: the change would leave too few started voters.
-    MemberNotEnoughStarted => (FailedPrecondition, "etcdserver: re-configuration failed due to not enough started members"),
+    /// rpctypes declares it FailedPrecondition, but etcd 3.4's `togRPCError`
+    /// maps the server error to the client-side `rpctypes.Error` wrapper,
+    /// which gRPC sends as code Unknown (seen on a real 3.4.23 server).
+    MemberNotEnoughStarted => (Unknown, "etcdserver: re-configuration failed due to not enough started members"),
     /// MemberAdd peer URLs do not parse.
     MemberBadURLs => (InvalidArgument, "etcdserver: given member URLs are invalid"),
     /// The member id is unknown or was removed.
@@ -271,7 +274,7 @@ mod tests {
         ),
         (
             EtcdError::MemberNotEnoughStarted,
-            Code::FailedPrecondition,
+            Code::Unknown,
             "re-configuration failed due to not enough started members",
         ),
         (

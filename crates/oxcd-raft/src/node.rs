@@ -79,6 +79,10 @@ pub enum Input {
     ReadIndex(Vec<u8>),
     /// Hand leadership to another voter.
     TransferLeader(u64),
+    /// Ask for the leader's view of replication: member ID -> the highest
+    /// log index known to be on that member (raft's `Progress.Match`).
+    /// Answered with `None` when this member is not the leader.
+    Progress(tokio::sync::oneshot::Sender<Option<std::collections::HashMap<u64, u64>>>),
     /// Stop the loop; the WAL is closed when it ends.
     Stop,
 }
@@ -408,6 +412,10 @@ impl<A: Application> RaftLoop<A> {
                 self.raw.transfer_leader(to);
                 Ok(())
             }
+            Input::Progress(reply) => {
+                let _ = reply.send(self.progress());
+                Ok(())
+            }
         };
         if let Err(e) = r {
             // Dropped proposals (no leader) time out at the waiter.
@@ -569,6 +577,17 @@ impl<A: Application> RaftLoop<A> {
             }
             Err(err) => tracing::warn!(index = e.index, error = %err, "conf change rejected"),
         }
+    }
+
+    /// Match index per member, as only the leader tracks it.
+    fn progress(&self) -> Option<std::collections::HashMap<u64, u64>> {
+        let raft = &self.raw.raft;
+        (raft.state == StateRole::Leader).then(|| {
+            raft.prs()
+                .iter()
+                .map(|(id, pr)| (*id, pr.matched))
+                .collect()
+        })
     }
 
     fn publish(&mut self) {

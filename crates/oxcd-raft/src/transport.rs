@@ -15,6 +15,13 @@
 //!
 //! Raft snapshots travel apart from the message stream, one `Peer/Snapshot`
 //! call each, with the backend file ([`crate::snapshot_transfer`]).
+//!
+//! Activity: a peer is active since its link last connected and was
+//! greeted (etcd's `ActiveSince`), and inactive from the moment the link
+//! fails. A silently dead connection (a partition that drops packets) is
+//! noticed by HTTP/2 pings within [`KEEPALIVE_INTERVAL`] +
+//! [`KEEPALIVE_TIMEOUT`], close to etcd's 5 s stream read timeout; the
+//! strict reconfiguration checks rely on that.
 
 pub use crate::snapshot_transfer::{BackendSource, SnapshotJob, SnapshotReport};
 use crate::tls_error::{self, Side};
@@ -26,9 +33,8 @@ use oxcd_api::oxcdpeerpb::{
 };
 use prost::bytes::Bytes;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -46,6 +52,10 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How often a failing link is reported (etcd's `statusErrorInterval`).
 const UNHEALTHY_LOG_INTERVAL: Duration = Duration::from_secs(5);
+/// A peer connection that received nothing for this long is pinged...
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// ...and closed if the ping is not answered within this.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Where received raft messages go (the raft loop's mailbox).
 pub trait Inbox: Send + Sync + 'static {
@@ -68,8 +78,25 @@ pub enum SendError {
 struct PeerHandle {
     queue: mpsc::Sender<Bytes>,
     urls: Vec<String>,
-    active: Arc<AtomicBool>,
+    active: Arc<Activity>,
     stop: CancellationToken,
+}
+
+/// Since when a link has been up (`None`: down), written by the link.
+#[derive(Default)]
+struct Activity(Mutex<Option<Instant>>);
+
+impl Activity {
+    fn set(&self, up: bool) -> bool {
+        let mut since = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let was = since.is_some();
+        *since = up.then(|| since.unwrap_or_else(Instant::now));
+        was
+    }
+
+    fn since(&self) -> Option<Instant> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Sends raft messages to the other members. Cheap to share (`Arc`).
@@ -103,7 +130,7 @@ impl Transport {
     /// Starts talking to member `id` at `urls` (replacing an earlier entry).
     pub fn add_peer(&self, id: u64, urls: Vec<String>) {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
-        let active = Arc::new(AtomicBool::new(false));
+        let active = Arc::new(Activity::default());
         let stop = CancellationToken::new();
         let link = Link {
             from: self.local_id,
@@ -183,9 +210,21 @@ impl Transport {
 
     /// Whether a stream to member `id` is currently established.
     pub fn is_active(&self, id: u64) -> bool {
-        self.lock()
-            .get(&id)
-            .is_some_and(|p| p.active.load(Ordering::Acquire))
+        self.active_since(id).is_some()
+    }
+
+    /// Since when the stream to member `id` has been up without a break
+    /// (etcd's `Transporter.ActiveSince`); `None` if it is down or `id` is
+    /// unknown.
+    pub fn active_since(&self, id: u64) -> Option<Instant> {
+        self.lock().get(&id).and_then(|p| p.active.since())
+    }
+
+    /// A channel to a peer URL with this transport's TLS settings, for
+    /// requests other than raft messages (e.g. forwarding to the leader).
+    /// The channel reconnects by itself after a failure.
+    pub async fn channel(&self, url: &str) -> Result<Channel, tonic::transport::Error> {
+        connect(url, &self.tls).await
     }
 
     /// Resolves once a peer reports this member removed from the cluster.
@@ -213,7 +252,7 @@ struct Link {
     cluster_id: u64,
     urls: Vec<String>,
     tls: PeerTls,
-    active: Arc<AtomicBool>,
+    active: Arc<Activity>,
     removed: Arc<tokio::sync::Notify>,
 }
 
@@ -234,7 +273,7 @@ impl Link {
                 _ = stop.cancelled() => return,
                 r = self.stream_once(url, &mut rx) => r,
             };
-            if self.active.swap(false, Ordering::AcqRel) {
+            if self.active.set(false) {
                 // The link worked for a while: a new failure streak starts.
                 last_warned = None;
                 tls_cause = None;
@@ -289,11 +328,17 @@ impl Link {
             })
             .await?;
         let (tx, crx) = mpsc::channel::<RaftBatch>(8);
-        let call = tokio::spawn(async move { client.raft(ReceiverStream::new(crx)).await });
-        self.active.store(true, Ordering::Release);
+        let mut call = tokio::spawn(async move { client.raft(ReceiverStream::new(crx)).await });
+        self.active.set(true);
         loop {
-            let Some(first) = rx.recv().await else {
-                return Ok(());
+            // Watching the call while idle marks a dead peer inactive at
+            // once, not only when the next message fails to go out.
+            let first = tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => m,
+                    None => return Ok(()),
+                },
+                ended = &mut call => return stream_end(ended),
             };
             let mut messages = vec![first];
             while messages.len() < MAX_BATCH {
@@ -309,13 +354,21 @@ impl Link {
                 messages,
             };
             if tx.send(batch).await.is_err() || call.is_finished() {
-                return match call.await {
-                    Ok(Ok(_)) => Err(Status::unavailable("peer closed the stream")),
-                    Ok(Err(s)) => Err(s),
-                    Err(e) => Err(Status::internal(e.to_string())),
-                };
+                return stream_end(call.await);
             }
         }
+    }
+}
+
+/// Why a raft stream call ended: always a failure, since a healthy stream
+/// only ends when this side stops sending.
+fn stream_end(
+    ended: Result<Result<Response<RaftStreamEnd>, Status>, tokio::task::JoinError>,
+) -> Result<(), Status> {
+    match ended {
+        Ok(Ok(_)) => Err(Status::unavailable("peer closed the stream")),
+        Ok(Err(s)) => Err(s),
+        Err(e) => Err(Status::internal(e.to_string())),
     }
 }
 
@@ -450,7 +503,9 @@ fn endpoint(url: &str) -> Result<Endpoint, tonic::transport::Error> {
     Ok(Endpoint::from_shared(url.to_string())?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10)))
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true))
 }
 
 async fn tls_dial(

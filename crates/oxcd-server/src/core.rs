@@ -28,6 +28,10 @@ pub struct Core {
     pub cluster_id: u64,
     /// `--max-txn-ops`.
     pub max_txn_ops: usize,
+    /// Safety checks on membership changes (`--strict-reconfig-check`).
+    pub reconfig: crate::reconfig::ReconfigCheck,
+    /// Sends what only the leader can answer to the leader.
+    pub forwarder: crate::forward::Forwarder,
 }
 
 impl Core {

@@ -14,8 +14,10 @@
 use crate::bootstrap;
 use crate::config::{url_string, ClusterState, Config, TlsInfo};
 use crate::core::Core;
+use crate::forward::Forwarder;
 use crate::lessor::{self, Lessor};
 use crate::membership::{cluster_id, InitialCluster, Member, Members};
+use crate::reconfig::ReconfigCheck;
 use crate::serve::listener::{self, Bound};
 use crate::serve::tls::{self, TlsSettings};
 use crate::v3rpc::{self, GrpcLimits};
@@ -107,6 +109,8 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         members,
         cluster_id: identity.cluster_id,
         max_txn_ops: cfg.max_txn_ops as usize,
+        reconfig: ReconfigCheck::new(raft.transport.clone(), cfg.strict_reconfig_check),
+        forwarder: Forwarder::new(raft.transport.clone(), raft_boot::request_timeout(&cfg)),
     });
     let etcd = Etcd {
         core: core.clone(),
@@ -122,6 +126,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         core.cluster_id,
         &layout,
     )
+    .merge(crate::forward::routes(core.clone()))
     .merge(crate::serve::http::routes(core.clone()))
     .fallback(crate::serve::fallback);
     for b in peers {

@@ -6,6 +6,8 @@
 //! - [`embed`]: start and close a member;
 //! - [`bootstrap`]: data-dir layout and persisted identity;
 //! - [`membership`]: members, member and cluster IDs;
+//! - [`reconfig`]: safety checks before a membership change;
+//! - [`forward`]: requests only the leader answers, forwarded to it;
 //! - [`propose`]: the write path (propose → apply → fsync → answer);
 //! - [`apply`]: the applier: Put, DeleteRange, Txn, Compaction, LeaseGrant
 //!   and LeaseRevoke semantics;
@@ -26,6 +28,7 @@ pub mod concurrency;
 pub mod config;
 pub mod core;
 pub mod embed;
+pub mod forward;
 pub mod lessor;
 pub mod membership;
 pub mod propose;
@@ -34,6 +37,7 @@ pub mod raft_app;
 pub mod raft_boot;
 pub mod raft_snapshot;
 pub mod read_index;
+pub mod reconfig;
 pub mod serve;
 pub mod v3election;
 pub mod v3lock;

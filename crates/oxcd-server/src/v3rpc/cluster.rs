@@ -1,12 +1,19 @@
 //! The `etcdserverpb.Cluster` service (etcd's `v3rpc/member.go`): member
 //! changes are raft conf changes, answered once applied.
+//!
+//! Before proposing, add, remove and promote pass etcd's safety checks
+//! ([`crate::reconfig`]). Promote needs the leader's view of the learner's
+//! progress, so a member that is not the leader forwards it
+//! ([`crate::forward`]), as etcd's `PromoteMember` does.
 
 use crate::core::Core;
 use crate::membership::{ConfContext, Member as OxMember};
 use oxcd_api::etcdserverpb::cluster_server::Cluster;
 use oxcd_api::etcdserverpb::*;
 use oxcd_api::EtcdError;
+use oxcd_raft::node::{Input, NodeError};
 use raft::prelude::ConfChangeType;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -91,6 +98,10 @@ impl Cluster for ClusterService {
         if self.core.members.get(m.id).is_some() {
             return Err(EtcdError::MemberExist.into());
         }
+        let members = self.core.members.list();
+        self.core
+            .reconfig
+            .may_add(self.core.member.id, &members, r.is_learner)?;
         let change = if r.is_learner {
             ConfChangeType::AddLearnerNode
         } else {
@@ -117,6 +128,10 @@ impl Cluster for ClusterService {
         if self.core.members.get(id).is_none() {
             return Err(EtcdError::MemberNotFound.into());
         }
+        let members = self.core.members.list();
+        self.core
+            .reconfig
+            .may_remove(self.core.member.id, &members, id)?;
         let list = self
             .core
             .writes
@@ -170,24 +185,74 @@ impl Cluster for ClusterService {
         r: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
         let id = r.into_inner().id;
-        let Some(m) = self.core.members.get(id) else {
-            return Err(EtcdError::MemberNotFound.into());
+        let members = match promote_as_leader(&self.core, id).await {
+            Err(EtcdError::NotLeader) => forward_promote(&self.core, id).await?,
+            r => r?,
         };
-        if !m.is_learner {
-            return Err(EtcdError::MemberNotLearner.into());
-        }
-        let list = self
-            .core
-            .writes
-            .propose_conf_change(
-                ConfChangeType::AddNode,
-                id,
-                ConfContext::new("promote", &m).encode(),
-            )
-            .await?;
         Ok(Response::new(MemberPromoteResponse {
             header: self.header(),
-            members: Self::response_members(&list),
+            members,
         }))
     }
+}
+
+/// Promotes learner `id` if this member leads and the checks pass; answers
+/// with the member list after it.
+///
+/// # Errors
+/// [`EtcdError::NotLeader`] on a member that does not lead (the caller
+/// forwards); [`EtcdError::MemberNotFound`], [`EtcdError::MemberNotLearner`],
+/// [`EtcdError::LearnerNotReady`], [`EtcdError::MemberNotEnoughStarted`],
+/// or the proposal's error.
+pub(crate) async fn promote_as_leader(core: &Core, id: u64) -> Result<Vec<Member>, EtcdError> {
+    let Some(m) = core.members.get(id) else {
+        return Err(EtcdError::MemberNotFound);
+    };
+    if !m.is_learner {
+        return Err(EtcdError::MemberNotLearner);
+    }
+    let progress = leader_progress(core).await?;
+    core.reconfig
+        .may_promote(core.member.id, &progress, &core.members.list(), id)?;
+    let list = core
+        .writes
+        .propose_conf_change(
+            ConfChangeType::AddNode,
+            id,
+            ConfContext::new("promote", &m).encode(),
+        )
+        .await?;
+    Ok(ClusterService::response_members(&list))
+}
+
+/// The leader's match index per member, from the raft loop.
+async fn leader_progress(core: &Core) -> Result<HashMap<u64, u64>, EtcdError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    core.writes
+        .node()
+        .send(Input::Progress(tx))
+        .map_err(|e| match e {
+            NodeError::Busy => EtcdError::TooManyRequests,
+            _ => EtcdError::Stopped,
+        })?;
+    rx.await
+        .map_err(|_| EtcdError::Stopped)?
+        .ok_or(EtcdError::NotLeader)
+}
+
+/// Asks the leader to promote `id`. Like etcd, only "not ready", "not
+/// found" and "not a learner" end the attempts early; anything else is
+/// retried until the request timeout.
+async fn forward_promote(core: &Core, id: u64) -> Result<Vec<Member>, EtcdError> {
+    let call = |mut client: oxcd_api::oxcdpeerpb::forward_client::ForwardClient<_>| async move {
+        let r = client.member_promote(MemberPromoteRequest { id }).await?;
+        Ok(r.into_inner().members)
+    };
+    let is_final = |e: &EtcdError| {
+        matches!(
+            e,
+            EtcdError::LearnerNotReady | EtcdError::MemberNotFound | EtcdError::MemberNotLearner
+        )
+    };
+    core.forwarder.to_leader(core, call, is_final).await
 }

@@ -1,9 +1,11 @@
 //! The `etcdserverpb.Lease` service (etcd's `v3rpc/lease.go` and the
 //! lease half of `etcdserver/v3_server.go`).
 //!
-//! Grant and Revoke go through the write path. KeepAlive, TimeToLive and
-//! Leases are answered by the lessor directly, as etcd's leader does:
-//! renewals are not replicated.
+//! Grant and Revoke go through the write path. KeepAlive and TimeToLive
+//! are answered by the leader's lessor, which alone tracks expiry:
+//! renewals are not replicated, so any other member forwards them to the
+//! leader ([`crate::forward`]), as etcd's `LeaseRenew` and
+//! `LeaseTimeToLive` do. Leases lists the local lessor, as etcd does.
 
 use crate::apply::{Request, Response};
 use crate::core::Core;
@@ -15,14 +17,20 @@ use oxcd_api::etcdserverpb::{
     LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
+use oxcd_api::oxcdpeerpb::forward_client::ForwardClient;
 use oxcd_api::EtcdError;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status, Streaming};
 
 /// Server-chosen lease IDs are request IDs masked to 63 bits, so they are
 /// positive.
 const LEASE_ID_MASK: u64 = (1 << 63) - 1;
+
+/// How long the leader waits for its applied index to reach its commit
+/// index before answering a lease request (etcd's `applyTimeout`).
+const APPLY_WAIT: Duration = Duration::from_secs(1);
 
 /// The keepalive response stream.
 pub type KeepAliveStream =
@@ -118,22 +126,30 @@ impl Lease for LeaseService {
         request: GrpcRequest<LeaseTimeToLiveRequest>,
     ) -> Result<GrpcResponse<LeaseTimeToLiveResponse>, Status> {
         let r = request.into_inner();
+        let id = r.id;
+        let answer = if self.core.writes.is_leader() {
+            time_to_live_as_leader(&self.core, r).await
+        } else {
+            let call = |mut c: ForwardClient<_>| async move {
+                Ok(c.lease_time_to_live(r).await?.into_inner())
+            };
+            let is_final = |e: &EtcdError| *e == EtcdError::LeaseNotFound;
+            self.core
+                .forwarder
+                .to_leader(&self.core, call, is_final)
+                .await
+        };
         let header = Some(self.core.header(self.core.store.rev()));
-        let resp = match self.core.lessor.time_to_live(r.id, r.keys) {
-            Some(t) => LeaseTimeToLiveResponse {
-                header,
-                id: r.id,
-                ttl: t.ttl,
-                granted_ttl: t.granted_ttl,
-                keys: t.keys.into_iter().map(Into::into).collect(),
-            },
+        let resp = match answer {
+            Ok(resp) => LeaseTimeToLiveResponse { header, ..resp },
             // etcd answers an unknown lease with TTL -1, not an error.
-            None => LeaseTimeToLiveResponse {
+            Err(EtcdError::LeaseNotFound) => LeaseTimeToLiveResponse {
                 header,
-                id: r.id,
+                id,
                 ttl: -1,
                 ..Default::default()
             },
+            Err(e) => return Err(e.into()),
         };
         Ok(GrpcResponse::new(resp))
     }
@@ -160,15 +176,72 @@ impl Lease for LeaseService {
 /// revision is never past a revoke the renewal lost to (etcd does the same).
 async fn keep_alive_once(core: &Core, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
     let header = Some(core.header(core.store.rev()));
-    // A recorded remaining TTL is reset through raft before the renewal,
-    // so no later leader counts from it (etcd 3.5's `Renew`).
-    if let Some(reset) = core.lessor.renewal_checkpoint(id) {
-        lessor::propose_checkpoint(&core.writes, reset).await;
-    }
-    let ttl = match core.lessor.renew(id).await {
+    let renewed = if core.writes.is_leader() {
+        renew_as_leader(core, id).await
+    } else {
+        let call = |mut c: ForwardClient<_>| async move {
+            Ok(c.lease_renew(LeaseKeepAliveRequest { id })
+                .await?
+                .into_inner()
+                .ttl)
+        };
+        let is_final = |e: &EtcdError| *e == EtcdError::LeaseNotFound;
+        core.forwarder.to_leader(core, call, is_final).await
+    };
+    let ttl = match renewed {
         Ok(ttl) => ttl,
         Err(EtcdError::LeaseNotFound) => 0,
         Err(e) => return Err(e.into()),
     };
     Ok(LeaseKeepAliveResponse { header, id, ttl })
+}
+
+/// Renews lease `id` on this member's lessor, which must be the leader's;
+/// answers its granted TTL.
+///
+/// # Errors
+/// [`EtcdError::LeaseNotFound`], [`EtcdError::TimeoutWaitAppliedIndex`],
+/// or a timeout waiting for an expired lease's revoke.
+pub(crate) async fn renew_as_leader(core: &Core, id: i64) -> Result<i64, EtcdError> {
+    wait_applied(core).await?;
+    // A recorded remaining TTL is reset through raft before the renewal,
+    // so no later leader counts from it (etcd 3.5's `Renew`).
+    if let Some(reset) = core.lessor.renewal_checkpoint(id) {
+        lessor::propose_checkpoint(&core.writes, reset).await;
+    }
+    core.lessor.renew(id).await
+}
+
+/// Lease `r.id`'s remaining TTL on this member's lessor, which must be the
+/// leader's.
+///
+/// # Errors
+/// [`EtcdError::LeaseNotFound`] or [`EtcdError::TimeoutWaitAppliedIndex`].
+pub(crate) async fn time_to_live_as_leader(
+    core: &Core,
+    r: LeaseTimeToLiveRequest,
+) -> Result<LeaseTimeToLiveResponse, EtcdError> {
+    wait_applied(core).await?;
+    let t = core
+        .lessor
+        .time_to_live(r.id, r.keys)
+        .ok_or(EtcdError::LeaseNotFound)?;
+    Ok(LeaseTimeToLiveResponse {
+        header: Some(core.header(core.store.rev())),
+        id: r.id,
+        ttl: t.ttl,
+        granted_ttl: t.granted_ttl,
+        keys: t.keys.into_iter().map(Into::into).collect(),
+    })
+}
+
+/// Waits until what was committed when the request arrived is applied, so
+/// the lessor has seen every grant and revoke before it (etcd's
+/// `waitAppliedIndex`).
+async fn wait_applied(core: &Core) -> Result<(), EtcdError> {
+    let commit = core.writes.status().commit;
+    match tokio::time::timeout(APPLY_WAIT, core.writes.wait_applied(commit)).await {
+        Ok(r) => r,
+        Err(_) => Err(EtcdError::TimeoutWaitAppliedIndex),
+    }
 }

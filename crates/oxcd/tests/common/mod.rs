@@ -18,6 +18,8 @@
 // Each test binary uses a different subset of the helpers.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::fs::File;
 use std::future::Future;
 use std::net::TcpListener;
@@ -27,6 +29,7 @@ use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{Client, ConnectOptions, GetOptions, StatusResponse};
+use proxy::{Mode, Proxy};
 use tokio::io::AsyncWriteExt;
 
 /// The real etcdctl (3.4) is the client-side oracle for output formats.
@@ -120,6 +123,9 @@ pub struct Member {
     /// Probe readiness with a serializable Get (a learner refuses
     /// linearizable reads).
     serializable_probe: bool,
+    /// The fault-injecting proxy in front of the peer listener, if any: the
+    /// member then advertises the proxy's port instead of its own.
+    proxy: Option<Proxy>,
 }
 
 impl Member {
@@ -145,6 +151,7 @@ impl Member {
                 once_args: Vec::new(),
                 envs: Vec::new(),
                 serializable_probe: false,
+                proxy: None,
             };
             member.spawn();
             match member.wait_ready().await {
@@ -160,8 +167,31 @@ impl Member {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// The URL the member listens on for peers.
     pub fn peer_url(&self) -> String {
         format!("{}://127.0.0.1:{}", self.peer_scheme, self.peer_port)
+    }
+
+    /// The peer URL the member advertises (its proxy's, if it has one).
+    pub fn advertised_peer_url(&self) -> String {
+        match &self.proxy {
+            Some(p) => format!("{}://127.0.0.1:{}", self.peer_scheme, p.port()),
+            None => self.peer_url(),
+        }
+    }
+
+    /// Switches the proxy in front of this member's peer listener (its
+    /// inbound traffic for oxcd); panics if the member has none.
+    pub fn set_peer_proxy(&self, mode: Mode) {
+        self.peer_proxy().set(mode);
+    }
+
+    /// The proxy in front of this member's peer listener; panics if the
+    /// member has none (see [`ClusterBuilder::peer_proxies`]).
+    pub fn peer_proxy(&self) -> &Proxy {
+        self.proxy
+            .as_ref()
+            .expect("member was started without a peer proxy")
     }
 
     /// Whether a process of this member is running (not killed or stopped).
@@ -219,10 +249,13 @@ impl Member {
             .arg("--listen-peer-urls")
             .arg(self.peer_url())
             .arg("--initial-advertise-peer-urls")
-            .arg(self.peer_url());
+            .arg(self.advertised_peer_url());
         if self.cluster_args.is_empty() {
-            cmd.arg("--initial-cluster")
-                .arg(format!("{}={}", self.name, self.peer_url()));
+            cmd.arg("--initial-cluster").arg(format!(
+                "{}={}",
+                self.name,
+                self.advertised_peer_url()
+            ));
         } else {
             cmd.args(&self.cluster_args);
         }
@@ -490,6 +523,19 @@ pub const UNHEALTHY: &str = "etcdserver: unhealthy cluster";
 /// How long a member may take to exit after SIGTERM.
 pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
+/// Starts a proxy to `127.0.0.1:target` on a free port.
+fn start_proxy(target: u16) -> Proxy {
+    let mut last = None;
+    for _ in 0..10 {
+        match Proxy::start(free_port(), target) {
+            Ok(p) => return p,
+            // Someone took the port since `free_port` looked.
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("cannot bind a peer proxy: {last:?}");
+}
+
 /// Distinguishes the clusters of one test process (the token also carries
 /// the pid and the clock, so clusters of different processes differ too).
 static NEXT_CLUSTER: AtomicU32 = AtomicU32::new(0);
@@ -503,6 +549,7 @@ pub struct ClusterBuilder {
     member_flags: Vec<Vec<String>>,
     peer_auto_tls: bool,
     envs: Vec<(String, String)>,
+    peer_proxies: bool,
 }
 
 impl ClusterBuilder {
@@ -515,7 +562,15 @@ impl ClusterBuilder {
             member_flags: vec![Vec::new(); size],
             peer_auto_tls: false,
             envs: Vec::new(),
+            peer_proxies: false,
         }
+    }
+
+    /// Puts a fault-injecting [`Proxy`] in front of every member's peer
+    /// listener (see [`Cluster::isolate`]).
+    pub fn peer_proxies(mut self) -> ClusterBuilder {
+        self.peer_proxies = true;
+        self
     }
 
     /// Adds `flags` to every member's command line (after [`FAST_RAFT`]).
@@ -583,10 +638,11 @@ impl ClusterBuilder {
                     .expect("create temp dir");
                 let mut extra_args = common_flags.clone();
                 extra_args.extend(self.member_flags[i].iter().cloned());
+                let peer_port = free_port();
                 Member {
                     name: format!("m{i}"),
                     client_port: free_port(),
-                    peer_port: free_port(),
+                    peer_port,
                     dir,
                     child: None,
                     incarnation: 0,
@@ -596,12 +652,13 @@ impl ClusterBuilder {
                     once_args: Vec::new(),
                     envs: self.envs.clone(),
                     serializable_probe: false,
+                    proxy: self.peer_proxies.then(|| start_proxy(peer_port)),
                 }
             })
             .collect();
         let initial_cluster = members
             .iter()
-            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .map(|m| format!("{}={}", m.name, m.advertised_peer_url()))
             .collect::<Vec<_>>()
             .join(",");
         for m in &mut members {
@@ -769,6 +826,36 @@ impl Cluster {
         }
     }
 
+    /// Partitions member `i` from the others, both ways: its proxy is
+    /// blackholed and every other proxy stops the connections member `i`
+    /// opens (see [`proxy`]); needs [`ClusterBuilder::peer_proxies`].
+    pub fn isolate(&self, i: usize) {
+        self.members[i].set_peer_proxy(Mode::Blackhole);
+        let pid = self.members[i].pid();
+        for (j, m) in self.members.iter().enumerate() {
+            if j != i {
+                m.peer_proxy().block_origins(vec![pid]);
+            }
+        }
+    }
+
+    /// Blackholes only member `i`'s own proxy: a one-way fault whose
+    /// direction depends on the server's transport (see [`proxy`]).
+    pub fn isolate_inbound(&self, i: usize) {
+        self.members[i].set_peer_proxy(Mode::Blackhole);
+    }
+
+    /// Lifts every fault [`Cluster::isolate`] or
+    /// [`Cluster::isolate_inbound`] set for member `i`.
+    pub fn heal(&self, i: usize) {
+        self.members[i].set_peer_proxy(Mode::Pass);
+        for (j, m) in self.members.iter().enumerate() {
+            if j != i {
+                m.peer_proxy().block_origins(Vec::new());
+            }
+        }
+    }
+
     /// SIGKILL member `i` (by pid) and reap it.
     pub fn kill9(&mut self, i: usize) {
         self.members[i].kill9();
@@ -911,6 +998,7 @@ impl Cluster {
             once_args: Vec::new(),
             envs: Vec::new(),
             serializable_probe: learner,
+            proxy: None,
         };
         let peer_urls = format!("--peer-urls={}", m.peer_url());
         let mut args = vec!["member", "add", m.name.as_str(), peer_urls.as_str()];

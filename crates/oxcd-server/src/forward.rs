@@ -1,0 +1,195 @@
+//! Requests only the leader can answer, forwarded to it over the peer URLs:
+//! lease renewals and TimeToLive (the leader's lessor alone tracks expiry;
+//! etcd's `LeaseRenew` / `LeaseTimeToLive` in `etcdserver/v3_server.go`
+//! with `lease/leasehttp`) and learner promotion (only the leader knows
+//! the learner's progress; `PromoteMember` in `etcdserver/server.go`).
+//!
+//! Client side, [`Forwarder::to_leader`]: wait for a leader, try each of
+//! its peer URLs, and go on until an answer, an error the caller calls
+//! final, or the request timeout (`etcdserver: request timed out`). No
+//! leader for the whole time gives `etcdserver: no leader`, as etcd's
+//! `waitLeader` does.
+//!
+//! Server side, [`ForwardService`] (`oxcdpeerpb.Forward` on the peer
+//! listener): a member that is not the leader refuses with
+//! `etcdserver: not leader`, which makes the caller look again.
+
+use crate::core::Core;
+use oxcd_api::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    MemberPromoteRequest, MemberPromoteResponse,
+};
+use oxcd_api::oxcdpeerpb::forward_client::ForwardClient;
+use oxcd_api::oxcdpeerpb::forward_server::{Forward, ForwardServer};
+use oxcd_api::EtcdError;
+use oxcd_raft::transport::Transport;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+/// Pause before asking again when no leader URL answered.
+const RETRY: Duration = Duration::from_millis(50);
+
+/// Sends requests to the current leader.
+pub struct Forwarder {
+    transport: Arc<Transport>,
+    /// One channel per peer URL; tonic channels reconnect by themselves.
+    channels: Mutex<HashMap<String, Channel>>,
+    /// etcd's request timeout (5 s + 2 election timeouts).
+    timeout: Duration,
+}
+
+impl Forwarder {
+    /// Forwards over `transport`'s peer connections, giving up after
+    /// `timeout`.
+    pub fn new(transport: Arc<Transport>, timeout: Duration) -> Self {
+        Self {
+            transport,
+            channels: Mutex::new(HashMap::new()),
+            timeout,
+        }
+    }
+
+    /// Runs `call` against the leader until it answers or fails with an
+    /// error `is_final` accepts.
+    ///
+    /// Cancel-safe: dropping the future abandons the request.
+    ///
+    /// # Errors
+    /// The final error; [`EtcdError::NoLeader`] if no leader was known
+    /// before the timeout; [`EtcdError::Timeout`] if the leader did not
+    /// answer in time.
+    pub async fn to_leader<T, F, Fut>(
+        &self,
+        core: &Core,
+        call: F,
+        is_final: fn(&EtcdError) -> bool,
+    ) -> Result<T, EtcdError>
+    where
+        F: Fn(ForwardClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let leader = wait_leader(core, deadline).await?;
+            let urls = core
+                .members
+                .get(leader)
+                .map(|m| m.peer_urls)
+                .unwrap_or_default();
+            for url in urls {
+                let attempt = async {
+                    let channel = self.channel(&url).await.ok()?;
+                    Some(call(ForwardClient::new(channel)).await)
+                };
+                match tokio::time::timeout_at(deadline, attempt).await {
+                    Err(_) => return Err(EtcdError::Timeout),
+                    Ok(Some(Ok(v))) => return Ok(v),
+                    Ok(Some(Err(status))) => {
+                        let e = EtcdError::from_status(&status)
+                            .unwrap_or_else(|| EtcdError::Unknown(status.message().into()));
+                        if is_final(&e) {
+                            return Err(e);
+                        }
+                    }
+                    Ok(None) => {}
+                }
+            }
+            if Instant::now() + RETRY >= deadline {
+                return Err(EtcdError::Timeout);
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
+    async fn channel(&self, url: &str) -> Result<Channel, tonic::transport::Error> {
+        if let Some(c) = lock(&self.channels).get(url) {
+            return Ok(c.clone());
+        }
+        let c = self.transport.channel(url).await?;
+        lock(&self.channels).insert(url.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A map of cached channels cannot be left half-updated.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The leader's ID, waiting (until `deadline`) for one to be elected.
+async fn wait_leader(core: &Core, deadline: Instant) -> Result<u64, EtcdError> {
+    let mut status = core.writes.node().watch_status();
+    let waited = tokio::time::timeout_at(deadline, status.wait_for(|s| s.leader != 0)).await;
+    match waited {
+        Ok(Ok(s)) => Ok(s.leader),
+        Ok(Err(_)) => Err(EtcdError::Stopped),
+        Err(_) => Err(EtcdError::NoLeader),
+    }
+}
+
+/// The `oxcdpeerpb.Forward` routes, for the peer listener. Routed by hand,
+/// not through `tonic::service::Routes`, whose router brings a fallback
+/// that the peer router already has.
+pub fn routes(core: Arc<Core>) -> axum::Router {
+    use tonic::server::NamedService;
+    let path = format!("/{}/{{*method}}", ForwardServer::<ForwardService>::NAME);
+    axum::Router::new().route_service(&path, ForwardServer::new(ForwardService { core }))
+}
+
+/// Answers forwarded requests when this member leads.
+pub struct ForwardService {
+    core: Arc<Core>,
+}
+
+impl ForwardService {
+    fn require_leader(&self) -> Result<(), Status> {
+        if self.core.writes.is_leader() {
+            Ok(())
+        } else {
+            Err(EtcdError::NotLeader.into())
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Forward for ForwardService {
+    async fn lease_renew(
+        &self,
+        r: Request<LeaseKeepAliveRequest>,
+    ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
+        self.require_leader()?;
+        let id = r.into_inner().id;
+        let ttl = crate::v3rpc::lease::renew_as_leader(&self.core, id).await?;
+        Ok(Response::new(LeaseKeepAliveResponse {
+            header: Some(self.core.header(self.core.store.rev())),
+            id,
+            ttl,
+        }))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        r: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        self.require_leader()?;
+        let resp = crate::v3rpc::lease::time_to_live_as_leader(&self.core, r.into_inner()).await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn member_promote(
+        &self,
+        r: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        let members =
+            crate::v3rpc::cluster::promote_as_leader(&self.core, r.into_inner().id).await?;
+        Ok(Response::new(MemberPromoteResponse {
+            header: Some(self.core.header(0)),
+            members,
+        }))
+    }
+}
