@@ -27,14 +27,17 @@
 //!   when `batch_limit` non-durable commits have piled up, every
 //!   `batch_interval` from a background flusher thread if anything is
 //!   pending, and for the compaction markers.
-//! - In batch mode ([`Backend::set_batching`], used by the server around
-//!   each group of applied raft entries) the write transactions of the
-//!   group share ONE redb transaction, kept open between them and
-//!   committed by [`Backend::commit_open`] at the end of the group: a redb
-//!   commit costs page writes, and paying it once per group instead of
-//!   once per entry is most of the write path's speed. Readers do not see
-//!   the group until then (the store publishes its revision after the
-//!   commit); the writer reads its own group through the open transaction.
+//! - In batch mode ([`Backend::set_batching`], which the server turns on
+//!   for good when it starts applying raft entries) write transactions do
+//!   not commit at all: they share ONE redb transaction, kept open and
+//!   committed by the flusher every `batch_interval`, by the
+//!   `batch_limit`-th write, or by anything that needs the file current
+//!   (compaction, hash, snapshot, sync). A redb commit costs page writes
+//!   and checksums; paying it ten times a second instead of once per
+//!   applied entry (or group) is most of the write path's speed, as it is
+//!   for etcd's bbolt batch transaction. The writer reads its own writes
+//!   through the open transaction; readers read them from the [`Staged`]
+//!   buffer (etcd's `txReadBuffer`), see there.
 //! - A crash (kill -9, power loss) leaves the file at its last durable
 //!   commit; redb's commits are atomic, so the file always opens. The
 //!   consistent index is written in the same commit as the data it
@@ -44,7 +47,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -122,8 +125,10 @@ pub(crate) struct Backend {
     size_in_use: AtomicU64,
     /// When `size_in_use` was last measured.
     measured: Mutex<Instant>,
-    /// The redb write transaction of the group being applied, if any.
+    /// The redb write transaction kept open in batch mode, if any.
     open: Mutex<Open>,
+    /// What the open transaction wrote to the `key` table, for readers.
+    staged: Mutex<Arc<Staged>>,
 }
 
 /// The write transaction kept open in batch mode.
@@ -131,6 +136,58 @@ pub(crate) struct Backend {
 struct Open {
     tx: Option<WriteTransaction>,
     batching: bool,
+}
+
+/// The `key` table records written since the last commit, for readers
+/// (whose redb snapshots cannot see the open transaction).
+///
+/// A reader captures the current generation *before* it opens its redb
+/// snapshot, and after reading the published revision. A commit swaps in
+/// a fresh generation only after the redb commit. So every revision a
+/// reader may ask for is either in the generation it holds or committed
+/// before its snapshot began (see `ReadTxn::begin`).
+#[derive(Default)]
+pub(crate) struct Staged {
+    map: std::sync::RwLock<std::collections::BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl Staged {
+    fn insert(&self, key: Vec<u8>, value: Vec<u8>) {
+        self.map
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, value);
+    }
+
+    /// The record under `key` (a full revision key), decoded.
+    pub fn get_kv(&self, rev: Revision) -> Option<Result<KeyValue>> {
+        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(rev.to_bytes().as_slice()).map(|v| {
+            KeyValue::decode(v.as_slice())
+                .map_err(|e| MvccError::Corrupt(format!("KeyValue at revision {rev}: {e}")))
+        })
+    }
+
+    /// The records with keys in `[lo, hi)`, in key order.
+    pub fn range(&self, lo: &[u8], hi: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
+        map.range::<[u8], _>((std::ops::Bound::Included(lo), std::ops::Bound::Excluded(hi)))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The smallest key held, if any.
+    pub fn first_key(&self) -> Option<Vec<u8>> {
+        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
+        map.keys().next().cloned()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
 }
 
 impl Backend {
@@ -149,6 +206,7 @@ impl Backend {
             size_in_use: AtomicU64::new(0),
             measured: Mutex::new(Instant::now()),
             open: Mutex::new(Open::default()),
+            staged: Mutex::new(Arc::new(Staged::default())),
         };
         backend.create_tables()?;
         let meta = backend.read_meta()?;
@@ -206,23 +264,38 @@ impl Backend {
                 .map_err(|e| MvccError::backend("begin write", e))?,
         };
         f(&tx)?;
-        if open.batching && !force_durable {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        let limit_reached = self.pending.load(Ordering::SeqCst) >= self.cfg.batch_limit;
+        if open.batching && !force_durable && !limit_reached {
             open.tx = Some(tx);
             return Ok(());
         }
         self.finish(tx, force_durable)
     }
 
+    /// Records a `key` table write of the open transaction for readers;
+    /// call it inside [`Backend::commit`]'s closure, so that it is in the
+    /// same generation as the transaction that holds the write.
+    pub(crate) fn stage(&self, key: Vec<u8>, value: Vec<u8>) {
+        self.staged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, value);
+    }
+
+    /// The current generation of staged writes (see [`Staged`]).
+    pub(crate) fn staged(&self) -> Arc<Staged> {
+        self.staged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Commits the open batch transaction, if any (non-durable unless the
     /// batch limit says otherwise).
     pub fn commit_open(&self) -> Result<()> {
-        let tx = self
-            .open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .tx
-            .take();
-        match tx {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        match open.tx.take() {
             Some(tx) => self.finish(tx, false),
             None => Ok(()),
         }
@@ -231,18 +304,14 @@ impl Backend {
     /// Turns batch mode on or off. Turning it off commits the open
     /// transaction.
     pub fn set_batching(&self, on: bool) -> Result<()> {
-        let tx = {
-            let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-            open.batching = on;
-            if on {
-                None
-            } else {
-                open.tx.take()
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.batching = on;
+        match (on, open.tx.take()) {
+            (false, Some(tx)) => self.finish(tx, false),
+            (_, tx) => {
+                open.tx = tx;
+                Ok(())
             }
-        };
-        match tx {
-            Some(tx) => self.finish(tx, false),
-            None => Ok(()),
         }
     }
 
@@ -265,10 +334,11 @@ impl Backend {
         f(&table)
     }
 
-    /// Writes the consistent index into `tx` and commits it.
+    /// Writes the consistent index into `tx` and commits it, then starts a
+    /// new generation of staged writes. The caller holds the `open` lock,
+    /// so no write can be staged between the commit and the swap.
     fn finish(&self, mut tx: WriteTransaction, force_durable: bool) -> Result<()> {
-        let durable =
-            force_durable || self.pending.load(Ordering::SeqCst) + 1 >= self.cfg.batch_limit;
+        let durable = force_durable || self.pending.load(Ordering::SeqCst) >= self.cfg.batch_limit;
         tx.set_durability(if durable {
             Durability::Immediate
         } else {
@@ -283,11 +353,13 @@ impl Backend {
         tx.commit().map_err(|e| MvccError::backend("commit", e))?;
         if durable {
             self.pending.store(0, Ordering::SeqCst);
-        } else {
-            self.pending.fetch_add(1, Ordering::SeqCst);
         }
         if let Some(bytes) = in_use {
             self.size_in_use.store(bytes, Ordering::Relaxed);
+        }
+        let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
+        if !staged.is_empty() {
+            *staged = Arc::new(Staged::default());
         }
         Ok(())
     }

@@ -56,21 +56,45 @@ impl ReadTxn {
             .map_err(|e| MvccError::backend("open key table", e))?;
         let lo = Revision::new(start_rev, 0).to_bytes();
         let hi = Revision::new(end_rev, 0).to_bytes();
+        // Staged (not yet committed) records are all newer than committed
+        // ones; the snapshot may also hold some of them if a commit came
+        // after this transaction captured them, so it is read only up to
+        // the first staged key.
+        let staged = self.staged.range(&lo, &hi);
+        let committed_hi = match self.staged.first_key() {
+            Some(first) if first.as_slice() < hi.as_slice() => first.max(lo.to_vec()),
+            _ => hi.to_vec(),
+        };
         let iter = table
-            .range::<&[u8]>(lo.as_slice()..hi.as_slice())
+            .range::<&[u8]>(lo.as_slice()..committed_hi.as_slice())
             .map_err(|e| MvccError::backend("scan key table", e))?;
         let mut out = Vec::new();
         let mut last_main = 0;
-        for entry in iter {
-            let (k, v) = entry.map_err(|e| MvccError::backend("scan key table", e))?;
-            let (rev, tombstone) = Revision::from_key(k.value())?;
+        let mut push = |key: &[u8], value: &[u8]| -> Result<bool> {
+            let (rev, tombstone) = Revision::from_key(key)?;
             if limit > 0 && out.len() >= limit && rev.main != last_main {
-                break;
+                return Ok(false);
             }
             last_main = rev.main;
-            let kv = KeyValue::decode(v.value())
+            let kv = KeyValue::decode(value)
                 .map_err(|e| MvccError::Corrupt(format!("KeyValue at revision {rev}: {e}")))?;
             out.push(to_event_parts(kv, tombstone, rev.main));
+            Ok(true)
+        };
+        let mut more = true;
+        for entry in iter {
+            let (k, v) = entry.map_err(|e| MvccError::backend("scan key table", e))?;
+            if !push(k.value(), v.value())? {
+                more = false;
+                break;
+            }
+        }
+        if more {
+            for (k, v) in &staged {
+                if !push(k, v)? {
+                    break;
+                }
+            }
         }
         Ok(out)
     }

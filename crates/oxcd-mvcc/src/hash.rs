@@ -34,6 +34,8 @@ impl KvStore {
     /// [`MvccError::FutureRev`] when `rev > current`, backend and
     /// corruption errors.
     pub fn hash_kv(&self, rev: i64) -> Result<HashKv> {
+        // The hash reads the file: commit what the open batch holds.
+        self.shared.backend.commit_open()?;
         let (rev, keep, tx, current_rev, compact_rev) = {
             let st = self.shared.state();
             if rev > 0 && rev <= st.compact_rev {

@@ -178,13 +178,15 @@ impl KvStore {
         WriteTxn::begin(self.shared.clone())
     }
 
-    /// Opens a batch: until [`KvStore::end_batch`], write transactions share
-    /// one backend transaction and their revisions stay invisible to
-    /// readers. The server brackets each group of applied raft entries with
-    /// it, so that the group costs one backend commit.
+    /// Opens a batch: until [`KvStore::end_batch`], write transactions
+    /// stage their revision instead of publishing it to readers. The backend
+    /// then keeps one redb transaction open across write transactions and
+    /// batches (committed by the flusher, the batch limit or anything that
+    /// needs the file current, see `backend`). The server brackets each
+    /// group of applied raft entries with it.
     ///
     /// # Errors
-    /// Backend errors committing an earlier open transaction.
+    /// Backend errors (none today; kept for symmetry with `end_batch`).
     pub fn begin_batch(&self) -> Result<()> {
         let _writer = WriterGuard::new(&self.shared.writer);
         self.shared.backend.set_batching(true)?;
@@ -192,16 +194,15 @@ impl KvStore {
         Ok(())
     }
 
-    /// Ends the batch: commits the shared backend transaction (not
-    /// durably: the raft WAL holds the entries) and publishes the newest
-    /// revision to readers.
+    /// Ends the batch: publishes the newest revision to readers, who find
+    /// the values not yet committed in the backend's staged buffer. Commits
+    /// nothing: the raft WAL already holds the entries, and the flusher
+    /// commits within `batch_interval`.
     ///
     /// # Errors
-    /// Backend errors; the batch's writes are then lost from the backend
-    /// and the caller must treat this as fatal.
+    /// None today; a backend error would have to be treated as fatal.
     pub fn end_batch(&self) -> Result<()> {
         let _writer = WriterGuard::new(&self.shared.writer);
-        self.shared.backend.set_batching(false)?;
         let mut st = self.shared.state_mut();
         st.batching = false;
         st.current_rev = st.staged_rev;

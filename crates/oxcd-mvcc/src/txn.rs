@@ -11,7 +11,7 @@ use redb::ReadTransaction;
 
 use oxcd_api::mvccpb::{event::EventType, Event, KeyValue};
 
-use crate::backend::{KeyLookup, KEY_TABLE};
+use crate::backend::{KeyLookup, Staged, KEY_TABLE};
 use crate::error::{MvccError, Result};
 use crate::index::KeyRange;
 use crate::key_index::Found;
@@ -50,18 +50,29 @@ pub struct RangeResult {
 pub struct ReadTxn {
     pub(crate) shared: Arc<Shared>,
     pub(crate) tx: ReadTransaction,
+    /// Writes not yet committed to redb when this snapshot began.
+    pub(crate) staged: Arc<Staged>,
     rev: i64,
 }
 
 impl ReadTxn {
     pub(crate) fn begin(shared: Arc<Shared>) -> Result<ReadTxn> {
-        let (rev, tx) = {
-            // The redb snapshot is taken under the state lock, after the
-            // commit of every revision <= `current_rev`.
+        let (rev, staged, tx) = {
+            // In this order: the published revision, then the staged
+            // generation, then the redb snapshot. Every revision up to
+            // `rev` is then in `staged` or committed before `tx` began
+            // (see `backend::Staged`).
             let st = shared.state();
-            (st.current_rev, shared.backend.begin_read()?)
+            let rev = st.current_rev;
+            let staged = shared.backend.staged();
+            (rev, staged, shared.backend.begin_read()?)
         };
-        Ok(ReadTxn { shared, tx, rev })
+        Ok(ReadTxn {
+            shared,
+            tx,
+            staged,
+            rev,
+        })
     }
 
     /// The revision this snapshot reads at.
@@ -90,7 +101,8 @@ impl ReadTxn {
                 .tx
                 .open_table(KEY_TABLE)
                 .map_err(|e| MvccError::backend("open key table", e))?;
-            fetch_all(&table, &found.entries, |_| None)?
+            let staged = &self.staged;
+            fetch_all(&table, &found.entries, |rev| staged.get_kv(rev))?
         };
         Ok(RangeResult {
             kvs,
@@ -145,12 +157,12 @@ fn lookup(
 fn fetch_all(
     table: &dyn KeyLookup,
     entries: &[(Vec<u8>, Found)],
-    overlay: impl Fn(Revision) -> Option<KeyValue>,
+    overlay: impl Fn(Revision) -> Option<Result<KeyValue>>,
 ) -> Result<Vec<KeyValue>> {
     entries
         .iter()
         .map(|(_, f)| match overlay(f.modified) {
-            Some(kv) => Ok(kv),
+            Some(kv) => kv,
             None => table.get_kv(f.modified),
         })
         .collect()
@@ -350,6 +362,7 @@ impl WriteTxn {
                 table
                     .insert(key.as_slice(), value.as_slice())
                     .map_err(|e| MvccError::backend("write revision", e))?;
+                backend.stage(key.to_vec(), value);
             }
             // Set inside the redb write transaction: no other commit can
             // persist this index before the data it covers.
@@ -372,13 +385,13 @@ impl WriteTxn {
             usize::try_from(rev.sub)
                 .ok()
                 .and_then(|i| changes.get(i))
-                .map(|c| c.kv.clone())
+                .map(|c| Ok(c.kv.clone()))
         };
         if entries.iter().all(|(_, f)| f.modified.main == main) {
-            return Ok(entries
+            return entries
                 .iter()
                 .filter_map(|(_, f)| overlay(f.modified))
-                .collect());
+                .collect();
         }
         self.shared
             .backend

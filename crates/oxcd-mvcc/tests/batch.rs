@@ -102,3 +102,40 @@ fn an_ended_batch_survives_reopen() {
     assert_eq!(store.consistent_index(), 100);
     assert_eq!(get(&store, "k77").as_deref(), Some("77"));
 }
+
+#[test]
+fn readers_merge_staged_and_committed_records_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KvStore::open(&dir.path().join("db"), cfg()).unwrap();
+    store.begin_batch().unwrap();
+    put(&store, "a", "1", 1);
+    put(&store, "b", "1", 2);
+    store.end_batch().unwrap();
+    // Committed: revisions 2 and 3. Then staged only: 4 and 5.
+    store.sync().unwrap();
+    store.begin_batch().unwrap();
+    put(&store, "a", "2", 3);
+    put(&store, "c", "1", 4);
+    store.end_batch().unwrap();
+    let before_commit = store.read().unwrap();
+    // A commit after the reader began: its snapshot lacks 4 and 5, but it
+    // still holds the staged generation they are in.
+    store.sync().unwrap();
+    let after_commit = store.read().unwrap();
+    for r in [&before_commit, &after_commit] {
+        let events = r.events(1, 0, 0).unwrap();
+        let revs: Vec<i64> = events
+            .iter()
+            .map(|e| e.kv.as_ref().unwrap().mod_revision)
+            .collect();
+        assert_eq!(revs, vec![2, 3, 4, 5]);
+        let a = r.range(b"a", &[], RangeOptions::default()).unwrap();
+        assert_eq!(a.kvs[0].value.as_ref(), b"2");
+        let c = r.range(b"c", &[], RangeOptions::default()).unwrap();
+        assert_eq!(c.kvs.len(), 1);
+    }
+    // A limited scan stops at a revision boundary inside the staged part.
+    let events = before_commit.events(3, 0, 1).unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kv.as_ref().unwrap().mod_revision, 3);
+}
