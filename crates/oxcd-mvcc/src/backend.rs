@@ -96,7 +96,7 @@ impl Default for BackendConfig {
 /// with pages the kernel's page cache already holds; a small cache keeps
 /// the resident set small (the key index, not the cache, makes reads
 /// fast: values are fetched by revision, one point lookup each).
-const CACHE_SIZE: usize = 32 << 20;
+const CACHE_SIZE: usize = 8 << 20;
 
 /// How often a durable commit measures the bytes in use (see
 /// [`Backend::size_in_use`]).

@@ -90,6 +90,9 @@ impl KeyIndex {
         debug_assert!(rev > self.modified, "put {rev} not after {}", self.modified);
         let g = self.last_mut();
         if g.revs.is_empty() {
+            // Most keys hold one or two revisions between compactions;
+            // Vec's default first allocation (four) would be mostly empty.
+            g.revs.reserve_exact(1);
             g.created = rev;
         }
         g.revs.push(rev);
@@ -120,6 +123,7 @@ impl KeyIndex {
             return Err(RevisionNotFound);
         }
         self.put(rev);
+        self.generations.reserve_exact(1);
         self.generations.push(Generation::default());
         Ok(())
     }

@@ -87,7 +87,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         Some(id) => Ok(id),
         None => initial_identity(&cfg),
     })?;
-    let store = KvStore::open(&layout.backend_path(), BackendConfig::default())?;
+    let store = KvStore::open(&layout.backend_path(), backend_config(&cfg))?;
     let lessor = start_lessor(&cfg, &store)?;
     let watchable = WatchableStore::new(store.clone()).map_err(StartError::Thread)?;
     let members = Members::new(identity.members.clone());
@@ -387,5 +387,22 @@ fn tls_settings(t: &TlsInfo) -> TlsSettings {
         client_cert_auth: t.client_cert_auth,
         allowed_cn: Some(t.allowed_cn.clone()).filter(|s| !s.is_empty()),
         allowed_hostname: Some(t.allowed_hostname.clone()).filter(|s| !s.is_empty()),
+    }
+}
+
+/// `--backend-batch-interval` / `--backend-batch-limit`, where 0 means
+/// etcd's defaults (100 ms, 10 000 writes).
+fn backend_config(cfg: &Config) -> BackendConfig {
+    let d = BackendConfig::default();
+    BackendConfig {
+        batch_interval: if cfg.backend_batch_interval.is_zero() {
+            d.batch_interval
+        } else {
+            cfg.backend_batch_interval
+        },
+        batch_limit: u64::try_from(cfg.backend_batch_limit)
+            .ok()
+            .filter(|&n| n > 0)
+            .unwrap_or(d.batch_limit),
     }
 }
