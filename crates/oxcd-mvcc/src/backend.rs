@@ -27,7 +27,7 @@
 //!   when `batch_limit` non-durable commits have piled up, every
 //!   `batch_interval` from a background flusher thread if anything is
 //!   pending, and for the compaction markers.
-//! - In batch mode ([`Backend::set_batching`], which the server turns on
+//! - In batch mode ([`Backend::enable_batching`], which the server turns on
 //!   for good when it starts applying raft entries) write transactions do
 //!   not commit at all: they share ONE redb transaction, kept open and
 //!   committed by the flusher every `batch_interval`, by the
@@ -301,18 +301,14 @@ impl Backend {
         }
     }
 
-    /// Turns batch mode on or off. Turning it off commits the open
-    /// transaction.
-    pub fn set_batching(&self, on: bool) -> Result<()> {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        open.batching = on;
-        match (on, open.tx.take()) {
-            (false, Some(tx)) => self.finish(tx, false),
-            (_, tx) => {
-                open.tx = tx;
-                Ok(())
-            }
-        }
+    /// Turns batch mode on: from now on non-forced commits leave the
+    /// transaction open (see the module docs). There is no way back: the
+    /// server keeps it on for the life of the store.
+    pub fn enable_batching(&self) {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .batching = true;
     }
 
     /// Runs `f` on the key table as the writer sees it: through the open

@@ -184,29 +184,21 @@ impl KvStore {
     /// batches (committed by the flusher, the batch limit or anything that
     /// needs the file current, see `backend`). The server brackets each
     /// group of applied raft entries with it.
-    ///
-    /// # Errors
-    /// Backend errors (none today; kept for symmetry with `end_batch`).
-    pub fn begin_batch(&self) -> Result<()> {
+    pub fn begin_batch(&self) {
         let _writer = WriterGuard::new(&self.shared.writer);
-        self.shared.backend.set_batching(true)?;
+        self.shared.backend.enable_batching();
         self.shared.state_mut().batching = true;
-        Ok(())
     }
 
     /// Ends the batch: publishes the newest revision to readers, who find
     /// the values not yet committed in the backend's staged buffer. Commits
     /// nothing: the raft WAL already holds the entries, and the flusher
     /// commits within `batch_interval`.
-    ///
-    /// # Errors
-    /// None today; a backend error would have to be treated as fatal.
-    pub fn end_batch(&self) -> Result<()> {
+    pub fn end_batch(&self) {
         let _writer = WriterGuard::new(&self.shared.writer);
         let mut st = self.shared.state_mut();
         st.batching = false;
         st.current_rev = st.staged_rev;
-        Ok(())
     }
 
     /// Commits and publishes what the open batch holds, keeping the batch

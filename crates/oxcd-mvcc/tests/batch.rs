@@ -34,7 +34,7 @@ fn readers_see_a_batch_only_when_it_ends() {
     let dir = tempfile::tempdir().unwrap();
     let store = KvStore::open(&dir.path().join("db"), cfg()).unwrap();
     put(&store, "a", "0", 1);
-    store.begin_batch().unwrap();
+    store.begin_batch();
     assert_eq!(put(&store, "a", "1", 2), 3);
     assert_eq!(put(&store, "b", "1", 3), 4);
     // The writer builds on its own group: the previous value of `a` comes
@@ -51,7 +51,7 @@ fn readers_see_a_batch_only_when_it_ends() {
     assert_eq!(store.rev(), 2);
     assert_eq!(get(&store, "a").as_deref(), Some("0"));
     assert_eq!(get(&store, "b"), None);
-    store.end_batch().unwrap();
+    store.end_batch();
     assert_eq!(store.rev(), 5);
     assert_eq!(get(&store, "a").as_deref(), Some("2"));
     assert_eq!(get(&store, "b").as_deref(), Some("1"));
@@ -62,7 +62,7 @@ fn readers_see_a_batch_only_when_it_ends() {
 fn compaction_inside_a_batch_sees_the_group_so_far() {
     let dir = tempfile::tempdir().unwrap();
     let store = KvStore::open(&dir.path().join("db"), cfg()).unwrap();
-    store.begin_batch().unwrap();
+    store.begin_batch();
     put(&store, "a", "1", 1);
     put(&store, "a", "2", 2);
     // Revision 3 exists only in the batch; compacting to it is allowed,
@@ -70,7 +70,7 @@ fn compaction_inside_a_batch_sees_the_group_so_far() {
     store.compact(3).unwrap();
     assert_eq!(store.rev(), 3);
     put(&store, "a", "3", 4);
-    store.end_batch().unwrap();
+    store.end_batch();
     assert_eq!(store.rev(), 4);
     assert_eq!(get(&store, "a").as_deref(), Some("3"));
     let old = store.read().unwrap().range(
@@ -90,11 +90,11 @@ fn an_ended_batch_survives_reopen() {
     let path = dir.path().join("db");
     {
         let store = KvStore::open(&path, cfg()).unwrap();
-        store.begin_batch().unwrap();
+        store.begin_batch();
         for i in 1..=100u64 {
             put(&store, &format!("k{i}"), &i.to_string(), i);
         }
-        store.end_batch().unwrap();
+        store.end_batch();
         store.sync().unwrap();
     }
     let store = KvStore::open(&path, cfg()).unwrap();
@@ -107,16 +107,16 @@ fn an_ended_batch_survives_reopen() {
 fn readers_merge_staged_and_committed_records_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = KvStore::open(&dir.path().join("db"), cfg()).unwrap();
-    store.begin_batch().unwrap();
+    store.begin_batch();
     put(&store, "a", "1", 1);
     put(&store, "b", "1", 2);
-    store.end_batch().unwrap();
+    store.end_batch();
     // Committed: revisions 2 and 3. Then staged only: 4 and 5.
     store.sync().unwrap();
-    store.begin_batch().unwrap();
+    store.begin_batch();
     put(&store, "a", "2", 3);
     put(&store, "c", "1", 4);
-    store.end_batch().unwrap();
+    store.end_batch();
     let before_commit = store.read().unwrap();
     // A commit after the reader began: its snapshot lacks 4 and 5, but it
     // still holds the staged generation they are in.

@@ -89,9 +89,7 @@ impl Application for ServerApp {
         };
         if !self.batch_open {
             // One backend commit for the whole group (see `on_applied`).
-            if let Err(e) = self.applier.store().begin_batch() {
-                fatal_backend(&e);
-            }
+            self.applier.store().begin_batch();
             self.batch_open = true;
         }
         let applied = self.applier.apply(&req, index);
@@ -160,9 +158,7 @@ impl Application for ServerApp {
         // store has committed and published it.
         if self.batch_open {
             self.batch_open = false;
-            if let Err(e) = self.applier.store().end_batch() {
-                fatal_backend(&e);
-            }
+            self.applier.store().end_batch();
         }
         if !self.events.is_empty() {
             self.sink.publish(std::mem::take(&mut self.events));
@@ -188,13 +184,6 @@ impl Application for ServerApp {
             self.lessor.promote(self.election_timeout);
         }
     }
-}
-
-/// A backend that fails to commit has lost applied entries the raft log
-/// still holds: exit, as etcd does, and let the restart replay them.
-fn fatal_backend(e: &oxcd_mvcc::MvccError) -> ! {
-    tracing::error!(error = %e, "backend commit failed; exiting");
-    std::process::exit(1);
 }
 
 /// A member removed from the cluster stops itself, as etcd's does, after a

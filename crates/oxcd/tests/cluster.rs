@@ -10,13 +10,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{bounded, grpc_status, server_binary, Cluster, ELECTION_TIMEOUT, UNHEALTHY};
+use common::{
+    bounded, grpc_status, local_dump, server_binary, Cluster, ELECTION_TIMEOUT, UNHEALTHY,
+};
 use etcd_client::{Client, ConnectOptions, GetOptions};
 use serde_json::Value;
 
@@ -34,31 +35,6 @@ const POLL: Duration = Duration::from_millis(25);
 /// log lines, which oxcd need not copy).
 fn is_real_etcd() -> bool {
     server_binary() != Path::new(env!("CARGO_BIN_EXE_oxcd"))
-}
-
-/// key -> (value, mod_revision) for every key under `prefix`, as member `i`'s
-/// own store has it (a serializable range).
-async fn local_dump(c: &Cluster, i: usize, prefix: &str) -> BTreeMap<String, (String, i64)> {
-    let mut client = c.client_of(i).await;
-    let r = client
-        .get(
-            prefix,
-            Some(GetOptions::new().with_prefix().with_serializable()),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("serializable range on member {i}: {e}"));
-    r.kvs()
-        .iter()
-        .map(|kv| {
-            (
-                String::from_utf8_lossy(kv.key()).into_owned(),
-                (
-                    String::from_utf8_lossy(kv.value()).into_owned(),
-                    kv.mod_revision(),
-                ),
-            )
-        })
-        .collect()
 }
 
 /// Polls a serializable get of `key` on member `i` until it returns `value`.

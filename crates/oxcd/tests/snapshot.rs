@@ -10,12 +10,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{bounded, Cluster, ELECTION_TIMEOUT};
-use etcd_client::{Client, GetOptions};
+use common::{bounded, local_dump, Cluster, ELECTION_TIMEOUT};
+use etcd_client::Client;
 
 const ELECTION_BOUND: Duration = ELECTION_TIMEOUT.saturating_mul(10);
 const CONVERGE_BOUND: Duration = Duration::from_secs(30);
@@ -45,30 +44,6 @@ async fn write_keys(client: &mut Client, prefix: &str, value: &str, n: usize) ->
         rev = r.header().expect("header").revision();
     }
     rev
-}
-
-/// key -> (value, mod_revision) under `prefix`, from member `i`'s own store.
-async fn local_dump(c: &Cluster, i: usize, prefix: &str) -> BTreeMap<String, (String, i64)> {
-    let mut client = c.client_of(i).await;
-    let r = client
-        .get(
-            prefix,
-            Some(GetOptions::new().with_prefix().with_serializable()),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("serializable range on member {i}: {e}"));
-    r.kvs()
-        .iter()
-        .map(|kv| {
-            (
-                String::from_utf8_lossy(kv.key()).into_owned(),
-                (
-                    String::from_utf8_lossy(kv.value()).into_owned(),
-                    kv.mod_revision(),
-                ),
-            )
-        })
-        .collect()
 }
 
 /// The `(entries, index)` of the restart's `replaying N WAL entries after

@@ -202,7 +202,16 @@ impl Applier {
     {
         let mut t = self.store.write();
         let result = f(&mut t, self)?;
-        *events = t.end(Some(index)).map_err(mvcc_error)?.events;
+        match t.end(Some(index)) {
+            Ok(outcome) => *events = outcome.events,
+            // The backend keeps one transaction open across entries: a
+            // failed commit lost earlier applied entries too. Exit, as etcd
+            // does on a backend error, and let the restart replay the WAL.
+            Err(e) => {
+                tracing::error!(index, error = %e, "backend commit failed; exiting");
+                std::process::exit(1);
+            }
+        }
         Ok(result)
     }
 

@@ -1116,3 +1116,32 @@ impl Cluster {
         }
     }
 }
+
+/// key -> (value, mod_revision) for every key under `prefix`, as member `i`'s
+/// own store has it (a serializable range).
+pub async fn local_dump(
+    c: &Cluster,
+    i: usize,
+    prefix: &str,
+) -> std::collections::BTreeMap<String, (String, i64)> {
+    let mut client = c.client_of(i).await;
+    let r = client
+        .get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_serializable()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("serializable range on member {i}: {e}"));
+    r.kvs()
+        .iter()
+        .map(|kv| {
+            (
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                (
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                    kv.mod_revision(),
+                ),
+            )
+        })
+        .collect()
+}
