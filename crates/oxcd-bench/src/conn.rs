@@ -7,15 +7,15 @@ use std::time::Duration;
 use oxcd_api::etcdserverpb::kv_client::KvClient;
 use oxcd_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use oxcd_api::etcdserverpb::StatusRequest;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::cli::GlobalOpts;
 use crate::error::BenchError;
+use crate::h2chan::H2Channel;
 
 /// The dialled connections and the number of clients spread over them.
 #[derive(Debug, Clone)]
 pub struct Conns {
-    channels: Vec<Channel>,
+    channels: Vec<H2Channel>,
     clients: usize,
 }
 
@@ -61,12 +61,12 @@ impl Conns {
     }
 
     /// The connection that client `client` uses.
-    pub fn channel_for(&self, client: usize) -> Channel {
+    pub fn channel_for(&self, client: usize) -> H2Channel {
         self.channels[client % self.channels.len()].clone()
     }
 
     /// One KV client per logical client.
-    pub fn kv_clients(&self) -> Vec<KvClient<Channel>> {
+    pub fn kv_clients(&self) -> Vec<KvClient<H2Channel>> {
         (0..self.clients)
             .map(|c| KvClient::new(self.channel_for(c)))
             .collect()
@@ -88,15 +88,8 @@ fn endpoint_url(endpoint: &str) -> Result<String, BenchError> {
     }
 }
 
-async fn dial(url: &str, timeout: Duration) -> Result<Channel, BenchError> {
-    let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| BenchError::Connect {
-        endpoint: url.to_string(),
-        source: e,
-    })?;
-    endpoint
-        .connect_timeout(timeout)
-        .tcp_nodelay(true)
-        .connect()
+async fn dial(url: &str, timeout: Duration) -> Result<H2Channel, BenchError> {
+    H2Channel::dial(url, timeout)
         .await
         .map_err(|e| BenchError::Connect {
             endpoint: url.to_string(),

@@ -21,9 +21,9 @@ pub enum BenchError {
     Connect {
         /// The URL dialled.
         endpoint: String,
-        /// The transport error.
+        /// The connect or handshake error.
         #[source]
-        source: tonic::transport::Error,
+        source: crate::h2chan::DialError,
     },
     /// `--target-leader`: no endpoint reported itself as the leader.
     #[error("no endpoint reports itself as the leader")]

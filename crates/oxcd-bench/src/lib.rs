@@ -7,6 +7,7 @@
 //!   subcommand per workload);
 //! - [`conn`]: gRPC connections, clients spread round-robin over them, and
 //!   `--target-leader`;
+//! - [`h2chan`]: the gRPC channel, straight on one HTTP/2 connection;
 //! - [`report`]: latency histograms (hdrhistogram, microseconds) and the
 //!   [`Summary`] printed as text or as one JSON line;
 //! - [`workload`]: `put`, `range`, `txn-put`, `watch`, `watch-latency`,
@@ -21,6 +22,7 @@
 pub mod cli;
 pub mod conn;
 pub mod error;
+pub mod h2chan;
 mod keys;
 mod progress;
 pub mod report;

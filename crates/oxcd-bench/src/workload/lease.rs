@@ -12,7 +12,7 @@ use oxcd_api::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, LeaseKeep
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
+use crate::h2chan::H2Channel;
 use tonic::{Status, Streaming};
 
 use super::{at_least, join_recorders, Budget};
@@ -90,7 +90,7 @@ pub async fn run(
 /// One client's keep-alive stream, opened on first use and reopened after
 /// a failure.
 struct KeepAlive {
-    lease: LeaseClient<Channel>,
+    lease: LeaseClient<H2Channel>,
     open: Option<(
         mpsc::Sender<LeaseKeepAliveRequest>,
         Streaming<LeaseKeepAliveResponse>,
@@ -98,7 +98,7 @@ struct KeepAlive {
 }
 
 impl KeepAlive {
-    fn new(lease: LeaseClient<Channel>) -> KeepAlive {
+    fn new(lease: LeaseClient<H2Channel>) -> KeepAlive {
         KeepAlive { lease, open: None }
     }
 

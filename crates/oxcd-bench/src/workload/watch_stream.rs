@@ -8,7 +8,7 @@ use oxcd_api::etcdserverpb::watch_client::WatchClient;
 use oxcd_api::etcdserverpb::{watch_request, WatchCreateRequest, WatchRequest, WatchResponse};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
+use crate::h2chan::H2Channel;
 use tonic::{Status, Streaming};
 
 /// An open Watch stream. Dropping it closes the request side, which ends
@@ -41,7 +41,7 @@ impl WatchStream {
     /// The call's status (`Unimplemented` when the server lacks Watch), a
     /// cancelled create, or the stream closing first.
     pub(crate) async fn open(
-        channel: Channel,
+        channel: H2Channel,
         key: Bytes,
     ) -> Result<(WatchStream, Duration), Status> {
         let (tx, rx) = mpsc::channel(16);
