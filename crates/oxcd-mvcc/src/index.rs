@@ -59,14 +59,28 @@ pub(crate) struct TreeIndex {
 }
 
 impl TreeIndex {
-    /// Records a put of `key` at `rev`.
+    /// Records a put of `key` at `rev` (the write path uses
+    /// [`TreeIndex::get_and_put`]).
+    #[cfg(test)]
     pub fn put(&mut self, key: &[u8], rev: Revision) {
+        self.get_and_put(key, rev);
+    }
+
+    /// Records a put of `key` at `rev` and returns what [`TreeIndex::get`]
+    /// would have said at `rev.main` just before: one tree lookup instead
+    /// of two on the write path.
+    pub fn get_and_put(&mut self, key: &[u8], rev: Revision) -> Option<Found> {
         match self.tree.get_mut(key) {
-            Some(ki) => ki.put(rev),
+            Some(ki) => {
+                let prev = ki.get(rev.main);
+                ki.put(rev);
+                prev
+            }
             None => {
                 let mut ki = KeyIndex::default();
                 ki.put(rev);
                 self.tree.insert(key.to_vec(), ki);
+                None
             }
         }
     }
@@ -90,6 +104,7 @@ impl TreeIndex {
     }
 
     /// The state of `key` at `at_rev`.
+    #[cfg(test)]
     pub fn get(&self, key: &[u8], at_rev: i64) -> Option<Found> {
         self.tree.get(key)?.get(at_rev)
     }
@@ -216,6 +231,18 @@ mod tests {
                 end: Some(b"b")
             }
         );
+    }
+
+    #[test]
+    fn get_and_put_returns_the_state_before_the_put() {
+        let mut ti = TreeIndex::default();
+        assert_eq!(ti.get_and_put(b"a", r(2)), None);
+        let prev = ti.get_and_put(b"a", r(3)).unwrap();
+        assert_eq!((prev.modified, prev.version), (r(2), 1));
+        assert_eq!(ti.get(b"a", 3).unwrap().version, 2);
+        ti.tombstone(b"a", r(4)).unwrap();
+        assert_eq!(ti.get_and_put(b"a", r(5)), None);
+        assert_eq!(ti.get(b"a", 5).unwrap().created, r(5));
     }
 
     #[test]

@@ -236,28 +236,24 @@ impl WriteTxn {
         })
     }
 
-    /// Writes `key = value` attached to `lease` (0 for none) and returns
-    /// the previous kv if the key was live. A new key (or one deleted
+    /// Writes `key = value` attached to `lease` (0 for none). A new key (or one deleted
     /// before) starts a generation: `create_revision` = this revision,
     /// `version` = 1; otherwise `create_revision` is kept and `version`
     /// grows by one.
     ///
     /// # Errors
-    /// Backend or corruption errors reading the previous value; nothing
-    /// has changed then.
-    pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<Option<KeyValue>> {
+    /// None today (the write reaches the backend at [`WriteTxn::end`]);
+    /// kept fallible like every other store operation.
+    pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<()> {
         let main = self.begin_rev + 1;
-        let prev = self.shared.state().index.get(key, main);
-        let prev_kv = match prev {
-            Some(f) => self.fetch(&[(key.to_vec(), f)])?.pop(),
-            None => None,
-        };
+        let rev = Revision::new(main, self.changes.len() as i64);
+        // Only the index is consulted (create revision and version), as in
+        // etcd: the previous value is read by callers that ask for it.
+        let prev = self.shared.state_mut().index.get_and_put(key, rev);
         let (create_revision, version) = match prev {
             Some(f) => (f.created.main, f.version + 1),
             None => (main, 1),
         };
-        let rev = Revision::new(main, self.changes.len() as i64);
-        self.shared.state_mut().index.put(key, rev);
         self.changes.push(Change {
             kv: KeyValue {
                 key: key.to_vec().into(),
@@ -269,7 +265,7 @@ impl WriteTxn {
             },
             tombstone: false,
         });
-        Ok(prev_kv)
+        Ok(())
     }
 
     /// Deletes every live key of `[key, end)` (same conventions as

@@ -40,7 +40,13 @@ fn readers_see_a_batch_only_when_it_ends() {
     // The writer builds on its own group: the previous value of `a` comes
     // from the open backend transaction.
     let mut t = store.write();
-    let prev = t.put(b"a", b"2", 0).unwrap().unwrap();
+    let prev = t
+        .range(b"a", &[], RangeOptions::default())
+        .unwrap()
+        .kvs
+        .pop()
+        .unwrap();
+    t.put(b"a", b"2", 0).unwrap();
     assert_eq!(prev.value.as_ref(), b"1");
     assert_eq!(prev.mod_revision, 3);
     assert_eq!(prev.version, 2);

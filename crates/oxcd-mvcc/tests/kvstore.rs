@@ -131,11 +131,17 @@ fn create_mod_version_across_generations() {
 }
 
 #[test]
-fn put_returns_prev_and_lease() {
+fn put_builds_on_prev_version_and_lease() {
     let (_f, s) = fixture();
     let mut t = s.write();
-    assert!(t.put(b"k", b"v1", 7).unwrap().is_none());
-    let prev = t.put(b"k", b"v2", 0).unwrap().unwrap();
+    t.put(b"k", b"v1", 7).unwrap();
+    let prev = t
+        .range(b"k", &[], RangeOptions::default())
+        .unwrap()
+        .kvs
+        .pop()
+        .unwrap();
+    t.put(b"k", b"v2", 0).unwrap();
     assert_eq!(
         (&prev.value[..], prev.lease, prev.version),
         (&b"v1"[..], 7, 1)

@@ -53,9 +53,7 @@ impl Core {
 
     /// Whether this member is currently a non-voting learner.
     pub fn is_learner(&self) -> bool {
-        self.members
-            .get(self.member.id)
-            .is_some_and(|m| m.is_learner)
+        self.members.is_learner(self.member.id)
     }
 
     /// The leader's member ID, 0 when there is none.

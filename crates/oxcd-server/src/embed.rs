@@ -129,6 +129,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
     .merge(crate::forward::routes(core.clone()))
     .merge(crate::serve::http::routes(core.clone()))
     .fallback(crate::serve::fallback);
+    let peer_router = crate::serve::Dispatch::router(peer_router);
     for b in peers {
         etcd.spawn_serve(b, peer_router.clone(), "peer");
     }
@@ -147,7 +148,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         core.writes.clone(),
         etcd.shutdown.clone(),
     ));
-    let client_router = crate::serve::client_router(
+    let client_router = crate::serve::Dispatch::client(
         v3rpc::routes(core.clone(), grpc_limits(&cfg)),
         crate::serve::http::routes(core.clone()),
     );
@@ -200,7 +201,7 @@ fn grpc_limits(cfg: &Config) -> GrpcLimits {
 }
 
 impl Etcd {
-    fn spawn_serve(&self, b: Bound, router: axum::Router, kind: &'static str) {
+    fn spawn_serve(&self, b: Bound, router: crate::serve::Dispatch, kind: &'static str) {
         match (kind, b.tls.is_some()) {
             ("client", true) => tracing::info!("serving client requests on {}", url_string(&b.url)),
             ("client", false) => tracing::info!(

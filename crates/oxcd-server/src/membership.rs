@@ -174,7 +174,22 @@ impl Members {
 
     /// Member `id`, if present.
     pub fn get(&self, id: u64) -> Option<Member> {
-        self.list().into_iter().find(|m| m.id == id)
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|m| m.id == id)
+            .cloned()
+    }
+
+    /// Whether member `id` is a learner (false if it is not a member).
+    /// Asked on every client request, so it copies nothing.
+    pub fn is_learner(&self, id: u64) -> bool {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|m| m.id == id && m.is_learner)
     }
 }
 

@@ -7,12 +7,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::h2chan::H2Channel;
 use oxcd_api::etcdserverpb::lease_client::LeaseClient;
 use oxcd_api::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
-use crate::h2chan::H2Channel;
 use tonic::{Status, Streaming};
 
 use super::{at_least, join_recorders, Budget};

@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant};
 
+use crate::h2chan::H2Channel;
 use bytes::Bytes;
 use oxcd_api::etcdserverpb::watch_client::WatchClient;
 use oxcd_api::etcdserverpb::{watch_request, WatchCreateRequest, WatchRequest, WatchResponse};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use crate::h2chan::H2Channel;
 use tonic::{Status, Streaming};
 
 /// An open Watch stream. Dropping it closes the request side, which ends

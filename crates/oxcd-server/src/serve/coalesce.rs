@@ -149,11 +149,8 @@ mod tests {
         w.write_all(b"hello ").await.unwrap();
         w.write_all(b"world").await.unwrap();
         let mut probe = [0u8; 16];
-        let early = tokio::time::timeout(
-            std::time::Duration::from_millis(20),
-            b.read(&mut probe),
-        )
-        .await;
+        let early =
+            tokio::time::timeout(std::time::Duration::from_millis(20), b.read(&mut probe)).await;
         assert!(early.is_err(), "nothing is written before the flush");
         w.flush().await.unwrap();
         let mut got = vec![0u8; 11];

@@ -5,7 +5,7 @@
 //! HTTP/1.1 and HTTP/2 on the same socket: gRPC arrives as HTTP/2, curl and
 //! the JSON gateway as HTTP/1 (etcd's cmux does the same job).
 
-use axum::Router;
+use super::Dispatch;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -91,9 +91,14 @@ fn with_addr(e: io::Error, addr: &str) -> io::Error {
     io::Error::new(e.kind(), format!("listen tcp {addr}: {what}"))
 }
 
-/// Serves `router` on `bound` until `shutdown` fires. Connections are
+/// Serves `router` (a [`Dispatch`]) on `bound` until `shutdown` fires. Connections are
 /// tracked by `tasks` so that close can wait for them.
-pub async fn serve(bound: Bound, router: Router, shutdown: CancellationToken, tasks: TaskTracker) {
+pub async fn serve(
+    bound: Bound,
+    router: Dispatch,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
     loop {
         let accepted: io::Result<(Box<dyn Conn>, String)> = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -199,7 +204,7 @@ async fn accept(socket: &Socket) -> io::Result<(Box<dyn Conn>, String)> {
     })
 }
 
-async fn serve_conn<S>(stream: S, router: Router, shutdown: CancellationToken)
+async fn serve_conn<S>(stream: S, router: Dispatch, shutdown: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
