@@ -5,7 +5,9 @@
 //! hops that cost the load generator CPU the servers under test then lack on
 //! a shared machine. [`H2Channel`] calls hyper's HTTP/2 `SendRequest`
 //! directly (it is `Clone` and multiplexes by itself), so a request costs
-//! what the protocol needs and nothing more. Both servers are driven through
+//! what the protocol needs and nothing more. Its writes go through
+//! [`Coalesce`], as a gRPC-Go client batches them: without it every request
+//! took two `writev` calls (HEADERS, then DATA). Both servers are driven through
 //! the same channel, so the comparison stays fair.
 
 use std::future::Future;
@@ -17,6 +19,7 @@ use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use oxcd_io::Coalesce;
 use tonic::body::Body;
 
 /// One HTTP/2 connection to an endpoint, usable by any number of clients.
@@ -67,7 +70,7 @@ impl H2Channel {
             let tcp = tokio::net::TcpStream::connect(authority.as_str()).await?;
             tcp.set_nodelay(true)?;
             let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                .handshake(TokioIo::new(tcp))
+                .handshake(TokioIo::new(Coalesce::new(tcp)))
                 .await?;
             tokio::spawn(async move {
                 // The connection ends when the server closes it or every

@@ -214,7 +214,7 @@ where
         .max_concurrent_streams(u32::MAX)
         .enable_connect_protocol();
     let svc = TowerToHyperService::new(router);
-    let stream = super::authority::FixAuthority::new(super::coalesce::Coalesce::new(stream));
+    let stream = super::authority::FixAuthority::new(oxcd_io::Coalesce::new(stream));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     tokio::select! {

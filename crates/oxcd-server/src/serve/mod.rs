@@ -2,7 +2,6 @@
 //! gRPC and HTTP/1 endpoints on one port (etcd's `embed/serve.go`).
 
 pub mod authority;
-pub mod coalesce;
 pub mod http;
 pub mod listener;
 pub mod tls;

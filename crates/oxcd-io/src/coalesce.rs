@@ -1,6 +1,6 @@
 //! Coalescing a connection's writes into fewer syscalls.
 //!
-//! hyper's HTTP/2 server writes and flushes whenever its connection task
+//! Server side: hyper's HTTP/2 server writes and flushes whenever its connection task
 //! runs. That task is woken by each finished response, and tokio runs a
 //! task woken from a worker next (its LIFO slot), so with many calls in
 //! flight on one connection each response went out in its own `writev`:
@@ -14,6 +14,11 @@
 //! next flush writes everything in one syscall. The yield puts the task at
 //! the back of the worker's queue, so it costs one extra task poll and no
 //! waiting on a timer: latency stays that of the queue ahead of it.
+//!
+//! Client side (`oxcd-bench`): hyper's HTTP/2 client flushed a request's
+//! HEADERS and its DATA separately, two `writev` calls per request (124 000
+//! for 60 000 puts). gRPC-Go clients, etcd's own included, batch their
+//! writes the same way.
 
 use std::io;
 use std::pin::Pin;
