@@ -139,9 +139,13 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         ));
     }
     let transport = etcd.transport.clone();
+    let shutdown = etcd.shutdown.clone();
     etcd.tasks.spawn(async move {
-        transport.removed().await;
-        crate::raft_app::removed_exit();
+        // Ends with the member: close waits for every tracked task.
+        tokio::select! {
+            _ = transport.removed() => crate::raft_app::removed_exit(),
+            _ = shutdown.cancelled() => {}
+        }
     });
     etcd.tasks.spawn(lessor::run_expiry(
         core.lessor.clone(),
