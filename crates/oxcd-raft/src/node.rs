@@ -289,6 +289,13 @@ pub fn start<A: Application>(
         proposal_bytes: 0,
         snaps: SnapshotState::new(snaps, snap_index),
     };
+    // A member that is the only voter (a single-member cluster
+    // restarting) campaigns at once instead of after an election timeout,
+    // as etcd's --initial-election-tick-advance lets it: no one else can
+    // lead. raft-rs declines while conf changes are still unapplied; the
+    // election timeout then applies as before.
+    let prs = lp.raw.raft.prs();
+    lp.campaign_alone = prs.is_singleton() && prs.conf().voters().contains(cfg.id);
     std::thread::Builder::new()
         .name("oxcd-raft".into())
         .spawn(move || lp.run())
@@ -331,6 +338,12 @@ struct RaftLoop<A> {
 
 impl<A: Application> RaftLoop<A> {
     fn run(&mut self) {
+        if std::mem::take(&mut self.campaign_alone) {
+            if let Err(err) = self.raw.campaign() {
+                tracing::warn!(error = %err, "campaign failed");
+            }
+            self.handle_ready();
+        }
         let mut next_tick = Instant::now() + self.tick;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());

@@ -67,10 +67,21 @@ async fn run(cfg: Config) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    release_startup_memory();
     wait_for_signal().await;
     tracing::info!("received terminate signal, shutting down");
     etcd.close().await;
     ExitCode::SUCCESS
+}
+
+/// Returns what start-up freed to the OS. Recovery (index rebuild, WAL
+/// replay) frees a lot at once, and mimalloc purges freed pages only on
+/// later allocator activity of the same threads: an idle member restarted
+/// with 250k keys kept 249 MiB resident instead of 85.
+fn release_startup_memory() {
+    // SAFETY: mi_collect takes no pointers and may be called from any
+    // thread at any time; it only returns free memory to the OS.
+    unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
 async fn wait_for_signal() {
