@@ -58,6 +58,9 @@ pub(crate) struct State {
     pub batching: bool,
     /// The revision of the last compaction, -1 before the first.
     pub compact_rev: i64,
+    /// Live keys attached to a lease as the last restore found them, with
+    /// the revision they hold at (see [`KvStore::restored_lease_keys`]).
+    pub restored_leases: (i64, Arc<Vec<(Vec<u8>, i64)>>),
 }
 
 impl Shared {
@@ -163,6 +166,17 @@ impl KvStore {
     /// change, 1 for an empty store.
     pub fn rev(&self) -> i64 {
         self.shared.state().current_rev
+    }
+
+    /// The live keys attached to a lease (key, lease ID), as the scan that
+    /// rebuilt the index at open (or after a snapshot replaced the
+    /// backend) found them, so that the lessor need not read every key a
+    /// second time. `None` once anything was written since: the list would
+    /// be stale, and the caller must read the keys itself.
+    pub fn restored_lease_keys(&self) -> Option<Arc<Vec<(Vec<u8>, i64)>>> {
+        let st = self.shared.state();
+        let (rev, keys) = &st.restored_leases;
+        (*rev == st.staged_rev).then(|| keys.clone())
     }
 
     /// The revision of the last compaction, -1 if there was none.

@@ -33,7 +33,7 @@ pub(crate) struct Restored {
 pub(crate) fn restore(backend: &Backend) -> Result<Restored> {
     let meta = backend.read_meta()?;
     let compact_rev = meta.finished_compact.unwrap_or(-1);
-    let (index, last_main) = scan_index(backend)?;
+    let (index, last_main, lease_keys) = scan_index(backend)?;
     let mut current_rev = last_main.max(1).max(compact_rev);
     let resume_compaction = match meta.scheduled_compact {
         Some(s) if s > compact_rev => {
@@ -58,20 +58,23 @@ pub(crate) fn restore(backend: &Backend) -> Result<Restored> {
             staged_rev: current_rev,
             batching: false,
             compact_rev,
+            restored_leases: (current_rev, std::sync::Arc::new(lease_keys)),
         },
         resume_compaction,
     })
 }
 
 /// Builds the index from the `key` table; returns it with the newest main
-/// revision found (0 when the table is empty).
-fn scan_index(backend: &Backend) -> Result<(TreeIndex, i64)> {
+/// revision found (0 when the table is empty) and the live keys attached
+/// to a lease (the newest revision of each key decides, as for the index).
+fn scan_index(backend: &Backend) -> Result<(TreeIndex, i64, Vec<(Vec<u8>, i64)>)> {
     let tx = backend.begin_read()?;
     let table = tx
         .open_table(KEY_TABLE)
         .map_err(|e| MvccError::backend("open key table", e))?;
     let mut index = TreeIndex::default();
     let mut last_main = 0;
+    let mut leases: std::collections::HashMap<Vec<u8>, i64> = Default::default();
     let iter = table
         .iter()
         .map_err(|e| MvccError::backend("scan key table", e))?;
@@ -80,10 +83,16 @@ fn scan_index(backend: &Backend) -> Result<(TreeIndex, i64)> {
         let (rev, tombstone) = Revision::from_key(k.value())?;
         let kv = KeyValue::decode(v.value())
             .map_err(|e| MvccError::Corrupt(format!("KeyValue at revision {rev}: {e}")))?;
+        // Records come in revision order, so the last one of a key wins.
+        if tombstone || kv.lease == 0 {
+            leases.remove(kv.key.as_ref());
+        } else {
+            leases.insert(kv.key.to_vec(), kv.lease);
+        }
         apply_record(&mut index, rev, tombstone, kv);
         last_main = rev.main;
     }
-    Ok((index, last_main))
+    Ok((index, last_main, leases.into_iter().collect()))
 }
 
 fn apply_record(index: &mut TreeIndex, rev: Revision, tombstone: bool, kv: KeyValue) {

@@ -533,3 +533,28 @@ fn background_flusher_and_sizes() {
     assert!(s.db_size_in_use() > 0);
     assert!(s.db_size_in_use() <= s.db_size().unwrap());
 }
+
+#[test]
+fn restore_lists_the_keys_attached_to_leases_until_the_next_write() {
+    let (f, s) = fixture();
+    let mut t = s.write();
+    t.put(b"a", b"1", 7).unwrap();
+    t.put(b"b", b"1", 8).unwrap();
+    t.put(b"c", b"1", 0).unwrap();
+    t.end(None).unwrap();
+    let mut t = s.write();
+    t.put(b"b", b"2", 0).unwrap(); // detached by a put without a lease
+    t.put(b"d", b"1", 9).unwrap();
+    t.put(b"e", b"1", 9).unwrap();
+    t.end(None).unwrap();
+    let mut t = s.write();
+    t.delete_range(b"a", &[]).unwrap(); // gone with its key
+    t.put(b"e", b"2", 10).unwrap(); // moved to another lease
+    t.end(None).unwrap();
+    let s = reopen(&f.path, s);
+    let mut keys = s.restored_lease_keys().unwrap().as_ref().clone();
+    keys.sort();
+    assert_eq!(keys, vec![(b"d".to_vec(), 9), (b"e".to_vec(), 10)]);
+    put(&s, "x", "1");
+    assert!(s.restored_lease_keys().is_none(), "stale after a write");
+}

@@ -136,23 +136,36 @@ impl Lessor {
     pub fn recover(store: &KvStore, min_ttl: i64) -> Result<Self, MvccError> {
         let lessor = Lessor::new(min_ttl);
         let records = store.leases()?;
-        let read = store.read()?;
-        let live = read.range(&[0], &[0], RangeOptions::default())?;
+        // The restore scan already found the attached keys; reading every
+        // live key with its value again took most of a restart with 1M
+        // keys. After any write that list is stale: read the keys then.
+        let attached: Vec<(Vec<u8>, i64)> = match store.restored_lease_keys() {
+            Some(keys) => keys.as_ref().clone(),
+            None => {
+                let read = store.read()?;
+                let live = read.range(&[0], &[0], RangeOptions::default())?;
+                live.kvs
+                    .into_iter()
+                    .filter(|kv| kv.lease != 0)
+                    .map(|kv| (kv.key.to_vec(), kv.lease))
+                    .collect()
+            }
+        };
         let mut st = lessor.state();
         for r in &records {
             let ttl = r.ttl.max(min_ttl);
             st.leases
                 .insert(r.id, Lease::new(r.id, ttl, r.remaining_ttl));
         }
-        for kv in live.kvs.into_iter().filter(|kv| kv.lease != 0) {
-            match st.leases.get_mut(&kv.lease) {
+        for (key, lease) in attached {
+            match st.leases.get_mut(&lease) {
                 Some(l) => {
-                    l.keys.insert(kv.key.to_vec());
-                    st.items.insert(kv.key.to_vec(), kv.lease);
+                    l.keys.insert(key.clone());
+                    st.items.insert(key, lease);
                 }
                 None => tracing::warn!(
-                    lease_id = format_args!("{:016x}", kv.lease),
-                    key = %String::from_utf8_lossy(&kv.key),
+                    lease_id = format_args!("{lease:016x}"),
+                    key = %String::from_utf8_lossy(&key),
                     "failed to attach a lease: lease not found"
                 ),
             }
