@@ -43,6 +43,9 @@ pub(crate) struct Shared {
     flusher: Mutex<Flusher>,
 }
 
+/// Live keys attached to leases: (key, lease ID).
+pub type LeaseKeys = Vec<(Vec<u8>, i64)>;
+
 /// What readers must see together.
 #[derive(Debug)]
 pub(crate) struct State {
@@ -60,7 +63,7 @@ pub(crate) struct State {
     pub compact_rev: i64,
     /// Live keys attached to a lease as the last restore found them, with
     /// the revision they hold at (see [`KvStore::restored_lease_keys`]).
-    pub restored_leases: (i64, Arc<Vec<(Vec<u8>, i64)>>),
+    pub restored_leases: (i64, Arc<LeaseKeys>),
 }
 
 impl Shared {
@@ -173,7 +176,7 @@ impl KvStore {
     /// backend) found them, so that the lessor need not read every key a
     /// second time. `None` once anything was written since: the list would
     /// be stale, and the caller must read the keys itself.
-    pub fn restored_lease_keys(&self) -> Option<Arc<Vec<(Vec<u8>, i64)>>> {
+    pub fn restored_lease_keys(&self) -> Option<Arc<LeaseKeys>> {
         let st = self.shared.state();
         let (rev, keys) = &st.restored_leases;
         (*rev == st.staged_rev).then(|| keys.clone())

@@ -69,7 +69,7 @@ pub use compact::COMPACTION_BATCH;
 pub use error::MvccError;
 pub use hash::{Crc32c, HashKv};
 pub use index::KeyRange;
-pub use kvstore::KvStore;
+pub use kvstore::{KvStore, LeaseKeys};
 pub use lease_table::LeaseRecord;
 pub use revision::Revision;
 pub use txn::{RangeOptions, RangeResult, ReadTxn, TxnOutcome, WriteTxn};

@@ -67,7 +67,7 @@ pub(crate) fn restore(backend: &Backend) -> Result<Restored> {
 /// Builds the index from the `key` table; returns it with the newest main
 /// revision found (0 when the table is empty) and the live keys attached
 /// to a lease (the newest revision of each key decides, as for the index).
-fn scan_index(backend: &Backend) -> Result<(TreeIndex, i64, Vec<(Vec<u8>, i64)>)> {
+fn scan_index(backend: &Backend) -> Result<(TreeIndex, i64, crate::kvstore::LeaseKeys)> {
     let tx = backend.begin_read()?;
     let table = tx
         .open_table(KEY_TABLE)

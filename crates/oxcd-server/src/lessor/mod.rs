@@ -139,7 +139,7 @@ impl Lessor {
         // The restore scan already found the attached keys; reading every
         // live key with its value again took most of a restart with 1M
         // keys. After any write that list is stale: read the keys then.
-        let attached: Vec<(Vec<u8>, i64)> = match store.restored_lease_keys() {
+        let attached: oxcd_mvcc::LeaseKeys = match store.restored_lease_keys() {
             Some(keys) => keys.as_ref().clone(),
             None => {
                 let read = store.read()?;
