@@ -236,10 +236,10 @@ impl WriteTxn {
         })
     }
 
-    /// Writes `key = value` attached to `lease` (0 for none). A new key (or one deleted
-    /// before) starts a generation: `create_revision` = this revision,
-    /// `version` = 1; otherwise `create_revision` is kept and `version`
-    /// grows by one.
+    /// Writes `key = value` attached to `lease` (0 for none). A new key
+    /// (or one deleted before) starts a generation: `create_revision` =
+    /// this revision, `version` = 1; otherwise `create_revision` is kept
+    /// and `version` grows by one.
     ///
     /// # Errors
     /// None today (the write reaches the backend at [`WriteTxn::end`]);

@@ -91,8 +91,8 @@ fn with_addr(e: io::Error, addr: &str) -> io::Error {
     io::Error::new(e.kind(), format!("listen tcp {addr}: {what}"))
 }
 
-/// Serves `router` (a [`Dispatch`]) on `bound` until `shutdown` fires. Connections are
-/// tracked by `tasks` so that close can wait for them.
+/// Serves `router` (a [`Dispatch`]) on `bound` until `shutdown` fires.
+/// Connections are tracked by `tasks` so that close can wait for them.
 pub async fn serve(
     bound: Bound,
     router: Dispatch,
