@@ -136,6 +136,11 @@ pub(crate) struct Backend {
 struct Open {
     tx: Option<WriteTransaction>,
     batching: bool,
+    /// Keys of `key` table records staged by [`Backend::commit_records`]
+    /// but not yet inserted into `tx`. They are inserted together (one
+    /// `open_table` for the lot, instead of one per write transaction)
+    /// before anything else uses `tx`: see [`Backend::insert_deferred`].
+    deferred: Vec<Vec<u8>>,
 }
 
 /// The `key` table records written since the last commit, for readers
@@ -263,6 +268,7 @@ impl Backend {
                 .begin_write()
                 .map_err(|e| MvccError::backend("begin write", e))?,
         };
+        self.insert_deferred(&mut open.deferred, &tx)?;
         f(&tx)?;
         self.pending.fetch_add(1, Ordering::SeqCst);
         let limit_reached = self.pending.load(Ordering::SeqCst) >= self.cfg.batch_limit;
@@ -271,6 +277,103 @@ impl Backend {
             return Ok(());
         }
         self.finish(tx, force_durable)
+    }
+
+    /// Commits the `key` table records of one MVCC write transaction
+    /// (revision key, encoded `KeyValue`), with the consistent index `ci`,
+    /// like [`Backend::commit`] would. In batch mode the records are only
+    /// staged (readers find them there) and inserted into the open redb
+    /// transaction later, all at once (see [`Open::deferred`]).
+    pub(crate) fn commit_records(
+        &self,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+        ci: Option<u64>,
+    ) -> Result<()> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if !open.batching {
+            drop(open);
+            return self.commit(false, |tx| {
+                let mut table = tx
+                    .open_table(KEY_TABLE)
+                    .map_err(|e| MvccError::backend("open key table", e))?;
+                for (key, value) in records {
+                    table
+                        .insert(key.as_slice(), value.as_slice())
+                        .map_err(|e| MvccError::backend("write revision", e))?;
+                    self.stage(key, value);
+                }
+                if let Some(ci) = ci {
+                    self.set_consistent_index(ci);
+                }
+                Ok(())
+            });
+        }
+        if open.tx.is_none() {
+            open.tx = Some(
+                self.db
+                    .begin_write()
+                    .map_err(|e| MvccError::backend("begin write", e))?,
+            );
+        }
+        {
+            let staged = self.staged();
+            let mut map = staged.map.write().unwrap_or_else(PoisonError::into_inner);
+            for (key, value) in records {
+                open.deferred.push(key.clone());
+                map.insert(key, value);
+            }
+        }
+        // Under the `open` lock, like the records: a commit persists this
+        // index only together with them.
+        if let Some(ci) = ci {
+            self.set_consistent_index(ci);
+        }
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        if self.pending.load(Ordering::SeqCst) >= self.cfg.batch_limit {
+            if let Some(tx) = open.tx.take() {
+                self.insert_deferred(&mut open.deferred, &tx)?;
+                self.finish(tx, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts the deferred `key` table records into `tx`, taking their
+    /// values from the staged buffer (which holds every record since the
+    /// last redb commit).
+    fn insert_deferred(&self, deferred: &mut Vec<Vec<u8>>, tx: &WriteTransaction) -> Result<()> {
+        if deferred.is_empty() {
+            return Ok(());
+        }
+        let staged = self.staged();
+        let map = staged.map.read().unwrap_or_else(PoisonError::into_inner);
+        let mut table = tx
+            .open_table(KEY_TABLE)
+            .map_err(|e| MvccError::backend("open key table", e))?;
+        for key in deferred.iter() {
+            let value = map.get(key).ok_or_else(|| {
+                MvccError::Corrupt("a deferred record is missing from the staged buffer".into())
+            })?;
+            table
+                .insert(key.as_slice(), value.as_slice())
+                .map_err(|e| MvccError::backend("write revision", e))?;
+        }
+        // Only now: after an error every record is still deferred (a
+        // repeated insert of the same record is harmless).
+        deferred.clear();
+        Ok(())
+    }
+
+    /// Inserts what [`Backend::commit_records`] deferred into the open
+    /// transaction (the server calls it once per group of applied
+    /// entries, so the work stays on the applying thread).
+    pub(crate) fn flush_deferred(&self) -> Result<()> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = &mut *open;
+        match &open.tx {
+            Some(tx) => self.insert_deferred(&mut open.deferred, tx),
+            None => Ok(()),
+        }
     }
 
     /// Records a `key` table write of the open transaction for readers;
@@ -296,7 +399,10 @@ impl Backend {
     pub fn commit_open(&self) -> Result<()> {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         match open.tx.take() {
-            Some(tx) => self.finish(tx, false),
+            Some(tx) => {
+                self.insert_deferred(&mut open.deferred, &tx)?;
+                self.finish(tx, false)
+            }
             None => Ok(()),
         }
     }
@@ -315,14 +421,16 @@ impl Backend {
     /// batch transaction when there is one (it holds writes no snapshot
     /// has yet), otherwise through a fresh snapshot.
     pub fn read_latest<T>(&self, f: impl FnOnce(&dyn KeyLookup) -> Result<T>) -> Result<T> {
-        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = &mut *guard;
         if let Some(tx) = &open.tx {
+            self.insert_deferred(&mut open.deferred, tx)?;
             let table = tx
                 .open_table(KEY_TABLE)
                 .map_err(|e| MvccError::backend("open key table", e))?;
             return f(&table);
         }
-        drop(open);
+        drop(guard);
         let tx = self.begin_read()?;
         let table = tx
             .open_table(KEY_TABLE)

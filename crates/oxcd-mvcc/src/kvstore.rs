@@ -230,6 +230,11 @@ impl KvStore {
     /// commits within `batch_interval`.
     pub fn end_batch(&self) {
         let _writer = WriterGuard::new(&self.shared.writer);
+        if let Err(e) = self.shared.backend.flush_deferred() {
+            // The records stay staged and deferred; the next commit of
+            // the open transaction inserts them or fails the same way.
+            tracing::error!(error = %e, "cannot insert the batch into the backend");
+        }
         let mut st = self.shared.state_mut();
         st.batching = false;
         st.current_rev = st.staged_rev;

@@ -347,6 +347,17 @@ impl WriteTxn {
         let backend = self.shared.backend.clone();
         let changes = &self.changes;
         let lease_ops = &self.lease_ops;
+        if lease_ops.is_empty() {
+            let records = changes
+                .iter()
+                .enumerate()
+                .map(|(sub, c)| {
+                    let key = Revision::new(main, sub as i64).to_key(c.tombstone);
+                    (key.to_vec(), c.kv.encode_to_vec())
+                })
+                .collect();
+            return backend.commit_records(records, consistent_index);
+        }
         backend.commit(false, |tx| {
             crate::lease_table::write_ops(tx, lease_ops)?;
             let mut table = tx

@@ -664,10 +664,24 @@ async fn learner_joins_and_is_promoted() {
             out.ok().lines().all(|line| line.ends_with(", false")),
             "{out:#?}"
         );
-        let r = lc
-            .get("before-learner/00000", None)
-            .await
-            .expect("get after promotion");
+        // The promotion is committed once etcdctl returns; the promoted
+        // member itself stops refusing when it applies the change.
+        let deadline = Instant::now() + CONVERGE_BOUND;
+        let r = loop {
+            match lc.get("before-learner/00000", None).await {
+                Ok(r) => break r,
+                Err(e) => {
+                    let st = grpc_status(e);
+                    assert_eq!(
+                        st.message(),
+                        "etcdserver: rpc not supported for learner",
+                        "get after promotion: {st:?}"
+                    );
+                    assert!(Instant::now() < deadline, "still a learner: {st:?}");
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+        };
         assert_eq!(r.kvs()[0].value(), b"v0");
         c.wait_converged(CONVERGE_BOUND).await;
     })

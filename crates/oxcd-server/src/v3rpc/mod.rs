@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+mod unary;
 pub mod watch;
 
 use crate::core::Core;
@@ -49,6 +50,10 @@ pub type GrpcFuture = tonic::codegen::BoxFuture<http::Response<tonic::body::Body
 #[derive(Clone)]
 pub struct GrpcRouter {
     core: Arc<Core>,
+    /// The KV service for the lean unary path ([`unary`]).
+    kv_unary: Arc<kv::KvService>,
+    /// Largest request message the lean path takes.
+    max_recv_bytes: usize,
     kv: KvServer<kv::KvService>,
     maintenance: MaintenanceServer<maintenance::MaintenanceService>,
     lease: LeaseServer<lease::LeaseService>,
@@ -60,7 +65,8 @@ pub struct GrpcRouter {
 
 /// Builds the gRPC router for all implemented services.
 pub fn routes(core: Arc<Core>, limits: GrpcLimits) -> GrpcRouter {
-    let kv = KvServer::new(kv::KvService::new(core.clone()))
+    let kv_unary = Arc::new(kv::KvService::new(core.clone()));
+    let kv = KvServer::from_arc(kv_unary.clone())
         .max_decoding_message_size(limits.max_recv_bytes)
         .max_encoding_message_size(usize::MAX);
     let maintenance = MaintenanceServer::new(maintenance::MaintenanceService::new(
@@ -90,6 +96,8 @@ pub fn routes(core: Arc<Core>, limits: GrpcLimits) -> GrpcRouter {
         .max_encoding_message_size(usize::MAX);
     GrpcRouter {
         core,
+        kv_unary,
+        max_recv_bytes: limits.max_recv_bytes,
         kv,
         maintenance,
         lease,
@@ -116,7 +124,12 @@ impl GrpcRouter {
             .and_then(|p| p.split_once('/'))
             .map_or("", |(service, _)| service);
         match service {
-            "etcdserverpb.KV" => self.kv.call(req),
+            "etcdserverpb.KV" => match unary::KvMethod::from_path(path) {
+                Some(method) if unary::takes_fast_path(&req) => {
+                    unary::serve(self.kv_unary.clone(), method, req, self.max_recv_bytes)
+                }
+                _ => self.kv.call(req),
+            },
             "etcdserverpb.Watch" => self.watch.call(req),
             "etcdserverpb.Lease" => self.lease.call(req),
             "etcdserverpb.Maintenance" => self.maintenance.call(req),
