@@ -120,10 +120,9 @@ impl WritePath {
         self.node
             .send(Input::Propose(Bytes::from(data)))
             .map_err(node_error)?;
-        match tokio::time::timeout(self.request_timeout, guard.wait()).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(self.timeout_error()),
-        }
+        // The waiters' sweeper answers `request timed out` after the
+        // request timeout.
+        guard.wait().await
     }
 
     /// Proposes a membership change and waits until it is applied;
@@ -144,11 +143,10 @@ impl WritePath {
         self.node
             .send(Input::ProposeConfChange(cc))
             .map_err(node_error)?;
-        match tokio::time::timeout(self.request_timeout, guard.wait()).await {
-            Ok(Ok(Response::Members(m))) => Ok(m),
-            Ok(Ok(_)) => Err(EtcdError::Unknown("unexpected conf change answer".into())),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(self.timeout_error()),
+        match guard.wait().await {
+            Ok(Response::Members(m)) => Ok(m),
+            Ok(_) => Err(EtcdError::Unknown("unexpected conf change answer".into())),
+            Err(e) => Err(e),
         }
     }
 
@@ -225,14 +223,6 @@ impl WritePath {
     /// The raft loop itself (leader transfer, shutdown).
     pub fn node(&self) -> &NodeHandle {
         &self.node
-    }
-
-    /// etcd's wording for a proposal that did not finish in time. etcd
-    /// says "request timed out" with no leader too; the finer variants
-    /// (leader failed meanwhile, connection lost) need the election and
-    /// peer-activity times, which are not tracked yet.
-    fn timeout_error(&self) -> EtcdError {
-        EtcdError::Timeout
     }
 }
 
