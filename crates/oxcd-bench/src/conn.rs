@@ -4,9 +4,11 @@
 
 use std::time::Duration;
 
-use oxcd_api::etcdserverpb::kv_client::KvClient;
 use oxcd_api::etcdserverpb::maintenance_client::MaintenanceClient;
-use oxcd_api::etcdserverpb::StatusRequest;
+use oxcd_api::etcdserverpb::{
+    PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest, TxnRequest, TxnResponse,
+};
+use tonic::Status;
 
 use crate::cli::GlobalOpts;
 use crate::error::BenchError;
@@ -66,10 +68,38 @@ impl Conns {
     }
 
     /// One KV client per logical client.
-    pub fn kv_clients(&self) -> Vec<KvClient<H2Channel>> {
-        (0..self.clients)
-            .map(|c| KvClient::new(self.channel_for(c)))
-            .collect()
+    pub fn kv_clients(&self) -> Vec<Kv> {
+        (0..self.clients).map(|c| Kv(self.channel_for(c))).collect()
+    }
+}
+
+/// The unary KV calls the workloads make, on [`H2Channel::unary`].
+#[derive(Debug, Clone)]
+pub struct Kv(pub H2Channel);
+
+impl Kv {
+    /// `KV/Put`.
+    ///
+    /// # Errors
+    /// The server's gRPC status, or a transport failure.
+    pub async fn put(&self, req: &PutRequest) -> Result<PutResponse, Status> {
+        self.0.unary("/etcdserverpb.KV/Put", req).await
+    }
+
+    /// `KV/Range`.
+    ///
+    /// # Errors
+    /// The server's gRPC status, or a transport failure.
+    pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse, Status> {
+        self.0.unary("/etcdserverpb.KV/Range", req).await
+    }
+
+    /// `KV/Txn`.
+    ///
+    /// # Errors
+    /// The server's gRPC status, or a transport failure.
+    pub async fn txn(&self, req: &TxnRequest) -> Result<TxnResponse, Status> {
+        self.0.unary("/etcdserverpb.KV/Txn", req).await
     }
 }
 

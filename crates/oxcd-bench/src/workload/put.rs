@@ -31,7 +31,7 @@ pub async fn run(conns: &Conns, opts: &PutOpts, deadline: Instant) -> Result<Sum
         deadline,
     };
     Ok(drive(plan, move |client, i| {
-        let mut kv = clients[client].clone();
+        let kv = clients[client].clone();
         let n = if sequential {
             i % space
         } else {
@@ -42,7 +42,7 @@ pub async fn run(conns: &Conns, opts: &PutOpts, deadline: Instant) -> Result<Sum
             value: value.clone(),
             ..Default::default()
         };
-        async move { kv.put(req).await.map(drop) }
+        async move { kv.put(&req).await.map(drop) }
     })
     .await)
 }

@@ -42,9 +42,9 @@ pub async fn run(
         deadline,
     };
     Ok(drive(plan, move |client, _| {
-        let mut kv = clients[client].clone();
+        let kv = clients[client].clone();
         let req = template.clone();
-        async move { kv.range(req).await.map(drop) }
+        async move { kv.range(&req).await.map(drop) }
     })
     .await)
 }

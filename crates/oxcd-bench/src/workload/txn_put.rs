@@ -37,7 +37,7 @@ pub async fn run(
         deadline,
     };
     Ok(drive(plan, move |client, i| {
-        let mut kv = clients[client].clone();
+        let kv = clients[client].clone();
         let success = (0..ops)
             .map(|j| RequestOp {
                 request: Some(request_op::Request::RequestPut(PutRequest {
@@ -51,7 +51,7 @@ pub async fn run(
             success,
             ..Default::default()
         };
-        async move { kv.txn(req).await.map(drop) }
+        async move { kv.txn(&req).await.map(drop) }
     })
     .await)
 }

@@ -212,7 +212,7 @@ async fn put_phase(
         deadline,
     };
     drive(plan, move |client, i| {
-        let mut kv = clients[client].clone();
+        let kv = clients[client].clone();
         let k = (i % keys.len() as u64) as usize;
         let req = PutRequest {
             key: keys[k].clone(),
@@ -221,7 +221,7 @@ async fn put_phase(
         };
         let (fan_out, expected) = (watchers_on[k], expected.clone());
         async move {
-            kv.put(req).await?;
+            kv.put(&req).await?;
             expected.fetch_add(fan_out, Ordering::Relaxed);
             Ok(())
         }

@@ -12,7 +12,6 @@
 
 use std::time::{Duration, Instant};
 
-use oxcd_api::etcdserverpb::kv_client::KvClient;
 use oxcd_api::etcdserverpb::PutRequest;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -135,7 +134,7 @@ async fn put_loop(
     rx: &mut mpsc::UnboundedReceiver<Seen>,
     deadline: Instant,
 ) -> Result<Measured, BenchError> {
-    let mut kv = KvClient::new(conns.channel_for(0));
+    let kv = crate::conn::Kv(conns.channel_for(0));
     let req = PutRequest {
         key: encode_key(0, opts.key_size),
         value: random_value(opts.val_size),
@@ -151,8 +150,8 @@ async fn put_loop(
         }
         pacer.wait(i).await;
         let t0 = Instant::now();
-        let rev = match tokio::time::timeout_at(deadline.into(), kv.put(req.clone())).await {
-            Ok(Ok(resp)) => resp.into_inner().header.map_or(0, |h| h.revision),
+        let rev = match tokio::time::timeout_at(deadline.into(), kv.put(&req)).await {
+            Ok(Ok(resp)) => resp.header.map_or(0, |h| h.revision),
             Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
                 return Err(BenchError::setup("KV", "put", status));
             }
