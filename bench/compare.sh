@@ -17,14 +17,19 @@
 # time and RSS are summed over the three members. A leader change during a
 # turn is reported on stderr (its numbers include an election).
 #
+# With --spread (3 members) the clients are spread over all members
+# instead (connection i dials member i % 3, as etcd's benchmark does
+# without --target-leader), so followers forward two thirds of the writes.
+#
 # Usage: bench/compare.sh [--reps N] [--full|--smoke] [--members 1|3]
-#                         [--no-build] [--out FILE] [--keep]
+#                         [--spread] [--no-build] [--out FILE] [--keep]
 #   --reps N      repetitions per server (default 3)
 #   --full        etcd's documented sizes (100k requests per workload);
 #                 the default sizes keep a run under ~10 minutes on 2 cores
 #   --smoke       tiny sizes, to check the script and the servers, not to
 #                 measure anything
 #   --members 3   three-member clusters of each server
+#   --spread      with --members 3: traffic to every member, not the leader
 #   --no-build    use the existing target/release binaries
 #   --out FILE    also write the table (markdown) to FILE
 #   --keep        keep the temp dir (logs, raw results) for inspection
@@ -45,6 +50,7 @@ BENCH="$ROOT/target/release/oxcd-bench"
 REPS=3
 SIZES=default
 MEMBERS=1
+SPREAD=0
 BUILD=1
 OUT=""
 KEEP=0
@@ -60,6 +66,7 @@ while [ $# -gt 0 ]; do
     --full) SIZES=full; shift ;;
     --smoke) SIZES=smoke; shift ;;
     --members) MEMBERS="$2"; shift 2 ;;
+    --spread) SPREAD=1; shift ;;
     --no-build) BUILD=0; shift ;;
     --out) OUT="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
@@ -239,7 +246,7 @@ run_turn() {
   mkdir -p "$dir"
   start_servers "$kind" "$dir"
   local target=""
-  [ "$MEMBERS" -gt 1 ] && target="--target-leader"
+  [ "$MEMBERS" -gt 1 ] && [ "$SPREAD" = 0 ] && target="--target-leader"
   for entry in "${WORKLOADS[@]}"; do
     name="${entry%%|*}" args="${entry#*|}"
     if [[ "$name" == range-* ]]; then
@@ -311,7 +318,7 @@ restart_turn() {
   printf '%s\t%s\trss-after-restart\tok\t%s\n' "$kind" "$rep" "$(rss_kib)" >>"$RESULTS"
 }
 
-echo "results in $WORK (reps=$REPS, members=$MEMBERS, sizes=$SIZES)" >&2
+echo "results in $WORK (reps=$REPS, members=$MEMBERS, spread=$SPREAD, sizes=$SIZES)" >&2
 for ((rep = 1; rep <= REPS; rep++)); do
   if ((rep % 2)); then order=(etcd oxcd); else order=(oxcd etcd); fi
   for kind in "${order[@]}"; do run_turn "$kind" "$rep"; done
@@ -360,5 +367,5 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.e+-]+$/ && b ~ /^[0-9.
   e=$(median etcd restart 5) o=$(median oxcd restart 5)
   echo "| seconds from start to serving linearizable reads, $RESTARTN keys | $e | $o | $(ratio "$o" "$e") |"
   echo
-  echo "Medians of $REPS repetition(s), $MEMBERS member(s). ratio = oxcd/etcd: above 1 is better for ops/s, below 1 is better for latency, CPU and memory. n/a: the server answers Unimplemented."
+  echo "Medians of $REPS repetition(s), $MEMBERS member(s)$([ "$SPREAD" = 1 ] && echo ", clients spread over all members"). ratio = oxcd/etcd: above 1 is better for ops/s, below 1 is better for latency, CPU and memory. n/a: the server answers Unimplemented."
 } | tee "${OUT:-/dev/null}"

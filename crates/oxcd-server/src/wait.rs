@@ -19,8 +19,8 @@ use tokio::sync::oneshot;
 pub type Outcome = Result<Response, EtcdError>;
 
 /// How often the sweeper times out old waits: a proposal fails with
-/// `request timed out` between the request timeout and this much later
-/// (etcd's `etcdserver: request timed out`, also after its timeout).
+/// `request timed out` (etcd's words) between the request timeout and two
+/// sweeps later.
 const SWEEP: Duration = Duration::from_millis(100);
 
 /// Registered waiters; shared between proposers and the apply side.
