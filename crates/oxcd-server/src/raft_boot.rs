@@ -96,7 +96,7 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
     let timeout = request_timeout(cfg);
     let waiters = Arc::new(Waiters::default());
     waiters.start_sweeper(timeout);
-    let reads = ReadIndex::new(timeout);
+    let reads = ReadIndex::new(timeout, me);
     let (applied_tx, applied_rx) = watch::channel(0);
     let app = ServerApp {
         applier: Applier::new(b.store.clone(), b.lessor.clone()),

@@ -42,14 +42,21 @@ pub struct ReadIndex {
 }
 
 impl ReadIndex {
-    /// Creates the batcher; `timeout` bounds each ReadIndex round.
-    pub fn new(timeout: Duration) -> Arc<Self> {
+    /// Creates the batcher for member `member_id`; `timeout` bounds each
+    /// ReadIndex round.
+    ///
+    /// Request contexts start from the same member-tagged base as request
+    /// IDs (as etcd uses its request IDs): the leader keeps pending
+    /// ReadIndex requests by context and ignores one whose context is
+    /// already pending, so two members counting from the same number would
+    /// have their rounds dropped and retried 500 ms later.
+    pub fn new(timeout: Duration, member_id: u64) -> Arc<Self> {
         Arc::new(Self {
             node: OnceLock::new(),
             timeout,
             batch: Mutex::new(Batch::default()),
             pending: Mutex::new(HashMap::new()),
-            next_ctx: AtomicU64::new(1),
+            next_ctx: AtomicU64::new(crate::propose::request_id_base(member_id)),
         })
     }
 
@@ -133,4 +140,20 @@ impl ReadIndex {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Both maps stay consistent even if a holder panicked.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_use_distinct_read_contexts() {
+        let timeout = Duration::from_secs(1);
+        let a = ReadIndex::new(timeout, 0x1111);
+        let b = ReadIndex::new(timeout, 0x2222);
+        let ctx = |r: &ReadIndex| r.next_ctx.load(Ordering::Relaxed);
+        assert_ne!(ctx(&a), ctx(&b));
+        assert_eq!(ctx(&a) >> 48, 0x1111);
+        assert_eq!(ctx(&b) >> 48, 0x2222);
+    }
 }

@@ -752,7 +752,10 @@ async fn request_too_large() {
             "grpc: received message larger than max (2200011 vs. 2097152)",
         );
         assert!(get(&mut c, "big", GetOptions::new()).await.kvs().is_empty());
-        assert!(get(&mut c, "huge", GetOptions::new()).await.kvs().is_empty());
+        assert!(get(&mut c, "huge", GetOptions::new())
+            .await
+            .kvs()
+            .is_empty());
         let r = get(&mut c, "small", GetOptions::new()).await;
         assert_eq!(r.kvs()[0].value().len(), 1024 * 1024);
         assert_eq!(header_rev(r.header()), 2);
