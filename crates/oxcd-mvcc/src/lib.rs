@@ -51,6 +51,7 @@ mod compact;
 pub mod error;
 mod events;
 mod hash;
+pub mod id_hash;
 pub mod index;
 mod key_index;
 mod kvstore;

@@ -32,7 +32,8 @@
 //! the server calls after each group commit. New watchers start after it,
 //! and catch-up reads stop at it.
 
-use std::collections::{BTreeSet, HashMap};
+use crate::id_hash::IdMap;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -82,13 +83,13 @@ struct Inner {
 struct HubState {
     /// The last revision handed to `notify` (durable).
     rev: i64,
-    watchers: HashMap<WatcherKey, Watcher>,
+    watchers: IdMap<WatcherKey, Watcher>,
     synced: WatcherGroup,
     unsynced: BTreeSet<WatcherKey>,
     /// Where the next sync pass starts choosing, so that with more than
     /// [`MAX_WATCHERS_PER_SYNC`] unsynced watchers every one gets a turn.
     cursor: u64,
-    victims: HashMap<WatcherKey, WatchResponse>,
+    victims: IdMap<WatcherKey, WatchResponse>,
 }
 
 /// Wakes the background thread early (a new unsynced watcher or victim).

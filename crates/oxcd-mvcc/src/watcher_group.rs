@@ -6,6 +6,7 @@
 //! watchers are checked one by one (etcd keeps them in an interval tree;
 //! a linear scan is cheaper up to a few hundred range watchers).
 
+use crate::id_hash::IdMap;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use oxcd_api::mvccpb::Event;
 use crate::watcher::{key_of, revision_of, WatchRange, Watcher, WatcherKey};
 
 /// The events one watcher gets from a batch, in revision order.
-pub(crate) type Batches = HashMap<WatcherKey, Vec<Arc<Event>>>;
+pub(crate) type Batches = IdMap<WatcherKey, Vec<Arc<Event>>>;
 
 /// Watchers by key (etcd `watcherGroup`). Holds keys and ranges only; the
 /// watchers themselves live in the store's watcher table.
@@ -83,8 +84,8 @@ impl WatcherGroup {
     /// `newWatcherBatch`): each watcher gets the events on its keys at or
     /// above its `next_rev` that pass its filters. Watchers that get
     /// nothing are absent from the result.
-    pub fn batch(&self, events: &[Arc<Event>], watchers: &HashMap<WatcherKey, Watcher>) -> Batches {
-        let mut out = Batches::new();
+    pub fn batch(&self, events: &[Arc<Event>], watchers: &IdMap<WatcherKey, Watcher>) -> Batches {
+        let mut out = Batches::default();
         if self.len == 0 {
             return out;
         }
@@ -123,7 +124,7 @@ mod tests {
     #[test]
     fn batch_by_key_range_and_next_rev() {
         let (tx, _rx) = mpsc::channel(1);
-        let mut watchers = HashMap::new();
+        let mut watchers = IdMap::default();
         let mut g = WatcherGroup::default();
         let specs: [(&[u8], &[u8], i64); 3] = [(b"a", b"", 1), (b"a", b"c", 3), (b"b", b"\0", 1)];
         for (i, (k, e, next)) in specs.into_iter().enumerate() {

@@ -8,8 +8,7 @@
 
 use crate::apply::Response;
 use oxcd_api::EtcdError;
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use oxcd_mvcc::id_hash::IdMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -30,7 +29,8 @@ const SWEEP: Duration = Duration::from_millis(100);
 /// epoch, and the sweeper fails the waits that have been there too long.
 #[derive(Default)]
 pub struct Waiters {
-    map: Mutex<HashMap<u64, Waiting, BuildHasherDefault<IdHasher>>>,
+    /// Keyed by request ID (a counter: see [`oxcd_mvcc::id_hash`]).
+    map: Mutex<IdMap<u64, Waiting>>,
     /// Advanced by the sweeper once per [`SWEEP`].
     epoch: AtomicU64,
 }
@@ -39,27 +39,6 @@ struct Waiting {
     tx: oneshot::Sender<Outcome>,
     /// The epoch it was registered in.
     since: u64,
-}
-
-/// Request IDs are a counter, so one multiply spreads them well; SipHash
-/// (the default) cost more than the map operation itself.
-#[derive(Default)]
-pub struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
 }
 
 impl Waiters {
@@ -121,9 +100,7 @@ impl Waiters {
         }
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<u64, Waiting, BuildHasherDefault<IdHasher>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdMap<u64, Waiting>> {
         // The map stays consistent even if a holder panicked.
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
