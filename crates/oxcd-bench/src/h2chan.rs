@@ -27,7 +27,7 @@ use http::header::{HeaderValue, CONTENT_TYPE, TE};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
-use oxcd_io::Coalesce;
+use oxcd_io::{Coalesce, Gather};
 use tonic::body::Body;
 use tonic::Status;
 
@@ -160,27 +160,13 @@ impl H2Channel {
 
 /// The one length-prefixed message of an answer, without its prefix.
 async fn read_message(recv: &mut RecvStream) -> Result<Bytes, Status> {
-    let mut first: Option<Bytes> = None;
-    let mut joined: Option<BytesMut> = None;
+    let mut got = Gather::default();
     while let Some(chunk) = recv.data().await {
         let chunk = chunk.map_err(transport)?;
         let _ = recv.flow_control().release_capacity(chunk.len());
-        match (&mut first, &mut joined) {
-            (None, None) => first = Some(chunk),
-            (Some(f), None) => {
-                let mut j = BytesMut::with_capacity(f.len() + chunk.len());
-                j.extend_from_slice(f);
-                j.extend_from_slice(&chunk);
-                joined = Some(j);
-            }
-            (_, Some(j)) => j.extend_from_slice(&chunk),
-        }
+        got.push(chunk);
     }
-    let mut all = match (first, joined) {
-        (_, Some(j)) => j.freeze(),
-        (Some(f), None) => f,
-        (None, None) => return Err(Status::internal("answer without a message")),
-    };
+    let mut all = got.into_bytes();
     if all.len() < 5 || all[0] != 0 {
         return Err(Status::internal("malformed answer message"));
     }

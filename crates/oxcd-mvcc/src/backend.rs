@@ -280,19 +280,23 @@ impl Backend {
     }
 
     /// Commits the `key` table records of one MVCC write transaction
-    /// (revision key, encoded `KeyValue`), with the consistent index `ci`,
-    /// like [`Backend::commit`] would. In batch mode the records are only
-    /// staged (readers find them there) and inserted into the open redb
-    /// transaction later, all at once (see [`Open::deferred`]).
+    /// (revision key, encoded `KeyValue`) and whatever `also` writes to
+    /// other tables, with the consistent index `ci`, like
+    /// [`Backend::commit`] would. In batch mode `also` runs on the open
+    /// redb transaction at once, while the records are only staged (readers
+    /// find them there) and inserted into it later, all at once (see
+    /// [`Open::deferred`]).
     pub(crate) fn commit_records(
         &self,
         records: Vec<(Vec<u8>, Vec<u8>)>,
         ci: Option<u64>,
+        also: impl FnOnce(&WriteTransaction) -> Result<()>,
     ) -> Result<()> {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         if !open.batching {
             drop(open);
             return self.commit(false, |tx| {
+                also(tx)?;
                 let mut table = tx
                     .open_table(KEY_TABLE)
                     .map_err(|e| MvccError::backend("open key table", e))?;
@@ -308,13 +312,15 @@ impl Backend {
                 Ok(())
             });
         }
-        if open.tx.is_none() {
-            open.tx = Some(
-                self.db
-                    .begin_write()
-                    .map_err(|e| MvccError::backend("begin write", e))?,
-            );
-        }
+        let tx = match open.tx.take() {
+            Some(tx) => tx,
+            None => self
+                .db
+                .begin_write()
+                .map_err(|e| MvccError::backend("begin write", e))?,
+        };
+        also(&tx)?;
+        open.tx = Some(tx);
         {
             let staged = self.staged();
             let mut map = staged.map.write().unwrap_or_else(PoisonError::into_inner);

@@ -344,40 +344,21 @@ impl WriteTxn {
     }
 
     fn commit(&mut self, main: i64, consistent_index: Option<u64>) -> Result<()> {
-        let backend = self.shared.backend.clone();
-        let changes = &self.changes;
-        let lease_ops = &self.lease_ops;
-        if lease_ops.is_empty() {
-            let records = changes
-                .iter()
-                .enumerate()
-                .map(|(sub, c)| {
-                    let key = Revision::new(main, sub as i64).to_key(c.tombstone);
-                    (key.to_vec(), c.kv.encode_to_vec())
-                })
-                .collect();
-            return backend.commit_records(records, consistent_index);
-        }
-        backend.commit(false, |tx| {
-            crate::lease_table::write_ops(tx, lease_ops)?;
-            let mut table = tx
-                .open_table(KEY_TABLE)
-                .map_err(|e| MvccError::backend("open key table", e))?;
-            for (sub, c) in changes.iter().enumerate() {
+        let records = self
+            .changes
+            .iter()
+            .enumerate()
+            .map(|(sub, c)| {
                 let key = Revision::new(main, sub as i64).to_key(c.tombstone);
-                let value = c.kv.encode_to_vec();
-                table
-                    .insert(key.as_slice(), value.as_slice())
-                    .map_err(|e| MvccError::backend("write revision", e))?;
-                backend.stage(key.to_vec(), value);
-            }
-            // Set inside the redb write transaction: no other commit can
-            // persist this index before the data it covers.
-            if let Some(ci) = consistent_index {
-                backend.set_consistent_index(ci);
-            }
-            Ok(())
-        })
+                (key.to_vec(), c.kv.encode_to_vec())
+            })
+            .collect();
+        let lease_ops = &self.lease_ops;
+        self.shared
+            .backend
+            .commit_records(records, consistent_index, |tx| {
+                crate::lease_table::write_ops(tx, lease_ops)
+            })
     }
 
     /// Values for index entries: own changes from memory, the rest from a

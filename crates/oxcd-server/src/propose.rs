@@ -143,10 +143,9 @@ impl WritePath {
         self.node
             .send(Input::ProposeConfChange(cc))
             .map_err(node_error)?;
-        match guard.wait().await {
-            Ok(Response::Members(m)) => Ok(m),
-            Ok(_) => Err(EtcdError::Unknown("unexpected conf change answer".into())),
-            Err(e) => Err(e),
+        match guard.wait().await? {
+            Response::Members(m) => Ok(m),
+            _ => Err(EtcdError::Unknown("unexpected conf change answer".into())),
         }
     }
 

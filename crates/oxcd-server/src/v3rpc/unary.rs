@@ -23,6 +23,7 @@ use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use oxcd_api::etcdserverpb::kv_server::Kv;
+use oxcd_io::Gather;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -145,23 +146,12 @@ where
     B::Error: Into<tonic::codegen::StdError>,
 {
     let mut body = std::pin::pin!(body);
-    // The first chunk is kept as is: when it holds the whole message (the
-    // usual case) the message is a slice of it, not a copy.
-    let mut first: Option<Bytes> = None;
-    let mut joined: Option<BytesMut> = None;
+    let mut got = Gather::default();
     loop {
-        let have = match (&first, &joined) {
-            (_, Some(j)) => &j[..],
-            (Some(f), None) => &f[..],
-            (None, None) => &[][..],
-        };
+        let have = got.as_slice();
         if let Some(len) = message_len(have, max)? {
             if have.len() >= PREFIX_LEN + len {
-                let mut all = match (first, joined) {
-                    (_, Some(j)) => j.freeze(),
-                    (Some(f), None) => f,
-                    (None, None) => Bytes::new(),
-                };
+                let mut all = got.into_bytes();
                 all.advance(PREFIX_LEN);
                 let extra = all.len() > len;
                 all.truncate(len);
@@ -175,28 +165,16 @@ where
                 return Ok(all);
             }
         }
-        let chunk = match body.frame().await {
+        match body.frame().await {
             None if have.is_empty() => return Err(Status::internal("Missing request message.")),
             None => return Err(Status::internal("grpc: unexpected end of request message")),
             Some(Err(e)) => return Err(Status::from_error(e.into())),
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => data,
-                // Trailers from a client: nothing more will come.
-                Err(_) => continue,
-            },
-        };
-        if chunk.is_empty() {
-            continue;
-        }
-        match (&mut first, &mut joined) {
-            (None, None) => first = Some(chunk),
-            (Some(f), None) => {
-                let mut j = BytesMut::with_capacity(f.len() + chunk.len());
-                j.extend_from_slice(f);
-                j.extend_from_slice(&chunk);
-                joined = Some(j);
+            Some(Ok(frame)) => {
+                // Trailers from a client are skipped: nothing more comes.
+                if let Ok(data) = frame.into_data() {
+                    got.push(data);
+                }
             }
-            (_, Some(j)) => j.extend_from_slice(&chunk),
         }
     }
 }
