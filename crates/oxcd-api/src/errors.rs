@@ -161,6 +161,12 @@ etcd_errors! {
     NotSupportedForLearner => (Unavailable, "etcdserver: rpc not supported for learner"),
     /// The MoveLeader target is unknown or a learner.
     BadLeaderTransferee => (FailedPrecondition, "etcdserver: bad leader transferee"),
+    /// [3.5] Downgrade with a version that is not `major.minor[.patch]`.
+    WrongDowngradeVersionFormat => (InvalidArgument, "etcdserver: wrong downgrade target version format"),
+    /// [3.5] Downgrade to a version the cluster cannot go back to.
+    InvalidDowngradeTargetVersion => (InvalidArgument, "etcdserver: invalid downgrade target version"),
+    /// [3.5] Downgrade CANCEL with no downgrade in progress.
+    NoInflightDowngrade => (FailedPrecondition, "etcdserver: no inflight downgrade job"),
 }
 
 impl EtcdError {
@@ -428,6 +434,21 @@ mod tests {
             EtcdError::BadLeaderTransferee,
             Code::FailedPrecondition,
             "bad leader transferee",
+        ),
+        (
+            EtcdError::WrongDowngradeVersionFormat,
+            Code::InvalidArgument,
+            "wrong downgrade target version format",
+        ),
+        (
+            EtcdError::InvalidDowngradeTargetVersion,
+            Code::InvalidArgument,
+            "invalid downgrade target version",
+        ),
+        (
+            EtcdError::NoInflightDowngrade,
+            Code::FailedPrecondition,
+            "no inflight downgrade job",
         ),
     ];
 

@@ -98,6 +98,9 @@ impl Default for BackendConfig {
 /// fast: values are fetched by revision, one point lookup each).
 const CACHE_SIZE: usize = 8 << 20;
 
+/// How long a defragment waits for read transactions in flight to end.
+const DEFRAG_READER_WAIT: Duration = Duration::from_secs(2);
+
 /// How often a durable commit measures the bytes in use (see
 /// [`Backend::size_in_use`]).
 const MEASURE_EVERY: Duration = Duration::from_secs(10);
@@ -112,7 +115,10 @@ pub(crate) struct Meta {
 
 /// The open database file plus the commit bookkeeping.
 pub(crate) struct Backend {
-    db: Database,
+    /// The file. Transactions begin under the read lock (and then live
+    /// on their own); [`Backend::defragment`] takes the write lock so that
+    /// none begins while it rewrites the file.
+    db: std::sync::RwLock<Database>,
     path: PathBuf,
     cfg: BackendConfig,
     /// Non-durable commits since the last durable one.
@@ -121,8 +127,13 @@ pub(crate) struct Backend {
     /// so that it always describes the data committed with it.
     consistent_index: AtomicU64,
     /// Bytes allocated inside the file, measured at a durable commit at
-    /// most every [`MEASURE_EVERY`].
+    /// most every [`MEASURE_EVERY`], or on demand ([`Backend::measure`]).
     size_in_use: AtomicU64,
+    /// Record bytes (key + value) written since that measurement: the
+    /// estimate between measurements only ever grows, so a quota check
+    /// against it never lets a write through that a measurement would
+    /// refuse without measuring first.
+    written_since: AtomicU64,
     /// When `size_in_use` was last measured.
     measured: Mutex<Instant>,
     /// The redb write transaction kept open in batch mode, if any.
@@ -203,12 +214,13 @@ impl Backend {
             .create(path)
             .map_err(|e| MvccError::backend("open database", e))?;
         let backend = Backend {
-            db,
+            db: std::sync::RwLock::new(db),
             path: path.to_path_buf(),
             cfg,
             pending: AtomicU64::new(0),
             consistent_index: AtomicU64::new(0),
             size_in_use: AtomicU64::new(0),
+            written_since: AtomicU64::new(0),
             measured: Mutex::new(Instant::now()),
             open: Mutex::new(Open::default()),
             staged: Mutex::new(Arc::new(Staged::default())),
@@ -226,7 +238,7 @@ impl Backend {
     /// consistent index before it is read.
     fn create_tables(&self) -> Result<()> {
         let tx = self
-            .db
+            .db()
             .begin_write()
             .map_err(|e| MvccError::backend("begin write", e))?;
         tx.open_table(KEY_TABLE)
@@ -239,9 +251,50 @@ impl Backend {
         Ok(())
     }
 
+    fn db(&self) -> std::sync::RwLockReadGuard<'_, Database> {
+        self.db.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Rewrites the file without its free pages and returns the file
+    /// sizes before and after (etcd's `backend.Defrag`). Like etcd's, it
+    /// stops the member's backend while it runs: the open batch is
+    /// committed, no transaction may begin, and the readers in flight are
+    /// waited for (up to [`DEFRAG_READER_WAIT`], else it gives up and
+    /// changes nothing).
+    pub fn defragment(&self) -> Result<(u64, u64)> {
+        let before = self.size()?;
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let tx = match open.tx.take() {
+            Some(tx) => tx,
+            None => self
+                .db()
+                .begin_write()
+                .map_err(|e| MvccError::backend("begin write", e))?,
+        };
+        self.insert_deferred(&mut open.deferred, &tx)?;
+        self.finish(tx, true)?;
+        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        let deadline = Instant::now() + DEFRAG_READER_WAIT;
+        loop {
+            match db.compact() {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(redb::CompactionError::TransactionInProgress) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(MvccError::backend("defragment", e)),
+            }
+        }
+        drop(db);
+        drop(open);
+        let after = self.size()?;
+        self.measure(Duration::ZERO)?;
+        Ok((before, after))
+    }
+
     /// A consistent snapshot of the file as of the newest commit.
     pub fn begin_read(&self) -> Result<ReadTransaction> {
-        self.db
+        self.db()
             .begin_read()
             .map_err(|e| MvccError::backend("begin read", e))
     }
@@ -264,7 +317,7 @@ impl Backend {
         let tx = match open.tx.take() {
             Some(tx) => tx,
             None => self
-                .db
+                .db()
                 .begin_write()
                 .map_err(|e| MvccError::backend("begin write", e))?,
         };
@@ -292,6 +345,9 @@ impl Backend {
         ci: Option<u64>,
         also: impl FnOnce(&WriteTransaction) -> Result<()>,
     ) -> Result<()> {
+        let bytes: usize = records.iter().map(|(k, v)| k.len() + v.len()).sum();
+        self.written_since
+            .fetch_add(bytes as u64, Ordering::Relaxed);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         if !open.batching {
             drop(open);
@@ -315,7 +371,7 @@ impl Backend {
         let tx = match open.tx.take() {
             Some(tx) => tx,
             None => self
-                .db
+                .db()
                 .begin_write()
                 .map_err(|e| MvccError::backend("begin write", e))?,
         };
@@ -466,6 +522,7 @@ impl Backend {
         }
         if let Some(bytes) = in_use {
             self.size_in_use.store(bytes, Ordering::Relaxed);
+            self.written_since.store(0, Ordering::Relaxed);
         }
         let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
         if !staged.is_empty() {
@@ -558,11 +615,47 @@ impl Backend {
             })
     }
 
-    /// Bytes in use inside the file, as measured at open or by a durable
-    /// commit in the last [`MEASURE_EVERY`] (etcd's figure is an estimate
+    /// Bytes in use inside the file: as measured at open, by a durable
+    /// commit in the last [`MEASURE_EVERY`] or by [`Backend::measure`],
+    /// plus the record bytes written since (etcd's figure is an estimate
     /// too: file size minus its free list).
     pub fn size_in_use(&self) -> u64 {
-        self.size_in_use.load(Ordering::Relaxed)
+        self.size_in_use.load(Ordering::Relaxed) + self.written_since.load(Ordering::Relaxed)
+    }
+
+    /// Measures the bytes in use now, unless the last measurement is
+    /// younger than `max_age`, and returns [`Backend::size_in_use`]. The
+    /// open batch transaction is measured as it stands (its pages are in
+    /// use); the measurement walks redb's trees, so callers bound how often
+    /// they ask.
+    pub fn measure(&self, max_age: Duration) -> Result<u64> {
+        {
+            let at = self.measured.lock().unwrap_or_else(PoisonError::into_inner);
+            if at.elapsed() < max_age {
+                return Ok(self.size_in_use());
+            }
+        }
+        let mut guard = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = &mut *guard;
+        let bytes = match &open.tx {
+            Some(tx) => {
+                self.insert_deferred(&mut open.deferred, tx)?;
+                allocated_bytes(tx)?
+            }
+            None => {
+                let tx = self
+                    .db()
+                    .begin_write()
+                    .map_err(|e| MvccError::backend("begin write", e))?;
+                let bytes = allocated_bytes(&tx)?;
+                tx.abort().map_err(|e| MvccError::backend("abort", e))?;
+                bytes
+            }
+        };
+        self.size_in_use.store(bytes, Ordering::Relaxed);
+        self.written_since.store(0, Ordering::Relaxed);
+        *self.measured.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        Ok(bytes)
     }
 }
 

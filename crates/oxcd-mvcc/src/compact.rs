@@ -137,6 +137,8 @@ fn delete_compacted(backend: &Backend, rev: i64, keep: &HashSet<Revision>) -> Re
         }
     }
     backend.sync()?;
+    // Status and the quota see the freed space at once.
+    backend.measure(std::time::Duration::ZERO)?;
     tracing::info!(revision = rev, deleted, took = ?started.elapsed(), "finished scheduled compaction");
     Ok(())
 }

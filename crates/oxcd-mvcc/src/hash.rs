@@ -8,10 +8,11 @@
 //! at `rev` would drop. Compaction progress on disk therefore does not
 //! change the result, and the byte images match etcd's.
 
-use crate::backend::KEY_TABLE;
+use crate::backend::{CONSISTENT_INDEX_KEY, KEY_TABLE};
 use crate::error::{MvccError, Result};
 use crate::kvstore::KvStore;
 use crate::revision::Revision;
+use redb::{ReadableTable, TableHandle};
 
 /// The answer to [`KvStore::hash_kv`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +80,60 @@ impl KvStore {
             current_rev,
             compact_rev,
         })
+    }
+}
+
+impl KvStore {
+    /// Hashes the whole backend (etcd's `Hash` RPC, `backend.Hash`):
+    /// CRC-32C over every table in name order, each as its name followed
+    /// by its keys and values in key order, skipping
+    /// `meta/consistent_index` (which differs between members that hold
+    /// the same data). Returns the hash and the current revision.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn hash(&self) -> Result<(u32, i64)> {
+        self.shared.backend.commit_open()?;
+        let (tx, rev) = {
+            let st = self.shared.state();
+            (self.shared.backend.begin_read()?, st.current_rev)
+        };
+        let mut names: Vec<String> = tx
+            .list_tables()
+            .map_err(|e| MvccError::backend("list tables", e))?
+            .map(|t| t.name().to_string())
+            .collect();
+        names.sort();
+        let mut h = Crc32c::new();
+        for name in &names {
+            let def: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new(name);
+            let table = tx
+                .open_table(def)
+                .map_err(|e| MvccError::backend("open table", e))?;
+            h.update(name.as_bytes());
+            let iter = table
+                .iter()
+                .map_err(|e| MvccError::backend("scan table", e))?;
+            for entry in iter {
+                let (k, v) = entry.map_err(|e| MvccError::backend("scan table", e))?;
+                if name == "meta" && k.value() == CONSISTENT_INDEX_KEY {
+                    continue;
+                }
+                h.update(k.value());
+                h.update(v.value());
+            }
+        }
+        Ok((h.finish(), rev))
+    }
+
+    /// Rewrites the backend file without its free pages (etcd's
+    /// `Defragment`); returns the file size before and after. Requests
+    /// wait while it runs.
+    ///
+    /// # Errors
+    /// Backend errors; readers still in flight after two seconds.
+    pub fn defragment(&self) -> Result<(u64, u64)> {
+        self.shared.backend.defragment()
     }
 }
 

@@ -267,10 +267,21 @@ impl KvStore {
         self.shared.backend.size()
     }
 
-    /// Bytes in use inside the backend file, as measured at open or within
-    /// the last ten seconds of durable commits (an estimate, like etcd's).
+    /// Bytes in use inside the backend file: the last measurement (at open,
+    /// by a durable commit within ten seconds, after a compaction, or by
+    /// [`KvStore::measure_in_use`]) plus the record bytes written since; an
+    /// estimate, like etcd's, that errs high between measurements.
     pub fn db_size_in_use(&self) -> u64 {
         self.shared.backend.size_in_use()
+    }
+
+    /// Measures the bytes in use now unless the last measurement is younger
+    /// than `max_age`, and returns [`KvStore::db_size_in_use`].
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn measure_in_use(&self, max_age: std::time::Duration) -> Result<u64> {
+        self.shared.backend.measure(max_age)
     }
 
     /// Number of keys with any history in the index (live or not yet

@@ -16,6 +16,7 @@
 //! | [`backend`] | `mvcc/backend/` | the redb file: tables, on-disk layout, commit (durability) policy |
 //! | `kvstore` | `mvcc/kvstore.go` | [`KvStore`]: open, revisions, locking |
 //! | `lease_table` | `lease/lessor.go` (`lease` bucket) | [`LeaseRecord`]s written by [`WriteTxn::put_lease`], read by [`KvStore::leases`] |
+//! | `alarm_table` | `etcdserver/api/v3alarm/alarms.go` (`alarm` bucket) | raised alarms, written by [`WriteTxn::put_alarm`], read by [`KvStore::alarms`] |
 //! | `restore` | `mvcc/kvstore.go` (`restore`) | rebuilding the index at open |
 //! | `txn` | `mvcc/kvstore_txn.go` | [`ReadTxn`], [`WriteTxn`], range |
 //! | `compact` | `mvcc/kvstore_compaction.go` | [`KvStore::compact`] |
@@ -46,6 +47,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod alarm_table;
 pub mod backend;
 mod compact;
 pub mod error;

@@ -194,6 +194,8 @@ pub struct WriteTxn {
     changes: Vec<Change>,
     /// Changes to the `lease` table, committed with the key changes.
     pub(crate) lease_ops: Vec<crate::lease_table::LeaseOp>,
+    /// Changes to the `alarm` table, committed with the key changes.
+    pub(crate) alarm_ops: Vec<crate::alarm_table::AlarmOp>,
     ended: bool,
 }
 
@@ -206,6 +208,7 @@ impl WriteTxn {
             begin_rev,
             changes: Vec::new(),
             lease_ops: Vec::new(),
+            alarm_ops: Vec::new(),
             ended: false,
         }
     }
@@ -306,7 +309,7 @@ impl WriteTxn {
     /// Commits the changes atomically in one redb transaction, together
     /// with `consistent_index` (the raft index of the applied entry) when
     /// given, and publishes the new revision. A transaction without key
-    /// changes makes no revision: its lease-table changes, if any, are
+    /// changes makes no revision: its lease- and alarm-table changes, if any, are
     /// committed (with the consistent index), otherwise it commits nothing
     /// and its consistent index is persisted by the next commit.
     ///
@@ -315,8 +318,9 @@ impl WriteTxn {
     /// unchanged (the server should treat this as fatal).
     pub fn end(mut self, consistent_index: Option<u64>) -> Result<TxnOutcome> {
         self.ended = true;
-        if self.changes.is_empty() && !self.lease_ops.is_empty() {
-            // Lease changes alone are committed without a new revision.
+        if self.changes.is_empty() && !(self.lease_ops.is_empty() && self.alarm_ops.is_empty()) {
+            // Lease or alarm changes alone are committed without a new
+            // revision.
             self.commit(self.begin_rev, consistent_index)?;
         }
         if self.changes.is_empty() {
@@ -353,11 +357,12 @@ impl WriteTxn {
                 (key.to_vec(), c.kv.encode_to_vec())
             })
             .collect();
-        let lease_ops = &self.lease_ops;
+        let (lease_ops, alarm_ops) = (&self.lease_ops, &self.alarm_ops);
         self.shared
             .backend
             .commit_records(records, consistent_index, |tx| {
-                crate::lease_table::write_ops(tx, lease_ops)
+                crate::lease_table::write_ops(tx, lease_ops)?;
+                crate::alarm_table::write_ops(tx, alarm_ops)
             })
     }
 

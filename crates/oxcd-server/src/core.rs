@@ -32,6 +32,8 @@ pub struct Core {
     pub reconfig: crate::reconfig::ReconfigCheck,
     /// Sends what only the leader can answer to the leader.
     pub forwarder: crate::forward::Forwarder,
+    /// The raised alarms (changed only by the applier).
+    pub alarms: crate::apply::alarm::Alarms,
 }
 
 impl Core {

@@ -28,8 +28,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// etcd's default backend quota when `--quota-backend-bytes` is 0.
-const DEFAULT_QUOTA_BYTES: i64 = 2 * 1024 * 1024 * 1024;
 /// How long close waits for in-flight connections.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -89,6 +87,8 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
     })?;
     let store = KvStore::open(&layout.backend_path(), backend_config(&cfg))?;
     let lessor = start_lessor(&cfg, &store)?;
+    let alarms = crate::apply::alarm::Alarms::load(&store)?;
+    log_quota(cfg.quota_backend_bytes);
     let watchable = WatchableStore::new(store.clone()).map_err(StartError::Thread)?;
     let members = Members::new(identity.members.clone());
     let raft = raft_boot::start(raft_boot::RaftBoot {
@@ -99,6 +99,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         lessor: lessor.clone(),
         watchable: watchable.clone(),
         members: members.clone(),
+        alarms: alarms.clone(),
     })?;
     let core = Arc::new(Core {
         store,
@@ -111,6 +112,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         max_txn_ops: cfg.max_txn_ops as usize,
         reconfig: ReconfigCheck::new(raft.transport.clone(), cfg.strict_reconfig_check),
         forwarder: Forwarder::new(raft.transport.clone(), raft_boot::request_timeout(&cfg)),
+        alarms,
     });
     let etcd = Etcd {
         core: core.clone(),
@@ -193,11 +195,7 @@ async fn bind_listeners(
 fn grpc_limits(cfg: &Config) -> GrpcLimits {
     GrpcLimits {
         max_recv_bytes: cfg.max_request_bytes as usize + oxcd_api::limits::GRPC_OVERHEAD_BYTES,
-        quota_bytes: if cfg.quota_backend_bytes == 0 {
-            DEFAULT_QUOTA_BYTES
-        } else {
-            cfg.quota_backend_bytes
-        },
+        quota_bytes: crate::apply::quota::effective_bytes(cfg.quota_backend_bytes),
         watch_progress_interval: v3rpc::watch::progress_interval(
             cfg.experimental_watch_progress_notify_interval,
         ),
@@ -238,6 +236,29 @@ impl Etcd {
         if node.send(oxcd_raft::node::Input::Stop).is_ok() {
             let _ = tokio::time::timeout(CLOSE_GRACE, node.stopped()).await;
         }
+    }
+}
+
+/// etcd's start-up lines about the backend quota.
+fn log_quota(quota_backend_bytes: i64) {
+    use crate::apply::quota::{effective_bytes, MAX_QUOTA_BYTES};
+    let bytes = effective_bytes(quota_backend_bytes);
+    if bytes < 0 {
+        tracing::info!(quota_size_bytes = bytes, "disabled backend quota");
+    } else if quota_backend_bytes == 0 {
+        tracing::info!(
+            quota_size_bytes = bytes,
+            "enabled backend quota with default value"
+        );
+    } else {
+        if bytes > MAX_QUOTA_BYTES {
+            tracing::warn!(
+                quota_size_bytes = bytes,
+                quota_maximum_size_bytes = MAX_QUOTA_BYTES,
+                "quota exceeds the maximum value"
+            );
+        }
+        tracing::info!(quota_size_bytes = bytes, "enabled backend quota");
     }
 }
 

@@ -18,6 +18,8 @@
 //! Linearizable reads use [`WritePath::linearizable_barrier`]: a batched
 //! ReadIndex round, then a wait until the applied index reaches it.
 
+use crate::apply::alarm::nospace_request;
+use crate::apply::quota::{self, Quota};
 use crate::apply::{Request, Response};
 use crate::read_index::ReadIndex;
 use crate::wait::Waiters;
@@ -59,6 +61,8 @@ pub struct WritePath {
     next_id: Arc<AtomicU64>,
     max_request_bytes: usize,
     request_timeout: Duration,
+    member_id: u64,
+    quota: Option<Quota>,
 }
 
 /// What [`WritePath::new`] needs.
@@ -77,6 +81,8 @@ pub struct WritePathParts {
     pub max_request_bytes: usize,
     /// 5 s + 2 × election timeout.
     pub request_timeout: Duration,
+    /// The space quota checked before proposing (`None`: not checked).
+    pub quota: Option<Quota>,
 }
 
 /// Request IDs as etcd builds them: low member bits, start time, counter.
@@ -99,6 +105,8 @@ impl WritePath {
             next_id: Arc::new(AtomicU64::new(request_id_base(p.member_id))),
             max_request_bytes: p.max_request_bytes,
             request_timeout: p.request_timeout,
+            member_id: p.member_id,
+            quota: p.quota,
         }
     }
 
@@ -107,6 +115,28 @@ impl WritePath {
     /// Cancel-safe: dropping the future abandons the wait, but a proposal
     /// already handed to raft may still be applied (as in etcd).
     pub async fn propose(&self, req: Request) -> Result<Response, EtcdError> {
+        // etcd's quotaKVServer / quotaLeaseServer: a request that would
+        // take the backend past its quota raises NOSPACE and is refused.
+        if let Some(q) = &self.quota {
+            if quota::cost(&req) > 0 && !q.available(&req) {
+                self.raise_nospace().await;
+                return Err(EtcdError::NoSpace);
+            }
+        }
+        self.submit(req).await
+    }
+
+    /// Proposes this member's NOSPACE alarm and waits for it to apply
+    /// (its failure is only logged: the caller is refused either way).
+    pub async fn raise_nospace(&self) {
+        let r = Request::Alarm(nospace_request(self.member_id));
+        if let Err(e) = self.submit(r).await {
+            tracing::warn!(error = %e, "could not raise the NOSPACE alarm");
+        }
+    }
+
+    /// Proposes `req` as is: the steps listed in the module docs.
+    async fn submit(&self, req: Request) -> Result<Response, EtcdError> {
         let status = self.node.status();
         if status.commit > status.applied + MAX_APPLY_LAG {
             return Err(EtcdError::TooManyRequests);

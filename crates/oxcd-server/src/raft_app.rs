@@ -62,6 +62,10 @@ pub struct ServerApp {
     pub batch_open: bool,
     /// What raft snapshots read and replace (`raft_snapshot`).
     pub snap: crate::raft_snapshot::SnapshotParts,
+    /// Answers of writes that went over the quota at apply while no
+    /// NOSPACE alarm was raised: the alarm is raised before they are
+    /// delivered (etcd's `applyEntryNormal`).
+    pub over_quota: tokio::sync::mpsc::UnboundedSender<(u64, Outcome)>,
 }
 
 impl Application for ServerApp {
@@ -94,9 +98,19 @@ impl Application for ServerApp {
         }
         let applied = self.applier.apply(&req, index);
         self.events.extend(applied.events);
-        if id != 0 {
-            self.done.push((id, applied.result));
+        if id == 0 {
+            return;
         }
+        if matches!(applied.result, Err(oxcd_api::EtcdError::NoSpace))
+            && !self.applier.alarms().nospace()
+        {
+            if let Err(e) = self.over_quota.send((id, applied.result)) {
+                // The raiser is gone (shutting down): answer directly.
+                self.done.push(e.0);
+            }
+            return;
+        }
+        self.done.push((id, applied.result));
     }
 
     fn apply_conf_change(&mut self, index: u64, cc: &ConfChange, cs: &ConfState) {

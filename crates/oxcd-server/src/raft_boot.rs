@@ -11,6 +11,7 @@
 //! - then the peer transport, the apply side and the raft loop start, and
 //!   the write path is assembled around them.
 
+use crate::apply::quota::Quota;
 use crate::apply::Applier;
 use crate::bootstrap::{Identity, Layout};
 use crate::config::{ClusterState, Config, TlsInfo};
@@ -50,6 +51,8 @@ pub struct RaftBoot<'a> {
     pub watchable: WatchableStore,
     /// The shared member list.
     pub members: Members,
+    /// The raised alarms, loaded from the store.
+    pub alarms: crate::apply::alarm::Alarms,
 }
 
 /// The running raft half of a member.
@@ -98,8 +101,11 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
     waiters.start_sweeper(timeout);
     let reads = ReadIndex::new(timeout, me);
     let (applied_tx, applied_rx) = watch::channel(0);
+    let quota = Quota::new(cfg.quota_backend_bytes, b.store.clone());
+    let (over_quota_tx, over_quota_rx) = tokio::sync::mpsc::unbounded_channel();
     let app = ServerApp {
-        applier: Applier::new(b.store.clone(), b.lessor.clone()),
+        applier: Applier::new(b.store.clone(), b.lessor.clone())
+            .with_alarms(b.alarms.clone(), quota.clone()),
         skip_until: b.store.consistent_index(),
         waiters: waiters.clone(),
         reads: reads.clone(),
@@ -117,6 +123,7 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
             store: b.store.clone(),
             watchable: b.watchable.clone(),
         },
+        over_quota: over_quota_tx,
     };
     let snaps = SnapshotSettings {
         count: cfg.snapshot_count,
@@ -135,6 +142,7 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
         election_ticks: cfg.election_ticks().max(2) as usize,
         pre_vote: true,
     };
+    let waiters_for_raiser = waiters.clone();
     let node = node::start(node_cfg, restored, snaps, transport.clone(), app)
         .map_err(|e| StartError::Raft(e.to_string()))?;
     reads.set_node(node.clone());
@@ -146,8 +154,33 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
         member_id: me,
         max_request_bytes: cfg.max_request_bytes as usize,
         request_timeout: timeout,
+        quota: Some(quota),
     });
+    tokio::spawn(raise_over_quota(
+        over_quota_rx,
+        writes.clone(),
+        waiters_for_raiser,
+        b.alarms.clone(),
+    ));
     Ok(Raft { writes, transport })
+}
+
+/// Raises NOSPACE for writes that went over the quota at apply, then
+/// answers them (etcd raises the alarm before the proposer learns of it,
+/// so an `alarm list` after the error shows it). Ends when the raft loop
+/// drops its sender.
+async fn raise_over_quota(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(u64, crate::wait::Outcome)>,
+    writes: WritePath,
+    waiters: Arc<Waiters>,
+    alarms: crate::apply::alarm::Alarms,
+) {
+    while let Some((id, outcome)) = rx.recv().await {
+        if !alarms.nospace() {
+            writes.raise_nospace().await;
+        }
+        waiters.trigger(id, outcome);
+    }
 }
 
 fn wal_dir(cfg: &Config, layout: &Layout) -> PathBuf {

@@ -67,6 +67,10 @@ pub(crate) fn restore(
     app.lessor
         .restore(store)
         .map_err(|e| err("restore leases", &e))?;
+    app.applier
+        .alarms()
+        .reload(store)
+        .map_err(|e| err("restore alarms", &e))?;
     app.snap.watchable.restore();
     app.members
         .restore_snapshot(data)

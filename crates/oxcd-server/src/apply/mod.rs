@@ -5,16 +5,19 @@
 //! applier owns the MVCC write path and keeps the lessor's key
 //! attachments in step with it, nothing else.
 
+pub mod alarm;
 mod lease;
+pub mod quota;
 pub mod range;
 pub mod txn;
 
 use crate::lessor::Lessor;
+use alarm::{Alarms, Gate};
 use oxcd_api::etcdserverpb::{
-    request_op, response_op, CompactionRequest, CompactionResponse, DeleteRangeRequest,
-    DeleteRangeResponse, LeaseCheckpointRequest, LeaseCheckpointResponse, LeaseGrantRequest,
-    LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    request_op, response_op, AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse,
+    DeleteRangeRequest, DeleteRangeResponse, LeaseCheckpointRequest, LeaseCheckpointResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use oxcd_api::etcdserverpb::{InternalRaftRequest, RequestHeader};
 use oxcd_api::mvccpb::Event;
@@ -42,6 +45,8 @@ pub enum Request {
     /// Remaining TTLs recorded by the leader (checkpoints enabled), or a
     /// reset to 0 before a renewal.
     LeaseCheckpoint(LeaseCheckpointRequest),
+    /// `Maintenance/Alarm`: list, raise or clear alarms.
+    Alarm(AlarmRequest),
 }
 
 impl Request {
@@ -62,6 +67,7 @@ impl Request {
             Request::LeaseGrant(g) => r.lease_grant = Some(*g),
             Request::LeaseRevoke(v) => r.lease_revoke = Some(*v),
             Request::LeaseCheckpoint(c) => r.lease_checkpoint = Some(c.clone()),
+            Request::Alarm(a) => r.alarm = Some(*a),
         }
         r
     }
@@ -81,8 +87,10 @@ impl Request {
             Some(Request::LeaseGrant(g))
         } else if let Some(v) = r.lease_revoke {
             Some(Request::LeaseRevoke(v))
+        } else if let Some(c) = r.lease_checkpoint {
+            Some(Request::LeaseCheckpoint(c))
         } else {
-            r.lease_checkpoint.map(Request::LeaseCheckpoint)
+            r.alarm.map(Request::Alarm)
         }
     }
 }
@@ -113,6 +121,8 @@ pub enum Response {
     LeaseRevoke(LeaseRevokeResponse),
     /// Answer to [`Request::LeaseCheckpoint`].
     LeaseCheckpoint(LeaseCheckpointResponse),
+    /// Answer to [`Request::Alarm`].
+    Alarm(AlarmResponse),
     /// Answer to a membership change: the members after it.
     Members(Vec<crate::membership::Member>),
 }
@@ -149,12 +159,37 @@ pub struct Applier {
     /// Leases and their keys; the applier keeps attachments in step with
     /// the key space it changes.
     lessor: Lessor,
+    /// The raised alarms; applied `AlarmRequest`s change them, and
+    /// NOSPACE or CORRUPT refuse writes.
+    alarms: Alarms,
+    /// The space quota, checked again after each write (the write path
+    /// checked it before proposing).
+    quota: Option<quota::Quota>,
 }
 
 impl Applier {
-    /// Creates the applier over `store` and `lessor`.
+    /// Creates the applier over `store` and `lessor`, with no alarms and
+    /// no quota.
     pub fn new(store: KvStore, lessor: Lessor) -> Self {
-        Self { store, lessor }
+        Self {
+            store,
+            lessor,
+            alarms: Alarms::default(),
+            quota: None,
+        }
+    }
+
+    /// Applies with the alarms in `alarms` (loaded from the store) and the
+    /// space quota `quota`.
+    pub fn with_alarms(mut self, alarms: Alarms, quota: quota::Quota) -> Self {
+        self.alarms = alarms;
+        self.quota = Some(quota);
+        self
+    }
+
+    /// The raised alarms.
+    pub fn alarms(&self) -> &Alarms {
+        &self.alarms
     }
 
     /// The store it applies to.
@@ -167,6 +202,15 @@ impl Applier {
     /// are returned for the watchers, to publish once they are durable.
     pub fn apply(&self, req: &Request, index: u64) -> Applied {
         let mut events = Vec::new();
+        if let Err(e) = self.admit(req) {
+            // Nothing applied (like any failed request: replaying it after
+            // a restart fails it again).
+            return Applied {
+                result: Err(e),
+                events,
+            };
+        }
+        let fits = self.quota.as_ref().is_none_or(|q| q.available(req));
         let result = match req {
             Request::Compaction(c) => self.compact(c),
             Request::Put(p) => {
@@ -189,8 +233,44 @@ impl Applier {
                     &s.lessor, t, r,
                 )))
             }),
+            Request::Alarm(r) => {
+                let mut change = alarm::Change::None;
+                let result = self.write(index, &mut events, |t, s| {
+                    let (resp, c) = s.alarms.apply(t, r);
+                    change = c;
+                    Ok(Response::Alarm(resp))
+                });
+                self.alarms.commit(change);
+                result
+            }
+        };
+        // etcd's quotaApplierV3: the write stays applied, but its proposer
+        // learns that the backend is over quota (and raises NOSPACE).
+        let result = match result {
+            Ok(_) if !fits => Err(EtcdError::NoSpace),
+            other => other,
         };
         Applied { result, events }
+    }
+
+    /// Refuses what the raised alarms forbid (etcd's `applierV3Corrupt`
+    /// and `applierV3Capped`), before anything is written.
+    fn admit(&self, req: &Request) -> Result<(), EtcdError> {
+        match (self.alarms.gate(), req) {
+            (Gate::Open, _) => Ok(()),
+            (
+                Gate::Corrupt,
+                Request::Put(_)
+                | Request::DeleteRange(_)
+                | Request::Txn(_)
+                | Request::Compaction(_)
+                | Request::LeaseGrant(_)
+                | Request::LeaseRevoke(_),
+            ) => Err(EtcdError::Corrupt),
+            (Gate::Capped, Request::Put(_) | Request::LeaseGrant(_)) => Err(EtcdError::NoSpace),
+            (Gate::Capped, Request::Txn(t)) if quota::cost_txn(t) > 0 => Err(EtcdError::NoSpace),
+            _ => Ok(()),
+        }
     }
 
     /// Opens a write txn, runs `f`, and commits it with `index` as the

@@ -1,7 +1,6 @@
 //! The `etcdserverpb.Maintenance` service (etcd's `v3rpc/maintenance.go`).
-//! Status, HashKV and Alarm answer truthfully; defrag, snapshot, hash,
-//! move-leader and downgrade belong to later issues and answer
-//! `Unimplemented`.
+//! Snapshot belongs to the etcd-files issue and answers `Unimplemented`;
+//! everything else answers as etcd does.
 
 use crate::core::Core;
 use crate::version::SERVER_VERSION;
@@ -27,10 +26,18 @@ impl MaintenanceService {
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, _r: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        // No alarms are raised yet (quota/corruption checks come with the
-        // maintenance issue); etcd sends Alarm responses without a header.
-        Ok(Response::new(AlarmResponse::default()))
+    /// Every action goes through raft, as in etcd, so a listing is
+    /// linearizable and a raise or clear reaches every member.
+    async fn alarm(&self, r: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        match self
+            .core
+            .writes
+            .propose(crate::apply::Request::Alarm(r.into_inner()))
+            .await?
+        {
+            crate::apply::Response::Alarm(resp) => Ok(Response::new(resp)),
+            _ => Err(Status::internal("unexpected answer to an alarm request")),
+        }
     }
 
     async fn status(&self, _r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
@@ -44,10 +51,13 @@ impl Maintenance for MaintenanceService {
             raft_index: st.commit,
             raft_term: st.term,
             raft_applied_index: st.applied,
-            errors: if st.leader == 0 {
-                vec![oxcd_api::EtcdError::NoLeader.message().to_string()]
-            } else {
-                Vec::new()
+            errors: {
+                let mut errors = Vec::new();
+                if st.leader == 0 {
+                    errors.push(oxcd_api::EtcdError::NoLeader.message().to_string());
+                }
+                errors.extend(c.alarms.status_errors());
+                errors
             },
             db_size_in_use: c.store.db_size_in_use() as i64,
             is_learner: c.is_learner(),
@@ -56,17 +66,46 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
+    /// Defragments this member's backend only (not through raft), off the
+    /// async threads. Answers `{}` with no header, as etcd does.
     async fn defragment(
         &self,
         _r: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        Err(Status::unimplemented(
-            "oxcd: defragment is not implemented yet",
-        ))
+        tracing::info!("starting defragment");
+        let store = self.core.store.clone();
+        let started = std::time::Instant::now();
+        let done = tokio::task::spawn_blocking(move || store.defragment())
+            .await
+            .map_err(|e| Status::internal(format!("defragment task: {e}")))?;
+        match done {
+            Ok((before, after)) => {
+                tracing::info!(
+                    current_db_size_bytes = before,
+                    current_db_size_in_use_bytes = after,
+                    took = ?started.elapsed(),
+                    "finished defragmenting the storage backend"
+                );
+                Ok(Response::new(DefragmentResponse::default()))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "failed to defragment");
+                Err(oxcd_api::EtcdError::Unknown(e.to_string()).into())
+            }
+        }
     }
 
+    /// etcd's whole-backend hash, off the async threads.
     async fn hash(&self, _r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(Status::unimplemented("oxcd: hash is not implemented yet"))
+        let store = self.core.store.clone();
+        let (hash, rev) = tokio::task::spawn_blocking(move || store.hash())
+            .await
+            .map_err(|e| Status::internal(format!("hash task: {e}")))?
+            .map_err(crate::apply::mvcc_error)?;
+        Ok(Response::new(HashResponse {
+            header: Some(self.core.header(rev)),
+            hash,
+        }))
     }
 
     async fn hash_kv(&self, r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
@@ -115,10 +154,48 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
+    /// etcd 3.5's Downgrade, for a cluster that cannot downgrade: oxcd
+    /// speaks the 3.4 cluster version and no older one, so a well-formed
+    /// target is refused as etcd refuses a version it cannot go back to,
+    /// and there is never a downgrade to cancel.
     async fn downgrade(
         &self,
-        _r: Request<DowngradeRequest>,
+        r: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
-        Err(Status::unimplemented("oxcd: downgrade is not implemented"))
+        use oxcd_api::etcdserverpb::downgrade_request::DowngradeAction;
+        use oxcd_api::EtcdError;
+        let r = r.into_inner();
+        match DowngradeAction::try_from(r.action) {
+            Ok(DowngradeAction::Validate | DowngradeAction::Enable) => {
+                if !is_cluster_version(&r.version) {
+                    return Err(EtcdError::WrongDowngradeVersionFormat.into());
+                }
+                Err(EtcdError::InvalidDowngradeTargetVersion.into())
+            }
+            Ok(DowngradeAction::Cancel) => Err(EtcdError::NoInflightDowngrade.into()),
+            Err(_) => Err(Status::unimplemented("etcdserver: unknown method")),
+        }
+    }
+}
+
+/// Whether `v` reads as `major.minor` or `major.minor.patch` (etcd 3.5's
+/// `convertToClusterVersion`).
+fn is_cluster_version(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('.').collect();
+    (2..=3).contains(&parts.len())
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn downgrade_versions() {
+        assert!(super::is_cluster_version("3.4"));
+        assert!(super::is_cluster_version("3.4.0"));
+        assert!(!super::is_cluster_version("3"));
+        assert!(!super::is_cluster_version("3.x"));
+        assert!(!super::is_cluster_version(""));
     }
 }

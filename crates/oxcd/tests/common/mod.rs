@@ -1145,3 +1145,56 @@ pub async fn local_dump(
         })
         .collect()
 }
+
+/// A plain HTTP/1.1 GET of `path` on `client_url` (`http://host:port`):
+/// the status code and the body. Bounded by [`ETCDCTL_DEADLINE`].
+pub async fn http_get(client_url: &str, path: &str) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let addr = client_url
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("not an http URL: {client_url}"))
+        .to_string();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let exchange = async move {
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        s.write_all(request.as_bytes()).await.expect("send");
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.expect("read");
+        raw
+    };
+    let raw = tokio::time::timeout(ETCDCTL_DEADLINE, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("GET {path} exceeded {ETCDCTL_DEADLINE:?}"));
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (code, body)
+}
+
+/// The payload of a chunked HTTP/1.1 body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
