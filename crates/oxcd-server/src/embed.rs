@@ -154,6 +154,18 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         core.writes.clone(),
         etcd.shutdown.clone(),
     ));
+    match cfg.auto_compaction() {
+        Ok(mode) => {
+            etcd.tasks.spawn(crate::compactor::run(
+                mode,
+                core.store.clone(),
+                core.writes.clone(),
+                etcd.shutdown.clone(),
+            ));
+        }
+        // Validated before start; a config built by hand may still be off.
+        Err(e) => tracing::warn!(error = %e, "auto-compaction disabled"),
+    }
     let client_router = crate::serve::Dispatch::client(
         v3rpc::routes(core.clone(), grpc_limits(&cfg)),
         crate::serve::http::routes(core.clone()),
@@ -213,8 +225,13 @@ impl Etcd {
             _ => tracing::info!("listening for peers on {}", url_string(&b.url)),
         }
         let (shutdown, tasks) = (self.shutdown.clone(), self.tasks.clone());
+        let on_shutdown = if kind == "peer" {
+            listener::OnShutdown::Drop
+        } else {
+            listener::OnShutdown::Drain
+        };
         self.tasks
-            .spawn(listener::serve(b, router, shutdown, tasks));
+            .spawn(listener::serve(b, router, shutdown, tasks, on_shutdown));
     }
 
     /// Stops the member:

@@ -12,6 +12,7 @@
 //! - [`apply`]: the applier: Put, DeleteRange, Txn, Compaction, LeaseGrant
 //!   and LeaseRevoke semantics;
 //! - [`lessor`]: leases, their expiry and attached keys;
+//! - [`compactor`]: auto-compaction, periodic or by revisions;
 //! - [`raft_boot`], [`raft_app`], [`raft_snapshot`]: starting raft, applying
 //!   committed entries, taking and installing raft snapshots;
 //! - [`core`]: the handles every service shares;
@@ -24,6 +25,7 @@
 
 pub mod apply;
 pub mod bootstrap;
+pub mod compactor;
 pub mod concurrency;
 pub mod config;
 pub mod core;

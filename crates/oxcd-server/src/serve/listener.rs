@@ -91,6 +91,16 @@ fn with_addr(e: io::Error, addr: &str) -> io::Error {
     io::Error::new(e.kind(), format!("listen tcp {addr}: {what}"))
 }
 
+/// How a connection ends when the member shuts down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnShutdown {
+    /// Stop taking new requests and let those in flight finish (clients).
+    Drain,
+    /// Drop the connection at once (peers: their raft streams never end
+    /// on their own, and raft messages may be lost at any time anyway).
+    Drop,
+}
+
 /// Serves `router` (a [`Dispatch`]) on `bound` until `shutdown` fires.
 /// Connections are tracked by `tasks` so that close can wait for them.
 pub async fn serve(
@@ -98,6 +108,7 @@ pub async fn serve(
     router: Dispatch,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    on_shutdown: OnShutdown,
 ) {
     loop {
         let accepted: io::Result<(Box<dyn Conn>, String)> = tokio::select! {
@@ -120,10 +131,10 @@ pub async fn serve(
             match tls {
                 Some(config) => {
                     if let Some(tls) = handshake(stream, config, &remote).await {
-                        serve_conn(tls, router, shutdown).await;
+                        serve_conn(tls, router, shutdown, on_shutdown).await;
                     }
                 }
-                None => serve_conn(stream, router, shutdown).await,
+                None => serve_conn(stream, router, shutdown, on_shutdown).await,
             }
         });
     }
@@ -204,8 +215,12 @@ async fn accept(socket: &Socket) -> io::Result<(Box<dyn Conn>, String)> {
     })
 }
 
-async fn serve_conn<S>(stream: S, router: Dispatch, shutdown: CancellationToken)
-where
+async fn serve_conn<S>(
+    stream: S,
+    router: Dispatch,
+    shutdown: CancellationToken,
+    on_shutdown: OnShutdown,
+) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -224,8 +239,10 @@ where
             }
         }
         _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            if on_shutdown == OnShutdown::Drain {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
         }
     }
 }
