@@ -532,3 +532,23 @@ fn a_newest_segment_without_its_header_is_given_one() {
     assert_eq!(again.entries.last(), Some(&ent(next, 2, 60)));
     assert_eq!(again.hard_state, hs(2, next - 1));
 }
+
+#[test]
+fn a_flipped_bit_in_the_last_record_refuses_the_wal() {
+    let (_t, fs, dir) = os();
+    let (start, frame) = wal_ending_in_entry_5(&fs, &dir);
+    let seg = segment_files(&dir)[0].clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    // A data byte of entry 5 (acknowledged once fsynced) flips; the record
+    // is complete and only the preallocated zeros follow it.
+    bytes[(start + frame - 10) as usize] ^= 0x04;
+    std::fs::write(&seg, &bytes).unwrap();
+    let e = Wal::open(fs.clone(), &dir, ZERO, small(8192))
+        .err()
+        .expect("a damaged complete record must not be repaired away");
+    let text = e.to_string();
+    assert!(text.contains("crc mismatch"), "{text}");
+    assert!(text.contains(&seg.display().to_string()), "{text}");
+    // Nothing was truncated.
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes);
+}

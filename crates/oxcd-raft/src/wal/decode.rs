@@ -4,16 +4,21 @@
 //! A record that fails to decode is a *torn write* only in the last segment
 //! and only if it cannot have been acknowledged:
 //! - its frame runs past the end of the file (a write cut short), or
-//! - every byte after its frame is zero (it was the last thing written and
-//!   the rest of the preallocated segment is untouched), or
 //! - one of the 512-byte sectors its body spans is all zeros (sectors of
-//!   one unsynced write reached the disk out of order; etcd's rule).
+//!   one unsynced write reached the disk out of order; etcd's rule), or
+//! - its body ends in a zero byte and every byte after it in the segment
+//!   is zero: the write stopped inside the record and the preallocated
+//!   zeros show through (the zero-filled tail of an interrupted write), or
+//! - its length word is out of range and every byte after it is zero.
 //!
 //! A zero length word ends the records of the last segment: that is where
 //! preallocated space begins. Anything else is corruption, and the caller
-//! refuses the WAL. The trade-off, shared with etcd: a damaged *last*
-//! record followed only by zeros is indistinguishable from a torn write and
-//! is dropped; records before it are never dropped silently.
+//! refuses the WAL: in particular a complete last record that fails its
+//! CRC and whose body ends in written (non-zero) bytes is a damaged
+//! record that may have been acknowledged, not a torn write, even when
+//! only zeros follow it (etcd refuses it too). The ambiguity left: a last
+//! record whose real body ends in a zero byte and that was damaged
+//! elsewhere reads as torn.
 
 use super::record::{padded, Record, LEN_WORD, MAX_BODY};
 use crate::error::Corruption;
@@ -47,9 +52,11 @@ fn all_zero(bytes: &[u8]) -> bool {
     bytes.iter().all(|b| *b == 0)
 }
 
-/// Whether the bad frame `[off, frame_end)` looks like a torn write.
-fn is_torn(bytes: &[u8], off: usize, frame_end: usize) -> bool {
-    if frame_end >= bytes.len() || all_zero(&bytes[frame_end..]) {
+/// Whether the complete but bad frame `[off, frame_end)` with a body of
+/// `body_len` bytes looks like a torn write (see the module docs).
+fn is_torn(bytes: &[u8], off: usize, frame_end: usize, body_len: usize) -> bool {
+    let body_end = off + LEN_WORD + body_len;
+    if body_len > 0 && bytes[body_end - 1] == 0 && all_zero(&bytes[body_end..]) {
         return true;
     }
     let mut start = off + LEN_WORD;
@@ -102,7 +109,8 @@ pub(crate) fn scan(bytes: &[u8], crc: &mut Option<u32>, last: bool) -> Result<Sc
                 .and_then(|p| (off + LEN_WORD).checked_add(p))
         };
         let Some(frame_end) = frame_end else {
-            if last && is_torn(bytes, off, (off + LEN_WORD).min(len)) {
+            let after = (off + LEN_WORD).min(len);
+            if last && all_zero(&bytes[after..]) {
                 torn = true;
                 break;
             }
@@ -128,7 +136,7 @@ pub(crate) fn scan(bytes: &[u8], crc: &mut Option<u32>, last: bool) -> Result<Sc
                 off = frame_end;
             }
             Err(reason) => {
-                if last && is_torn(bytes, off, frame_end) {
+                if last && is_torn(bytes, off, frame_end, body_len as usize) {
                     torn = true;
                     break;
                 }
@@ -199,6 +207,17 @@ mod tests {
         buf[offs[1] + 20] ^= 0x40;
         let e = scan(&buf, &mut None, true).unwrap_err();
         assert_eq!(e.offset, offs[1] as u64);
+        assert!(matches!(e.reason, Corruption::CrcMismatch { .. }));
+    }
+
+    #[test]
+    fn a_damaged_complete_last_record_is_corruption_even_before_zeros() {
+        let (mut buf, offs) = segment(3);
+        let end = buf.len();
+        buf.resize(end + 4096, 0);
+        buf[offs[2] + 20] ^= 0x01;
+        let e = scan(&buf, &mut None, true).unwrap_err();
+        assert_eq!(e.offset, offs[2] as u64);
         assert!(matches!(e.reason, Corruption::CrcMismatch { .. }));
     }
 
