@@ -52,7 +52,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use redb::{
-    Database, Durability, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction,
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    WriteTransaction,
 };
 
 use crate::error::{MvccError, Result};
@@ -209,10 +210,7 @@ impl Staged {
 impl Backend {
     /// Opens (creating if absent) the file and its tables.
     pub fn open(path: &Path, cfg: BackendConfig) -> Result<Backend> {
-        let db = Database::builder()
-            .set_cache_size(CACHE_SIZE)
-            .create(path)
-            .map_err(|e| MvccError::backend("open database", e))?;
+        let db = open_database(path)?;
         let backend = Backend {
             db: std::sync::RwLock::new(db),
             path: path.to_path_buf(),
@@ -276,7 +274,7 @@ impl Backend {
         let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
         let deadline = Instant::now() + DEFRAG_READER_WAIT;
         loop {
-            match db.compact() {
+            match db.compact(redb::CompactionMode::Maximum) {
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(redb::CompactionError::TransactionInProgress) if Instant::now() < deadline => {
@@ -509,7 +507,8 @@ impl Backend {
             Durability::Immediate
         } else {
             Durability::None
-        });
+        })
+        .map_err(|e| MvccError::backend("set durability", e))?;
         self.put_consistent_index(&tx)?;
         let in_use = if durable && self.measure_due() {
             Some(allocated_bytes(&tx)?)
@@ -659,6 +658,82 @@ impl Backend {
     }
 }
 
+/// Opens (or creates) the file at `path`, checking every page against
+/// redb's checksums first, so that a file altered on disk is refused
+/// instead of served (redb checks them otherwise only after a crash). A
+/// file of an older redb format (oxcd before redb 5) is upgraded first.
+fn open_database(path: &Path) -> Result<Database> {
+    let open = || {
+        Database::builder()
+            .set_cache_size(CACHE_SIZE)
+            .set_check_integrity_on_open(true)
+            .create(path)
+    };
+    let open_error = |e: redb::DatabaseError| MvccError::Open {
+        path: path.to_path_buf(),
+        source: Box::new(e.into()),
+    };
+    let tmp = upgrade_path(path);
+    if tmp.exists() {
+        // An upgrade was cut short before its rename: the original is intact.
+        std::fs::remove_file(&tmp).map_err(|source| MvccError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+    }
+    match open() {
+        Err(redb::DatabaseError::UpgradeRequired(version)) => {
+            upgrade_file(path, version)?;
+            open().map_err(open_error)
+        }
+        other => other.map_err(open_error),
+    }
+}
+
+/// Where an upgrade writes the new file before renaming it over the old.
+fn upgrade_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".upgrade");
+    path.with_file_name(name)
+}
+
+/// Upgrades a redb 2 file (format v2) to the format redb 5 reads, on a
+/// copy that replaces the original by rename once synced: a crash at any
+/// point leaves either the old file or the new one.
+fn upgrade_file(path: &Path, version: u8) -> Result<()> {
+    let started = Instant::now();
+    let tmp = upgrade_path(path);
+    let failed = |reason: String| MvccError::Upgrade {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| MvccError::Io { path: p, source }
+    };
+    std::fs::copy(path, &tmp).map_err(io(&tmp))?;
+    {
+        let mut db = redb2::Database::create(&tmp).map_err(|e| failed(e.to_string()))?;
+        db.upgrade().map_err(|e| failed(e.to_string()))?;
+    }
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(io(dir))?;
+    }
+    tracing::info!(
+        path = %path.display(),
+        from_format = version,
+        took = ?started.elapsed(),
+        "upgraded the backend file to redb's current file format"
+    );
+    Ok(())
+}
+
 /// Point reads in the key table, whichever redb transaction holds it.
 pub(crate) trait KeyLookup {
     /// The `KeyValue` stored at revision `rev` (a live, not tombstone, key).
@@ -768,6 +843,82 @@ fn flush_loop(backend: Weak<Backend>, interval: Duration, stop: mpsc::Receiver<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A data dir written by oxcd on redb 2 opens with its data, and the
+    /// upgrade leaves no scratch file behind.
+    #[test]
+    fn a_redb2_backend_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let key: redb2::TableDefinition<&[u8], &[u8]> = redb2::TableDefinition::new("key");
+            let meta: redb2::TableDefinition<&[u8], &[u8]> = redb2::TableDefinition::new("meta");
+            let db = redb2::Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let kv = KeyValue {
+                    key: b"foo".to_vec().into(),
+                    value: b"bar".to_vec().into(),
+                    create_revision: 2,
+                    mod_revision: 2,
+                    version: 1,
+                    lease: 0,
+                };
+                let mut t = tx.open_table(key).unwrap();
+                t.insert(
+                    Revision::new(2, 0).to_bytes().as_slice(),
+                    kv.encode_to_vec().as_slice(),
+                )
+                .unwrap();
+                let mut m = tx.open_table(meta).unwrap();
+                m.insert(CONSISTENT_INDEX_KEY, 9u64.to_be_bytes().as_slice())
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let b = Backend::open(&path, BackendConfig::default()).unwrap();
+        assert_eq!(b.read_meta().unwrap().consistent_index, 9);
+        let tx = b.begin_read().unwrap();
+        let t = tx.open_table(KEY_TABLE).unwrap();
+        assert_eq!(
+            t.get_kv(Revision::new(2, 0)).unwrap().value,
+            b"bar".to_vec()
+        );
+        assert!(!upgrade_path(&path).exists());
+    }
+
+    /// A page altered on disk is refused at open, naming the file.
+    #[test]
+    fn a_flipped_byte_in_the_file_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let cfg = BackendConfig {
+            batch_interval: Duration::ZERO,
+            batch_limit: 1,
+        };
+        {
+            let b = Backend::open(&path, cfg).unwrap();
+            b.commit(true, |tx| {
+                let mut t = tx.open_table(KEY_TABLE).unwrap();
+                t.insert(b"k".as_slice(), b"VALUE-0123456789".as_slice())
+                    .unwrap();
+                Ok(())
+            })
+            .unwrap();
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes
+            .windows(16)
+            .position(|w| w == b"VALUE-0123456789")
+            .unwrap();
+        bytes[at + 15] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = Backend::open(&path, cfg)
+            .err()
+            .expect("a corrupt file must not open");
+        assert!(matches!(e, MvccError::Open { .. }), "{e}");
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+    }
 
     #[test]
     fn meta_round_trip_and_batching() {

@@ -146,7 +146,7 @@ fn delete_compacted(backend: &Backend, rev: i64, keep: &HashSet<Revision>) -> Re
 /// Up to [`COMPACTION_BATCH`] keys in `[from, end)`.
 fn next_batch(table: &redb::Table<&[u8], &[u8]>, from: &[u8], end: &[u8]) -> Result<Vec<Vec<u8>>> {
     let range = table
-        .range::<&[u8]>(from..end)
+        .range(from..end)
         .map_err(|e| MvccError::backend("scan key table", e))?;
     range
         .take(COMPACTION_BATCH)

@@ -42,6 +42,27 @@ pub enum MvccError {
         source: Box<redb::Error>,
     },
 
+    /// The backend file would not open: it fails redb's checksums, is not a
+    /// redb file, or cannot be read. Nothing is served from it.
+    #[error("cannot open backend file {path}: {source}")]
+    Open {
+        /// The backend file.
+        path: PathBuf,
+        /// redb's error.
+        #[source]
+        source: Box<redb::Error>,
+    },
+
+    /// A backend file written by an older oxcd could not be upgraded to
+    /// the current file format (the original is left as it was).
+    #[error("cannot upgrade backend file {path}: {reason}")]
+    Upgrade {
+        /// The backend file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+
     /// A filesystem operation on the backend file failed.
     #[error("mvcc backend file {path}: {source}")]
     Io {

@@ -3,6 +3,7 @@
 //! same way).
 
 use prost::Message;
+use redb::ReadableTable;
 
 use oxcd_api::mvccpb::{Event, KeyValue};
 
@@ -66,7 +67,7 @@ impl ReadTxn {
             _ => hi.to_vec(),
         };
         let iter = table
-            .range::<&[u8]>(lo.as_slice()..committed_hi.as_slice())
+            .range(lo.as_slice()..committed_hi.as_slice())
             .map_err(|e| MvccError::backend("scan key table", e))?;
         let mut out = Vec::new();
         let mut last_main = 0;

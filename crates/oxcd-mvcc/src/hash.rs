@@ -62,7 +62,7 @@ impl KvStore {
         let mut h = Crc32c::new();
         h.update(b"key");
         let iter = table
-            .range::<&[u8]>(..upper.as_slice())
+            .range(..upper.as_slice())
             .map_err(|e| MvccError::backend("scan key table", e))?;
         for entry in iter {
             let (k, v) = entry.map_err(|e| MvccError::backend("scan key table", e))?;

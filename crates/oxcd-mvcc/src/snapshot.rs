@@ -22,7 +22,7 @@
 use std::path::Path;
 use std::sync::PoisonError;
 
-use redb::{Database, ReadableTable, TableDefinition, TableHandle};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use crate::error::{MvccError, Result};
 use crate::kvstore::{KvStore, WriterGuard};

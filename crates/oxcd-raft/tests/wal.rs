@@ -543,9 +543,9 @@ fn a_flipped_bit_in_the_last_record_refuses_the_wal() {
     // is complete and only the preallocated zeros follow it.
     bytes[(start + frame - 10) as usize] ^= 0x04;
     std::fs::write(&seg, &bytes).unwrap();
-    let e = Wal::open(fs.clone(), &dir, ZERO, small(8192))
-        .err()
-        .expect("a damaged complete record must not be repaired away");
+    let Err(e) = Wal::open(fs.clone(), &dir, ZERO, small(8192)) else {
+        panic!("a damaged complete record must not be repaired away");
+    };
     let text = e.to_string();
     assert!(text.contains("crc mismatch"), "{text}");
     assert!(text.contains(&seg.display().to_string()), "{text}");

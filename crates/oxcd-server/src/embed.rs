@@ -56,6 +56,10 @@ pub enum StartError {
     /// The WAL or the raft loop could not be started.
     #[error("{0}")]
     Raft(String),
+    /// The initial corruption check found this member's data differs from
+    /// its peers' (`--experimental-initial-corrupt-check`).
+    #[error("{0}")]
+    Corrupt(String),
 }
 
 /// A running member.
@@ -154,6 +158,21 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         core.writes.clone(),
         etcd.shutdown.clone(),
     ));
+    let timeout = raft_boot::request_timeout(&cfg);
+    if cfg.experimental_initial_corrupt_check {
+        if let Err(e) = crate::corrupt::initial_check(&core, timeout).await {
+            etcd.close().await;
+            return Err(StartError::Corrupt(e));
+        }
+    }
+    if !cfg.experimental_corrupt_check_time.is_zero() {
+        etcd.tasks.spawn(crate::corrupt::run_periodic(
+            core.clone(),
+            cfg.experimental_corrupt_check_time,
+            timeout,
+            etcd.shutdown.clone(),
+        ));
+    }
     match cfg.auto_compaction() {
         Ok(mode) => {
             etcd.tasks.spawn(crate::compactor::run(

@@ -106,6 +106,48 @@ impl Forwarder {
         }
     }
 
+    /// Runs `call` once against member `id`, on the first of its peer URLs
+    /// that answers within `timeout`.
+    ///
+    /// # Errors
+    /// The member's error; [`EtcdError::Timeout`] if none of its URLs
+    /// answered in time.
+    pub async fn to_member<T, F, Fut>(
+        &self,
+        core: &Core,
+        id: u64,
+        timeout: Duration,
+        call: F,
+    ) -> Result<T, EtcdError>
+    where
+        F: Fn(ForwardClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let deadline = Instant::now() + timeout;
+        let urls = core
+            .members
+            .get(id)
+            .map(|m| m.peer_urls)
+            .unwrap_or_default();
+        let mut last = EtcdError::Timeout;
+        for url in urls {
+            let attempt = async {
+                let channel = self.channel(&url).await.ok()?;
+                Some(call(ForwardClient::new(channel)).await)
+            };
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Err(_) => return Err(EtcdError::Timeout),
+                Ok(Some(Ok(v))) => return Ok(v),
+                Ok(Some(Err(status))) => {
+                    last = EtcdError::from_status(&status)
+                        .unwrap_or_else(|| EtcdError::Unknown(status.message().into()));
+                }
+                Ok(None) => {}
+            }
+        }
+        Err(last)
+    }
+
     async fn channel(&self, url: &str) -> Result<Channel, tonic::transport::Error> {
         if let Some(c) = lock(&self.channels).get(url) {
             return Ok(c.clone());
@@ -190,6 +232,24 @@ impl Forward for ForwardService {
         Ok(Response::new(MemberPromoteResponse {
             header: Some(self.core.header(0)),
             members,
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        r: Request<oxcd_api::etcdserverpb::HashKvRequest>,
+    ) -> Result<Response<oxcd_api::etcdserverpb::HashKvResponse>, Status> {
+        let rev = r.into_inner().revision;
+        let store = self.core.store.clone();
+        let h = tokio::task::spawn_blocking(move || store.hash_kv(rev))
+            .await
+            .map_err(|e| Status::internal(format!("hash task: {e}")))?
+            .map_err(crate::apply::mvcc_error)?;
+        Ok(Response::new(oxcd_api::etcdserverpb::HashKvResponse {
+            header: Some(self.core.header(h.current_rev)),
+            hash: h.hash,
+            compact_revision: h.compact_rev,
+            ..Default::default()
         }))
     }
 }

@@ -13,6 +13,7 @@
 //!   and LeaseRevoke semantics;
 //! - [`lessor`]: leases, their expiry and attached keys;
 //! - [`compactor`]: auto-compaction, periodic or by revisions;
+//! - [`corrupt`]: HashKV comparisons with the peers, at start and periodic;
 //! - [`raft_boot`], [`raft_app`], [`raft_snapshot`]: starting raft, applying
 //!   committed entries, taking and installing raft snapshots;
 //! - [`core`]: the handles every service shares;
@@ -29,6 +30,7 @@ pub mod compactor;
 pub mod concurrency;
 pub mod config;
 pub mod core;
+pub mod corrupt;
 pub mod embed;
 pub mod forward;
 pub mod lessor;

@@ -385,6 +385,24 @@ impl Member {
         self.restart().await;
     }
 
+    /// Starts the member again with `flags` for this start only, expecting
+    /// it to exit before it becomes ready; returns its log.
+    pub async fn restart_expecting_exit(&mut self, flags: &[&str]) -> String {
+        self.once_args = flags.iter().map(|f| (*f).to_string()).collect();
+        self.spawn();
+        match self.wait_ready().await {
+            Ok(()) => panic!("member became ready:\n{}", self.log()),
+            Err(log) => {
+                assert!(
+                    self.try_exit_status().is_some(),
+                    "member still running:\n{log}"
+                );
+                self.child = None;
+                log
+            }
+        }
+    }
+
     /// Runs etcdctl against this member.
     pub async fn etcdctl(&self, args: &[&str]) -> CtlOutput {
         self.etcdctl_stdin(args, "").await
@@ -870,6 +888,11 @@ impl Cluster {
     /// be able to reach a quorum to become ready.
     pub async fn restart(&mut self, i: usize) {
         self.members[i].restart().await;
+    }
+
+    /// See [`Member::restart_expecting_exit`].
+    pub async fn restart_expecting_exit(&mut self, i: usize, flags: &[&str]) -> String {
+        self.members[i].restart_expecting_exit(flags).await
     }
 
     /// Like [`Cluster::restart`], with `flags` added for this start only.
