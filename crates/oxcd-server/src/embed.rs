@@ -105,6 +105,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         members: members.clone(),
         alarms: alarms.clone(),
     })?;
+    let disk = raft.disk.clone();
     let core = Arc::new(Core {
         store,
         writes: raft.writes,
@@ -156,6 +157,13 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
     etcd.tasks.spawn(lessor::run_expiry(
         core.lessor.clone(),
         core.writes.clone(),
+        etcd.shutdown.clone(),
+    ));
+    etcd.tasks.spawn(crate::disk_guard::run(
+        disk,
+        core.writes.clone(),
+        core.alarms.clone(),
+        core.member.id,
         etcd.shutdown.clone(),
     ));
     let timeout = raft_boot::request_timeout(&cfg);

@@ -14,6 +14,7 @@
 //! - [`lessor`]: leases, their expiry and attached keys;
 //! - [`compactor`]: auto-compaction, periodic or by revisions;
 //! - [`corrupt`]: HashKV comparisons with the peers, at start and periodic;
+//! - [`disk_guard`]: stops writes before the disk fills up;
 //! - [`raft_boot`], [`raft_app`], [`raft_snapshot`]: starting raft, applying
 //!   committed entries, taking and installing raft snapshots;
 //! - [`core`]: the handles every service shares;
@@ -31,6 +32,7 @@ pub mod concurrency;
 pub mod config;
 pub mod core;
 pub mod corrupt;
+pub mod disk_guard;
 pub mod embed;
 pub mod forward;
 pub mod lessor;

@@ -63,6 +63,7 @@ pub struct WritePath {
     request_timeout: Duration,
     member_id: u64,
     quota: Option<Quota>,
+    disk: Option<crate::disk_guard::DiskGuard>,
 }
 
 /// What [`WritePath::new`] needs.
@@ -83,6 +84,8 @@ pub struct WritePathParts {
     pub request_timeout: Duration,
     /// The space quota checked before proposing (`None`: not checked).
     pub quota: Option<Quota>,
+    /// Free disk space, checked before proposing (`None`: not checked).
+    pub disk: Option<crate::disk_guard::DiskGuard>,
 }
 
 /// Request IDs as etcd builds them: low member bits, start time, counter.
@@ -107,6 +110,7 @@ impl WritePath {
             request_timeout: p.request_timeout,
             member_id: p.member_id,
             quota: p.quota,
+            disk: p.disk,
         }
     }
 
@@ -117,10 +121,17 @@ impl WritePath {
     pub async fn propose(&self, req: Request) -> Result<Response, EtcdError> {
         // etcd's quotaKVServer / quotaLeaseServer: a request that would
         // take the backend past its quota raises NOSPACE and is refused.
-        if let Some(q) = &self.quota {
-            if quota::cost(&req) > 0 && !q.available(&req) {
-                self.raise_nospace().await;
+        if quota::cost(&req) > 0 {
+            // A disk too full to store more: refused at once (the disk
+            // guard raises the alarm).
+            if self.disk.as_ref().is_some_and(|d| d.is_low()) {
                 return Err(EtcdError::NoSpace);
+            }
+            if let Some(q) = &self.quota {
+                if !q.available(&req) {
+                    self.raise_nospace().await;
+                    return Err(EtcdError::NoSpace);
+                }
             }
         }
         self.submit(req).await

@@ -61,6 +61,8 @@ pub struct Raft {
     pub writes: WritePath,
     /// Links to the other members.
     pub transport: Arc<Transport>,
+    /// Free space of the WAL's and the backend's file systems.
+    pub disk: crate::disk_guard::DiskGuard,
 }
 
 /// etcd's request timeout: 5 s plus two election timeouts.
@@ -143,6 +145,10 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
         pre_vote: true,
     };
     let waiters_for_raiser = waiters.clone();
+    let disk = crate::disk_guard::DiskGuard::new(
+        vec![wal_dir(cfg, b.layout), snap_dir(b.layout)],
+        wal_options().segment_size,
+    );
     let node = node::start(node_cfg, restored, snaps, transport.clone(), app)
         .map_err(|e| StartError::Raft(e.to_string()))?;
     reads.set_node(node.clone());
@@ -155,6 +161,7 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
         max_request_bytes: cfg.max_request_bytes as usize,
         request_timeout: timeout,
         quota: Some(quota),
+        disk: Some(disk.clone()),
     });
     tokio::spawn(raise_over_quota(
         over_quota_rx,
@@ -162,7 +169,11 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
         waiters_for_raiser,
         b.alarms.clone(),
     ));
-    Ok(Raft { writes, transport })
+    Ok(Raft {
+        writes,
+        transport,
+        disk,
+    })
 }
 
 /// Raises NOSPACE for writes that went over the quota at apply, then

@@ -568,6 +568,9 @@ pub struct ClusterBuilder {
     peer_auto_tls: bool,
     envs: Vec<(String, String)>,
     peer_proxies: bool,
+    /// Where the members' directories are made (default: the system's
+    /// temp dir).
+    base_dir: Option<PathBuf>,
 }
 
 impl ClusterBuilder {
@@ -581,7 +584,14 @@ impl ClusterBuilder {
             peer_auto_tls: false,
             envs: Vec::new(),
             peer_proxies: false,
+            base_dir: None,
         }
+    }
+
+    /// Makes the members' data (and log) directories under `base`.
+    pub fn base_dir(mut self, base: &Path) -> ClusterBuilder {
+        self.base_dir = Some(base.to_path_buf());
+        self
     }
 
     /// Puts a fault-injecting [`Proxy`] in front of every member's peer
@@ -650,10 +660,13 @@ impl ClusterBuilder {
         }
         let mut members: Vec<Member> = (0..self.size)
             .map(|i| {
-                let dir = tempfile::Builder::new()
-                    .prefix("oxcd-bbx-")
-                    .tempdir()
-                    .expect("create temp dir");
+                let mut b = tempfile::Builder::new();
+                b.prefix("oxcd-bbx-");
+                let dir = match &self.base_dir {
+                    Some(base) => b.tempdir_in(base),
+                    None => b.tempdir(),
+                }
+                .expect("create temp dir");
                 let mut extra_args = common_flags.clone();
                 extra_args.extend(self.member_flags[i].iter().cloned());
                 let peer_port = free_port();
