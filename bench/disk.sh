@@ -89,16 +89,16 @@ for kind in etcd oxcd; do
   start "$bin" "$d"
   put 200000 1000 100
   ROW[$kind,ow]=$(size "$d")
-  etcdctl --endpoints="$EP" compact "$(rev)" --physical >/dev/null
+  etcdctl --endpoints="$EP" --command-timeout=600s compact "$(rev)" --physical >/dev/null
   ROW[$kind,compact]=$(size "$d")
-  etcdctl --endpoints="$EP" defrag >/dev/null
+  etcdctl --endpoints="$EP" --command-timeout=600s defrag >/dev/null
   ROW[$kind,defrag]=$(size "$d")
   stop
   d="$WORK/$kind-b"
   start "$bin" "$d"
   put "$BULK" "$BULK" 256
   ROW[$kind,bulk]=$(size "$d")
-  etcdctl --endpoints="$EP" defrag >/dev/null
+  etcdctl --endpoints="$EP" --command-timeout=600s defrag >/dev/null
   ROW[$kind,bulkdefrag]=$(size "$d")
   stop
 done

@@ -99,13 +99,6 @@ impl Default for BackendConfig {
 /// fast: values are fetched by revision, one point lookup each).
 const CACHE_SIZE: usize = 8 << 20;
 
-/// How long a defragment waits for read transactions in flight to end.
-const DEFRAG_READER_WAIT: Duration = Duration::from_secs(2);
-
-/// How often a durable commit measures the bytes in use (see
-/// [`Backend::size_in_use`]).
-const MEASURE_EVERY: Duration = Duration::from_secs(10);
-
 /// What the `meta` table says.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Meta {
@@ -116,10 +109,9 @@ pub(crate) struct Meta {
 
 /// The open database file plus the commit bookkeeping.
 pub(crate) struct Backend {
-    /// The file. Transactions begin under the read lock (and then live
-    /// on their own); [`Backend::defragment`] takes the write lock so that
-    /// none begins while it rewrites the file.
-    db: std::sync::RwLock<Database>,
+    /// The file. A defragment replaces it (`switch_to`); transactions
+    /// begun on the old one keep it open until they end.
+    db: std::sync::RwLock<Arc<Database>>,
     path: PathBuf,
     cfg: BackendConfig,
     /// Non-durable commits since the last durable one.
@@ -127,14 +119,14 @@ pub(crate) struct Backend {
     /// The newest applied raft index; written into `meta` by every commit
     /// so that it always describes the data committed with it.
     consistent_index: AtomicU64,
-    /// Bytes allocated inside the file, measured at a durable commit at
-    /// most every [`MEASURE_EVERY`], or on demand ([`Backend::measure`]).
+    /// Bytes allocated inside the file, measured at open, after a
+    /// defragment (on the new file, before it is switched to) or on demand
+    /// ([`Backend::measure`]). redb measures by walking every page, under
+    /// the writer's lock, so nothing on the write path measures.
     size_in_use: AtomicU64,
-    /// Record bytes (key + value) written since that measurement: the
-    /// estimate between measurements only ever grows, so a quota check
-    /// against it never lets a write through that a measurement would
-    /// refuse without measuring first.
-    written_since: AtomicU64,
+    /// `key` record bytes (key + value) written minus those compaction
+    /// deleted since that measurement.
+    delta_since: std::sync::atomic::AtomicI64,
     /// When `size_in_use` was last measured.
     measured: Mutex<Instant>,
     /// The redb write transaction kept open in batch mode, if any.
@@ -212,13 +204,13 @@ impl Backend {
     pub fn open(path: &Path, cfg: BackendConfig) -> Result<Backend> {
         let db = open_database(path)?;
         let backend = Backend {
-            db: std::sync::RwLock::new(db),
+            db: std::sync::RwLock::new(Arc::new(db)),
             path: path.to_path_buf(),
             cfg,
             pending: AtomicU64::new(0),
             consistent_index: AtomicU64::new(0),
             size_in_use: AtomicU64::new(0),
-            written_since: AtomicU64::new(0),
+            delta_since: std::sync::atomic::AtomicI64::new(0),
             measured: Mutex::new(Instant::now()),
             open: Mutex::new(Open::default()),
             staged: Mutex::new(Arc::new(Staged::default())),
@@ -249,52 +241,71 @@ impl Backend {
         Ok(())
     }
 
-    fn db(&self) -> std::sync::RwLockReadGuard<'_, Database> {
-        self.db.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Rewrites the file without its free pages and returns the file
-    /// sizes before and after (etcd's `backend.Defrag`). Like etcd's, it
-    /// stops the member's backend while it runs: the open batch is
-    /// committed, no transaction may begin, and the readers in flight are
-    /// waited for (up to [`DEFRAG_READER_WAIT`], else it gives up and
-    /// changes nothing).
-    pub fn defragment(&self) -> Result<(u64, u64)> {
-        let before = self.size()?;
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let tx = match open.tx.take() {
-            Some(tx) => tx,
-            None => self
-                .db()
-                .begin_write()
-                .map_err(|e| MvccError::backend("begin write", e))?,
-        };
-        self.insert_deferred(&mut open.deferred, &tx)?;
-        self.finish(tx, true)?;
-        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
-        let deadline = Instant::now() + DEFRAG_READER_WAIT;
-        loop {
-            match db.compact(redb::CompactionMode::Maximum) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(redb::CompactionError::TransactionInProgress) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Err(e) => return Err(MvccError::backend("defragment", e)),
-            }
-        }
-        drop(db);
-        drop(open);
-        let after = self.size()?;
-        self.measure(Duration::ZERO)?;
-        Ok((before, after))
+    /// The current file. A transaction begun on it keeps it open (see
+    /// [`Snapshot`]) even after a defragment replaced it.
+    fn db(&self) -> Arc<Database> {
+        self.db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// A consistent snapshot of the file as of the newest commit.
-    pub fn begin_read(&self) -> Result<ReadTransaction> {
-        self.db()
+    pub fn begin_read(&self) -> Result<Snapshot> {
+        let db = self.db();
+        let tx = db
             .begin_read()
-            .map_err(|e| MvccError::backend("begin read", e))
+            .map_err(|e| MvccError::backend("begin read", e))?;
+        Ok(Snapshot { tx, _db: db })
+    }
+
+    /// The last step of an online defragment (see `defrag`): with writers
+    /// held off by the caller, commits the open batch, lets `catch_up`
+    /// copy what the fresh file `next` lacks from a snapshot of the
+    /// current one, makes `next` durable, renames it over this file and
+    /// serves from it. Readers still on the old file finish on it.
+    pub(crate) fn switch_to(
+        &self,
+        next: Database,
+        next_path: &Path,
+        catch_up: impl FnOnce(&ReadTransaction, &WriteTransaction) -> Result<u64>,
+        measured: u64,
+    ) -> Result<()> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(tx) = open.tx.take() {
+            self.insert_deferred(&mut open.deferred, &tx)?;
+            self.finish(tx, false)?;
+        } else {
+            // The consistent index may have moved without a commit.
+            let tx = self
+                .db()
+                .begin_write()
+                .map_err(|e| MvccError::backend("begin write", e))?;
+            self.finish(tx, false)?;
+        }
+        let old = self.begin_read()?;
+        let tx = next
+            .begin_write()
+            .map_err(|e| MvccError::backend("begin write", e))?;
+        let caught_up = catch_up(&old, &tx)?;
+        tx.commit().map_err(|e| MvccError::backend("commit", e))?;
+        drop(old);
+        std::fs::rename(next_path, &self.path).map_err(|source| MvccError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| MvccError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+        }
+        *self.db.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+        self.pending.store(0, Ordering::SeqCst);
+        self.set_measured(measured + caught_up);
+        Ok(())
     }
 
     /// Runs `f` in one redb write transaction and commits it, together with
@@ -344,8 +355,7 @@ impl Backend {
         also: impl FnOnce(&WriteTransaction) -> Result<()>,
     ) -> Result<()> {
         let bytes: usize = records.iter().map(|(k, v)| k.len() + v.len()).sum();
-        self.written_since
-            .fetch_add(bytes as u64, Ordering::Relaxed);
+        self.account(bytes as i64);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         if !open.batching {
             drop(open);
@@ -510,18 +520,9 @@ impl Backend {
         })
         .map_err(|e| MvccError::backend("set durability", e))?;
         self.put_consistent_index(&tx)?;
-        let in_use = if durable && self.measure_due() {
-            Some(allocated_bytes(&tx)?)
-        } else {
-            None
-        };
         tx.commit().map_err(|e| MvccError::backend("commit", e))?;
         if durable {
             self.pending.store(0, Ordering::SeqCst);
-        }
-        if let Some(bytes) = in_use {
-            self.size_in_use.store(bytes, Ordering::Relaxed);
-            self.written_since.store(0, Ordering::Relaxed);
         }
         let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
         if !staged.is_empty() {
@@ -530,17 +531,10 @@ impl Backend {
         Ok(())
     }
 
-    /// Whether `size_in_use` should be measured now. redb measures by
-    /// walking every page of the file (through its cache), which is far too
-    /// costly for every durable commit.
-    fn measure_due(&self) -> bool {
-        let mut at = self.measured.lock().unwrap_or_else(PoisonError::into_inner);
-        if at.elapsed() >= MEASURE_EVERY {
-            *at = Instant::now();
-            true
-        } else {
-            false
-        }
+    /// Adds `bytes` (negative: deleted) of `key` records to the estimate
+    /// of the bytes in use.
+    pub(crate) fn account(&self, bytes: i64) {
+        self.delta_since.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Makes every commit so far durable (one fsync).
@@ -604,6 +598,11 @@ impl Backend {
         })
     }
 
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Size of the file on disk.
     pub fn size(&self) -> Result<u64> {
         std::fs::metadata(&self.path)
@@ -614,12 +613,19 @@ impl Backend {
             })
     }
 
-    /// Bytes in use inside the file: as measured at open, by a durable
-    /// commit in the last [`MEASURE_EVERY`] or by [`Backend::measure`],
-    /// plus the record bytes written since (etcd's figure is an estimate
-    /// too: file size minus its free list).
+    /// Bytes in use inside the file: the last measurement plus the record
+    /// bytes written and minus those compacted away since (etcd's figure
+    /// is an estimate too: file size minus its free list).
     pub fn size_in_use(&self) -> u64 {
-        self.size_in_use.load(Ordering::Relaxed) + self.written_since.load(Ordering::Relaxed)
+        let measured = self.size_in_use.load(Ordering::Relaxed) as i64;
+        (measured + self.delta_since.load(Ordering::Relaxed)).max(0) as u64
+    }
+
+    /// Starts the estimate again from `bytes` measured now.
+    fn set_measured(&self, bytes: u64) {
+        self.size_in_use.store(bytes, Ordering::Relaxed);
+        self.delta_since.store(0, Ordering::Relaxed);
+        *self.measured.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
     }
 
     /// Measures the bytes in use now, unless the last measurement is
@@ -651,9 +657,7 @@ impl Backend {
                 bytes
             }
         };
-        self.size_in_use.store(bytes, Ordering::Relaxed);
-        self.written_since.store(0, Ordering::Relaxed);
-        *self.measured.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        self.set_measured(bytes);
         Ok(bytes)
     }
 }
@@ -673,13 +677,15 @@ fn open_database(path: &Path) -> Result<Database> {
         path: path.to_path_buf(),
         source: Box::new(e.into()),
     };
-    let tmp = upgrade_path(path);
-    if tmp.exists() {
-        // An upgrade was cut short before its rename: the original is intact.
-        std::fs::remove_file(&tmp).map_err(|source| MvccError::Io {
-            path: tmp.clone(),
-            source,
-        })?;
+    for tmp in [upgrade_path(path), crate::defrag::scratch_path(path)] {
+        if tmp.exists() {
+            // An upgrade or defragment was cut short before its rename:
+            // the original is intact.
+            std::fs::remove_file(&tmp).map_err(|source| MvccError::Io {
+                path: tmp.clone(),
+                source,
+            })?;
+        }
     }
     match open() {
         Err(redb::DatabaseError::UpgradeRequired(version)) => {
@@ -732,6 +738,22 @@ fn upgrade_file(path: &Path, version: u8) -> Result<()> {
         "upgraded the backend file to redb's current file format"
     );
     Ok(())
+}
+
+/// A read transaction together with the file it reads, which it keeps
+/// open: a defragment may replace the file meanwhile.
+pub struct Snapshot {
+    // Dropped first: the transaction before its database.
+    tx: ReadTransaction,
+    _db: Arc<Database>,
+}
+
+impl std::ops::Deref for Snapshot {
+    type Target = ReadTransaction;
+
+    fn deref(&self) -> &ReadTransaction {
+        &self.tx
+    }
 }
 
 /// Point reads in the key table, whichever redb transaction holds it.

@@ -90,6 +90,9 @@ impl KvStore {
     /// revisions `<= rev` to keep on disk.
     fn compact_index(&self, rev: i64) -> HashSet<Revision> {
         let started = std::time::Instant::now();
+        self.shared
+            .rewrites
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut st = self.shared.state_mut();
         let keep = st.index.compact(rev);
         st.compact_rev = rev;
@@ -116,9 +119,11 @@ fn delete_compacted(backend: &Backend, rev: i64, keep: &HashSet<Revision>) -> Re
             for k in &batch {
                 let (r, _) = Revision::from_key(k)?;
                 if !keep.contains(&r) {
-                    table
+                    let old = table
                         .remove(k.as_slice())
                         .map_err(|e| MvccError::backend("delete revision", e))?;
+                    let freed = old.map_or(0, |v| k.len() + v.value().len());
+                    backend.account(-(freed as i64));
                     deleted += 1;
                 }
             }
@@ -137,8 +142,6 @@ fn delete_compacted(backend: &Backend, rev: i64, keep: &HashSet<Revision>) -> Re
         }
     }
     backend.sync()?;
-    // Status and the quota see the freed space at once.
-    backend.measure(std::time::Duration::ZERO)?;
     tracing::info!(revision = rev, deleted, took = ?started.elapsed(), "finished scheduled compaction");
     Ok(())
 }

@@ -125,16 +125,6 @@ impl KvStore {
         }
         Ok((h.finish(), rev))
     }
-
-    /// Rewrites the backend file without its free pages (etcd's
-    /// `Defragment`); returns the file size before and after. Requests
-    /// wait while it runs.
-    ///
-    /// # Errors
-    /// Backend errors; readers still in flight after two seconds.
-    pub fn defragment(&self) -> Result<(u64, u64)> {
-        self.shared.backend.defragment()
-    }
 }
 
 /// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), table-driven.

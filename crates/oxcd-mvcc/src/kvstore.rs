@@ -38,6 +38,10 @@ pub(crate) struct Shared {
     pub state: RwLock<State>,
     pub writer: WriterLock,
     pub compaction: Mutex<()>,
+    /// Bumped (under `compaction`) whenever rows may be deleted or
+    /// replaced anywhere in the `key` table: a compaction starting, a
+    /// snapshot install. An online defragment copying rows compares it.
+    pub rewrites: std::sync::atomic::AtomicU64,
     /// Live `KvStore` handles; the last one to drop stops the flusher.
     handles: AtomicUsize,
     flusher: Mutex<Flusher>,
@@ -154,6 +158,7 @@ impl KvStore {
                 state: RwLock::new(restored.state),
                 writer: WriterLock::default(),
                 compaction: Mutex::new(()),
+                rewrites: std::sync::atomic::AtomicU64::new(0),
                 handles: AtomicUsize::new(1),
                 flusher,
             }),

@@ -19,6 +19,7 @@
 //! | `alarm_table` | `etcdserver/api/v3alarm/alarms.go` (`alarm` bucket) | raised alarms, written by [`WriteTxn::put_alarm`], read by [`KvStore::alarms`] |
 //! | `restore` | `mvcc/kvstore.go` (`restore`) | rebuilding the index at open |
 //! | `txn` | `mvcc/kvstore_txn.go` | [`ReadTxn`], [`WriteTxn`], range |
+//! | `defrag` | `mvcc/backend/backend.go` (`defrag`) | [`KvStore::defragment`]: an online copy into a fresh file, then a short switch |
 //! | `compact` | `mvcc/kvstore_compaction.go` | [`KvStore::compact`] |
 //! | `events` | `mvcc/watchable_store.go` (`syncWatchers` scan) | [`ReadTxn::events`]: history as events for watchers |
 //! | `watcher` | `mvcc/watcher.go` | one watcher, its range, filters, and the [`WatchResponse`] a stream receives |
@@ -50,6 +51,7 @@
 mod alarm_table;
 pub mod backend;
 mod compact;
+mod defrag;
 pub mod error;
 mod events;
 mod hash;

@@ -103,6 +103,9 @@ impl KvStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let _writer = WriterGuard::new(&self.shared.writer);
+        self.shared
+            .rewrites
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let other = Database::open(src).map_err(|e| MvccError::backend("open snapshot", e))?;
         let from = other
             .begin_read()

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
+use crate::backend::Snapshot;
 use prost::Message;
-use redb::ReadTransaction;
 
 use oxcd_api::mvccpb::{event::EventType, Event, KeyValue};
 
@@ -49,7 +49,7 @@ pub struct RangeResult {
 /// reused, so drop it when done.
 pub struct ReadTxn {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) tx: ReadTransaction,
+    pub(crate) tx: Snapshot,
     /// Writes not yet committed to redb when this snapshot began.
     pub(crate) staged: Arc<Staged>,
     rev: i64,

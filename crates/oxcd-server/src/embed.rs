@@ -264,7 +264,8 @@ impl Etcd {
     /// Stops the member:
     /// 1. end watch streams (they never end on their own);
     /// 2. stop accepting and let connections finish (bounded);
-    /// 3. stop the peer links and the raft loop, which closes the WAL.
+    /// 3. stop the peer links and the raft loop, which closes the WAL;
+    /// 4. commit the backend durably.
     pub async fn close(self) {
         self.core.watchable.close();
         self.shutdown.cancel();
@@ -279,6 +280,14 @@ impl Etcd {
         let node = self.core.writes.node();
         if node.send(oxcd_raft::node::Input::Stop).is_ok() {
             let _ = tokio::time::timeout(CLOSE_GRACE, node.stopped()).await;
+        }
+        // Nothing applies any more: make the backend durable, so that the
+        // next start finds it current instead of replaying the WAL.
+        let store = self.core.store.clone();
+        match tokio::task::spawn_blocking(move || store.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "final backend commit failed"),
+            Err(e) => tracing::warn!(error = %e, "final backend commit did not run"),
         }
     }
 }

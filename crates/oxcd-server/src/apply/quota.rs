@@ -17,8 +17,9 @@ pub const DEFAULT_QUOTA_BYTES: i64 = 2 * 1024 * 1024 * 1024;
 /// Above this etcd warns that the quota is larger than recommended.
 pub const MAX_QUOTA_BYTES: i64 = 8 * 1024 * 1024 * 1024;
 /// How stale a measurement of the bytes in use may be when a request
-/// looks over quota.
-const MEASURE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// looks over quota (measuring walks the whole file under the writer's
+/// lock, so it is rare, and only happens near the quota).
+const MEASURE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// What a lease costs.
 const LEASE_OVERHEAD: u64 = 64;
 /// What a key costs on top of its key and value bytes.
@@ -49,8 +50,8 @@ impl Quota {
             None => true,
             Some(_) if c == 0 => true,
             Some(max) if self.size().saturating_add(c) < max => true,
-            // The estimate errs high: measure (at most every
-            // MEASURE_INTERVAL) before refusing.
+            // The estimate counts record bytes, not pages: measure (at
+            // most every MEASURE_INTERVAL) before refusing.
             Some(max) => match self.store.measure_in_use(MEASURE_INTERVAL) {
                 Ok(size) => size.saturating_add(c) < max,
                 Err(e) => {

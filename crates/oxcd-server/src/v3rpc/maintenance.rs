@@ -67,7 +67,9 @@ impl Maintenance for MaintenanceService {
     }
 
     /// Defragments this member's backend only (not through raft), off the
-    /// async threads. Answers `{}` with no header, as etcd does.
+    /// async threads, while it keeps serving (writers wait only for the
+    /// final switch, see `oxcd_mvcc`'s `defrag`). Answers `{}` with no
+    /// header, as etcd does.
     async fn defragment(
         &self,
         _r: Request<DefragmentRequest>,
@@ -82,7 +84,7 @@ impl Maintenance for MaintenanceService {
             Ok((before, after)) => {
                 tracing::info!(
                     current_db_size_bytes = before,
-                    current_db_size_in_use_bytes = after,
+                    new_db_size_bytes = after,
                     took = ?started.elapsed(),
                     "finished defragmenting the storage backend"
                 );

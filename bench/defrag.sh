@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Put latency while the backend is defragmented, etcd (/usr/bin/etcd)
+# beside oxcd. Each server gets the same history: N keys (256-byte values)
+# written twice, then compacted to the current revision, so that about
+# half of the file is free pages. Then the same put load (10 clients, new
+# keys, 128-byte values) runs twice: once idle, once with `etcdctl defrag`
+# started a second into it. The table gives the defrag's duration, the
+# put p99 / max of both runs, and the file size before and after.
+#
+# Usage: bench/defrag.sh [--keys N] [--puts N] [--no-build] [--out FILE]
+# Environment: ETCD_BIN (default /usr/bin/etcd), OXCD_BIN (default
+# target/release/oxcd).
+#
+# Only processes this script started are signalled, by their saved pid.
+# All traffic goes to 127.0.0.1; every bench run has --timeout.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+ETCD_BIN="${ETCD_BIN:-/usr/bin/etcd}"
+OXCD_BIN="${OXCD_BIN:-$ROOT/target/release/oxcd}"
+BENCH="$ROOT/target/release/oxcd-bench"
+KEYS=1000000
+PUTS=60000
+BUILD=1
+OUT=""
+PORT=23479
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --keys) KEYS="$2"; shift 2 ;;
+    --puts) PUTS="$2"; shift 2 ;;
+    --no-build) BUILD=0; shift ;;
+    --out) OUT="$2"; shift 2 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+for n in "$KEYS" "$PUTS"; do
+  [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "--keys and --puts take positive integers" >&2; exit 2; }
+done
+for tool in jq etcdctl; do
+  command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 2; }
+done
+if [ "$BUILD" = 1 ]; then
+  (cd "$ROOT" && cargo build --release -p oxcd -p oxcd-bench >&2)
+fi
+
+WORK="$(mktemp -d /tmp/oxcd-defrag.XXXXXX)"
+PID=""
+stop() {
+  if [ -n "$PID" ]; then
+    kill -TERM "$PID" 2>/dev/null || true
+    for _ in $(seq 1 200); do kill -0 "$PID" 2>/dev/null || break; sleep 0.05; done
+    kill -KILL "$PID" 2>/dev/null || true
+    PID=""
+  fi
+}
+trap 'stop; rm -rf "$WORK"' EXIT
+
+EP="127.0.0.1:$PORT"
+start() { # start BIN DIR
+  "$1" --name d --data-dir "$2" --listen-client-urls "http://$EP" \
+    --advertise-client-urls "http://$EP" --listen-peer-urls "http://127.0.0.1:$((PORT + 1))" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$((PORT + 1))" \
+    --initial-cluster "d=http://127.0.0.1:$((PORT + 1))" \
+    --quota-backend-bytes 8589934592 >"$2.log" 2>&1 &
+  PID=$!
+  for _ in $(seq 1 200); do
+    etcdctl --endpoints="$EP" --dial-timeout=1s endpoint health >/dev/null 2>&1 && return 0
+    sleep 0.05
+  done
+  echo "server did not start; log:" >&2; cat "$2.log" >&2; exit 1
+}
+# mib: "dbSize / dbSizeInUse" in MiB
+mib() {
+  etcdctl --endpoints="$EP" endpoint status -w json |
+    jq -r '.[0].Status | "\(.dbSize / 1048576 | floor) / \((.dbSizeInUse // 0) / 1048576 | floor)"'
+}
+rev() { etcdctl --endpoints="$EP" endpoint status -w json | jq -r '.[0].Status.header.revision'; }
+load() { # load TOTAL KEYSPACE VALSIZE
+  "$BENCH" --endpoints "$EP" --conns 10 --clients 100 --timeout 900 put \
+    --total "$1" --key-space-size "$2" --val-size "$3" --sequential-keys >/dev/null
+}
+probe() { # the put load whose latency is measured; prints "p99 max"
+  "$BENCH" --endpoints "$EP" --conns 2 --clients 10 --timeout 600 --json put \
+    --total "$PUTS" --key-size 16 --key-space-size 100000000 --val-size 128 |
+    jq -r '"\(.p99_ms) \(.max_ms)"'
+}
+
+declare -A R
+for kind in etcd oxcd; do
+  bin="$ETCD_BIN"; [ "$kind" = oxcd ] && bin="$OXCD_BIN"
+  d="$WORK/$kind"
+  start "$bin" "$d"
+  load "$KEYS" "$KEYS" 256
+  load "$KEYS" "$KEYS" 256
+  etcdctl --endpoints="$EP" --command-timeout=600s compact "$(rev)" --physical >/dev/null
+  R[$kind,before]=$(mib)
+  R[$kind,idle]=$(probe)
+  probe >"$WORK/$kind.probe" &
+  probe_pid=$!
+  sleep 1
+  t0=$(date +%s.%N)
+  etcdctl --endpoints="$EP" --command-timeout=600s defrag >/dev/null
+  t1=$(date +%s.%N)
+  R[$kind,after]=$(mib)
+  wait "$probe_pid"
+  R[$kind,during]=$(cat "$WORK/$kind.probe")
+  R[$kind,took]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+  stop
+done
+
+table() {
+  echo "| server | db / in use MiB before | defrag s | db / in use MiB after | idle put p99 / max ms | put p99 / max ms during defrag |"
+  echo "|---|---|---|---|---|---|"
+  for kind in etcd oxcd; do
+    read -r ip im <<<"${R[$kind,idle]}"
+    read -r dp dm <<<"${R[$kind,during]}"
+    echo "| $kind | ${R[$kind,before]} | ${R[$kind,took]} | ${R[$kind,after]} | $ip / $im | $dp / $dm |"
+  done
+}
+table
+[ -n "$OUT" ] && table >"$OUT"
+exit 0
