@@ -45,40 +45,12 @@ if [ "$BUILD" = 1 ]; then
 fi
 
 WORK="$(mktemp -d /tmp/oxcd-defrag.XXXXXX)"
-PID=""
-stop() {
-  if [ -n "$PID" ]; then
-    kill -TERM "$PID" 2>/dev/null || true
-    for _ in $(seq 1 200); do kill -0 "$PID" 2>/dev/null || break; sleep 0.05; done
-    kill -KILL "$PID" 2>/dev/null || true
-    PID=""
-  fi
-}
-trap 'stop; rm -rf "$WORK"' EXIT
-
-EP="127.0.0.1:$PORT"
-start() { # start BIN DIR
-  "$1" --name d --data-dir "$2" --listen-client-urls "http://$EP" \
-    --advertise-client-urls "http://$EP" --listen-peer-urls "http://127.0.0.1:$((PORT + 1))" \
-    --initial-advertise-peer-urls "http://127.0.0.1:$((PORT + 1))" \
-    --initial-cluster "d=http://127.0.0.1:$((PORT + 1))" \
-    --quota-backend-bytes 8589934592 >"$2.log" 2>&1 &
-  PID=$!
-  for _ in $(seq 1 200); do
-    etcdctl --endpoints="$EP" --dial-timeout=1s endpoint health >/dev/null 2>&1 && return 0
-    sleep 0.05
-  done
-  echo "server did not start; log:" >&2; cat "$2.log" >&2; exit 1
-}
+# shellcheck source=bench/single.sh
+. "$ROOT/bench/single.sh"
 # mib: "dbSize / dbSizeInUse" in MiB
 mib() {
   etcdctl --endpoints="$EP" endpoint status -w json |
     jq -r '.[0].Status | "\(.dbSize / 1048576 | floor) / \((.dbSizeInUse // 0) / 1048576 | floor)"'
-}
-rev() { etcdctl --endpoints="$EP" endpoint status -w json | jq -r '.[0].Status.header.revision'; }
-load() { # load TOTAL KEYSPACE VALSIZE
-  "$BENCH" --endpoints "$EP" --conns 10 --clients 100 --timeout 900 put \
-    --total "$1" --key-space-size "$2" --val-size "$3" --sequential-keys >/dev/null
 }
 probe() { # the put load whose latency is measured; prints "p99 max"
   "$BENCH" --endpoints "$EP" --conns 2 --clients 10 --timeout 600 --json put \

@@ -43,31 +43,8 @@ if [ "$BUILD" = 1 ]; then
 fi
 
 WORK="$(mktemp -d /tmp/oxcd-disk.XXXXXX)"
-PID=""
-stop() {
-  if [ -n "$PID" ]; then
-    kill -TERM "$PID" 2>/dev/null || true
-    for _ in $(seq 1 200); do kill -0 "$PID" 2>/dev/null || break; sleep 0.05; done
-    kill -KILL "$PID" 2>/dev/null || true
-    PID=""
-  fi
-}
-trap 'stop; rm -rf "$WORK"' EXIT
-
-EP="127.0.0.1:$PORT"
-start() { # start BIN DIR
-  "$1" --name d --data-dir "$2" --listen-client-urls "http://$EP" \
-    --advertise-client-urls "http://$EP" --listen-peer-urls "http://127.0.0.1:$((PORT + 1))" \
-    --initial-advertise-peer-urls "http://127.0.0.1:$((PORT + 1))" \
-    --initial-cluster "d=http://127.0.0.1:$((PORT + 1))" \
-    --quota-backend-bytes 8589934592 >"$2.log" 2>&1 &
-  PID=$!
-  for _ in $(seq 1 200); do
-    etcdctl --endpoints="$EP" --dial-timeout=1s endpoint health >/dev/null 2>&1 && return 0
-    sleep 0.05
-  done
-  echo "server did not start; log:" >&2; cat "$2.log" >&2; exit 1
-}
+# shellcheck source=bench/single.sh
+. "$ROOT/bench/single.sh"
 # size DIR: "dbSize | dbSizeInUse | blocks on disk" in MiB
 size() {
   local du
@@ -76,18 +53,13 @@ size() {
     jq -r '.[0].Status | "\(.dbSize / 1048576) \((.dbSizeInUse // 0) / 1048576)"' |
     awk -v du="$du" '{ printf "%.1f | %.1f | %.1f", $1, $2, du / 1024 }'
 }
-put() { # put TOTAL KEYSPACE VALSIZE
-  "$BENCH" --endpoints "$EP" --conns 10 --clients 100 --timeout 900 put \
-    --total "$1" --key-space-size "$2" --val-size "$3" --sequential-keys >/dev/null
-}
-rev() { etcdctl --endpoints="$EP" endpoint status -w json | jq -r '.[0].Status.header.revision'; }
 
 declare -A ROW
 for kind in etcd oxcd; do
   bin="$ETCD_BIN"; [ "$kind" = oxcd ] && bin="$OXCD_BIN"
   d="$WORK/$kind-a"
   start "$bin" "$d"
-  put 200000 1000 100
+  load 200000 1000 100
   ROW[$kind,ow]=$(size "$d")
   etcdctl --endpoints="$EP" --command-timeout=600s compact "$(rev)" --physical >/dev/null
   ROW[$kind,compact]=$(size "$d")
@@ -96,7 +68,7 @@ for kind in etcd oxcd; do
   stop
   d="$WORK/$kind-b"
   start "$bin" "$d"
-  put "$BULK" "$BULK" 256
+  load "$BULK" "$BULK" 256
   ROW[$kind,bulk]=$(size "$d")
   etcdctl --endpoints="$EP" --command-timeout=600s defrag >/dev/null
   ROW[$kind,bulkdefrag]=$(size "$d")

@@ -603,10 +603,15 @@ impl Backend {
         &self.path
     }
 
-    /// Size of the file on disk.
+    /// The bytes the file takes on disk. redb grows its file in steps (up
+    /// to doubling it) that stay sparse until written, so the length alone
+    /// can be twice what the disk holds; this is the smaller of the length
+    /// and the allocated blocks (for a file that is not sparse, as etcd's
+    /// bbolt file, the two are the same).
     pub fn size(&self) -> Result<u64> {
+        use std::os::unix::fs::MetadataExt;
         std::fs::metadata(&self.path)
-            .map(|m| m.len())
+            .map(|m| m.len().min(m.blocks().saturating_mul(512)))
             .map_err(|source| MvccError::Io {
                 path: self.path.clone(),
                 source,

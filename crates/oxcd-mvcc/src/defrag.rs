@@ -31,6 +31,7 @@ use redb::{Database, Durability, ReadTransaction, ReadableTable, TableHandle, Wr
 use crate::backend::KEY_TABLE;
 use crate::error::{MvccError, Result};
 use crate::kvstore::{KvStore, WriterGuard};
+use crate::snapshot::copy_tables;
 
 /// Rows per transaction while copying.
 const COPY_BATCH: usize = 10_000;
@@ -47,10 +48,6 @@ pub(crate) fn scratch_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".defrag");
     path.with_file_name(name)
-}
-
-fn named(name: &str) -> redb::TableDefinition<'_, &'static [u8], &'static [u8]> {
-    redb::TableDefinition::new(name)
 }
 
 impl KvStore {
@@ -155,7 +152,10 @@ impl KvStore {
             scratch,
             |old, tx| {
                 let rows = copy_rows_after(old, tx, last.as_deref())?;
-                Ok(rows + copy_other_tables(old, tx)?)
+                // The small tables (meta with the consistent index, lease,
+                // alarm) are copied whole.
+                let others = copy_tables(old, tx, |n| n != KEY_TABLE.name(), true)?;
+                Ok(rows + others)
             },
             measured,
         )?;
@@ -247,38 +247,6 @@ fn copy_rows_after(
             return Ok(total);
         }
     }
-}
-
-/// Replaces every table but `key` in `tx` with its rows in `src`; returns
-/// their bytes.
-fn copy_other_tables(src: &ReadTransaction, tx: &WriteTransaction) -> Result<u64> {
-    let names: Vec<String> = src
-        .list_tables()
-        .map_err(|e| MvccError::backend("list tables", e))?
-        .map(|h| h.name().to_string())
-        .filter(|n| n != KEY_TABLE.name())
-        .collect();
-    let mut bytes = 0;
-    for name in &names {
-        tx.delete_table(named(name))
-            .map_err(|e| MvccError::backend("drop table", e))?;
-        let from = src
-            .open_table(named(name))
-            .map_err(|e| MvccError::backend("open source table", e))?;
-        let mut to = tx
-            .open_table(named(name))
-            .map_err(|e| MvccError::backend("open target table", e))?;
-        for row in from
-            .iter()
-            .map_err(|e| MvccError::backend("scan source table", e))?
-        {
-            let (k, v) = row.map_err(|e| MvccError::backend("scan source table", e))?;
-            to.insert(k.value(), v.value())
-                .map_err(|e| MvccError::backend("copy row", e))?;
-            bytes += (k.value().len() + v.value().len()) as u64;
-        }
-    }
-    Ok(bytes)
 }
 
 #[cfg(test)]

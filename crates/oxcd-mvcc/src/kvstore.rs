@@ -264,7 +264,8 @@ impl KvStore {
         self.shared.backend.sync()
     }
 
-    /// Size of the backend file in bytes.
+    /// Size of the backend file in bytes: what it takes on disk (its
+    /// length, or less while the end of it is sparse).
     ///
     /// # Errors
     /// I/O errors reading the file's metadata.
@@ -273,9 +274,9 @@ impl KvStore {
     }
 
     /// Bytes in use inside the backend file: the last measurement (at open,
-    /// by a durable commit within ten seconds, after a compaction, or by
-    /// [`KvStore::measure_in_use`]) plus the record bytes written since; an
-    /// estimate, like etcd's, that errs high between measurements.
+    /// after a defragment, or by [`KvStore::measure_in_use`]) plus the
+    /// record bytes written and minus those compacted away since; an
+    /// estimate, like etcd's.
     pub fn db_size_in_use(&self) -> u64 {
         self.shared.backend.size_in_use()
     }

@@ -33,14 +33,27 @@ fn table(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
     TableDefinition::new(name)
 }
 
-/// Copies every table of `src` into `dst` (all rows).
-fn copy_tables(src: &redb::ReadTransaction, dst: &redb::WriteTransaction) -> Result<()> {
+/// Copies the tables of `src` whose names `wanted` accepts into `dst`
+/// (all rows; a table already in `dst` is emptied first when `replace`);
+/// returns the bytes copied.
+pub(crate) fn copy_tables(
+    src: &redb::ReadTransaction,
+    dst: &redb::WriteTransaction,
+    wanted: impl Fn(&str) -> bool,
+    replace: bool,
+) -> Result<u64> {
     let names: Vec<String> = src
         .list_tables()
         .map_err(|e| MvccError::backend("list tables", e))?
         .map(|h| h.name().to_string())
+        .filter(|n| wanted(n))
         .collect();
+    let mut bytes = 0;
     for name in names {
+        if replace {
+            dst.delete_table(table(&name))
+                .map_err(|e| MvccError::backend("drop table", e))?;
+        }
         let from = src
             .open_table(table(&name))
             .map_err(|e| MvccError::backend("open source table", e))?;
@@ -54,9 +67,10 @@ fn copy_tables(src: &redb::ReadTransaction, dst: &redb::WriteTransaction) -> Res
             let (k, v) = row.map_err(|e| MvccError::backend("scan source table", e))?;
             to.insert(k.value(), v.value())
                 .map_err(|e| MvccError::backend("copy row", e))?;
+            bytes += (k.value().len() + v.value().len()) as u64;
         }
     }
-    Ok(())
+    Ok(bytes)
 }
 
 impl KvStore {
@@ -78,7 +92,7 @@ impl KvStore {
         let tx = db
             .begin_write()
             .map_err(|e| MvccError::backend("begin write", e))?;
-        copy_tables(&src, &tx)?;
+        copy_tables(&src, &tx, |_| true, false)?;
         tx.commit()
             .map_err(|e| MvccError::backend("commit copy", e))?;
         drop(db);
@@ -123,7 +137,7 @@ impl KvStore {
                 tx.delete_table(table(&name))
                     .map_err(|e| MvccError::backend("drop table", e))?;
             }
-            copy_tables(&from, tx)
+            copy_tables(&from, tx, |_| true, false).map(|_| ())
         })?;
         drop(from);
         drop(other);

@@ -31,6 +31,14 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+/// How a round over a member's peer URLs ended.
+enum Tried<T> {
+    /// An answer, a final error, or the deadline.
+    Answered(Result<T, EtcdError>),
+    /// No URL answered; the last error, if any.
+    Unanswered(Option<EtcdError>),
+}
+
 /// Pause before asking again when no leader URL answered.
 const RETRY: Duration = Duration::from_millis(50);
 
@@ -81,23 +89,8 @@ impl Forwarder {
                 .get(leader)
                 .map(|m| m.peer_urls)
                 .unwrap_or_default();
-            for url in urls {
-                let attempt = async {
-                    let channel = self.channel(&url).await.ok()?;
-                    Some(call(ForwardClient::new(channel)).await)
-                };
-                match tokio::time::timeout_at(deadline, attempt).await {
-                    Err(_) => return Err(EtcdError::Timeout),
-                    Ok(Some(Ok(v))) => return Ok(v),
-                    Ok(Some(Err(status))) => {
-                        let e = EtcdError::from_status(&status)
-                            .unwrap_or_else(|| EtcdError::Unknown(status.message().into()));
-                        if is_final(&e) {
-                            return Err(e);
-                        }
-                    }
-                    Ok(None) => {}
-                }
+            if let Tried::Answered(r) = self.try_urls(urls, deadline, &call, is_final).await {
+                return r;
             }
             if Instant::now() + RETRY >= deadline {
                 return Err(EtcdError::Timeout);
@@ -129,23 +122,46 @@ impl Forwarder {
             .get(id)
             .map(|m| m.peer_urls)
             .unwrap_or_default();
-        let mut last = EtcdError::Timeout;
+        match self.try_urls(urls, deadline, &call, |_| false).await {
+            Tried::Answered(r) => r,
+            Tried::Unanswered(last) => Err(last.unwrap_or(EtcdError::Timeout)),
+        }
+    }
+
+    /// Tries `urls` in turn until one answers, or fails with an error
+    /// `is_final` accepts, or `deadline` passes (`Timeout`).
+    async fn try_urls<T, F, Fut>(
+        &self,
+        urls: Vec<String>,
+        deadline: Instant,
+        call: &F,
+        is_final: impl Fn(&EtcdError) -> bool,
+    ) -> Tried<T>
+    where
+        F: Fn(ForwardClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let mut last = None;
         for url in urls {
             let attempt = async {
                 let channel = self.channel(&url).await.ok()?;
                 Some(call(ForwardClient::new(channel)).await)
             };
             match tokio::time::timeout_at(deadline, attempt).await {
-                Err(_) => return Err(EtcdError::Timeout),
-                Ok(Some(Ok(v))) => return Ok(v),
+                Err(_) => return Tried::Answered(Err(EtcdError::Timeout)),
+                Ok(Some(Ok(v))) => return Tried::Answered(Ok(v)),
                 Ok(Some(Err(status))) => {
-                    last = EtcdError::from_status(&status)
+                    let e = EtcdError::from_status(&status)
                         .unwrap_or_else(|| EtcdError::Unknown(status.message().into()));
+                    if is_final(&e) {
+                        return Tried::Answered(Err(e));
+                    }
+                    last = Some(e);
                 }
                 Ok(None) => {}
             }
         }
-        Err(last)
+        Tried::Unanswered(last)
     }
 
     async fn channel(&self, url: &str) -> Result<Channel, tonic::transport::Error> {

@@ -56,6 +56,15 @@ fn corrupt_values(data_dir: &Path) {
     tx.commit().expect("commit");
 }
 
+/// Polls (bounded) until member `i` serves revision `rev`.
+async fn wait_applied(cluster: &Cluster, i: usize, rev: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.local_revision(i).await != Some(rev) {
+        assert!(Instant::now() < deadline, "member {i} never caught up");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 #[tokio::test]
 async fn initial_check_refuses_a_member_whose_data_differs() {
     if oxcd_only("initial_check_refuses_a_member_whose_data_differs") {
@@ -80,11 +89,7 @@ async fn initial_check_refuses_a_member_whose_data_differs() {
             .header()
             .expect("h")
             .revision();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while cluster.local_revision(0).await != Some(rev) {
-            assert!(Instant::now() < deadline, "member 0 never caught up");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_applied(&cluster, 0, rev).await;
         cluster.stop(0).await;
         corrupt_values(&cluster.member(0).data_dir());
         let log = cluster.restart_expecting_exit(0, &[]).await;
@@ -122,11 +127,7 @@ async fn periodic_check_raises_corrupt_for_the_member_that_differs() {
             .header()
             .expect("h")
             .revision();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while cluster.local_revision(victim).await != Some(rev) {
-            assert!(Instant::now() < deadline, "member {victim} never caught up");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_applied(&cluster, victim, rev).await;
         assert_eq!(cluster.etcdctl(&["alarm", "list"]).await.ok(), "");
         cluster.stop(victim).await;
         corrupt_values(&cluster.member(victim).data_dir());

@@ -1,0 +1,44 @@
+# Shared by bench/disk.sh and bench/defrag.sh (sourced, not run): one
+# single-member server at a time on 127.0.0.1:$PORT, started from a binary
+# and stopped by its saved pid. Needs PORT and WORK set, and etcdctl.
+
+PID=""
+
+# stop: SIGTERM the server started by `start`, SIGKILL after 10 s.
+stop() {
+  if [ -n "$PID" ]; then
+    kill -TERM "$PID" 2>/dev/null || true
+    for _ in $(seq 1 200); do kill -0 "$PID" 2>/dev/null || break; sleep 0.05; done
+    kill -KILL "$PID" 2>/dev/null || true
+    PID=""
+  fi
+}
+trap 'stop; rm -rf "$WORK"' EXIT
+
+EP="127.0.0.1:$PORT"
+
+# start BIN DIR: a single member with an 8 GiB quota; waits until healthy.
+start() {
+  "$1" --name d --data-dir "$2" --listen-client-urls "http://$EP" \
+    --advertise-client-urls "http://$EP" --listen-peer-urls "http://127.0.0.1:$((PORT + 1))" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$((PORT + 1))" \
+    --initial-cluster "d=http://127.0.0.1:$((PORT + 1))" \
+    --quota-backend-bytes 8589934592 >"$2.log" 2>&1 &
+  PID=$!
+  for _ in $(seq 1 200); do
+    etcdctl --endpoints="$EP" --dial-timeout=1s endpoint health >/dev/null 2>&1 && return 0
+    sleep 0.05
+  done
+  echo "server did not start; log:" >&2
+  cat "$2.log" >&2
+  exit 1
+}
+
+# rev: the server's current revision.
+rev() { etcdctl --endpoints="$EP" endpoint status -w json | jq -r '.[0].Status.header.revision'; }
+
+# load TOTAL KEYSPACE VALSIZE: puts from 100 clients, sequential keys.
+load() {
+  "$BENCH" --endpoints "$EP" --conns 10 --clients 100 --timeout 900 put \
+    --total "$1" --key-space-size "$2" --val-size "$3" --sequential-keys >/dev/null
+}
