@@ -56,6 +56,25 @@ fn corrupt_values(data_dir: &Path) {
     tx.commit().expect("commit");
 }
 
+/// Writes `k0`..`k9` through member `via`, then waits (bounded) until
+/// member `i` serves them.
+async fn write_ten_keys(cluster: &Cluster, via: usize, i: usize) {
+    let mut c = cluster.client_of(via).await;
+    for k in 0..10 {
+        c.put(format!("k{k}"), format!("v{k}"), None)
+            .await
+            .expect("put");
+    }
+    let rev = c
+        .get("k9", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("h")
+        .revision();
+    wait_applied(cluster, i, rev).await;
+}
+
 /// Polls (bounded) until member `i` serves revision `rev`.
 async fn wait_applied(cluster: &Cluster, i: usize, rev: i64) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -75,21 +94,8 @@ async fn initial_check_refuses_a_member_whose_data_differs() {
             .flags(&["--experimental-initial-corrupt-check"])
             .start()
             .await;
-        let mut c = cluster.client_of(1).await;
-        for i in 0..10 {
-            c.put(format!("k{i}"), format!("v{i}"), None)
-                .await
-                .expect("put");
-        }
         // Every member has applied the puts before member 0 stops.
-        let rev = c
-            .get("k9", None)
-            .await
-            .expect("get")
-            .header()
-            .expect("h")
-            .revision();
-        wait_applied(&cluster, 0, rev).await;
+        write_ten_keys(&cluster, 1, 0).await;
         cluster.stop(0).await;
         corrupt_values(&cluster.member(0).data_dir());
         let log = cluster.restart_expecting_exit(0, &[]).await;
@@ -114,20 +120,7 @@ async fn periodic_check_raises_corrupt_for_the_member_that_differs() {
             .await;
         let leader = cluster.wait_leader(Duration::from_secs(10)).await;
         let victim = (leader + 1) % 3;
-        let mut c = cluster.client_of(leader).await;
-        for i in 0..10 {
-            c.put(format!("k{i}"), format!("v{i}"), None)
-                .await
-                .expect("put");
-        }
-        let rev = c
-            .get("k9", None)
-            .await
-            .expect("get")
-            .header()
-            .expect("h")
-            .revision();
-        wait_applied(&cluster, victim, rev).await;
+        write_ten_keys(&cluster, leader, victim).await;
         assert_eq!(cluster.etcdctl(&["alarm", "list"]).await.ok(), "");
         cluster.stop(victim).await;
         corrupt_values(&cluster.member(victim).data_dir());
