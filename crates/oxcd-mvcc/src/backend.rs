@@ -263,14 +263,15 @@ impl Backend {
     /// held off by the caller, commits the open batch, lets `catch_up`
     /// copy what the fresh file `next` lacks from a snapshot of the
     /// current one, makes `next` durable, renames it over this file and
-    /// serves from it. Readers still on the old file finish on it.
+    /// serves from it. Readers still on the old file finish on it; the old
+    /// file is returned, to be closed without holding anyone up.
     pub(crate) fn switch_to(
         &self,
         next: Database,
         next_path: &Path,
         catch_up: impl FnOnce(&ReadTransaction, &WriteTransaction) -> Result<u64>,
         measured: u64,
-    ) -> Result<()> {
+    ) -> Result<Arc<Database>> {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(tx) = open.tx.take() {
             self.insert_deferred(&mut open.deferred, &tx)?;
@@ -302,10 +303,15 @@ impl Backend {
                     source,
                 })?;
         }
-        *self.db.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+        let previous = std::mem::replace(
+            &mut *self.db.write().unwrap_or_else(PoisonError::into_inner),
+            Arc::new(next),
+        );
         self.pending.store(0, Ordering::SeqCst);
         self.set_measured(measured + caught_up);
-        Ok(())
+        // Closing the old file flushes it: the caller does that once
+        // writers go on.
+        Ok(previous)
     }
 
     /// Runs `f` in one redb write transaction and commits it, together with

@@ -145,9 +145,9 @@ impl KvStore {
             tx.abort().map_err(|e| MvccError::backend("abort", e))?;
             stats.allocated_pages() * stats.page_size() as u64
         };
-        let _writer = WriterGuard::new(&self.shared.writer);
+        let writer = WriterGuard::new(&self.shared.writer);
         let started = std::time::Instant::now();
-        backend.switch_to(
+        let previous = backend.switch_to(
             next,
             scratch,
             |old, tx| {
@@ -159,7 +159,9 @@ impl KvStore {
             },
             measured,
         )?;
+        drop(writer);
         tracing::info!(writers_waited = ?started.elapsed(), "switched to the defragmented backend file");
+        drop(previous);
         Ok(true)
     }
 }
