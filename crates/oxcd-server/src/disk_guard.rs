@@ -63,11 +63,6 @@ impl DiskGuard {
         self.inner.low.load(Ordering::Acquire)
     }
 
-    /// The free bytes below which writes stop.
-    pub fn reserve(&self) -> u64 {
-        self.inner.reserve
-    }
-
     /// The least free space over the watched directories, with its
     /// directory; `None` if none could be measured.
     fn least_free(&self) -> Option<(u64, &Path)> {

@@ -30,6 +30,15 @@ async fn member_id(c: &mut Client) -> u64 {
         .member_id()
 }
 
+async fn current_rev(c: &mut Client) -> i64 {
+    c.status()
+        .await
+        .expect("status")
+        .header()
+        .expect("header")
+        .revision()
+}
+
 #[tokio::test]
 async fn nospace_alarm_gates_writes_persists_and_disarms() {
     bounded(async {
@@ -65,13 +74,7 @@ async fn nospace_alarm_gates_writes_persists_and_disarms() {
             .await;
         assert_eq!(txn.ok(), "SUCCESS\n\nk\nv\n");
         assert_eq!(m.etcdctl(&["del", "k"]).await.ok(), "1\n");
-        let rev = c
-            .status()
-            .await
-            .expect("status")
-            .header()
-            .expect("h")
-            .revision();
+        let rev = current_rev(&mut c).await;
         c.compact(rev, None)
             .await
             .expect("compaction under NOSPACE");
@@ -177,13 +180,7 @@ async fn quota_exceeded_raises_nospace_until_space_is_freed() {
         let e = m.etcdctl(&["put", "small2", "x"]).await;
         assert_eq!(e.err(), format!("Error: {NO_SPACE}"));
 
-        let rev = c
-            .status()
-            .await
-            .expect("status")
-            .header()
-            .expect("h")
-            .revision();
+        let rev = current_rev(&mut c).await;
         let out = m
             .etcdctl(&["compact", &rev.to_string(), "--physical"])
             .await;

@@ -80,11 +80,6 @@ impl Alarms {
             .collect()
     }
 
-    /// Whether any alarm is raised.
-    pub fn any(&self) -> bool {
-        !self.read().is_empty()
-    }
-
     /// Whether any alarm other than those of the `excluded` types is raised
     /// (`/health?exclude=NOSPACE`).
     pub fn any_except(&self, excluded: &[i32]) -> bool {
@@ -298,7 +293,7 @@ mod tests {
         assert_eq!(Alarms::load(&s).unwrap().get(AlarmType::None).len(), 1);
         run(&a, &s, req(AlarmAction::Deactivate, 5, AlarmType::Nospace));
         assert_eq!(a.gate(), Gate::Open);
-        assert!(!a.any());
+        assert!(!a.any_except(&[]));
         assert!(Alarms::load(&s).unwrap().get(AlarmType::None).is_empty());
     }
 }

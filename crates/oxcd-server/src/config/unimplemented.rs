@@ -49,6 +49,9 @@ const NOT_ACTED_ON: &[(&str, Differs)] = &[
     ("experimental-backend-bbolt-freelist-type", |c, d| {
         c.experimental_backend_bbolt_freelist_type != d.experimental_backend_bbolt_freelist_type
     }),
+    ("experimental-compaction-batch-limit", |c, d| {
+        c.experimental_compaction_batch_limit != d.experimental_compaction_batch_limit
+    }),
     ("experimental-memory-mlock", |c, d| {
         c.experimental_memory_mlock != d.experimental_memory_mlock
     }),
