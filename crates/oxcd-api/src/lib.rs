@@ -35,36 +35,42 @@ pub use errors::EtcdError;
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 
 /// Auth store records: `User`, `Role`, `Permission`, `UserAddOptions`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod authpb {
     tonic::include_proto!("authpb");
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
 }
 
 /// Membership requests replicated through raft (cluster version, member attributes, downgrade).
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod membershippb {
     tonic::include_proto!("membershippb");
+    include!(concat!(env!("OUT_DIR"), "/membershippb.serde.rs"));
 }
 
 /// Client API services and messages, the `InternalRaftRequest` envelope and legacy v2 records.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 
 /// The `Lock` service: distributed mutexes served by a member.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v3lockpb {
     tonic::include_proto!("v3lockpb");
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.serde.rs"));
 }
 
 /// The `Election` service: leader election served by a member.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }
 
 /// oxcd's member-to-member protocol: raft message streams and snapshots.

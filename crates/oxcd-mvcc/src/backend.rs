@@ -526,8 +526,12 @@ impl Backend {
         })
         .map_err(|e| MvccError::backend("set durability", e))?;
         self.put_consistent_index(&tx)?;
+        let started = std::time::Instant::now();
         tx.commit().map_err(|e| MvccError::backend("commit", e))?;
         if durable {
+            crate::metrics::get()
+                .backend_commit
+                .observe(started.elapsed().as_secs_f64());
             self.pending.store(0, Ordering::SeqCst);
         }
         let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);

@@ -59,6 +59,7 @@ impl KvStore {
     /// Backend and file errors (the old file then stays in use);
     /// compactions that kept interrupting the copy.
     pub fn defragment(&self) -> Result<(u64, u64)> {
+        let _timer = crate::metrics::get().defrag.start_timer();
         let backend = &self.shared.backend;
         let before = backend.size()?;
         let scratch = scratch_path(backend.path());

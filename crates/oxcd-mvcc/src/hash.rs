@@ -35,6 +35,7 @@ impl KvStore {
     /// [`MvccError::FutureRev`] when `rev > current`, backend and
     /// corruption errors.
     pub fn hash_kv(&self, rev: i64) -> Result<HashKv> {
+        let _timer = crate::metrics::get().hash_rev.start_timer();
         // The hash reads the file: commit what the open batch holds.
         self.shared.backend.commit_open()?;
         let (rev, keep, tx, current_rev, compact_rev) = {
@@ -93,6 +94,7 @@ impl KvStore {
     /// # Errors
     /// Backend errors.
     pub fn hash(&self) -> Result<(u32, i64)> {
+        let _timer = crate::metrics::get().hash.start_timer();
         self.shared.backend.commit_open()?;
         let (tx, rev) = {
             let st = self.shared.state();

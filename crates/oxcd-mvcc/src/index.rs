@@ -56,6 +56,10 @@ impl<'a> KeyRange<'a> {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct TreeIndex {
     tree: BTreeMap<Vec<u8>, KeyIndex>,
+    /// Keys alive at the newest revision (`etcd_debugging_mvcc_keys_total`),
+    /// kept as keys are put, deleted and rolled back, so a scrape need not
+    /// walk the tree.
+    live: usize,
 }
 
 impl TreeIndex {
@@ -74,12 +78,16 @@ impl TreeIndex {
             Some(ki) => {
                 let prev = ki.get(rev.main);
                 ki.put(rev);
+                if prev.is_none() {
+                    self.live += 1;
+                }
                 prev
             }
             None => {
                 let mut ki = KeyIndex::default();
                 ki.put(rev);
                 self.tree.insert(key.to_vec(), ki);
+                self.live += 1;
                 None
             }
         }
@@ -90,7 +98,9 @@ impl TreeIndex {
         self.tree
             .get_mut(key)
             .ok_or(RevisionNotFound)?
-            .tombstone(rev)
+            .tombstone(rev)?;
+        self.live = self.live.saturating_sub(1);
+        Ok(())
     }
 
     /// Inserts a key rebuilt by the restore scan.
@@ -186,11 +196,34 @@ impl TreeIndex {
     pub fn rollback(&mut self, keys: &[Vec<u8>], main: i64) {
         for k in keys {
             if let Some(ki) = self.tree.get_mut(k.as_slice()) {
-                if ki.rollback(main) {
+                let was_live = ki.get(i64::MAX).is_some();
+                let gone = ki.rollback(main);
+                let live = !gone && ki.get(i64::MAX).is_some();
+                if gone {
                     self.tree.remove(k.as_slice());
+                }
+                match (was_live, live) {
+                    (true, false) => self.live = self.live.saturating_sub(1),
+                    (false, true) => self.live += 1,
+                    _ => {}
                 }
             }
         }
+    }
+
+    /// Counts the live keys afresh (after the index was built by
+    /// [`TreeIndex::insert`] and [`TreeIndex::key_index_mut`]).
+    pub fn recount_live(&mut self) {
+        self.live = self
+            .tree
+            .values()
+            .filter(|ki| ki.get(i64::MAX).is_some())
+            .count();
+    }
+
+    /// Keys alive at the newest revision.
+    pub fn live(&self) -> usize {
+        self.live
     }
 
     /// Number of keys with any history in the index.

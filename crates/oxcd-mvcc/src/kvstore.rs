@@ -187,6 +187,11 @@ impl KvStore {
         (*rev == st.staged_rev).then(|| keys.clone())
     }
 
+    /// Keys alive at the current revision.
+    pub fn live_keys(&self) -> usize {
+        self.shared.state().index.live()
+    }
+
     /// The revision of the last compaction, -1 if there was none.
     pub fn compact_rev(&self) -> i64 {
         self.shared.state().compact_rev

@@ -60,6 +60,7 @@ pub mod index;
 mod key_index;
 mod kvstore;
 mod lease_table;
+pub mod metrics;
 mod restore;
 pub mod revision;
 mod snapshot;

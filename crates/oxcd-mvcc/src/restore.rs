@@ -33,7 +33,8 @@ pub(crate) struct Restored {
 pub(crate) fn restore(backend: &Backend) -> Result<Restored> {
     let meta = backend.read_meta()?;
     let compact_rev = meta.finished_compact.unwrap_or(-1);
-    let (index, last_main, lease_keys) = scan_index(backend)?;
+    let (mut index, last_main, lease_keys) = scan_index(backend)?;
+    index.recount_live();
     let mut current_rev = last_main.max(1).max(compact_rev);
     let resume_compaction = match meta.scheduled_compact {
         Some(s) if s > compact_rev => {

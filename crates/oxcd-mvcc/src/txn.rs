@@ -53,6 +53,18 @@ pub struct ReadTxn {
     /// Writes not yet committed to redb when this snapshot began.
     pub(crate) staged: Arc<Staged>,
     rev: i64,
+    /// Ranges read, counted when the snapshot is dropped.
+    ranges: std::sync::atomic::AtomicU64,
+}
+
+impl Drop for ReadTxn {
+    fn drop(&mut self) {
+        crate::metrics::Tally {
+            ranges: *self.ranges.get_mut(),
+            ..Default::default()
+        }
+        .flush();
+    }
 }
 
 impl ReadTxn {
@@ -72,6 +84,7 @@ impl ReadTxn {
             tx,
             staged,
             rev,
+            ranges: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -93,6 +106,8 @@ impl ReadTxn {
     /// revision, [`MvccError::Compacted`] when it is below the compact
     /// revision, backend or corruption errors when fetching values.
     pub fn range(&self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult> {
+        self.ranges
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let found = lookup(&self.shared, KeyRange::new(key, end), self.rev, opts)?;
         let kvs = if found.entries.is_empty() {
             Vec::new()
@@ -197,6 +212,8 @@ pub struct WriteTxn {
     /// Changes to the `alarm` table, committed with the key changes.
     pub(crate) alarm_ops: Vec<crate::alarm_table::AlarmOp>,
     ended: bool,
+    /// Calls made, counted when the transaction is dropped.
+    tally: crate::metrics::Tally,
 }
 
 impl WriteTxn {
@@ -210,6 +227,7 @@ impl WriteTxn {
             lease_ops: Vec::new(),
             alarm_ops: Vec::new(),
             ended: false,
+            tally: crate::metrics::Tally::default(),
         }
     }
 
@@ -229,6 +247,7 @@ impl WriteTxn {
     /// # Errors
     /// As [`ReadTxn::range`].
     pub fn range(&mut self, key: &[u8], end: &[u8], opts: RangeOptions) -> Result<RangeResult> {
+        self.tally.ranges += 1;
         let rev = self.rev();
         let found = lookup(&self.shared, KeyRange::new(key, end), rev, opts)?;
         let kvs = self.fetch(&found.entries)?;
@@ -248,6 +267,7 @@ impl WriteTxn {
     /// None today (the write reaches the backend at [`WriteTxn::end`]);
     /// kept fallible like every other store operation.
     pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<()> {
+        self.tally.puts += 1;
         let main = self.begin_rev + 1;
         let rev = Revision::new(main, self.changes.len() as i64);
         // Only the index is consulted (create revision and version), as in
@@ -280,6 +300,7 @@ impl WriteTxn {
     /// Backend or corruption errors reading the deleted values; nothing
     /// has changed then.
     pub fn delete_range(&mut self, key: &[u8], end: &[u8]) -> Result<Vec<KeyValue>> {
+        self.tally.deletes += 1;
         let at = self.rev();
         let (entries, _) = self
             .shared
@@ -403,6 +424,7 @@ impl WriteTxn {
 
 impl Drop for WriteTxn {
     fn drop(&mut self) {
+        self.tally.flush();
         if !self.ended && !self.changes.is_empty() {
             self.rollback();
         }

@@ -29,6 +29,7 @@
 pub mod error;
 pub mod fs;
 pub mod log_store;
+pub mod metrics;
 pub mod node;
 pub mod snap;
 pub mod snapshot_transfer;

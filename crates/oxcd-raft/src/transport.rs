@@ -56,6 +56,8 @@ const UNHEALTHY_LOG_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// ...and closed if the ping is not answered within this.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(4);
+/// How often the round trip to a connected peer is measured.
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Where received raft messages go (the raft loop's mailbox).
 pub trait Inbox: Send + Sync + 'static {
@@ -177,7 +179,13 @@ impl Transport {
     pub fn send(&self, to: u64, message: Bytes) -> Result<(), SendError> {
         let peers = self.lock();
         let p = peers.get(&to).ok_or(SendError::UnknownPeer(to))?;
-        p.queue.try_send(message).map_err(|_| SendError::Full(to))
+        p.queue.try_send(message).map_err(|_| {
+            crate::metrics::get()
+                .peer_sent_failures
+                .with_label_values(&[format!("{to:x}").as_str()])
+                .inc();
+            SendError::Full(to)
+        })
     }
 
     /// Starts sending a raft snapshot with the backend to `job.to` on its
@@ -319,17 +327,43 @@ impl Link {
             .await
             .map_err(|e| Status::unavailable(tls_error::describe(&e, Side::Client)))?;
         let mut client = PeerClient::new(channel);
-        client
-            .hello(HelloRequest {
-                cluster_id: self.cluster_id,
-                from: self.from,
-                to: self.to,
-                server_version: String::new(),
-            })
-            .await?;
+        let hello = HelloRequest {
+            cluster_id: self.cluster_id,
+            from: self.from,
+            to: self.to,
+            server_version: String::new(),
+        };
+        // The failure count exists from the first connection, at 0, so
+        // that an alert on its rate sees the peer before it fails.
+        crate::metrics::get()
+            .peer_sent_failures
+            .with_label_values(&[format!("{:x}", self.to).as_str()]);
+        let rtt = crate::metrics::get()
+            .peer_round_trip
+            .with_label_values(&[format!("{:x}", self.to).as_str()]);
+        let started = Instant::now();
+        client.hello(hello.clone()).await?;
+        rtt.observe(started.elapsed().as_secs_f64());
+        // etcd's prober: the round trip to the peer, measured every few
+        // seconds while the link is up (`etcd_network_peer_round_trip_time_seconds`).
+        let mut prober = client.clone();
+        let probe = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROBE_INTERVAL).await;
+                let started = Instant::now();
+                if prober.hello(hello.clone()).await.is_err() {
+                    return;
+                }
+                rtt.observe(started.elapsed().as_secs_f64());
+            }
+        });
+        let _probe = AbortOnDrop(probe);
         let (tx, crx) = mpsc::channel::<RaftBatch>(8);
         let mut call = tokio::spawn(async move { client.raft(ReceiverStream::new(crx)).await });
         self.active.set(true);
+        let sent_bytes = crate::metrics::get()
+            .peer_sent_bytes
+            .with_label_values(&[format!("{:x}", self.to).as_str()]);
         loop {
             // Watching the call while idle marks a dead peer inactive at
             // once, not only when the next message fails to go out.
@@ -347,6 +381,7 @@ impl Link {
                     Err(_) => break,
                 }
             }
+            sent_bytes.inc_by(messages.iter().map(|m| m.len() as u64).sum());
             let batch = RaftBatch {
                 cluster_id: self.cluster_id,
                 from: self.from,
@@ -636,10 +671,21 @@ impl Peer for PeerService {
         r: Request<Streaming<RaftBatch>>,
     ) -> Result<Response<RaftStreamEnd>, Status> {
         let mut stream = r.into_inner();
+        let mut received: Option<(u64, prometheus::IntCounter)> = None;
         while let Some(batch) = stream.next().await {
             let batch = batch?;
             self.check(batch.cluster_id, batch.to)?;
             self.check_from(batch.from)?;
+            let counter = match &received {
+                Some((from, c)) if *from == batch.from => c,
+                _ => {
+                    let c = crate::metrics::get()
+                        .peer_received_bytes
+                        .with_label_values(&[format!("{:x}", batch.from).as_str()]);
+                    &received.insert((batch.from, c)).1
+                }
+            };
+            counter.inc_by(batch.messages.iter().map(|m| m.len() as u64).sum());
             self.inbox.deliver(batch.from, batch.messages);
         }
         Ok(Response::new(RaftStreamEnd {}))
@@ -677,5 +723,14 @@ impl Peer for PeerService {
             accepted: true,
             reason: String::new(),
         }))
+    }
+}
+
+/// Ends a helper task when the link it serves ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -78,7 +78,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         tracing::warn!("--{flag} is accepted but not acted on by this version of oxcd");
     }
     let layout = bootstrap::prepare_data_dir(&cfg.data_dir)?;
-    let (peers, clients) = bind_listeners(&cfg, &layout).await?;
+    let (peers, clients, metrics) = bind_listeners(&cfg, &layout).await?;
     let joined = match cfg.initial_cluster_state {
         ClusterState::Existing if !layout.identity_path().exists() => {
             Some(join_identity(&cfg, &layout).await?)
@@ -125,6 +125,12 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
     };
+    crate::v3rpc::metrics::init_with(cfg.metrics == "extensive");
+    crate::metrics::init();
+    let scrape = Arc::new(crate::metrics::Scrape::new(
+        core.clone(),
+        crate::apply::quota::effective_bytes(cfg.quota_backend_bytes),
+    ));
     // Peers first: the other members need this one to elect a leader.
     let peer_router = raft_boot::peer_routes(
         &core.writes,
@@ -134,7 +140,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         &layout,
     )
     .merge(crate::forward::routes(core.clone()))
-    .merge(crate::serve::http::routes(core.clone()))
+    .merge(crate::serve::http::routes(core.clone(), scrape.clone()))
     .fallback(crate::serve::fallback);
     let peer_router = crate::serve::Dispatch::router(peer_router);
     for b in peers {
@@ -193,12 +199,25 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         // Validated before start; a config built by hand may still be off.
         Err(e) => tracing::warn!(error = %e, "auto-compaction disabled"),
     }
-    let client_router = crate::serve::Dispatch::client(
-        v3rpc::routes(core.clone(), grpc_limits(&cfg)),
-        crate::serve::http::routes(core.clone()),
-    );
+    let limits = grpc_limits(&cfg);
+    let grpc = v3rpc::routes(core.clone(), limits);
+    let mut http = crate::serve::http::routes(core.clone(), scrape.clone());
+    if cfg.enable_grpc_gateway {
+        http = http.merge(crate::serve::gateway::routes(
+            grpc.clone(),
+            limits.max_recv_bytes,
+            cfg.max_concurrent_streams,
+        ));
+    }
+    let client_router = crate::serve::Dispatch::client(grpc, http, cfg.max_concurrent_streams);
     for b in clients {
         etcd.spawn_serve(b, client_router.clone(), "client");
+    }
+    let metrics_router = crate::serve::Dispatch::router(
+        crate::serve::http::metrics_routes(core.clone(), scrape).fallback(crate::serve::fallback),
+    );
+    for b in metrics {
+        etcd.spawn_serve(b, metrics_router.clone(), "metrics");
     }
     Ok(etcd)
 }
@@ -207,7 +226,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
 async fn bind_listeners(
     cfg: &Config,
     layout: &bootstrap::Layout,
-) -> Result<(Vec<Bound>, Vec<Bound>), StartError> {
+) -> Result<(Vec<Bound>, Vec<Bound>, Vec<Bound>), StartError> {
     let peer_tls = listener_tls(
         &cfg.peer_tls,
         &layout.peer_fixtures(),
@@ -228,7 +247,20 @@ async fn bind_listeners(
         let t = listener::is_secure(u).then(|| client_tls.clone()).flatten();
         clients.push(listener::bind(u, t).await.map_err(StartError::Listen)?);
     }
-    Ok((peers, clients))
+    // etcd serves an https metrics URL with the client TLS settings.
+    let metrics_tls = listener_tls(
+        &cfg.client_tls,
+        &layout.client_fixtures(),
+        &cfg.listen_metrics_urls,
+    )?;
+    let mut metrics = Vec::new();
+    for u in &cfg.listen_metrics_urls {
+        let t = listener::is_secure(u)
+            .then(|| metrics_tls.clone())
+            .flatten();
+        metrics.push(listener::bind(u, t).await.map_err(StartError::Listen)?);
+    }
+    Ok((peers, clients, metrics))
 }
 
 fn grpc_limits(cfg: &Config) -> GrpcLimits {
@@ -249,6 +281,7 @@ impl Etcd {
                 "serving insecure client requests on {}, this is strongly discouraged!",
                 url_string(&b.url)
             ),
+            ("metrics", _) => tracing::info!("listening for metrics on {}", url_string(&b.url)),
             _ => tracing::info!("listening for peers on {}", url_string(&b.url)),
         }
         let (shutdown, tasks) = (self.shutdown.clone(), self.tasks.clone());

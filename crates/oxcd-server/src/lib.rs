@@ -37,6 +37,7 @@ pub mod embed;
 pub mod forward;
 pub mod lessor;
 pub mod membership;
+pub mod metrics;
 pub mod propose;
 pub mod publish;
 pub mod raft_app;

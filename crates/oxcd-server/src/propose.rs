@@ -158,12 +158,29 @@ impl WritePath {
             return Err(EtcdError::RequestTooLarge);
         }
         let mut guard = self.waiters.register(id);
-        self.node
-            .send(Input::Propose(Bytes::from(data)))
-            .map_err(node_error)?;
+        let counters = crate::metrics::counters();
+        // Counted as etcd does: pending while proposed and not yet
+        // answered; failed when raft would not take it, or it timed out
+        // or was dropped (not when its apply answered an error).
+        let _pending = Pending::new(&counters.proposals_pending);
+        if let Err(e) = self.node.send(Input::Propose(Bytes::from(data))) {
+            counters.proposals_failed.inc();
+            return Err(node_error(e));
+        }
         // The waiters' sweeper answers `request timed out` after the
         // request timeout.
-        guard.wait().await
+        let outcome = guard.wait().await;
+        if let Err(
+            EtcdError::Timeout
+            | EtcdError::Stopped
+            | EtcdError::TimeoutDueToLeaderFail
+            | EtcdError::TimeoutDueToConnectionLost
+            | EtcdError::LeaderChanged,
+        ) = &outcome
+        {
+            counters.proposals_failed.inc();
+        }
+        outcome
     }
 
     /// Proposes a membership change and waits until it is applied;
@@ -270,5 +287,21 @@ fn node_error(e: NodeError) -> EtcdError {
     match e {
         NodeError::Busy => EtcdError::TooManyRequests,
         _ => EtcdError::Stopped,
+    }
+}
+
+/// One proposal in `etcd_server_proposals_pending` while it lives.
+struct Pending<'a>(&'a prometheus::IntGauge);
+
+impl<'a> Pending<'a> {
+    fn new(g: &'a prometheus::IntGauge) -> Self {
+        g.inc();
+        Pending(g)
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

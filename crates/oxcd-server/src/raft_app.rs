@@ -192,6 +192,9 @@ impl Application for ServerApp {
     }
 
     fn on_leader_change(&mut self, leader: u64, _term: u64) {
+        if leader != 0 {
+            crate::metrics::counters().leader_changes.inc();
+        }
         if leader == self.member_id {
             // A new leader gives every lease a fresh TTL plus one election
             // timeout, as etcd's lessor Promote does.

@@ -372,7 +372,11 @@ impl Wal {
             return Ok(());
         }
         let tail = self.tail_mut();
+        let started = std::time::Instant::now();
         let res = tail.file.sync_data().map_err(sync_err(&tail.path));
+        crate::metrics::get()
+            .wal_fsync
+            .observe(started.elapsed().as_secs_f64());
         self.poison_on_err(res)?;
         self.unsynced = false;
         Ok(())
@@ -457,6 +461,9 @@ impl Wal {
             .write_all_at(offset, frames)
             .map_err(io_err("write", &tail.path));
         self.poison_on_err(res)?;
+        crate::metrics::get()
+            .wal_write_bytes
+            .add(i64::try_from(frames.len()).unwrap_or(i64::MAX));
         self.offset += frames.len() as u64;
         self.crc = crc_after;
         self.unsynced = true;
@@ -479,7 +486,11 @@ impl Wal {
         tail.file
             .set_len(offset)
             .map_err(io_err("truncate", &tail.path))?;
+        let started = std::time::Instant::now();
         tail.file.sync_data().map_err(sync_err(&tail.path))?;
+        crate::metrics::get()
+            .wal_fsync
+            .observe(started.elapsed().as_secs_f64());
         let next = SegmentName {
             seq: tail.name.seq + 1,
             first_index: self.last_index + 1,

@@ -58,8 +58,9 @@ pub async fn run(lessor: Lessor, writes: WritePath, shutdown: CancellationToken)
 async fn revoke(writes: &WritePath, id: i64) {
     let req = Request::LeaseRevoke(LeaseRevokeRequest { id });
     match tokio::time::timeout(PROPOSE_TIMEOUT, writes.propose(req)).await {
+        Ok(Ok(_)) => crate::metrics::counters().lease_expired.inc(),
         // Revoked meanwhile by a client: nothing to do.
-        Ok(Ok(_)) | Ok(Err(EtcdError::LeaseNotFound)) => {}
+        Ok(Err(EtcdError::LeaseNotFound)) => {}
         Ok(Err(e)) => tracing::warn!(
             lease_id = format_args!("{id:016x}"),
             error = %e,

@@ -1,8 +1,10 @@
-//! The plain HTTP endpoints on the client port: `/health` and `/version`
-//! (etcd's `etcdhttp/base.go` and `metrics.go`). `/metrics` and the `/v3`
-//! JSON gateway come with their own issues.
+//! The plain HTTP endpoints on the client port: `/health`, `/version` and
+//! `/metrics` (etcd's `etcdhttp/base.go` and `metrics.go`); the
+//! `--listen-metrics-urls` listeners serve `/metrics` and `/health` only.
+//! The `/v3` JSON gateway is [`super::gateway`].
 
 use crate::core::Core;
+use crate::metrics::Scrape;
 use crate::version::{CLUSTER_VERSION, SERVER_VERSION};
 use axum::extract::State;
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
@@ -13,18 +15,45 @@ use oxcd_api::etcdserverpb::AlarmType;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[derive(Clone)]
+struct Endpoints {
+    core: Arc<Core>,
+    scrape: Arc<Scrape>,
+}
+
 /// Routes for the HTTP/1 endpoints.
-pub fn routes(core: Arc<Core>) -> Router {
+pub fn routes(core: Arc<Core>, scrape: Arc<Scrape>) -> Router {
+    metrics_routes(core, scrape).route("/version", any(version))
+}
+
+/// What a `--listen-metrics-urls` listener serves: `/metrics` and
+/// `/health`.
+pub fn metrics_routes(core: Arc<Core>, scrape: Arc<Scrape>) -> Router {
     Router::new()
         .route("/health", any(health))
-        .route("/version", any(version))
-        .with_state(core)
+        .route("/metrics", any(metrics))
+        .with_state(Endpoints { core, scrape })
+}
+
+/// Prometheus text exposition (format 0.0.4), built off the async
+/// threads since it reads the whole registry.
+async fn metrics(State(e): State<Endpoints>) -> Response {
+    let body = tokio::task::spawn_blocking(move || e.scrape.render())
+        .await
+        .unwrap_or_default();
+    let mut r = body.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
 }
 
 /// etcd 3.4's `/health`: false while an alarm not named by an
 /// `exclude=` parameter is raised, while there is no leader, or when a
 /// quorum read does not complete within a second.
-async fn health(State(core): State<Arc<Core>>, method: Method, uri: Uri) -> Response {
+async fn health(State(e): State<Endpoints>, method: Method, uri: Uri) -> Response {
+    let core = e.core;
     if method != Method::GET {
         return method_not_allowed();
     }
@@ -51,6 +80,12 @@ async fn health(State(core): State<Arc<Core>>, method: Method, uri: Uri) -> Resp
             }
         }
     };
+    let counters = crate::metrics::counters();
+    if healthy {
+        counters.health_success.inc();
+    } else {
+        counters.health_failures.inc();
+    }
     let mut r = if healthy {
         r#"{"health":"true"}"#.into_response()
     } else {

@@ -226,7 +226,7 @@ async fn serve_conn<S>(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http2()
-        .max_concurrent_streams(u32::MAX)
+        .max_concurrent_streams(router.max_streams)
         .enable_connect_protocol();
     let svc = TowerToHyperService::new(router);
     let stream = super::authority::FixAuthority::new(oxcd_io::Coalesce::new(stream));

@@ -2,6 +2,7 @@
 //! gRPC and HTTP/1 endpoints on one port (etcd's `embed/serve.go`).
 
 pub mod authority;
+pub mod gateway;
 pub mod http;
 pub mod listener;
 pub mod tls;
@@ -45,26 +46,35 @@ pub async fn fallback(req: Request<Body>) -> Response {
 pub struct Dispatch {
     grpc: Option<GrpcRouter>,
     http: Router,
+    /// HTTP/2 streams a connection may have open at once
+    /// (`--max-concurrent-streams` on the client port).
+    pub(crate) max_streams: u32,
 }
 
 impl Dispatch {
-    /// The client port: the gRPC services plus the HTTP endpoints.
-    pub fn client(grpc: GrpcRouter, http: Router) -> Dispatch {
+    /// The client port: the gRPC services plus the HTTP endpoints, with at
+    /// most `max_streams` concurrent streams per HTTP/2 connection.
+    pub fn client(grpc: GrpcRouter, http: Router, max_streams: u32) -> Dispatch {
         Dispatch {
             grpc: Some(grpc),
             http: http.fallback(fallback),
+            max_streams,
         }
     }
 
     /// A port served by an axum router alone (the peer port).
     pub fn router(http: Router) -> Dispatch {
-        Dispatch { grpc: None, http }
+        Dispatch {
+            grpc: None,
+            http,
+            max_streams: u32::MAX,
+        }
     }
 }
 
 impl<B> tower::Service<Request<B>> for Dispatch
 where
-    B: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
+    B: tonic::codegen::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
     B::Error: Into<tonic::codegen::StdError> + Send + 'static,
 {
     type Response = Response<tonic::body::Body>;

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
+pub(crate) mod metrics;
 mod unary;
 pub mod watch;
 
@@ -109,15 +110,49 @@ pub fn routes(core: Arc<Core>, limits: GrpcLimits) -> GrpcRouter {
 }
 
 impl GrpcRouter {
-    /// Serves one gRPC call.
+    /// Serves one gRPC call, counted in the gRPC metrics once etcd's
+    /// interceptor checks let it through (as etcd's interceptor chain
+    /// puts Prometheus last).
     pub fn call<B>(&mut self, req: http::Request<B>) -> GrpcFuture
     where
-        B: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
+        B: tonic::codegen::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
         B::Error: Into<tonic::codegen::StdError> + Send + 'static,
     {
         if let Some(refused) = self.refuse(&req) {
             return answer(refused);
         }
+        let Some(method) = metrics::method(req.uri().path()) else {
+            return self.route(req);
+        };
+        let kind = if method.kind == metrics::Kind::Unary {
+            "unary"
+        } else {
+            "stream"
+        };
+        crate::metrics::counters()
+            .client_requests
+            .with_label_values(&[
+                kind,
+                crate::metrics::api_version_label(
+                    req.headers()
+                        .get("client-api-version")
+                        .map(|v| v.as_bytes()),
+                ),
+            ])
+            .inc();
+        let call = metrics::CallMetrics::start(method);
+        let answer = self.route(req.map(|b| metrics::CountedRequest::new(b, method)));
+        Box::pin(async move {
+            let Ok(resp) = answer.await;
+            Ok(metrics::count_response(call, resp))
+        })
+    }
+
+    fn route<B>(&mut self, req: http::Request<B>) -> GrpcFuture
+    where
+        B: tonic::codegen::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+    {
         let path = req.uri().path();
         let service = path
             .strip_prefix('/')

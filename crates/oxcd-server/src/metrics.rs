@@ -1,0 +1,291 @@
+//! The member's Prometheus metrics with etcd's names, types and help
+//! texts (`etcdserver/metrics.go`, `mvcc/metrics.go`), and the text a
+//! scrape of `/metrics` answers.
+//!
+//! Events (leader changes, failed proposals, health checks) are counted
+//! where they happen, in the process-wide default registry as etcd does.
+//! State (leader, indexes, sizes, keys, revisions, file descriptors) is
+//! read from the member when scraped, so it costs the request path
+//! nothing.
+
+use crate::core::Core;
+use crate::version::{CLUSTER_VERSION, SERVER_VERSION};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use std::sync::{Arc, LazyLock};
+
+/// Event counters of the server.
+pub(crate) struct Counters {
+    pub(crate) leader_changes: IntCounter,
+    pub(crate) proposals_failed: IntCounter,
+    pub(crate) proposals_pending: IntGauge,
+    pub(crate) health_success: IntCounter,
+    pub(crate) health_failures: IntCounter,
+    /// `etcd_server_client_requests_total{type,client_api_version}`.
+    pub(crate) client_requests: IntCounterVec,
+    pub(crate) lease_expired: IntCounter,
+}
+
+static COUNTERS: LazyLock<Counters> = LazyLock::new(|| {
+    let r = prometheus::default_registry();
+    let c = Counters {
+        leader_changes: counter(
+            r,
+            "etcd_server_leader_changes_seen_total",
+            "The number of leader changes seen.",
+        ),
+        proposals_failed: counter(
+            r,
+            "etcd_server_proposals_failed_total",
+            "The total number of failed proposals seen.",
+        ),
+        proposals_pending: {
+            let g = IntGauge::new(
+                "etcd_server_proposals_pending",
+                "The current number of pending proposals to commit.",
+            )
+            .unwrap_or_else(|e| panic!("metric: {e}"));
+            let _ = r.register(Box::new(g.clone()));
+            g
+        },
+        health_success: counter(
+            r,
+            "etcd_server_health_success",
+            "The total number of successful health checks",
+        ),
+        health_failures: counter(
+            r,
+            "etcd_server_health_failures",
+            "The total number of failed health checks",
+        ),
+        client_requests: {
+            let v = IntCounterVec::new(
+                Opts::new(
+                    "etcd_server_client_requests_total",
+                    "The total number of client requests per client version.",
+                ),
+                &["type", "client_api_version"],
+            )
+            .unwrap_or_else(|e| panic!("metric: {e}"));
+            let _ = r.register(Box::new(v.clone()));
+            v
+        },
+        lease_expired: counter(
+            r,
+            "etcd_debugging_server_lease_expired_total",
+            "The total number of expired leases.",
+        ),
+    };
+    c
+});
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+/// The server's event counters; the first call registers them.
+pub(crate) fn counters() -> &'static Counters {
+    &COUNTERS
+}
+
+/// Registers every process-wide metric (server, gRPC, key space,
+/// consensus, process), so that a scrape lists them before first use, as
+/// etcd's does.
+pub fn init() {
+    LazyLock::force(&COUNTERS);
+    crate::v3rpc::metrics::init();
+    oxcd_mvcc::metrics::init();
+    oxcd_raft::metrics::init();
+    static PROCESS: LazyLock<()> = LazyLock::new(|| {
+        let pc = prometheus::process_collector::ProcessCollector::for_self();
+        let _ = prometheus::default_registry().register(Box::new(pc));
+    });
+    LazyLock::force(&PROCESS);
+}
+
+/// The `client-api-version` label: what the client sent when it looks like
+/// a version (`3.4`), `unknown` otherwise, so a client cannot make the
+/// label set grow without bound.
+pub(crate) fn api_version_label(header: Option<&[u8]>) -> &str {
+    match header.and_then(|h| std::str::from_utf8(h).ok()) {
+        Some(v)
+            if !v.is_empty()
+                && v.len() <= 8
+                && v.bytes().all(|b| b.is_ascii_digit() || b == b'.') =>
+        {
+            v
+        }
+        _ => "unknown",
+    }
+}
+
+/// The gauges read from one member at scrape time.
+pub struct Scrape {
+    core: Arc<Core>,
+    quota_bytes: i64,
+    registry: Registry,
+    g: Gauges,
+}
+
+struct Gauges {
+    has_leader: IntGauge,
+    is_leader: IntGauge,
+    is_learner: IntGauge,
+    committed: IntGauge,
+    applied: IntGauge,
+    quota: IntGauge,
+    server_id: IntGaugeVec,
+    db_size: [IntGauge; 2],
+    db_in_use: IntGauge,
+    keys: IntGauge,
+    current_rev: IntGauge,
+    compact_rev: IntGauge,
+    fd_used: IntGauge,
+    fd_limit: IntGauge,
+}
+
+impl Scrape {
+    /// The scrape of `core`'s metrics; `quota_bytes` is the effective
+    /// backend quota.
+    pub fn new(core: Arc<Core>, quota_bytes: i64) -> Scrape {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            let _ = registry.register(Box::new(g.clone()));
+            g
+        };
+        let labelled = |name: &str, help: &str, label: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &[label])
+                .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+            let _ = registry.register(Box::new(g.clone()));
+            g
+        };
+        let size_help = "Total size of the underlying database physically allocated in bytes.";
+        let g = Gauges {
+            has_leader: gauge(
+                "etcd_server_has_leader",
+                "Whether or not a leader exists. 1 is existence, 0 is not.",
+            ),
+            is_leader: gauge(
+                "etcd_server_is_leader",
+                "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+            ),
+            is_learner: gauge(
+                "etcd_server_is_learner",
+                "Whether or not this member is a learner. 1 if is, 0 otherwise.",
+            ),
+            committed: gauge(
+                "etcd_server_proposals_committed_total",
+                "The total number of consensus proposals committed.",
+            ),
+            applied: gauge(
+                "etcd_server_proposals_applied_total",
+                "The total number of consensus proposals applied.",
+            ),
+            quota: gauge(
+                "etcd_server_quota_backend_bytes",
+                "Current backend storage quota size in bytes.",
+            ),
+            server_id: labelled(
+                "etcd_server_id",
+                "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
+                "server_id",
+            ),
+            db_size: [
+                gauge("etcd_mvcc_db_total_size_in_bytes", size_help),
+                gauge("etcd_debugging_mvcc_db_total_size_in_bytes", size_help),
+            ],
+            db_in_use: gauge(
+                "etcd_mvcc_db_total_size_in_use_in_bytes",
+                "Total size of the underlying database logically in use in bytes.",
+            ),
+            keys: gauge("etcd_debugging_mvcc_keys_total", "Total number of keys."),
+            current_rev: gauge(
+                "etcd_debugging_mvcc_current_revision",
+                "The current revision of store.",
+            ),
+            compact_rev: gauge(
+                "etcd_debugging_mvcc_compact_revision",
+                "The revision of the last compaction in store.",
+            ),
+            fd_used: gauge("os_fd_used", "The number of used file descriptors."),
+            fd_limit: gauge("os_fd_limit", "The file descriptor limit."),
+        };
+        labelled(
+            "etcd_server_version",
+            "Which version is running. 1 for 'server_version' label with current version.",
+            "server_version",
+        )
+        .with_label_values(&[SERVER_VERSION])
+        .set(1);
+        let cluster = CLUSTER_VERSION
+            .rsplit_once('.')
+            .map_or(CLUSTER_VERSION, |(mm, _)| mm);
+        labelled(
+            "etcd_cluster_version",
+            "Which version is running. 1 for 'cluster_version' label with current cluster version",
+            "cluster_version",
+        )
+        .with_label_values(&[cluster])
+        .set(1);
+        Scrape {
+            core,
+            quota_bytes,
+            registry,
+            g,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        self.refresh();
+        let mut families = prometheus::gather();
+        families.extend(self.registry.gather());
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut out = Vec::new();
+        if let Err(e) = prometheus::TextEncoder::new().encode(&families, &mut out) {
+            tracing::warn!(error = %e, "could not encode metrics");
+        }
+        out
+    }
+
+    fn refresh(&self) {
+        let (c, g) = (&self.core, &self.g);
+        let st = c.writes.status();
+        g.has_leader.set(i64::from(st.leader != 0));
+        g.is_leader.set(i64::from(st.leader == c.member.id));
+        g.is_learner.set(i64::from(c.is_learner()));
+        g.committed
+            .set(i64::try_from(st.commit).unwrap_or(i64::MAX));
+        g.applied.set(i64::try_from(st.applied).unwrap_or(i64::MAX));
+        g.quota.set(self.quota_bytes);
+        g.server_id.reset();
+        g.server_id
+            .with_label_values(&[format!("{:x}", c.member.id).as_str()])
+            .set(1);
+        let size = i64::try_from(c.store.db_size().unwrap_or(0)).unwrap_or(i64::MAX);
+        g.db_size.iter().for_each(|s| s.set(size));
+        g.db_in_use
+            .set(i64::try_from(c.store.db_size_in_use()).unwrap_or(i64::MAX));
+        g.keys
+            .set(i64::try_from(c.store.live_keys()).unwrap_or(i64::MAX));
+        g.current_rev.set(c.store.rev());
+        g.compact_rev.set(c.store.compact_rev());
+        let (used, limit) = file_descriptors();
+        g.fd_used.set(used);
+        g.fd_limit.set(limit);
+    }
+}
+
+/// Open file descriptors and the soft limit (etcd's `os_fd_used` and
+/// `os_fd_limit`).
+fn file_descriptors() -> (i64, i64) {
+    let used = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count() as i64)
+        .unwrap_or(0);
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
+    (used, limit)
+}

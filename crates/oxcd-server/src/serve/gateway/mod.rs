@@ -1,0 +1,594 @@
+//! etcd's JSON gateway: every gRPC method of the client API as a POST
+//! route under `/v3/` (and `/v3beta/`, which etcd 3.4 still serves), with
+//! grpc-gateway v1's encoding and error bodies.
+//!
+//! A JSON request becomes an in-process gRPC call on the same router the
+//! client port serves ([`call`]), so a JSON client meets exactly the checks
+//! and errors a gRPC client meets. etcd's gateway dials the server over one
+//! gRPC connection, so `--max-concurrent-streams` also bounds how many
+//! gateway calls run at once; a semaphore keeps that behaviour (etcd's
+//! `TestV3Curl_MaxStreams_*`).
+//!
+//! - [`routes`]: the route table and the handler;
+//! - [`call`]: the in-process gRPC call;
+//! - [`json`]: JSON ↔ protobuf, error bodies, HTTP statuses.
+
+mod call;
+mod json;
+
+use crate::v3rpc::GrpcRouter;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use bytes::Bytes;
+use call::{Outbound, Replies};
+use http_body_util::BodyExt;
+use oxcd_api::etcdserverpb as pb;
+use oxcd_api::{v3electionpb as epb, v3lockpb as lpb};
+use std::sync::Arc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+/// How a gateway call is settled: the gateway's own state.
+#[derive(Clone)]
+struct Gateway {
+    grpc: GrpcRouter,
+    /// Calls in flight, at most `--max-concurrent-streams`.
+    streams: Arc<Semaphore>,
+    /// Largest JSON request object read (base64 makes bytes 4/3 longer
+    /// than the protobuf limit the gRPC layer enforces after it).
+    max_json: usize,
+}
+
+/// The gateway routes. `max_recv_bytes` is the gRPC message limit,
+/// `max_streams` the `--max-concurrent-streams` flag.
+pub fn routes(grpc: GrpcRouter, max_recv_bytes: usize, max_streams: u32) -> Router {
+    let permits = usize::try_from(max_streams)
+        .unwrap_or(usize::MAX)
+        .clamp(1, Semaphore::MAX_PERMITS);
+    let gw = Gateway {
+        grpc,
+        streams: Arc::new(Semaphore::new(permits)),
+        max_json: max_recv_bytes.saturating_mul(2).saturating_add(64 * 1024),
+    };
+    Router::new()
+        .route("/v3/{*method}", any(handle))
+        .route("/v3beta/{*method}", any(handle))
+        .with_state(gw)
+}
+
+/// The shape of a gRPC method, which decides how its body is read and its
+/// answer written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Unary,
+    /// One request object, many answers (Snapshot, Observe).
+    ServerStream,
+    /// A request object after another, many answers (Watch, KeepAlive).
+    BidiStream,
+}
+
+/// One route: the gRPC method it calls and how its messages convert.
+#[derive(Clone, Copy)]
+struct Route {
+    grpc: &'static str,
+    kind: Kind,
+    request: fn(&[u8]) -> Result<Vec<u8>, tonic::Status>,
+    response: fn(&[u8]) -> Result<Vec<u8>, tonic::Status>,
+}
+
+macro_rules! route {
+    ($grpc:literal, $kind:ident, $req:ty, $resp:ty) => {
+        Route {
+            grpc: $grpc,
+            kind: Kind::$kind,
+            request: json::to_proto::<$req>,
+            response: json::to_json::<$resp>,
+        }
+    };
+}
+
+/// The route for a path below `/v3/`. The list is etcd 3.4's gateway
+/// (`rpc.pb.gw.go`, `v3lockpb/gw`, `v3electionpb/gw`) plus the aliases
+/// later releases added (`kv/lease/*`, `lock/lock`, `maintenance/hashkv`).
+/// In 3.4 Hash and HashKV share `maintenance/hash`, and Hash wins.
+fn route(method: &str) -> Option<Route> {
+    Some(match method {
+        "kv/range" => route!(
+            "/etcdserverpb.KV/Range",
+            Unary,
+            pb::RangeRequest,
+            pb::RangeResponse
+        ),
+        "kv/put" => route!(
+            "/etcdserverpb.KV/Put",
+            Unary,
+            pb::PutRequest,
+            pb::PutResponse
+        ),
+        "kv/deleterange" => route!(
+            "/etcdserverpb.KV/DeleteRange",
+            Unary,
+            pb::DeleteRangeRequest,
+            pb::DeleteRangeResponse
+        ),
+        "kv/txn" => route!(
+            "/etcdserverpb.KV/Txn",
+            Unary,
+            pb::TxnRequest,
+            pb::TxnResponse
+        ),
+        "kv/compaction" => route!(
+            "/etcdserverpb.KV/Compact",
+            Unary,
+            pb::CompactionRequest,
+            pb::CompactionResponse
+        ),
+        "watch" => route!(
+            "/etcdserverpb.Watch/Watch",
+            BidiStream,
+            pb::WatchRequest,
+            pb::WatchResponse
+        ),
+        "lease/grant" => route!(
+            "/etcdserverpb.Lease/LeaseGrant",
+            Unary,
+            pb::LeaseGrantRequest,
+            pb::LeaseGrantResponse
+        ),
+        "lease/revoke" | "kv/lease/revoke" => route!(
+            "/etcdserverpb.Lease/LeaseRevoke",
+            Unary,
+            pb::LeaseRevokeRequest,
+            pb::LeaseRevokeResponse
+        ),
+        "lease/keepalive" => route!(
+            "/etcdserverpb.Lease/LeaseKeepAlive",
+            BidiStream,
+            pb::LeaseKeepAliveRequest,
+            pb::LeaseKeepAliveResponse
+        ),
+        "lease/timetolive" | "kv/lease/timetolive" => route!(
+            "/etcdserverpb.Lease/LeaseTimeToLive",
+            Unary,
+            pb::LeaseTimeToLiveRequest,
+            pb::LeaseTimeToLiveResponse
+        ),
+        "lease/leases" | "kv/lease/leases" => route!(
+            "/etcdserverpb.Lease/LeaseLeases",
+            Unary,
+            pb::LeaseLeasesRequest,
+            pb::LeaseLeasesResponse
+        ),
+        "cluster/member/add" => route!(
+            "/etcdserverpb.Cluster/MemberAdd",
+            Unary,
+            pb::MemberAddRequest,
+            pb::MemberAddResponse
+        ),
+        "cluster/member/remove" => route!(
+            "/etcdserverpb.Cluster/MemberRemove",
+            Unary,
+            pb::MemberRemoveRequest,
+            pb::MemberRemoveResponse
+        ),
+        "cluster/member/update" => route!(
+            "/etcdserverpb.Cluster/MemberUpdate",
+            Unary,
+            pb::MemberUpdateRequest,
+            pb::MemberUpdateResponse
+        ),
+        "cluster/member/list" => route!(
+            "/etcdserverpb.Cluster/MemberList",
+            Unary,
+            pb::MemberListRequest,
+            pb::MemberListResponse
+        ),
+        "cluster/member/promote" => route!(
+            "/etcdserverpb.Cluster/MemberPromote",
+            Unary,
+            pb::MemberPromoteRequest,
+            pb::MemberPromoteResponse
+        ),
+        "maintenance/alarm" => route!(
+            "/etcdserverpb.Maintenance/Alarm",
+            Unary,
+            pb::AlarmRequest,
+            pb::AlarmResponse
+        ),
+        "maintenance/status" => route!(
+            "/etcdserverpb.Maintenance/Status",
+            Unary,
+            pb::StatusRequest,
+            pb::StatusResponse
+        ),
+        "maintenance/defragment" => route!(
+            "/etcdserverpb.Maintenance/Defragment",
+            Unary,
+            pb::DefragmentRequest,
+            pb::DefragmentResponse
+        ),
+        "maintenance/hash" => route!(
+            "/etcdserverpb.Maintenance/Hash",
+            Unary,
+            pb::HashRequest,
+            pb::HashResponse
+        ),
+        "maintenance/hashkv" => route!(
+            "/etcdserverpb.Maintenance/HashKV",
+            Unary,
+            pb::HashKvRequest,
+            pb::HashKvResponse
+        ),
+        "maintenance/snapshot" => route!(
+            "/etcdserverpb.Maintenance/Snapshot",
+            ServerStream,
+            pb::SnapshotRequest,
+            pb::SnapshotResponse
+        ),
+        "maintenance/transfer-leadership" => route!(
+            "/etcdserverpb.Maintenance/MoveLeader",
+            Unary,
+            pb::MoveLeaderRequest,
+            pb::MoveLeaderResponse
+        ),
+        "maintenance/downgrade" => route!(
+            "/etcdserverpb.Maintenance/Downgrade",
+            Unary,
+            pb::DowngradeRequest,
+            pb::DowngradeResponse
+        ),
+        "auth/enable" => route!(
+            "/etcdserverpb.Auth/AuthEnable",
+            Unary,
+            pb::AuthEnableRequest,
+            pb::AuthEnableResponse
+        ),
+        "auth/disable" => route!(
+            "/etcdserverpb.Auth/AuthDisable",
+            Unary,
+            pb::AuthDisableRequest,
+            pb::AuthDisableResponse
+        ),
+        "auth/status" => route!(
+            "/etcdserverpb.Auth/AuthStatus",
+            Unary,
+            pb::AuthStatusRequest,
+            pb::AuthStatusResponse
+        ),
+        "auth/authenticate" => route!(
+            "/etcdserverpb.Auth/Authenticate",
+            Unary,
+            pb::AuthenticateRequest,
+            pb::AuthenticateResponse
+        ),
+        "auth/user/add" => route!(
+            "/etcdserverpb.Auth/UserAdd",
+            Unary,
+            pb::AuthUserAddRequest,
+            pb::AuthUserAddResponse
+        ),
+        "auth/user/get" => route!(
+            "/etcdserverpb.Auth/UserGet",
+            Unary,
+            pb::AuthUserGetRequest,
+            pb::AuthUserGetResponse
+        ),
+        "auth/user/list" => route!(
+            "/etcdserverpb.Auth/UserList",
+            Unary,
+            pb::AuthUserListRequest,
+            pb::AuthUserListResponse
+        ),
+        "auth/user/delete" => route!(
+            "/etcdserverpb.Auth/UserDelete",
+            Unary,
+            pb::AuthUserDeleteRequest,
+            pb::AuthUserDeleteResponse
+        ),
+        "auth/user/changepw" => route!(
+            "/etcdserverpb.Auth/UserChangePassword",
+            Unary,
+            pb::AuthUserChangePasswordRequest,
+            pb::AuthUserChangePasswordResponse
+        ),
+        "auth/user/grant" => route!(
+            "/etcdserverpb.Auth/UserGrantRole",
+            Unary,
+            pb::AuthUserGrantRoleRequest,
+            pb::AuthUserGrantRoleResponse
+        ),
+        "auth/user/revoke" => route!(
+            "/etcdserverpb.Auth/UserRevokeRole",
+            Unary,
+            pb::AuthUserRevokeRoleRequest,
+            pb::AuthUserRevokeRoleResponse
+        ),
+        "auth/role/add" => route!(
+            "/etcdserverpb.Auth/RoleAdd",
+            Unary,
+            pb::AuthRoleAddRequest,
+            pb::AuthRoleAddResponse
+        ),
+        "auth/role/get" => route!(
+            "/etcdserverpb.Auth/RoleGet",
+            Unary,
+            pb::AuthRoleGetRequest,
+            pb::AuthRoleGetResponse
+        ),
+        "auth/role/list" => route!(
+            "/etcdserverpb.Auth/RoleList",
+            Unary,
+            pb::AuthRoleListRequest,
+            pb::AuthRoleListResponse
+        ),
+        "auth/role/delete" => route!(
+            "/etcdserverpb.Auth/RoleDelete",
+            Unary,
+            pb::AuthRoleDeleteRequest,
+            pb::AuthRoleDeleteResponse
+        ),
+        "auth/role/grant" => route!(
+            "/etcdserverpb.Auth/RoleGrantPermission",
+            Unary,
+            pb::AuthRoleGrantPermissionRequest,
+            pb::AuthRoleGrantPermissionResponse
+        ),
+        "auth/role/revoke" => route!(
+            "/etcdserverpb.Auth/RoleRevokePermission",
+            Unary,
+            pb::AuthRoleRevokePermissionRequest,
+            pb::AuthRoleRevokePermissionResponse
+        ),
+        "lock" | "lock/lock" => route!(
+            "/v3lockpb.Lock/Lock",
+            Unary,
+            lpb::LockRequest,
+            lpb::LockResponse
+        ),
+        "lock/unlock" => route!(
+            "/v3lockpb.Lock/Unlock",
+            Unary,
+            lpb::UnlockRequest,
+            lpb::UnlockResponse
+        ),
+        "election/campaign" => route!(
+            "/v3electionpb.Election/Campaign",
+            Unary,
+            epb::CampaignRequest,
+            epb::CampaignResponse
+        ),
+        "election/proclaim" => route!(
+            "/v3electionpb.Election/Proclaim",
+            Unary,
+            epb::ProclaimRequest,
+            epb::ProclaimResponse
+        ),
+        "election/leader" => route!(
+            "/v3electionpb.Election/Leader",
+            Unary,
+            epb::LeaderRequest,
+            epb::LeaderResponse
+        ),
+        "election/observe" => route!(
+            "/v3electionpb.Election/Observe",
+            ServerStream,
+            epb::LeaderRequest,
+            epb::LeaderResponse
+        ),
+        "election/resign" => route!(
+            "/v3electionpb.Election/Resign",
+            Unary,
+            epb::ResignRequest,
+            epb::ResignResponse
+        ),
+        _ => return None,
+    })
+}
+
+async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
+    let path = req.uri().path();
+    let method = path
+        .strip_prefix("/v3/")
+        .or_else(|| path.strip_prefix("/v3beta/"))
+        .unwrap_or("");
+    let Some(route) = route(method) else {
+        return plain(StatusCode::NOT_FOUND, "Not Found\n");
+    };
+    if req.method() != Method::POST {
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
+    }
+    let metadata = metadata(req.headers());
+    let body = req.into_body();
+    let Ok(permit) = gw.streams.clone().acquire_owned().await else {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    };
+    match route.kind {
+        Kind::Unary => unary(gw, route, metadata, body).await,
+        Kind::ServerStream => {
+            let msg = match read_one(body, gw.max_json, route).await {
+                Ok(m) => m,
+                Err(s) => return error(&s),
+            };
+            let replies = call::start(gw.grpc, route.grpc, metadata, Outbound::Once(msg)).await;
+            stream_answer(replies, route, permit).await
+        }
+        Kind::BidiStream => {
+            let (tx, rx) = mpsc::channel(16);
+            tokio::spawn(pump(body, tx, gw.max_json, route));
+            let replies = call::start(gw.grpc, route.grpc, metadata, Outbound::Stream(rx)).await;
+            stream_answer(replies, route, permit).await
+        }
+    }
+}
+
+/// gRPC metadata for the call: the `Authorization` header is the auth
+/// token (grpc-gateway passes it on and etcd reads it as `token`),
+/// `Grpc-Metadata-<name>` headers pass as `<name>`, and grpc-gateway's
+/// `grpcgateway-*` copies of the permanent headers mark the call as one
+/// that came through the gateway.
+fn metadata(headers: &HeaderMap) -> HeaderMap {
+    let mut md = HeaderMap::new();
+    for (name, value) in headers {
+        let n = name.as_str();
+        if n == "authorization" {
+            md.insert(HeaderName::from_static("token"), value.clone());
+        } else if let Some(rest) = n.strip_prefix("grpc-metadata-") {
+            if let Ok(name) = HeaderName::from_bytes(rest.as_bytes()) {
+                md.append(name, value.clone());
+            }
+        } else if n == "accept" || n == "user-agent" {
+            if let Ok(name) = HeaderName::from_bytes(format!("grpcgateway-{n}").as_bytes()) {
+                md.append(name, value.clone());
+            }
+        }
+    }
+    md
+}
+
+async fn unary(gw: Gateway, route: Route, metadata: HeaderMap, body: Body) -> Response {
+    let msg = match read_one(body, gw.max_json, route).await {
+        Ok(m) => m,
+        Err(s) => return error(&s),
+    };
+    let mut replies = call::start(gw.grpc, route.grpc, metadata, Outbound::Once(msg)).await;
+    let answer = match replies.next().await {
+        Ok(Some(m)) => m,
+        Ok(None) => return error(&tonic::Status::internal("no answer")),
+        Err(s) => return error(&s),
+    };
+    // A unary call's status follows its one message.
+    if let Err(s) = replies.next().await {
+        return error(&s);
+    }
+    match (route.response)(&answer) {
+        Ok(json) => json_response(StatusCode::OK, json),
+        Err(s) => error(&s),
+    }
+}
+
+/// Reads the whole body as one request object and encodes it.
+async fn read_one(body: Body, max: usize, route: Route) -> Result<Bytes, tonic::Status> {
+    let bytes = axum::body::to_bytes(body, max)
+        .await
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+    let proto = (route.request)(&bytes)?;
+    Ok(call::frame(&proto))
+}
+
+/// Feeds a stream's request objects to the call as they arrive. Several
+/// objects may follow one another in one body; each is one message. The
+/// call's send side closes when the body ends (the stream itself stays
+/// open, as etcd's does), or at the first object that does not decode.
+async fn pump(mut body: Body, tx: mpsc::Sender<Bytes>, max: usize, route: Route) {
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(Ok(frame)) = body.frame().await {
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        let mut objects =
+            serde_json::Deserializer::from_slice(&buf).into_iter::<serde::de::IgnoredAny>();
+        let mut start = 0;
+        loop {
+            match objects.next() {
+                Some(Ok(_)) => {
+                    let end = objects.byte_offset();
+                    let msg = match (route.request)(&buf[start..end]) {
+                        Ok(m) => m,
+                        Err(s) => {
+                            tracing::debug!(error = %s, "gateway stream request does not decode");
+                            return;
+                        }
+                    };
+                    if tx.send(call::frame(&msg)).await.is_err() {
+                        return;
+                    }
+                    start = end;
+                }
+                Some(Err(e)) if e.is_eof() => break,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "gateway stream request does not decode");
+                    return;
+                }
+                None => break,
+            }
+        }
+        buf.drain(..start);
+        if buf.len() > max {
+            tracing::debug!("gateway stream request object too large");
+            return;
+        }
+    }
+}
+
+/// A stream's answer: one `{"result":…}` line per message, and an
+/// `{"error":…}` object if the call fails. Like grpc-gateway, nothing is
+/// written before the first message, so a call that fails at once gets
+/// its error's HTTP status. The answer ends when the call does or the
+/// client goes away (dropping it ends the call).
+async fn stream_answer(
+    mut replies: Replies,
+    route: Route,
+    permit: OwnedSemaphorePermit,
+) -> Response {
+    let first = match replies.next().await {
+        Ok(Some(msg)) => msg,
+        Ok(None) => return json_response(StatusCode::OK, Vec::new()),
+        Err(s) => return json_response(json::http_status(s.code()), json::stream_error_line(&s)),
+    };
+    let head = futures::stream::once(std::future::ready(result_line(route, &first)));
+    let rest = futures::stream::unfold(Some((replies, permit)), move |state| async move {
+        let (mut replies, permit) = state?;
+        match replies.next().await {
+            Ok(Some(msg)) => {
+                let line = result_line(route, &msg);
+                Some((line, Some((replies, permit))))
+            }
+            Ok(None) => None,
+            Err(s) => Some((Ok(Bytes::from(json::stream_error_line(&s))), None)),
+        }
+    });
+    let mut r = Response::new(Body::from_stream(futures::StreamExt::chain(head, rest)));
+    set_json_headers(r.headers_mut());
+    r
+}
+
+fn result_line(route: Route, msg: &[u8]) -> Result<Bytes, std::convert::Infallible> {
+    Ok(Bytes::from(match (route.response)(msg) {
+        Ok(json) => json::stream_result_line(&json),
+        Err(s) => json::stream_error_line(&s),
+    }))
+}
+
+fn error(status: &tonic::Status) -> Response {
+    json_response(json::http_status(status.code()), json::error_body(status))
+}
+
+fn json_response(code: StatusCode, body: Vec<u8>) -> Response {
+    let mut r = (code, body).into_response();
+    set_json_headers(r.headers_mut());
+    r
+}
+
+fn set_json_headers(h: &mut HeaderMap) {
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        HeaderName::from_static("grpc-metadata-content-type"),
+        HeaderValue::from_static("application/grpc"),
+    );
+}
+
+fn plain(code: StatusCode, body: &'static str) -> Response {
+    let mut r = (code, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}

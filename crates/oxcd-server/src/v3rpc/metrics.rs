@@ -1,0 +1,380 @@
+//! gRPC server metrics as go-grpc-prometheus names them (etcd registers
+//! it on its gRPC server): `grpc_server_started_total`,
+//! `grpc_server_handled_total{grpc_code}`, `grpc_server_msg_received_total`,
+//! `grpc_server_msg_sent_total`, and with `--metrics extensive`
+//! `grpc_server_handling_seconds`; plus etcd's
+//! `etcd_network_client_grpc_{received,sent}_bytes_total`.
+//!
+//! Every method's series exist from the start with the value 0, as
+//! go-grpc-prometheus pre-initialises them. A call's counters are resolved
+//! once, from its path, into a [`Method`]; counting then costs a few
+//! atomic additions. A call ends when its `grpc-status` goes out; a stream
+//! the client drops before that (an ended `etcdctl watch`) is `Canceled`.
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
+use std::pin::Pin;
+use std::sync::{LazyLock, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// gRPC codes by number, with the names go-grpc-prometheus gives them.
+const CODES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+const CANCELED: usize = 1;
+
+/// How a method streams (the `grpc_type` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Unary,
+    ServerStream,
+    BidiStream,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Unary => "unary",
+            Kind::ServerStream => "server_stream",
+            Kind::BidiStream => "bidi_stream",
+        }
+    }
+}
+
+/// The methods of etcd's client API, with their shapes.
+const METHODS: &[(&str, &str, Kind)] = {
+    use Kind::{BidiStream as B, ServerStream as S, Unary as U};
+    &[
+        ("etcdserverpb.KV", "Range", U),
+        ("etcdserverpb.KV", "Put", U),
+        ("etcdserverpb.KV", "DeleteRange", U),
+        ("etcdserverpb.KV", "Txn", U),
+        ("etcdserverpb.KV", "Compact", U),
+        ("etcdserverpb.Watch", "Watch", B),
+        ("etcdserverpb.Lease", "LeaseGrant", U),
+        ("etcdserverpb.Lease", "LeaseRevoke", U),
+        ("etcdserverpb.Lease", "LeaseKeepAlive", B),
+        ("etcdserverpb.Lease", "LeaseTimeToLive", U),
+        ("etcdserverpb.Lease", "LeaseLeases", U),
+        ("etcdserverpb.Cluster", "MemberAdd", U),
+        ("etcdserverpb.Cluster", "MemberRemove", U),
+        ("etcdserverpb.Cluster", "MemberUpdate", U),
+        ("etcdserverpb.Cluster", "MemberList", U),
+        ("etcdserverpb.Cluster", "MemberPromote", U),
+        ("etcdserverpb.Maintenance", "Alarm", U),
+        ("etcdserverpb.Maintenance", "Status", U),
+        ("etcdserverpb.Maintenance", "Defragment", U),
+        ("etcdserverpb.Maintenance", "Hash", U),
+        ("etcdserverpb.Maintenance", "HashKV", U),
+        ("etcdserverpb.Maintenance", "Snapshot", S),
+        ("etcdserverpb.Maintenance", "MoveLeader", U),
+        ("etcdserverpb.Maintenance", "Downgrade", U),
+        ("etcdserverpb.Auth", "AuthEnable", U),
+        ("etcdserverpb.Auth", "AuthDisable", U),
+        ("etcdserverpb.Auth", "AuthStatus", U),
+        ("etcdserverpb.Auth", "Authenticate", U),
+        ("etcdserverpb.Auth", "UserAdd", U),
+        ("etcdserverpb.Auth", "UserGet", U),
+        ("etcdserverpb.Auth", "UserList", U),
+        ("etcdserverpb.Auth", "UserDelete", U),
+        ("etcdserverpb.Auth", "UserChangePassword", U),
+        ("etcdserverpb.Auth", "UserGrantRole", U),
+        ("etcdserverpb.Auth", "UserRevokeRole", U),
+        ("etcdserverpb.Auth", "RoleAdd", U),
+        ("etcdserverpb.Auth", "RoleGet", U),
+        ("etcdserverpb.Auth", "RoleList", U),
+        ("etcdserverpb.Auth", "RoleDelete", U),
+        ("etcdserverpb.Auth", "RoleGrantPermission", U),
+        ("etcdserverpb.Auth", "RoleRevokePermission", U),
+        ("v3lockpb.Lock", "Lock", U),
+        ("v3lockpb.Lock", "Unlock", U),
+        ("v3electionpb.Election", "Campaign", U),
+        ("v3electionpb.Election", "Proclaim", U),
+        ("v3electionpb.Election", "Leader", U),
+        ("v3electionpb.Election", "Observe", S),
+        ("v3electionpb.Election", "Resign", U),
+        ("grpc.health.v1.Health", "Check", U),
+        ("grpc.health.v1.Health", "Watch", S),
+    ]
+};
+
+/// One method's counters.
+pub(crate) struct Method {
+    path: String,
+    pub(crate) kind: Kind,
+    started: IntCounter,
+    handled: [IntCounter; 17],
+    received: IntCounter,
+    sent: IntCounter,
+    handling: Option<Histogram>,
+}
+
+struct Table {
+    methods: Vec<Method>,
+    bytes_received: IntCounter,
+    bytes_sent: IntCounter,
+}
+
+/// `--metrics extensive`, set once before the table is built.
+static EXTENSIVE: OnceLock<bool> = OnceLock::new();
+
+static TABLE: LazyLock<Table> = LazyLock::new(build);
+
+/// Registers the gRPC metrics; `extensive` adds the handling-time
+/// histogram. The first call decides.
+pub(crate) fn init_with(extensive: bool) {
+    let _ = EXTENSIVE.set(extensive);
+    LazyLock::force(&TABLE);
+}
+
+/// Registers the gRPC metrics (without the histogram unless
+/// [`init_with`] asked for it first).
+pub(crate) fn init() {
+    LazyLock::force(&TABLE);
+}
+
+fn build() -> Table {
+    let r = prometheus::default_registry();
+    let labels = ["grpc_type", "grpc_service", "grpc_method"];
+    let vec = |name: &str, help: &str, labels: &[&str]| {
+        let v = IntCounterVec::new(Opts::new(name, help), labels)
+            .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+        let _ = r.register(Box::new(v.clone()));
+        v
+    };
+    let started = vec(
+        "grpc_server_started_total",
+        "Total number of RPCs started on the server.",
+        &labels,
+    );
+    let handled = vec(
+        "grpc_server_handled_total",
+        "Total number of RPCs completed on the server, regardless of success or failure.",
+        &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+    );
+    let received = vec(
+        "grpc_server_msg_received_total",
+        "Total number of RPC stream messages received on the server.",
+        &labels,
+    );
+    let sent = vec(
+        "grpc_server_msg_sent_total",
+        "Total number of gRPC stream messages sent by the server.",
+        &labels,
+    );
+    let handling = EXTENSIVE.get().copied().unwrap_or(false).then(|| {
+        let h = HistogramVec::new(
+            HistogramOpts::new(
+                "grpc_server_handling_seconds",
+                "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+            ),
+            &labels,
+        )
+        .unwrap_or_else(|e| panic!("metric grpc_server_handling_seconds: {e}"));
+        let _ = r.register(Box::new(h.clone()));
+        h
+    });
+    let methods = METHODS
+        .iter()
+        .map(|&(service, method, kind)| {
+            let l = [kind.label(), service, method];
+            Method {
+                path: format!("/{service}/{method}"),
+                kind,
+                started: started.with_label_values(&l),
+                handled: CODES.map(|code| handled.with_label_values(&[l[0], l[1], l[2], code])),
+                received: received.with_label_values(&l),
+                sent: sent.with_label_values(&l),
+                handling: handling.as_ref().map(|h| h.with_label_values(&l)),
+            }
+        })
+        .collect();
+    let counter = |name: &str, help: &str| {
+        let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+        let _ = r.register(Box::new(c.clone()));
+        c
+    };
+    Table {
+        methods,
+        bytes_received: counter(
+            "etcd_network_client_grpc_received_bytes_total",
+            "The total number of bytes received from grpc clients.",
+        ),
+        bytes_sent: counter(
+            "etcd_network_client_grpc_sent_bytes_total",
+            "The total number of bytes sent to grpc clients.",
+        ),
+    }
+}
+
+/// The counters of the method at `path`, if it is one of etcd's.
+pub(crate) fn method(path: &str) -> Option<&'static Method> {
+    TABLE.methods.iter().find(|m| m.path == path)
+}
+
+/// A call being counted: started now.
+pub(crate) struct CallMetrics {
+    method: &'static Method,
+    started: Instant,
+    done: bool,
+}
+
+impl CallMetrics {
+    /// Counts the start of a call of `method`.
+    pub(crate) fn start(method: &'static Method) -> CallMetrics {
+        method.started.inc();
+        if method.kind == Kind::Unary {
+            method.received.inc();
+        }
+        CallMetrics {
+            method,
+            started: Instant::now(),
+            done: false,
+        }
+    }
+
+    fn finish(&mut self, code: usize) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let m = self.method;
+        m.handled[code.min(CODES.len() - 1)].inc();
+        if m.kind == Kind::Unary && code == 0 {
+            m.sent.inc();
+        }
+        if let Some(h) = &m.handling {
+            h.observe(self.started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl Drop for CallMetrics {
+    fn drop(&mut self) {
+        // The answer was dropped before its status went out: the client
+        // went away (go-grpc-prometheus sees the handler's Canceled).
+        self.finish(CANCELED);
+    }
+}
+
+fn status_code(headers: &http::HeaderMap) -> Option<usize> {
+    let v = headers.get("grpc-status")?;
+    std::str::from_utf8(v.as_bytes()).ok()?.parse().ok()
+}
+
+/// Counts the answer of a call: its status if it is in the headers
+/// (trailers-only), else its messages and the trailers' status.
+pub(crate) fn count_response(
+    mut call: CallMetrics,
+    resp: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    if let Some(code) = status_code(resp.headers()) {
+        call.finish(code);
+        return resp;
+    }
+    resp.map(|inner| tonic::body::Body::new(CountedResponse { inner, call }))
+}
+
+struct CountedResponse {
+    inner: tonic::body::Body,
+    call: CallMetrics,
+}
+
+impl Body for CountedResponse {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                TABLE.bytes_sent.inc_by(data.len() as u64);
+                if self.call.method.kind != Kind::Unary {
+                    self.call.method.sent.inc();
+                }
+            } else if let Some(code) = frame.trailers_ref().and_then(status_code) {
+                self.call.finish(code);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body that counts the bytes (and, for streams, the messages)
+/// it delivers.
+pub(crate) struct CountedRequest<B> {
+    inner: B,
+    /// The method, when its messages are counted one by one (streams);
+    /// a unary call's one message is counted when it starts.
+    stream: Option<&'static Method>,
+}
+
+impl<B> CountedRequest<B> {
+    pub(crate) fn new(inner: B, method: &'static Method) -> Self {
+        CountedRequest {
+            inner,
+            stream: (method.kind == Kind::BidiStream).then_some(method),
+        }
+    }
+}
+
+impl<B> Body for CountedRequest<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                TABLE.bytes_received.inc_by(data.len() as u64);
+                if let Some(m) = self.stream {
+                    m.received.inc();
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

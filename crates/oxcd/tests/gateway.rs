@@ -1,0 +1,306 @@
+//! The JSON gateway under `/v3/`, driven with curl as etcd's own e2e tests
+//! and shell scripts drive it: encoding (base64 bytes, int64 as strings,
+//! proto field names, zero values left out), streams, HTTP statuses and
+//! error bodies.
+//!
+//! Every expectation here holds for etcd 3.4.23 too
+//! (`OXCD_TEST_SERVER=/usr/bin/etcd`).
+
+mod common;
+
+use common::{b64, bounded, Member};
+use serde_json::Value;
+use std::process::Stdio;
+use std::time::Duration;
+
+/// What curl got: the status code and the body.
+struct Reply {
+    code: u16,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// POSTs `body` to `path` with curl, for at most `max_time` (streams never
+/// end on their own, so curl's time limit ends them).
+async fn curl(m: &Member, method: &str, path: &str, body: &str, max_time: Duration) -> Reply {
+    let url = format!("{}{path}", m.client_url());
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", "-X", method, "-o", "-", "-w", "\n%{http_code}"])
+        .args(["-m", &format!("{}", max_time.as_secs_f64())])
+        .args(["--data-binary", body, &url])
+        .stdin(Stdio::null())
+        .output();
+    let out = tokio::time::timeout(max_time + Duration::from_secs(5), out)
+        .await
+        .expect("curl hung")
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    Reply {
+        code: code.trim().parse().unwrap_or(0),
+        body: body.to_string(),
+    }
+}
+
+async fn post(m: &Member, path: &str, body: &str) -> Reply {
+    curl(m, "POST", path, body, Duration::from_secs(10)).await
+}
+
+fn str_field<'a>(v: &'a Value, path: &[&str]) -> &'a str {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_str()
+        .unwrap_or_else(|| panic!("{path:?} is not a string in {v}"))
+}
+
+#[tokio::test]
+async fn kv_routes_speak_grpc_gateway_json() {
+    bounded(async {
+        let m = Member::start().await;
+        let put = post(&m, "/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#).await;
+        assert_eq!(put.code, 200, "{}", put.body);
+        let rev: i64 = str_field(&put.json(), &["header", "revision"])
+            .parse()
+            .expect("revision is an int64 string");
+
+        let got = post(&m, "/v3/kv/range", r#"{"key":"Zm9v"}"#).await.json();
+        let kv = &got["kvs"][0];
+        assert_eq!(kv["key"], "Zm9v");
+        assert_eq!(kv["value"], "YmFy");
+        assert_eq!(kv["mod_revision"], rev.to_string());
+        assert_eq!(kv["version"], "1");
+        assert_eq!(got["count"], "1");
+        // Zero values are left out: no lease, no `more`.
+        assert!(kv.get("lease").is_none() && got.get("more").is_none(), "{got}");
+
+        // Either field name and either number form are accepted.
+        let prefix = format!(r#"{{"key":"{}","rangeEnd":"{}","limit":"1"}}"#, b64(b"f"), b64(b"g"));
+        let got = post(&m, "/v3/kv/range", &prefix).await.json();
+        assert_eq!(got["kvs"].as_array().map(Vec::len), Some(1), "{got}");
+        let missing = post(&m, "/v3/kv/range", r#"{"key":"bm9wZQ=="}"#).await.json();
+        assert!(missing.get("kvs").is_none() && missing.get("count").is_none());
+
+        // etcd's e2e TestV3CurlTxn.
+        let txn = r#"{"compare":[{"key":"YmF6","result":"EQUAL","target":"CREATE","create_revision":0}],"success":[{"request_put":{"key":"YmF6","value":"cXV4"}}]}"#;
+        let t = post(&m, "/v3/kv/txn", txn).await.json();
+        assert_eq!(t["succeeded"], true);
+        assert_eq!(
+            t["responses"][0]["response_put"]["header"]["revision"],
+            (rev + 1).to_string()
+        );
+        let del = post(&m, "/v3/kv/deleterange", r#"{"key":"YmF6","prev_kv":true}"#).await.json();
+        assert_eq!(del["deleted"], "1");
+        assert_eq!(del["prev_kvs"][0]["value"], "cXV4");
+
+        let future = post(&m, "/v3/kv/compaction", r#"{"revision":"1000"}"#).await;
+        assert_eq!(future.code, 400);
+        assert_eq!(
+            future.json(),
+            serde_json::json!({"error":"etcdserver: mvcc: required revision is a future revision","message":"etcdserver: mvcc: required revision is a future revision","code":11})
+        );
+        let compact = post(&m, "/v3/kv/compaction", &format!(r#"{{"revision":{rev}}}"#)).await;
+        assert_eq!(compact.code, 200, "{}", compact.body);
+        // v3beta is an alias in 3.4.
+        let beta = post(&m, "/v3beta/kv/range", r#"{"key":"Zm9v"}"#).await.json();
+        assert_eq!(beta["kvs"][0]["value"], "YmFy");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_grpc_gateway_statuses() {
+    bounded(async {
+        let m = Member::start().await;
+        let unknown = post(&m, "/v3/kv/nope", "{}").await;
+        assert_eq!((unknown.code, unknown.body.as_str()), (404, "Not Found\n"));
+        let alpha = post(&m, "/v3alpha/kv/range", "{}").await;
+        assert_eq!((alpha.code, alpha.body.as_str()), (404, "404 page not found\n"));
+        let get = curl(&m, "GET", "/v3/kv/range", "", Duration::from_secs(10)).await;
+        assert_eq!(get.code, 405);
+        for body in [r#"{"key":"#, r#"{"key":123}"#, r#"{"key":"!!"}"#] {
+            let r = post(&m, "/v3/kv/range", body).await;
+            assert_eq!(r.code, 400, "{body}: {}", r.body);
+            assert_eq!(r.json()["code"], 3, "{body}: {}", r.body);
+        }
+        // The malformed txn of etcd's TestV3CurlTxn (it once crashed etcd):
+        // an operation without a request.
+        let malformed = r#"{"compare":[{"result":0,"target":1,"key":"Zm9v","TargetUnion":null}],"success":[{"Request":{"RequestPut":{"key":"Zm9v","value":"YmFy"}}}]}"#;
+        let r = post(&m, "/v3/kv/txn", malformed).await;
+        assert!(r.json().get("error").is_some(), "{}", r.body);
+        // Lock and election errors are code 2, HTTP 500.
+        let r = post(&m, "/v3/election/proclaim", r#"{"value":"djI="}"#).await;
+        assert_eq!(r.code, 500);
+        assert_eq!(
+            r.body,
+            r#"{"error":"\"leader\" field must be provided","message":"\"leader\" field must be provided","code":2}"#
+        );
+        // The member is still fine.
+        assert_eq!(post(&m, "/v3/kv/put", r#"{"key":"YQ==","value":"Yg=="}"#).await.code, 200);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn streams_answer_one_result_object_per_message() {
+    bounded(async {
+        let m = Member::start().await;
+        assert_eq!(
+            post(&m, "/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#)
+                .await
+                .code,
+            200
+        );
+        // etcd's e2e TestV3CurlWatch: the stream stays open, curl's time
+        // limit ends it.
+        let w = curl(
+            &m,
+            "POST",
+            "/v3/watch",
+            r#"{"create_request":{"key":"Zm9v","start_revision":1}}"#,
+            Duration::from_secs(2),
+        )
+        .await;
+        let lines: Vec<Value> = w
+            .body
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert_eq!(lines.len(), 2, "{}", w.body);
+        assert_eq!(lines[0]["result"]["created"], true);
+        assert_eq!(lines[1]["result"]["events"][0]["kv"]["value"], "YmFy");
+        // A PUT event has the zero type, so no `type` field.
+        assert!(lines[1]["result"]["events"][0].get("type").is_none());
+
+        // Two request objects in one body: two keep-alives, and the
+        // keep-alive stream ends with the body.
+        let lease = post(&m, "/v3/lease/grant", r#"{"TTL":60}"#).await.json();
+        let id = str_field(&lease, &["ID"]).to_string();
+        assert_eq!(lease["TTL"], "60");
+        let body = format!(r#"{{"ID":"{id}"}} {{"ID":{id}}}"#);
+        let ka = curl(
+            &m,
+            "POST",
+            "/v3/lease/keepalive",
+            &body,
+            Duration::from_secs(5),
+        )
+        .await;
+        let answers: Vec<Value> = ka
+            .body
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        assert_eq!(answers.len(), 2, "{}", ka.body);
+        assert!(answers
+            .iter()
+            .all(|a| a["result"]["ID"] == id.as_str() && a["result"]["TTL"] == "60"));
+
+        let ttl = post(
+            &m,
+            "/v3/kv/lease/timetolive",
+            &format!(r#"{{"ID":{id},"keys":true}}"#),
+        )
+        .await
+        .json();
+        assert_eq!(ttl["grantedTTL"], "60");
+        let leases = post(&m, "/v3/lease/leases", "{}").await.json();
+        assert_eq!(leases["leases"][0]["ID"], id.as_str());
+        assert_eq!(
+            post(&m, "/v3/lease/revoke", &format!(r#"{{"ID":"{id}"}}"#))
+                .await
+                .code,
+            200
+        );
+        let gone = post(&m, "/v3/lease/timetolive", &format!(r#"{{"ID":"{id}"}}"#))
+            .await
+            .json();
+        assert_eq!(gone["TTL"], "-1");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cluster_maintenance_lock_and_election_routes() {
+    bounded(async {
+        let m = Member::start().await;
+        let members = post(&m, "/v3/cluster/member/list", "{}").await.json();
+        let me = &members["members"][0];
+        assert_eq!(me["name"], m.name.as_str());
+        assert_eq!(me["clientURLs"][0], m.client_url().as_str());
+        let status = post(&m, "/v3/maintenance/status", "{}").await.json();
+        assert_eq!(status["leader"], me["ID"]);
+        assert!(status["dbSize"].as_str().is_some(), "{status}");
+        assert_eq!(
+            post(&m, "/v3/maintenance/alarm", "{}").await.json(),
+            serde_json::json!({})
+        );
+        assert_eq!(post(&m, "/v3/maintenance/defragment", "{}").await.code, 200);
+        // Hash's hash is a uint32: a JSON number.
+        let hash = post(&m, "/v3/maintenance/hash", "{}").await.json();
+        assert!(hash["hash"].is_u64(), "{hash}");
+
+        let lease = post(&m, "/v3/lease/grant", r#"{"TTL":30}"#).await.json();
+        let id = str_field(&lease, &["ID"]).to_string();
+        let lock = post(
+            &m,
+            "/v3/lock/lock",
+            &format!(r#"{{"name":"{}","lease":"{id}"}}"#, b64(b"l")),
+        )
+        .await
+        .json();
+        let key = str_field(&lock, &["key"]).to_string();
+        assert!(key.len() > 4, "{lock}");
+        assert_eq!(
+            post(&m, "/v3/lock/unlock", &format!(r#"{{"key":"{key}"}}"#))
+                .await
+                .code,
+            200
+        );
+
+        // etcd's e2e TestV3CurlCampaignNoTLS.
+        let c = post(
+            &m,
+            "/v3/election/campaign",
+            &format!(
+                r#"{{"name":"{}","value":"{}","lease":"{id}"}}"#,
+                b64(b"/election"),
+                b64(b"v1")
+            ),
+        )
+        .await
+        .json();
+        let leader = c["leader"].clone();
+        assert_eq!(leader["name"], b64(b"/election").as_str());
+        let proclaim = serde_json::json!({"leader": leader, "value": b64(b"v2")});
+        assert_eq!(
+            post(&m, "/v3/election/proclaim", &proclaim.to_string())
+                .await
+                .code,
+            200
+        );
+        let l = post(
+            &m,
+            "/v3/election/leader",
+            &format!(r#"{{"name":"{}"}}"#, b64(b"/election")),
+        )
+        .await
+        .json();
+        assert_eq!(l["kv"]["value"], b64(b"v2").as_str());
+        let resign = serde_json::json!({"leader": leader});
+        assert_eq!(
+            post(&m, "/v3/election/resign", &resign.to_string())
+                .await
+                .code,
+            200
+        );
+    })
+    .await;
+}
