@@ -201,6 +201,11 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
     }
     let limits = grpc_limits(&cfg);
     let grpc = v3rpc::routes(core.clone(), limits);
+    etcd.tasks.spawn(v3rpc::health::follow(
+        core.clone(),
+        grpc.health_reporter(),
+        etcd.shutdown.clone(),
+    ));
     let mut http = crate::serve::http::routes(core.clone(), scrape.clone());
     if cfg.enable_grpc_gateway {
         http = http.merge(crate::serve::gateway::routes(

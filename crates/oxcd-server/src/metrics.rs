@@ -104,10 +104,31 @@ pub fn init() {
     LazyLock::force(&PROCESS);
 }
 
+/// Counts one client request in `etcd_server_client_requests_total`;
+/// `unary` or a stream, with the client's `client-api-version` header.
+/// The usual versions' counters are resolved once, so the common case
+/// costs one atomic addition rather than a label lookup.
+pub(crate) fn count_client_request(unary: bool, api_version: Option<&[u8]>) {
+    const KNOWN: [&str; 8] = ["3.0", "3.1", "3.2", "3.3", "3.4", "3.5", "3.6", "unknown"];
+    static CACHED: LazyLock<[[IntCounter; 8]; 2]> = LazyLock::new(|| {
+        ["unary", "stream"]
+            .map(|kind| KNOWN.map(|v| counters().client_requests.with_label_values(&[kind, v])))
+    });
+    let label = api_version_label(api_version);
+    let row = &CACHED[usize::from(!unary)];
+    match KNOWN.iter().position(|k| *k == label) {
+        Some(i) => row[i].inc(),
+        None => counters()
+            .client_requests
+            .with_label_values(&[if unary { "unary" } else { "stream" }, label])
+            .inc(),
+    }
+}
+
 /// The `client-api-version` label: what the client sent when it looks like
 /// a version (`3.4`), `unknown` otherwise, so a client cannot make the
 /// label set grow without bound.
-pub(crate) fn api_version_label(header: Option<&[u8]>) -> &str {
+fn api_version_label(header: Option<&[u8]>) -> &str {
     match header.and_then(|h| std::str::from_utf8(h).ok()) {
         Some(v)
             if !v.is_empty()

@@ -68,10 +68,27 @@ async fn run(cfg: Config) -> ExitCode {
         }
     };
     release_startup_memory();
-    wait_for_signal().await;
+    let signal = wait_for_signal().await;
     tracing::info!("received terminate signal, shutting down");
     etcd.close().await;
-    ExitCode::SUCCESS
+    die_by(signal)
+}
+
+/// Ends the process by the signal that stopped it, after the graceful
+/// close, as etcd does (it re-raises the signal): a shell or systemd then
+/// sees 143 for SIGTERM and 130 for SIGINT, not a clean exit.
+fn die_by(signal: Option<libc::c_int>) -> ExitCode {
+    let Some(sig) = signal else {
+        return ExitCode::SUCCESS;
+    };
+    // SAFETY: resetting a signal's disposition to the default and raising
+    // it take no pointers; the process is meant to end here.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+    // Only reached if the signal did not end the process.
+    ExitCode::from(u8::try_from(128 + sig).unwrap_or(1))
 }
 
 /// Returns what start-up freed to the OS. Recovery (index rebuild, WAL
@@ -84,7 +101,8 @@ fn release_startup_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or SIGINT and says which came.
+async fn wait_for_signal() -> Option<libc::c_int> {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -92,11 +110,11 @@ async fn wait_for_signal() {
     ) else {
         // Without signal handlers the process can only be killed; wait forever.
         std::future::pending::<()>().await;
-        return;
+        return None;
     };
     tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+        _ = term.recv() => Some(libc::SIGTERM),
+        _ = int.recv() => Some(libc::SIGINT),
     }
 }
 

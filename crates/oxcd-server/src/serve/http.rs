@@ -49,24 +49,27 @@ async fn metrics(State(e): State<Endpoints>) -> Response {
     r
 }
 
-/// etcd 3.4's `/health`: false while an alarm not named by an
-/// `exclude=` parameter is raised, while there is no leader, or when a
-/// quorum read does not complete within a second.
+/// etcd's `/health`: false while an alarm not named by an `exclude=`
+/// parameter is raised, while there is no leader, or when a quorum read
+/// does not complete within a second. With `serializable=true` (etcd 3.5)
+/// only this member's own state counts: alarms, no leader or quorum read.
 async fn health(State(e): State<Endpoints>, method: Method, uri: Uri) -> Response {
     let core = e.core;
     if method != Method::GET {
         return method_not_allowed();
     }
-    let excluded: Vec<i32> = uri
-        .query()
-        .unwrap_or("")
-        .split('&')
+    let params: Vec<&str> = uri.query().unwrap_or("").split('&').collect();
+    let excluded: Vec<i32> = params
+        .iter()
         .filter_map(|kv| kv.strip_prefix("exclude="))
         .filter_map(|name| AlarmType::from_str_name(name).map(|t| t as i32))
         .collect();
+    let serializable = params.contains(&"serializable=true");
     let healthy = if core.alarms.any_except(&excluded) {
         tracing::warn!("/health error due to an alarm");
         false
+    } else if serializable {
+        true
     } else if core.leader() == 0 {
         tracing::warn!("/health error; no leader (status code 503)");
         false

@@ -129,6 +129,8 @@ pub(crate) struct Method {
 
 struct Table {
     methods: Vec<Method>,
+    /// Path → index in `methods`.
+    by_path: std::collections::HashMap<String, usize>,
     bytes_received: IntCounter,
     bytes_sent: IntCounter,
 }
@@ -192,7 +194,7 @@ fn build() -> Table {
         let _ = r.register(Box::new(h.clone()));
         h
     });
-    let methods = METHODS
+    let methods: Vec<Method> = METHODS
         .iter()
         .map(|&(service, method, kind)| {
             let l = [kind.label(), service, method];
@@ -212,8 +214,14 @@ fn build() -> Table {
         let _ = r.register(Box::new(c.clone()));
         c
     };
+    let by_path = methods
+        .iter()
+        .enumerate()
+        .map(|(i, m): (usize, &Method)| (m.path.clone(), i))
+        .collect();
     Table {
         methods,
+        by_path,
         bytes_received: counter(
             "etcd_network_client_grpc_received_bytes_total",
             "The total number of bytes received from grpc clients.",
@@ -227,7 +235,7 @@ fn build() -> Table {
 
 /// The counters of the method at `path`, if it is one of etcd's.
 pub(crate) fn method(path: &str) -> Option<&'static Method> {
-    TABLE.methods.iter().find(|m| m.path == path)
+    TABLE.by_path.get(path).map(|&i| &TABLE.methods[i])
 }
 
 /// A call being counted: started now.

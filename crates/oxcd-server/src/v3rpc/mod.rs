@@ -5,6 +5,7 @@
 //! `Unimplemented`.
 
 pub mod cluster;
+pub mod health;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
@@ -62,6 +63,8 @@ pub struct GrpcRouter {
     cluster: ClusterServer<cluster::ClusterService>,
     lock: LockServer<crate::v3lock::LockService>,
     election: ElectionServer<crate::v3election::ElectionService>,
+    health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+    health_reporter: tonic_health::server::HealthReporter,
 }
 
 /// Builds the gRPC router for all implemented services.
@@ -95,8 +98,14 @@ pub fn routes(core: Arc<Core>, limits: GrpcLimits) -> GrpcRouter {
     let cluster = ClusterServer::new(cluster::ClusterService::new(core.clone()))
         .max_decoding_message_size(limits.max_recv_bytes)
         .max_encoding_message_size(usize::MAX);
+    let (health_reporter, _) = tonic_health::server::health_reporter();
+    let health = tonic_health::pb::health_server::HealthServer::new(
+        tonic_health::server::HealthService::from_health_reporter(health_reporter.clone()),
+    );
     GrpcRouter {
         core,
+        health,
+        health_reporter,
         kv_unary,
         max_recv_bytes: limits.max_recv_bytes,
         kv,
@@ -124,28 +133,23 @@ impl GrpcRouter {
         let Some(method) = metrics::method(req.uri().path()) else {
             return self.route(req);
         };
-        let kind = if method.kind == metrics::Kind::Unary {
-            "unary"
-        } else {
-            "stream"
-        };
-        crate::metrics::counters()
-            .client_requests
-            .with_label_values(&[
-                kind,
-                crate::metrics::api_version_label(
-                    req.headers()
-                        .get("client-api-version")
-                        .map(|v| v.as_bytes()),
-                ),
-            ])
-            .inc();
+        crate::metrics::count_client_request(
+            method.kind == metrics::Kind::Unary,
+            req.headers()
+                .get("client-api-version")
+                .map(|v| v.as_bytes()),
+        );
         let call = metrics::CallMetrics::start(method);
         let answer = self.route(req.map(|b| metrics::CountedRequest::new(b, method)));
         Box::pin(async move {
             let Ok(resp) = answer.await;
             Ok(metrics::count_response(call, resp))
         })
+    }
+
+    /// What sets the gRPC health status ([`health::follow`]).
+    pub fn health_reporter(&self) -> tonic_health::server::HealthReporter {
+        self.health_reporter.clone()
     }
 
     fn route<B>(&mut self, req: http::Request<B>) -> GrpcFuture
@@ -171,6 +175,7 @@ impl GrpcRouter {
             "etcdserverpb.Cluster" => self.cluster.call(req),
             "v3lockpb.Lock" => self.lock.call(req),
             "v3electionpb.Election" => self.election.call(req),
+            "grpc.health.v1.Health" => self.health.call(req),
             _ => answer(crate::serve::unknown_method(path)),
         }
     }
