@@ -160,8 +160,8 @@ impl WritePath {
         let mut guard = self.waiters.register(id);
         let counters = crate::metrics::counters();
         // Counted as etcd does: pending while proposed and not yet
-        // answered; failed when raft would not take it, or it timed out
-        // or was dropped (not when its apply answered an error).
+        // answered; failed when raft would not take it or it timed out
+        // (not when its apply answered an error, nor at shutdown).
         let _pending = Pending::new(&counters.proposals_pending);
         if let Err(e) = self.node.send(Input::Propose(Bytes::from(data))) {
             counters.proposals_failed.inc();
@@ -172,7 +172,6 @@ impl WritePath {
         let outcome = guard.wait().await;
         if let Err(
             EtcdError::Timeout
-            | EtcdError::Stopped
             | EtcdError::TimeoutDueToLeaderFail
             | EtcdError::TimeoutDueToConnectionLost
             | EtcdError::LeaderChanged,

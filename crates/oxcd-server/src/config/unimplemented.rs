@@ -81,6 +81,26 @@ const NOT_ACTED_ON: &[(&str, Differs)] = &[
     ("experimental-local-address", |c, d| {
         c.experimental_local_address != d.experimental_local_address
     }),
+    // Auth is not built yet; these only shape it.
+    ("auth-token", |c, d| c.auth_token != d.auth_token),
+    ("bcrypt-cost", |c, d| c.bcrypt_cost != d.bcrypt_cost),
+    ("auth-token-ttl", |c, d| {
+        c.auth_token_ttl != d.auth_token_ttl
+    }),
+    // oxcd logs capnslog-style text to stderr only, for now.
+    ("logger", |c, d| {
+        c.logger != d.logger && c.logger != "capnslog"
+    }),
+    ("log-outputs", |c, d| {
+        c.log_outputs != d.log_outputs && c.log_outputs != ["stderr"]
+    }),
+    ("log-rotation-config-json", |c, d| {
+        c.log_rotation_config_json != d.log_rotation_config_json
+    }),
+    ("cors", |c, d| c.cors != d.cors),
+    ("host-whitelist", |c, d| {
+        c.host_whitelist != d.host_whitelist
+    }),
     ("experimental-stop-grpc-service-on-defrag", |c, d| {
         c.experimental_stop_grpc_service_on_defrag != d.experimental_stop_grpc_service_on_defrag
     }),

@@ -265,7 +265,8 @@ impl CallMetrics {
         }
         self.done = true;
         let m = self.method;
-        m.handled[code.min(CODES.len() - 1)].inc();
+        // A code gRPC does not define counts as Unknown.
+        m.handled[if code < CODES.len() { code } else { 2 }].inc();
         if m.kind == Kind::Unary && code == 0 {
             m.sent.inc();
         }
@@ -298,12 +299,58 @@ pub(crate) fn count_response(
         call.finish(code);
         return resp;
     }
-    resp.map(|inner| tonic::body::Body::new(CountedResponse { inner, call }))
+    resp.map(|inner| {
+        tonic::body::Body::new(CountedResponse {
+            inner,
+            call,
+            messages: Messages::default(),
+        })
+    })
+}
+
+/// Counts the gRPC messages in a byte stream by their 5-byte prefixes,
+/// however the messages are cut into or packed in chunks.
+#[derive(Debug, Default)]
+struct Messages {
+    /// Bytes of the current message's body still to come.
+    remaining: u64,
+    /// Prefix bytes of the next message seen so far.
+    prefix: [u8; 5],
+    prefix_len: usize,
+}
+
+impl Messages {
+    /// Feeds `data`; returns how many messages started in it.
+    fn feed(&mut self, mut data: &[u8]) -> u64 {
+        let mut started = 0;
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = usize::try_from(self.remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                self.remaining -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            let n = (5 - self.prefix_len).min(data.len());
+            self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&data[..n]);
+            self.prefix_len += n;
+            data = &data[n..];
+            if self.prefix_len == 5 {
+                started += 1;
+                self.prefix_len = 0;
+                let p = self.prefix;
+                self.remaining = u64::from(u32::from_be_bytes([p[1], p[2], p[3], p[4]]));
+            }
+        }
+        started
+    }
 }
 
 struct CountedResponse {
     inner: tonic::body::Body,
     call: CallMetrics,
+    messages: Messages,
 }
 
 impl Body for CountedResponse {
@@ -318,8 +365,12 @@ impl Body for CountedResponse {
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 TABLE.bytes_sent.inc_by(data.len() as u64);
-                if self.call.method.kind != Kind::Unary {
-                    self.call.method.sent.inc();
+                let method = self.call.method;
+                if method.kind != Kind::Unary {
+                    let n = self.messages.feed(data);
+                    if n > 0 {
+                        method.sent.inc_by(n);
+                    }
                 }
             } else if let Some(code) = frame.trailers_ref().and_then(status_code) {
                 self.call.finish(code);
@@ -344,13 +395,15 @@ pub(crate) struct CountedRequest<B> {
     /// The method, when its messages are counted one by one (streams);
     /// a unary call's one message is counted when it starts.
     stream: Option<&'static Method>,
+    messages: Messages,
 }
 
 impl<B> CountedRequest<B> {
     pub(crate) fn new(inner: B, method: &'static Method) -> Self {
         CountedRequest {
             inner,
-            stream: (method.kind == Kind::BidiStream).then_some(method),
+            stream: (method.kind != Kind::Unary).then_some(method),
+            messages: Messages::default(),
         }
     }
 }
@@ -371,7 +424,10 @@ where
             if let Some(data) = frame.data_ref() {
                 TABLE.bytes_received.inc_by(data.len() as u64);
                 if let Some(m) = self.stream {
-                    m.received.inc();
+                    let n = self.messages.feed(data);
+                    if n > 0 {
+                        m.received.inc_by(n);
+                    }
                 }
             }
         }
@@ -384,5 +440,29 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Messages;
+
+    fn msg(len: u32) -> Vec<u8> {
+        let mut m = vec![0];
+        m.extend_from_slice(&len.to_be_bytes());
+        m.extend(std::iter::repeat_n(7u8, len as usize));
+        m
+    }
+
+    #[test]
+    fn messages_are_counted_by_prefix_however_chunked() {
+        let stream: Vec<u8> = [msg(3), msg(0), msg(40000), msg(1)].concat();
+        assert_eq!(Messages::default().feed(&stream), 4);
+        let mut m = Messages::default();
+        let byte_by_byte: u64 = stream.iter().map(|b| m.feed(std::slice::from_ref(b))).sum();
+        assert_eq!(byte_by_byte, 4);
+        let mut m = Messages::default();
+        assert_eq!(m.feed(&stream[..2]), 0);
+        assert_eq!(m.feed(&stream[2..]), 4);
     }
 }

@@ -11,10 +11,12 @@
 //!
 //! - [`routes`]: the route table and the handler;
 //! - [`call`]: the in-process gRPC call;
-//! - [`json`]: JSON ↔ protobuf, error bodies, HTTP statuses.
+//! - [`json`]: JSON ↔ protobuf, error bodies, HTTP statuses;
+//! - [`objects`]: a stream body split into its JSON objects.
 
 mod call;
 mod json;
+mod objects;
 
 use crate::v3rpc::GrpcRouter;
 use axum::body::Body;
@@ -30,6 +32,7 @@ use oxcd_api::etcdserverpb as pb;
 use oxcd_api::{v3electionpb as epb, v3lockpb as lpb};
 use std::sync::Arc;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 /// How a gateway call is settled: the gateway's own state.
 #[derive(Clone)]
@@ -402,25 +405,34 @@ async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
     }
     let metadata = metadata(req.headers());
     let body = req.into_body();
+    // As grpc-gateway, a body is read before the call takes a stream, so
+    // a slow uploader does not hold one.
+    let first = match route.kind {
+        Kind::Unary | Kind::ServerStream => match read_one(body, gw.max_json, route).await {
+            Ok(m) => Outbound::Once(m),
+            Err(s) => return error(&s),
+        },
+        Kind::BidiStream => {
+            let (tx, rx) = mpsc::channel(16);
+            let gone = CancellationToken::new();
+            tokio::spawn(pump(body, tx, gw.max_json, route, gone.clone()));
+            let Ok(permit) = gw.streams.clone().acquire_owned().await else {
+                return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+            };
+            let replies = call::start(gw.grpc, route.grpc, metadata, Outbound::Stream(rx)).await;
+            return stream_answer(replies, route, permit, gone).await;
+        }
+    };
     let Ok(permit) = gw.streams.clone().acquire_owned().await else {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
     };
-    match route.kind {
-        Kind::Unary => unary(gw, route, metadata, body).await,
-        Kind::ServerStream => {
-            let msg = match read_one(body, gw.max_json, route).await {
-                Ok(m) => m,
-                Err(s) => return error(&s),
-            };
-            let replies = call::start(gw.grpc, route.grpc, metadata, Outbound::Once(msg)).await;
-            stream_answer(replies, route, permit).await
-        }
-        Kind::BidiStream => {
-            let (tx, rx) = mpsc::channel(16);
-            tokio::spawn(pump(body, tx, gw.max_json, route));
-            let replies = call::start(gw.grpc, route.grpc, metadata, Outbound::Stream(rx)).await;
-            stream_answer(replies, route, permit).await
-        }
+    let replies = call::start(gw.grpc, route.grpc, metadata, first).await;
+    if route.kind == Kind::Unary {
+        let answer = unary(replies, route).await;
+        drop(permit);
+        answer
+    } else {
+        stream_answer(replies, route, permit, CancellationToken::new()).await
     }
 }
 
@@ -434,7 +446,10 @@ fn metadata(headers: &HeaderMap) -> HeaderMap {
     for (name, value) in headers {
         let n = name.as_str();
         if n == "authorization" {
-            md.insert(HeaderName::from_static("token"), value.clone());
+            // An explicit `Grpc-Metadata-Token` wins, as in etcd.
+            if !headers.contains_key("grpc-metadata-token") {
+                md.insert(HeaderName::from_static("token"), value.clone());
+            }
         } else if let Some(rest) = n.strip_prefix("grpc-metadata-") {
             if let Ok(name) = HeaderName::from_bytes(rest.as_bytes()) {
                 md.append(name, value.clone());
@@ -448,12 +463,7 @@ fn metadata(headers: &HeaderMap) -> HeaderMap {
     md
 }
 
-async fn unary(gw: Gateway, route: Route, metadata: HeaderMap, body: Body) -> Response {
-    let msg = match read_one(body, gw.max_json, route).await {
-        Ok(m) => m,
-        Err(s) => return error(&s),
-    };
-    let mut replies = call::start(gw.grpc, route.grpc, metadata, Outbound::Once(msg)).await;
+async fn unary(mut replies: Replies, route: Route) -> Response {
     let answer = match replies.next().await {
         Ok(Some(m)) => m,
         Ok(None) => return error(&tonic::Status::internal("no answer")),
@@ -481,45 +491,66 @@ async fn read_one(body: Body, max: usize, route: Route) -> Result<Bytes, tonic::
 /// Feeds a stream's request objects to the call as they arrive. Several
 /// objects may follow one another in one body; each is one message. The
 /// call's send side closes when the body ends (the stream itself stays
-/// open, as etcd's does), or at the first object that does not decode.
-async fn pump(mut body: Body, tx: mpsc::Sender<Bytes>, max: usize, route: Route) {
+/// open, as etcd's does) or at the first object that does not decode (the
+/// rest of the body is then read and dropped). A body that breaks off (the
+/// client went away) cancels `gone`, which ends the answer and the call.
+async fn pump(
+    mut body: Body,
+    tx: mpsc::Sender<Bytes>,
+    max: usize,
+    route: Route,
+    gone: CancellationToken,
+) {
     let mut buf: Vec<u8> = Vec::new();
-    while let Some(Ok(frame)) = body.frame().await {
+    let mut scan = objects::Objects::default();
+    // Dropped (closing the call's send side) once nothing more is sent.
+    let mut tx = Some(tx);
+    loop {
+        let frame = match body.frame().await {
+            None => return,
+            Some(Err(_)) => {
+                gone.cancel();
+                return;
+            }
+            Some(Ok(f)) => f,
+        };
         let Ok(data) = frame.into_data() else {
             continue;
         };
+        let Some(sender) = &tx else {
+            continue;
+        };
         buf.extend_from_slice(&data);
-        let mut objects =
-            serde_json::Deserializer::from_slice(&buf).into_iter::<serde::de::IgnoredAny>();
-        let mut start = 0;
-        loop {
-            match objects.next() {
-                Some(Ok(_)) => {
-                    let end = objects.byte_offset();
-                    let msg = match (route.request)(&buf[start..end]) {
-                        Ok(m) => m,
+        let mut used = 0;
+        let mut stop = false;
+        while !stop {
+            match scan.next(&buf) {
+                objects::Found::Object { start, end } => {
+                    used = end;
+                    match (route.request)(&buf[start..end]) {
+                        Ok(msg) => stop = sender.send(call::frame(&msg)).await.is_err(),
                         Err(s) => {
                             tracing::debug!(error = %s, "gateway stream request does not decode");
-                            return;
+                            stop = true;
                         }
-                    };
-                    if tx.send(call::frame(&msg)).await.is_err() {
-                        return;
                     }
-                    start = end;
                 }
-                Some(Err(e)) if e.is_eof() => break,
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "gateway stream request does not decode");
-                    return;
+                objects::Found::Incomplete => break,
+                objects::Found::NotAnObject => {
+                    tracing::debug!("gateway stream request is not a JSON object");
+                    stop = true;
                 }
-                None => break,
             }
         }
-        buf.drain(..start);
-        if buf.len() > max {
+        buf.drain(..used);
+        scan.consumed(used);
+        if scan.pending(buf.len()) > max {
             tracing::debug!("gateway stream request object too large");
-            return;
+            stop = true;
+        }
+        if stop {
+            tx = None;
+            buf = Vec::new();
         }
     }
 }
@@ -527,25 +558,35 @@ async fn pump(mut body: Body, tx: mpsc::Sender<Bytes>, max: usize, route: Route)
 /// A stream's answer: one `{"result":…}` line per message, and an
 /// `{"error":…}` object if the call fails. Like grpc-gateway, nothing is
 /// written before the first message, so a call that fails at once gets
-/// its error's HTTP status. The answer ends when the call does or the
-/// client goes away (dropping it ends the call).
+/// its error's HTTP status. The answer ends when the call does, when the
+/// client goes away (dropping it ends the call), or when `gone` says the
+/// request body broke off.
 async fn stream_answer(
     mut replies: Replies,
     route: Route,
     permit: OwnedSemaphorePermit,
+    gone: CancellationToken,
 ) -> Response {
-    let first = match replies.next().await {
+    let first = tokio::select! {
+        r = replies.next() => r,
+        _ = gone.cancelled() => return plain(StatusCode::REQUEST_TIMEOUT, "client went away\n"),
+    };
+    let first = match first {
         Ok(Some(msg)) => msg,
         Ok(None) => return json_response(StatusCode::OK, Vec::new()),
         Err(s) => return json_response(json::http_status(s.code()), json::stream_error_line(&s)),
     };
     let head = futures::stream::once(std::future::ready(result_line(route, &first)));
-    let rest = futures::stream::unfold(Some((replies, permit)), move |state| async move {
-        let (mut replies, permit) = state?;
-        match replies.next().await {
+    let rest = futures::stream::unfold(Some((replies, permit, gone)), move |state| async move {
+        let (mut replies, permit, gone) = state?;
+        let next = tokio::select! {
+            r = replies.next() => r,
+            _ = gone.cancelled() => return None,
+        };
+        match next {
             Ok(Some(msg)) => {
                 let line = result_line(route, &msg);
-                Some((line, Some((replies, permit))))
+                Some((line, Some((replies, permit, gone))))
             }
             Ok(None) => None,
             Err(s) => Some((Ok(Bytes::from(json::stream_error_line(&s))), None)),
