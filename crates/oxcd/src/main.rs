@@ -5,6 +5,7 @@
 
 mod flags;
 mod help;
+mod logging;
 
 use oxcd_server::config::Config;
 use std::process::ExitCode;
@@ -38,7 +39,10 @@ fn main() -> ExitCode {
         flags::ParseOutcome::Run(p) => *p,
         flags::ParseOutcome::Exit(code) => return ExitCode::from(code as u8),
     };
-    init_logging(&parsed.config);
+    if let Err(e) = logging::init(&parsed.config) {
+        eprintln!("oxcd: {e}");
+        return ExitCode::from(1);
+    }
     for n in &parsed.notices {
         match n.level {
             flags::NoticeLevel::Info => tracing::info!("{}", n.message),
@@ -68,10 +72,24 @@ async fn run(cfg: Config) -> ExitCode {
         }
     };
     release_startup_memory();
+    notify_systemd();
     let signal = wait_for_signal().await;
     tracing::info!("received terminate signal, shutting down");
     etcd.close().await;
     die_by(signal)
+}
+
+/// Tells systemd (a `Type=notify` unit, `NOTIFY_SOCKET` set) that the
+/// member serves clients, with etcd's log lines around it.
+fn notify_systemd() {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    tracing::info!("notifying init daemon");
+    match sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        Ok(()) => tracing::info!("successfully notified init daemon"),
+        Err(e) => tracing::error!(error = %e, "failed to notify init daemon"),
+    }
 }
 
 /// Ends the process by the signal that stopped it, after the graceful
@@ -116,19 +134,4 @@ async fn wait_for_signal() -> Option<libc::c_int> {
         _ = term.recv() => Some(libc::SIGTERM),
         _ = int.recv() => Some(libc::SIGINT),
     }
-}
-
-fn init_logging(cfg: &Config) {
-    let level = match cfg.log_level.as_str() {
-        "debug" => tracing::Level::DEBUG,
-        "warn" => tracing::Level::WARN,
-        "error" | "panic" | "fatal" => tracing::Level::ERROR,
-        _ => tracing::Level::INFO,
-    };
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(false)
-        .init();
 }

@@ -87,13 +87,6 @@ const NOT_ACTED_ON: &[(&str, Differs)] = &[
     ("auth-token-ttl", |c, d| {
         c.auth_token_ttl != d.auth_token_ttl
     }),
-    // oxcd logs capnslog-style text to stderr only, for now.
-    ("logger", |c, d| {
-        c.logger != d.logger && c.logger != "capnslog"
-    }),
-    ("log-outputs", |c, d| {
-        c.log_outputs != d.log_outputs && c.log_outputs != ["stderr"]
-    }),
     ("log-rotation-config-json", |c, d| {
         c.log_rotation_config_json != d.log_rotation_config_json
     }),

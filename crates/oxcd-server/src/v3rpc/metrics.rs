@@ -241,7 +241,8 @@ pub(crate) fn method(path: &str) -> Option<&'static Method> {
 /// A call being counted: started now.
 pub(crate) struct CallMetrics {
     method: &'static Method,
-    started: Instant,
+    /// When it started, if the handling-time histogram is on.
+    started: Option<Instant>,
     done: bool,
 }
 
@@ -254,9 +255,19 @@ impl CallMetrics {
         }
         CallMetrics {
             method,
-            started: Instant::now(),
+            started: method.handling.as_ref().map(|_| Instant::now()),
             done: false,
         }
+    }
+
+    /// Ends a unary call answered without a wrapped body (the lean KV
+    /// path): its status and the bytes each way.
+    pub(crate) fn finish_unary(mut self, code: usize, received: usize, sent: usize) {
+        TABLE.bytes_received.inc_by(received as u64);
+        if sent > 0 {
+            TABLE.bytes_sent.inc_by(sent as u64);
+        }
+        self.finish(code);
     }
 
     fn finish(&mut self, code: usize) {
@@ -270,8 +281,8 @@ impl CallMetrics {
         if m.kind == Kind::Unary && code == 0 {
             m.sent.inc();
         }
-        if let Some(h) = &m.handling {
-            h.observe(self.started.elapsed().as_secs_f64());
+        if let (Some(h), Some(t)) = (&m.handling, self.started) {
+            h.observe(t.elapsed().as_secs_f64());
         }
     }
 }

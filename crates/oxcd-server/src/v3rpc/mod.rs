@@ -140,6 +140,12 @@ impl GrpcRouter {
                 .map(|v| v.as_bytes()),
         );
         let call = metrics::CallMetrics::start(method);
+        if let Some(kv) = unary::KvMethod::from_path(req.uri().path()) {
+            if unary::takes_fast_path(&req) {
+                let svc = self.kv_unary.clone();
+                return unary::serve(svc, kv, req, self.max_recv_bytes, Some(call));
+            }
+        }
         let answer = self.route(req.map(|b| metrics::CountedRequest::new(b, method)));
         Box::pin(async move {
             let Ok(resp) = answer.await;
@@ -164,9 +170,13 @@ impl GrpcRouter {
             .map_or("", |(service, _)| service);
         match service {
             "etcdserverpb.KV" => match unary::KvMethod::from_path(path) {
-                Some(method) if unary::takes_fast_path(&req) => {
-                    unary::serve(self.kv_unary.clone(), method, req, self.max_recv_bytes)
-                }
+                Some(method) if unary::takes_fast_path(&req) => unary::serve(
+                    self.kv_unary.clone(),
+                    method,
+                    req,
+                    self.max_recv_bytes,
+                    None,
+                ),
                 _ => self.kv.call(req),
             },
             "etcdserverpb.Watch" => self.watch.call(req),

@@ -70,6 +70,7 @@ pub(crate) fn serve<B>(
     method: KvMethod,
     req: http::Request<B>,
     max: usize,
+    metrics: Option<super::metrics::CallMetrics>,
 ) -> GrpcFuture
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -77,8 +78,10 @@ where
 {
     Box::pin(async move {
         let (parts, body) = req.into_parts();
+        let mut received = 0;
         let answer = match read_message(body, max).await {
             Ok(msg) => {
+                received = PREFIX_LEN + msg.len();
                 let meta = MetadataMap::from_headers(parts.headers);
                 let ext = parts.extensions;
                 match method {
@@ -90,9 +93,21 @@ where
             }
             Err(status) => Err(status),
         };
+        // Counted here, where the status is known, rather than by
+        // wrapping the body (this is the hot path).
         Ok(match answer {
-            Ok((meta, frame)) => ok_response(meta, frame),
-            Err(status) => status.into_http(),
+            Ok((meta, frame)) => {
+                if let Some(m) = metrics {
+                    m.finish_unary(0, received, frame.len());
+                }
+                ok_response(meta, frame)
+            }
+            Err(status) => {
+                if let Some(m) = metrics {
+                    m.finish_unary(status.code() as usize, received, 0);
+                }
+                status.into_http()
+            }
         })
     })
 }

@@ -259,7 +259,7 @@ pub(crate) static FLAGS: &[FlagDef] = &[
     f("listen-metrics-urls", Urls(|c| &mut c.listen_metrics_urls), Monitoring, "", "Extra comma-separated URLs serving only /metrics and /health."),
     f("enable-grpc-gateway", Bool(|c| &mut c.enable_grpc_gateway), Monitoring, "true", "Serve the JSON gateway to the v3 API."),
     // logging
-    f("logger", Str(|c| &mut c.logger), Logging, "capnslog", "'zap' or 'capnslog' (accepted for compatibility; oxcd has one logger)."),
+    f("logger", Str(|c| &mut c.logger), Logging, "capnslog", "'capnslog' for etcd 3.4's text lines, or 'zap' for JSON lines."),
     f("log-outputs", Custom(log_outputs), Logging, "default", "Where logs go: 'default', 'stderr', 'stdout' or file paths, comma-separated."),
     f("log-level", Str(|c| &mut c.log_level), Logging, "info", "One of debug, info, warn, error, panic, fatal."),
     f("enable-log-rotation", Bool(|c| &mut c.enable_log_rotation), Logging, "false", "Rotate a single log file output."),
