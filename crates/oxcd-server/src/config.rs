@@ -25,6 +25,7 @@ use std::time::Duration;
 pub use url::Url;
 
 pub use duration::parse_go_duration;
+pub use unimplemented::not_acted_on;
 pub use urls::{parse_url, parse_urls, split_host_port, url_string, urls_string};
 pub use validate::{AutoCompaction, ConfigError};
 pub use yaml::cors_set;
@@ -426,7 +427,7 @@ impl Default for Config {
             discovery_fallback: DiscoveryFallback::Proxy,
             strict_reconfig_check: true,
             enable_v2: false,
-            pre_vote: false,
+            pre_vote: true,
             v2_deprecation: "not-yet".into(),
             experimental_max_learners: 1,
             proxy: ProxyMode::Off,

@@ -78,7 +78,12 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         tracing::warn!("--{flag} is accepted but not acted on by this version of oxcd");
     }
     let layout = bootstrap::prepare_data_dir(&cfg.data_dir)?;
-    let (peers, clients, metrics) = bind_listeners(&cfg, &layout).await?;
+    let Listeners {
+        peers,
+        clients,
+        http_clients,
+        metrics,
+    } = bind_listeners(&cfg, &layout).await?;
     let joined = match cfg.initial_cluster_state {
         ClusterState::Existing if !layout.identity_path().exists() => {
             Some(join_identity(&cfg, &layout).await?)
@@ -115,7 +120,11 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         members,
         cluster_id: identity.cluster_id,
         max_txn_ops: cfg.max_txn_ops as usize,
-        reconfig: ReconfigCheck::new(raft.transport.clone(), cfg.strict_reconfig_check),
+        reconfig: ReconfigCheck::new(
+            raft.transport.clone(),
+            cfg.strict_reconfig_check,
+            usize::try_from(cfg.experimental_max_learners).unwrap_or(1),
+        ),
         forwarder: Forwarder::new(raft.transport.clone(), raft_boot::request_timeout(&cfg)),
         alarms,
     });
@@ -214,7 +223,19 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
             cfg.max_concurrent_streams,
         ));
     }
-    let client_router = crate::serve::Dispatch::client(grpc, http, cfg.max_concurrent_streams);
+    let port = crate::serve::ClientPort {
+        max_streams: cfg.max_concurrent_streams,
+        // etcd pings an idle client connection every interval and closes
+        // it when the ping goes unanswered for the timeout; 0 turns it off.
+        keepalive: (!cfg.grpc_keepalive_interval.is_zero()
+            && !cfg.grpc_keepalive_timeout.is_zero())
+        .then_some((cfg.grpc_keepalive_interval, cfg.grpc_keepalive_timeout)),
+        access: crate::serve::access::Access::new(&cfg.cors, &cfg.host_whitelist),
+    };
+    // `--listen-client-http-urls` (etcd 3.5) serve HTTP only: the gateway,
+    // /health, /metrics and the rest, no gRPC.
+    let http_only = crate::serve::Dispatch::client(None, http.clone(), port.clone());
+    let client_router = crate::serve::Dispatch::client(Some(grpc), http, port);
     for b in clients {
         etcd.spawn_serve(b, client_router.clone(), "client");
     }
@@ -224,14 +245,24 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
     for b in metrics {
         etcd.spawn_serve(b, metrics_router.clone(), "metrics");
     }
+    for b in http_clients {
+        etcd.spawn_serve(b, http_only.clone(), "client");
+    }
     Ok(etcd)
 }
 
+/// The bound listeners, by what they serve.
+struct Listeners {
+    peers: Vec<Bound>,
+    clients: Vec<Bound>,
+    /// `--listen-client-http-urls`: HTTP only.
+    http_clients: Vec<Bound>,
+    /// `--listen-metrics-urls`: `/metrics` and health only.
+    metrics: Vec<Bound>,
+}
+
 /// Binds every peer and client URL, so that a busy port fails start-up.
-async fn bind_listeners(
-    cfg: &Config,
-    layout: &bootstrap::Layout,
-) -> Result<(Vec<Bound>, Vec<Bound>, Vec<Bound>), StartError> {
+async fn bind_listeners(cfg: &Config, layout: &bootstrap::Layout) -> Result<Listeners, StartError> {
     let peer_tls = listener_tls(
         &cfg.peer_tls,
         &layout.peer_fixtures(),
@@ -265,7 +296,22 @@ async fn bind_listeners(
             .flatten();
         metrics.push(listener::bind(u, t).await.map_err(StartError::Listen)?);
     }
-    Ok((peers, clients, metrics))
+    let http_tls = listener_tls(
+        &cfg.client_tls,
+        &layout.client_fixtures(),
+        &cfg.listen_client_http_urls,
+    )?;
+    let mut http_clients = Vec::new();
+    for u in &cfg.listen_client_http_urls {
+        let t = listener::is_secure(u).then(|| http_tls.clone()).flatten();
+        http_clients.push(listener::bind(u, t).await.map_err(StartError::Listen)?);
+    }
+    Ok(Listeners {
+        peers,
+        clients,
+        http_clients,
+        metrics,
+    })
 }
 
 fn grpc_limits(cfg: &Config) -> GrpcLimits {

@@ -142,7 +142,7 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
         id: me,
         tick: Duration::from_millis(cfg.heartbeat_interval_ms.max(1)),
         election_ticks: cfg.election_ticks().max(2) as usize,
-        pre_vote: true,
+        pre_vote: cfg.pre_vote,
     };
     let waiters_for_raiser = waiters.clone();
     let disk = crate::disk_guard::DiskGuard::new(

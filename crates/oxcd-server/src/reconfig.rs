@@ -26,21 +26,25 @@ pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// the leader's (etcd's `readyPercent`).
 const READY_PERCENT: f64 = 0.9;
 
-/// Most learners a cluster may have (etcd 3.4's `maxLearners`).
-const MAX_LEARNERS: usize = 1;
-
 /// Decides whether a membership change may be proposed.
 pub struct ReconfigCheck {
     transport: Arc<Transport>,
     /// `--strict-reconfig-check`.
     strict: bool,
+    /// Most learners the cluster may have (`--experimental-max-learners`).
+    max_learners: usize,
 }
 
 impl ReconfigCheck {
     /// Checks against `transport`'s peer activity; `strict` is
     /// `--strict-reconfig-check`.
-    pub fn new(transport: Arc<Transport>, strict: bool) -> Self {
-        Self { transport, strict }
+    /// `max_learners` is `--experimental-max-learners` (etcd's default 1).
+    pub fn new(transport: Arc<Transport>, strict: bool, max_learners: usize) -> Self {
+        Self {
+            transport,
+            strict,
+            max_learners,
+        }
     }
 
     /// Whether member `me` may add a member (a learner if `learner`).
@@ -51,7 +55,7 @@ impl ReconfigCheck {
     pub fn may_add(&self, me: u64, members: &[Member], learner: bool) -> Result<(), EtcdError> {
         // etcd checks the learner limit when it applies the change; it is
         // checked here first so that the refusal does not cost a raft round.
-        if learner && members.iter().filter(|m| m.is_learner).count() >= MAX_LEARNERS {
+        if learner && members.iter().filter(|m| m.is_learner).count() >= self.max_learners {
             return Err(EtcdError::TooManyLearners);
         }
         if !self.strict {

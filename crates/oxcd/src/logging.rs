@@ -23,13 +23,22 @@ use tracing_subscriber::registry::LookupSpan;
 /// # Errors
 /// A `--log-outputs` file that cannot be opened, or an unknown `--logger`.
 pub fn init(cfg: &Config) -> Result<(), String> {
+    // `--debug` is the old spelling of `--log-level=debug`.
     let level = match cfg.log_level.as_str() {
+        _ if cfg.debug => Level::DEBUG,
         "debug" => Level::DEBUG,
         "warn" => Level::WARN,
         "error" | "panic" | "fatal" => Level::ERROR,
         _ => Level::INFO,
     };
-    let outputs = Outputs::open(&cfg.log_outputs)?;
+    // `--log-output` is the old spelling of `--log-outputs`.
+    let default = Config::default().log_outputs;
+    let names = if cfg.log_outputs == default && cfg.log_output_deprecated != default {
+        &cfg.log_output_deprecated
+    } else {
+        &cfg.log_outputs
+    };
+    let outputs = Outputs::open(names)?;
     let format = match cfg.logger.as_str() {
         "zap" => Style::Zap,
         "capnslog" | "" => Style::Capnslog,

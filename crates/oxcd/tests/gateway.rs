@@ -341,3 +341,48 @@ async fn an_abandoned_stream_gives_its_slot_back() {
     })
     .await;
 }
+
+/// etcd's access rules for HTTP on the client port: CORS headers on every
+/// answer and preflights answered, and `--host-whitelist` refusing plain
+/// HTTP for other Host names (DNS rebinding, CVE-2018-5702).
+#[tokio::test]
+async fn cors_and_host_whitelist() {
+    bounded(async {
+        let c = Cluster::builder(1)
+            .flags(&["--host-whitelist", "localhost,127.0.0.1"])
+            .start()
+            .await;
+        let url = c.member(0).client_url();
+        let run = |args: Vec<String>| async move {
+            let out = tokio::process::Command::new("curl")
+                .args(["-s", "-i", "-m", "10"])
+                .args(args)
+                .output()
+                .await
+                .expect("curl");
+            String::from_utf8_lossy(&out.stdout).to_lowercase()
+        };
+        let pre = run(vec![
+            "-X".into(),
+            "OPTIONS".into(),
+            format!("{url}/v3/kv/range"),
+        ])
+        .await;
+        assert!(pre.starts_with("http/1.1 200"), "{pre}");
+        assert!(pre.contains("access-control-allow-origin: *"), "{pre}");
+        let health = run(vec![format!("{url}/health")]).await;
+        assert!(
+            health.contains("access-control-allow-methods: post, get, options, put, delete"),
+            "{health}"
+        );
+        let refused = run(vec![
+            "-H".into(),
+            "Host: evil.example".into(),
+            format!("{url}/health"),
+        ])
+        .await;
+        assert!(refused.starts_with("http/1.1 421"), "{refused}");
+        assert!(refused.contains("cve-2018-5702"), "{refused}");
+    })
+    .await;
+}

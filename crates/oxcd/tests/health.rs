@@ -2,9 +2,10 @@
 //! across an alarm and the loss of the leader, and the health counters.
 //!
 //! The `/health` and counter expectations hold for etcd 3.4.23 too
-//! (`OXCD_TEST_SERVER=/usr/bin/etcd`); `?serializable=true` and a gRPC
-//! status that follows the member are etcd 3.5+ behaviour (3.4 ignores the
-//! parameter and always answers SERVING), checked against oxcd only.
+//! (`OXCD_TEST_SERVER=/usr/bin/etcd`); `?serializable=true`, `/livez`,
+//! `/readyz` and a gRPC status that follows the member came in later
+//! releases (3.4.23 ignores the parameter, answers 404 for the probes and
+//! always SERVING), so those are checked against oxcd only.
 
 mod common;
 
@@ -73,6 +74,16 @@ async fn health_follows_alarms_and_leader_loss() {
         );
         if !against_etcd() {
             assert_eq!(grpc_health(&url).await, ServingStatus::Serving as i32);
+            assert_eq!(http_get(&url, "/livez").await, (200, "ok\n".to_string()));
+            assert_eq!(
+                http_get(&url, "/readyz?verbose").await,
+                (
+                    200,
+                    "[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read ok\nok\n"
+                        .to_string()
+                )
+            );
+            assert_eq!(http_get(&url, "/readyz/linearizable_read").await.0, 200);
         }
 
         // An alarm makes every member unhealthy unless it is excluded.
@@ -105,6 +116,35 @@ async fn health_follows_alarms_and_leader_loss() {
             await_grpc_health(&url, ServingStatus::Serving).await;
         }
 
+        if !against_etcd() {
+            // A CORRUPT alarm fails readiness, not liveness.
+            let mut opts = AlarmOptions::new();
+            opts.with_member(id);
+            client
+                .alarm(
+                    AlarmAction::Activate,
+                    AlarmType::Corrupt,
+                    Some(opts.clone()),
+                )
+                .await
+                .expect("raise CORRUPT");
+            let body = await_health(&url, "/readyz", 503).await;
+            assert!(
+                body.contains("[-]data_corruption failed: alarm activated: CORRUPT\n"),
+                "{body}"
+            );
+            assert_eq!(
+                http_get(&url, "/readyz?exclude=data_corruption").await.0,
+                200
+            );
+            assert_eq!(http_get(&url, "/livez").await.0, 200);
+            client
+                .alarm(AlarmAction::Deactivate, AlarmType::Corrupt, Some(opts))
+                .await
+                .expect("disarm CORRUPT");
+            await_health(&url, "/readyz", 200).await;
+        }
+
         // Without a quorum there is no leader: unhealthy, but a
         // serializable check only looks at the member itself.
         c.kill9(1);
@@ -112,6 +152,9 @@ async fn health_follows_alarms_and_leader_loss() {
         await_health(&url, "/health", 503).await;
         if !against_etcd() {
             assert_eq!(http_get(&url, "/health?serializable=true").await.0, 200);
+            assert_eq!(http_get(&url, "/livez").await.0, 200);
+            let body = await_health(&url, "/readyz", 503).await;
+            assert!(body.contains("[-]linearizable_read failed: "), "{body}");
             await_grpc_health(&url, ServingStatus::NotServing).await;
         }
         let (_, metrics) = http_get(&url, "/metrics").await;

@@ -81,6 +81,81 @@ const NOT_ACTED_ON: &[(&str, Differs)] = &[
     ("experimental-local-address", |c, d| {
         c.experimental_local_address != d.experimental_local_address
     }),
+    // Transport security beyond certificates comes with the auth and
+    // transport-security work.
+    ("client-crl-file", |c, d| {
+        c.client_tls.crl_file != d.client_tls.crl_file
+    }),
+    ("peer-crl-file", |c, d| {
+        c.peer_tls.crl_file != d.peer_tls.crl_file
+    }),
+    ("tls-min-version", |c, d| {
+        c.tls_min_version != d.tls_min_version
+    }),
+    ("tls-max-version", |c, d| {
+        c.tls_max_version != d.tls_max_version
+    }),
+    ("cipher-suites", |c, d| c.cipher_suites != d.cipher_suites),
+    ("peer-client-cert-file", |c, d| {
+        c.peer_tls.client_cert_file != d.peer_tls.client_cert_file
+    }),
+    ("peer-client-key-file", |c, d| {
+        c.peer_tls.client_key_file != d.peer_tls.client_key_file
+    }),
+    // The gateway calls gRPC in process; it has no client certificate.
+    ("client-cert-file", |c, d| {
+        c.client_tls.client_cert_file != d.client_tls.client_cert_file
+    }),
+    ("client-key-file", |c, d| {
+        c.client_tls.client_key_file != d.client_tls.client_key_file
+    }),
+    ("self-signed-cert-validity", |c, d| {
+        c.self_signed_cert_validity != d.self_signed_cert_validity
+    }),
+    ("experimental-wait-cluster-ready-timeout", |c, d| {
+        c.experimental_wait_cluster_ready_timeout != d.experimental_wait_cluster_ready_timeout
+    }),
+    ("experimental-compact-hash-check-enabled", |c, d| {
+        c.experimental_compact_hash_check_enabled != d.experimental_compact_hash_check_enabled
+    }),
+    ("experimental-compact-hash-check-time", |c, d| {
+        c.experimental_compact_hash_check_time != d.experimental_compact_hash_check_time
+    }),
+    ("experimental-compaction-sleep-interval", |c, d| {
+        c.experimental_compaction_sleep_interval != d.experimental_compaction_sleep_interval
+    }),
+    // oxcd always fsyncs: an acknowledged write is durable.
+    ("unsafe-no-fsync", |c, d| {
+        c.unsafe_no_fsync != d.unsafe_no_fsync
+    }),
+    ("grpc-keepalive-min-time", |c, d| {
+        c.grpc_keepalive_min_time != d.grpc_keepalive_min_time
+    }),
+    ("experimental-warning-apply-duration", |c, d| {
+        c.experimental_warning_apply_duration != d.experimental_warning_apply_duration
+    }),
+    ("experimental-warning-unary-request-duration", |c, d| {
+        c.experimental_warning_unary_request_duration
+            != d.experimental_warning_unary_request_duration
+    }),
+    ("experimental-distributed-tracing-address", |c, d| {
+        c.experimental_distributed_tracing_address != d.experimental_distributed_tracing_address
+    }),
+    ("experimental-distributed-tracing-service-name", |c, d| {
+        c.experimental_distributed_tracing_service_name
+            != d.experimental_distributed_tracing_service_name
+    }),
+    ("experimental-distributed-tracing-instance-id", |c, d| {
+        c.experimental_distributed_tracing_instance_id
+            != d.experimental_distributed_tracing_instance_id
+    }),
+    ("experimental-distributed-tracing-sampling-rate", |c, d| {
+        c.experimental_distributed_tracing_sampling_rate
+            != d.experimental_distributed_tracing_sampling_rate
+    }),
+    ("discovery-fallback", |c, d| {
+        c.discovery_fallback != d.discovery_fallback
+    }),
     // Auth is not built yet; these only shape it.
     ("auth-token", |c, d| c.auth_token != d.auth_token),
     ("bcrypt-cost", |c, d| c.bcrypt_cost != d.bcrypt_cost),
@@ -90,14 +165,15 @@ const NOT_ACTED_ON: &[(&str, Differs)] = &[
     ("log-rotation-config-json", |c, d| {
         c.log_rotation_config_json != d.log_rotation_config_json
     }),
-    ("cors", |c, d| c.cors != d.cors),
-    ("host-whitelist", |c, d| {
-        c.host_whitelist != d.host_whitelist
-    }),
     ("experimental-stop-grpc-service-on-defrag", |c, d| {
         c.experimental_stop_grpc_service_on_defrag != d.experimental_stop_grpc_service_on_defrag
     }),
 ];
+
+/// The names of every flag that is accepted but not acted on.
+pub fn not_acted_on() -> impl Iterator<Item = &'static str> {
+    NOT_ACTED_ON.iter().map(|(name, _)| *name)
+}
 
 impl Config {
     /// Names of accepted-but-not-acted-on flags whose value differs from

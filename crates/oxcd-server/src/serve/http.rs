@@ -26,13 +26,17 @@ pub fn routes(core: Arc<Core>, scrape: Arc<Scrape>) -> Router {
     metrics_routes(core, scrape).route("/version", any(version))
 }
 
-/// What a `--listen-metrics-urls` listener serves: `/metrics` and
-/// `/health`.
+/// What a `--listen-metrics-urls` listener serves: `/metrics`, `/health`
+/// and the probes (`/livez`, `/readyz`).
 pub fn metrics_routes(core: Arc<Core>, scrape: Arc<Scrape>) -> Router {
     Router::new()
         .route("/health", any(health))
         .route("/metrics", any(metrics))
-        .with_state(Endpoints { core, scrape })
+        .with_state(Endpoints {
+            core: core.clone(),
+            scrape,
+        })
+        .merge(super::probes::routes(core))
 }
 
 /// Prometheus text exposition (format 0.0.4), built off the async

@@ -110,6 +110,8 @@ pub async fn serve(
     tasks: TaskTracker,
     on_shutdown: OnShutdown,
 ) {
+    let mut failed: u64 = 0;
+    let mut last_report: Option<std::time::Instant> = None;
     loop {
         let accepted: io::Result<(Box<dyn Conn>, String)> = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -118,8 +120,19 @@ pub async fn serve(
         let (stream, remote) = match accepted {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(url = %bound.url, error = %e, "accept failed");
-                // Out of file descriptors and the like: back off briefly.
+                // Out of file descriptors and the like: back off briefly,
+                // and say so once per interval with a count, not per try.
+                failed += 1;
+                if last_report.is_none_or(|t| t.elapsed() >= ACCEPT_REPORT_INTERVAL) {
+                    tracing::warn!(
+                        url = %bound.url,
+                        error = %e,
+                        failures = failed,
+                        "accept failed"
+                    );
+                    last_report = Some(std::time::Instant::now());
+                    failed = 0;
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
@@ -131,6 +144,7 @@ pub async fn serve(
             match tls {
                 Some(config) => {
                     if let Some(tls) = handshake(stream, config, &remote).await {
+                        let router = router.for_connection(true);
                         serve_conn(tls, router, shutdown, on_shutdown).await;
                     }
                 }
@@ -215,6 +229,9 @@ async fn accept(socket: &Socket) -> io::Result<(Box<dyn Conn>, String)> {
     })
 }
 
+/// How often a listener that keeps failing to accept says so.
+const ACCEPT_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn serve_conn<S>(
     stream: S,
     router: Dispatch,
@@ -228,6 +245,13 @@ async fn serve_conn<S>(
         .http2()
         .max_concurrent_streams(router.max_streams)
         .enable_connect_protocol();
+    if let Some((interval, timeout)) = router.keepalive {
+        builder
+            .http2()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Some(interval))
+            .keep_alive_timeout(timeout);
+    }
     let svc = TowerToHyperService::new(router);
     let stream = super::authority::FixAuthority::new(oxcd_io::Coalesce::new(stream));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);

@@ -1,10 +1,12 @@
 //! Serving clients and peers: listeners, TLS, and the dispatch that puts
 //! gRPC and HTTP/1 endpoints on one port (etcd's `embed/serve.go`).
 
+pub mod access;
 pub mod authority;
 pub mod gateway;
 pub mod http;
 pub mod listener;
+pub mod probes;
 pub mod tls;
 
 use crate::v3rpc::GrpcRouter;
@@ -39,6 +41,17 @@ pub async fn fallback(req: Request<Body>) -> Response {
     (StatusCode::NOT_FOUND, "404 page not found\n").into_response()
 }
 
+/// How the client port serves connections.
+#[derive(Debug, Clone)]
+pub struct ClientPort {
+    /// `--max-concurrent-streams`.
+    pub max_streams: u32,
+    /// Keepalive ping interval and timeout; `None` sends no pings.
+    pub keepalive: Option<(std::time::Duration, std::time::Duration)>,
+    /// CORS and the host whitelist.
+    pub access: access::Access,
+}
+
 /// What a listener serves: gRPC calls go straight to the [`GrpcRouter`]
 /// when there is one (the client port), everything else to an axum router
 /// (HTTP endpoints, and on the peer port the raft and forwarding routes).
@@ -49,16 +62,34 @@ pub struct Dispatch {
     /// HTTP/2 streams a connection may have open at once
     /// (`--max-concurrent-streams` on the client port).
     pub(crate) max_streams: u32,
+    /// HTTP/2 keepalive pings: interval and timeout
+    /// (`--grpc-keepalive-interval`, `--grpc-keepalive-timeout`).
+    pub(crate) keepalive: Option<(std::time::Duration, std::time::Duration)>,
+    /// The client port's HTTP access rules (CORS, host whitelist).
+    access: Option<access::Access>,
+    /// Whether this connection is TLS (set per connection).
+    secure: bool,
 }
 
 impl Dispatch {
     /// The client port: the gRPC services plus the HTTP endpoints, with at
     /// most `max_streams` concurrent streams per HTTP/2 connection.
-    pub fn client(grpc: GrpcRouter, http: Router, max_streams: u32) -> Dispatch {
+    pub fn client(grpc: Option<GrpcRouter>, http: Router, opts: ClientPort) -> Dispatch {
         Dispatch {
-            grpc: Some(grpc),
+            grpc,
             http: http.fallback(fallback),
-            max_streams,
+            max_streams: opts.max_streams,
+            keepalive: opts.keepalive,
+            access: Some(opts.access),
+            secure: false,
+        }
+    }
+
+    /// This dispatch for one connection, TLS or not.
+    pub(crate) fn for_connection(&self, secure: bool) -> Dispatch {
+        Dispatch {
+            secure,
+            ..self.clone()
         }
     }
 
@@ -68,6 +99,9 @@ impl Dispatch {
             grpc: None,
             http,
             max_streams: u32::MAX,
+            keepalive: None,
+            access: None,
+            secure: false,
         }
     }
 }
@@ -90,8 +124,29 @@ where
             return grpc.call(req);
         }
         let http = self.http.clone();
+        let Some(access) = self.access.clone() else {
+            return Box::pin(async move {
+                let Ok(resp) = http.oneshot(req.map(Body::new)).await;
+                Ok(resp.map(tonic::body::Body::new))
+            });
+        };
+        if let Some(answer) = access.intercept(&req, self.secure) {
+            return Box::pin(std::future::ready(Ok(answer.map(tonic::body::Body::new))));
+        }
+        let origin = Request::builder()
+            .method(req.method().clone())
+            .body(())
+            .map(|mut r| {
+                if let Some(o) = req.headers().get(header::ORIGIN) {
+                    r.headers_mut().insert(header::ORIGIN, o.clone());
+                }
+                r
+            });
         Box::pin(async move {
-            let Ok(resp) = http.oneshot(req.map(Body::new)).await;
+            let Ok(mut resp) = http.oneshot(req.map(Body::new)).await;
+            if let Ok(origin) = origin {
+                access.add_cors(&origin, &mut resp);
+            }
             Ok(resp.map(tonic::body::Body::new))
         })
     }
