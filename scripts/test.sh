@@ -9,6 +9,12 @@ cd "$(dirname "$0")/.."
 need=()
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v gzip >/dev/null 2>&1 || need+=(gzip)
+# etcd's alert rules and Grafana dashboard (tests/metrics.rs reads them).
+[ -e /usr/share/doc/etcd-server/op-guide/grafana.json.gz ] || need+=(etcd-server)
+# A venv for OpenStack's etcd3gw client (tests/etcd3gw.rs).
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo_cmd=""

@@ -216,6 +216,10 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         etcd.shutdown.clone(),
     ));
     let mut http = crate::serve::http::routes(core.clone(), scrape.clone());
+    if cfg.enable_pprof {
+        tracing::info!("pprof is enabled under /debug/pprof");
+        http = http.merge(crate::serve::pprof::routes());
+    }
     if cfg.enable_grpc_gateway {
         http = http.merge(crate::serve::gateway::routes(
             grpc.clone(),

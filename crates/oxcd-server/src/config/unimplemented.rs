@@ -39,7 +39,6 @@ const NOT_ACTED_ON: &[(&str, Differs)] = &[
     ("discovery-srv-name", |c, d| {
         c.discovery_srv_name != d.discovery_srv_name
     }),
-    ("enable-pprof", |c, d| c.enable_pprof != d.enable_pprof),
     ("log-package-levels", |c, d| {
         c.log_package_levels != d.log_package_levels
     }),
@@ -178,7 +177,7 @@ pub fn not_acted_on() -> impl Iterator<Item = &'static str> {
 impl Config {
     /// Names of accepted-but-not-acted-on flags whose value differs from
     /// etcd's default, in a stable order. The caller logs one warning each,
-    /// e.g. `flag --enable-pprof is accepted but not implemented by oxcd; ignoring it`.
+    /// e.g. `flag --unsafe-no-fsync is accepted but not implemented by oxcd; ignoring it`.
     #[must_use]
     pub fn unimplemented_flags_set(&self) -> Vec<&'static str> {
         let defaults = Config::default();
@@ -198,13 +197,13 @@ mod tests {
     fn only_changed_flags_are_reported() {
         assert!(Config::default().unimplemented_flags_set().is_empty());
         let c = Config {
-            enable_pprof: true,
+            unsafe_no_fsync: true,
             discovery_srv: "example.com".into(),
             ..Config::default()
         };
         assert_eq!(
             c.unimplemented_flags_set(),
-            ["discovery-srv", "enable-pprof"]
+            ["discovery-srv", "unsafe-no-fsync"]
         );
     }
 }

@@ -229,6 +229,10 @@ async fn accept(socket: &Socket) -> io::Result<(Box<dyn Conn>, String)> {
     })
 }
 
+/// Longest an HTTP/1 client may take to send its request headers (Go's
+/// servers in etcd have no limit; hyper's default needs a timer).
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How often a listener that keeps failing to accept says so.
 const ACCEPT_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -245,6 +249,12 @@ async fn serve_conn<S>(
         .http2()
         .max_concurrent_streams(router.max_streams)
         .enable_connect_protocol();
+    // A client that never finishes its request headers (slowloris) is
+    // dropped instead of holding a connection for ever.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     if let Some((interval, timeout)) = router.keepalive {
         builder
             .http2()

@@ -6,6 +6,7 @@ pub mod authority;
 pub mod gateway;
 pub mod http;
 pub mod listener;
+pub mod pprof;
 pub mod probes;
 pub mod tls;
 

@@ -439,6 +439,7 @@ mod tests {
         "debug",
         "election-timeout",
         "enable-grpc-gateway",
+        "enable-pprof",
         "experimental-corrupt-check-time",
         "experimental-enable-lease-checkpoint",
         "experimental-enable-lease-checkpoint-persist",
