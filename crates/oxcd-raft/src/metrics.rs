@@ -3,7 +3,8 @@
 //! registry as etcd's are.
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts,
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts,
 };
 use std::sync::LazyLock;
 
@@ -21,6 +22,10 @@ pub(crate) struct Metrics {
     pub(crate) peer_sent_failures: IntCounterVec,
     /// `etcd_network_peer_round_trip_time_seconds{To}`.
     pub(crate) peer_round_trip: HistogramVec,
+    /// `etcd_network_active_peers{Local,Remote}`.
+    pub(crate) active_peers: IntGaugeVec,
+    /// `etcd_network_disconnected_peers_total{Local,Remote}`.
+    pub(crate) disconnected_peers: IntCounterVec,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(build);
@@ -80,7 +85,25 @@ fn build() -> Metrics {
             &["To"],
         )
         .unwrap_or_else(|e| panic!("rtt metric: {e}")),
+        active_peers: IntGaugeVec::new(
+            Opts::new(
+                "etcd_network_active_peers",
+                "The current number of active peer connections.",
+            ),
+            &["Local", "Remote"],
+        )
+        .unwrap_or_else(|e| panic!("active peers metric: {e}")),
+        disconnected_peers: IntCounterVec::new(
+            Opts::new(
+                "etcd_network_disconnected_peers_total",
+                "The total number of disconnected peers.",
+            ),
+            &["Local", "Remote"],
+        )
+        .unwrap_or_else(|e| panic!("disconnected peers metric: {e}")),
     };
+    let _ = r.register(Box::new(m.active_peers.clone()));
+    let _ = r.register(Box::new(m.disconnected_peers.clone()));
     let _ = r.register(Box::new(m.peer_round_trip.clone()));
     let _ = r.register(Box::new(m.wal_fsync.clone()));
     let _ = r.register(Box::new(m.wal_write_bytes.clone()));

@@ -265,6 +265,20 @@ struct Link {
 }
 
 impl Link {
+    /// `{Local, Remote}` labels of the peer network metrics.
+    fn link_labels(&self) -> [String; 2] {
+        [format!("{:x}", self.from), format!("{:x}", self.to)]
+    }
+
+    /// The link went down after it had been up (etcd's
+    /// `etcd_network_disconnected_peers_total`).
+    fn count_disconnect(&self) {
+        let m = crate::metrics::get();
+        let labels = self.link_labels();
+        m.active_peers.with_label_values(&labels).set(0);
+        m.disconnected_peers.with_label_values(&labels).inc();
+    }
+
     async fn run(self, mut rx: mpsc::Receiver<Bytes>, stop: CancellationToken) {
         let mut backoff = BACKOFF_MIN;
         let mut attempt = 0usize;
@@ -278,10 +292,16 @@ impl Link {
             let url = &self.urls[attempt % self.urls.len().max(1)];
             attempt += 1;
             let streamed = tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => {
+                    if self.active.set(false) {
+                        self.count_disconnect();
+                    }
+                    return;
+                }
                 r = self.stream_once(url, &mut rx) => r,
             };
             if self.active.set(false) {
+                self.count_disconnect();
                 // The link worked for a while: a new failure streak starts.
                 last_warned = None;
                 tls_cause = None;
@@ -361,6 +381,10 @@ impl Link {
         let (tx, crx) = mpsc::channel::<RaftBatch>(8);
         let mut call = tokio::spawn(async move { client.raft(ReceiverStream::new(crx)).await });
         self.active.set(true);
+        crate::metrics::get()
+            .active_peers
+            .with_label_values(&self.link_labels())
+            .set(1);
         let sent_bytes = crate::metrics::get()
             .peer_sent_bytes
             .with_label_values(&[format!("{:x}", self.to).as_str()]);

@@ -164,6 +164,13 @@ async fn health_follows_alarms_and_leader_loss() {
             .and_then(|v| v.parse::<f64>().ok())
             .expect("etcd_server_health_failures");
         assert!(failures >= 1.0, "{failures}");
+        // The two lost peers count as disconnected.
+        let disconnected: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("etcd_network_disconnected_peers_total{"))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum();
+        assert!(disconnected >= 2.0, "{disconnected}");
     })
     .await;
 }

@@ -163,6 +163,7 @@ async fn dashboard_and_alert_metrics_exist_and_move() {
             "etcd_network_peer_sent_bytes_total",
             "etcd_network_peer_received_bytes_total",
             "etcd_network_peer_round_trip_time_seconds_count",
+            "etcd_network_active_peers",
             "process_resident_memory_bytes",
         ];
         for name in positive {
