@@ -682,6 +682,9 @@ impl Backend {
 /// instead of served (redb checks them otherwise only after a crash). A
 /// file of an older redb format (oxcd before redb 5) is upgraded first.
 fn open_database(path: &Path) -> Result<Database> {
+    // A new file is private (0600), as etcd creates its bbolt file; an
+    // existing one keeps the mode its owner gave it.
+    let created = !path.exists();
     let open = || {
         Database::builder()
             .set_cache_size(CACHE_SIZE)
@@ -702,13 +705,23 @@ fn open_database(path: &Path) -> Result<Database> {
             })?;
         }
     }
-    match open() {
+    let db = match open() {
         Err(redb::DatabaseError::UpgradeRequired(version)) => {
             upgrade_file(path, version)?;
             open().map_err(open_error)
         }
         other => other.map_err(open_error),
+    }?;
+    if created {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| MvccError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
     }
+    Ok(db)
 }
 
 /// Where an upgrade writes the new file before renaming it over the old.

@@ -268,7 +268,15 @@ async fn write_file(
     stream: &mut Streaming<SnapshotChunk>,
 ) -> Result<u64, Status> {
     let io = |e: std::io::Error| Status::internal(format!("write {}: {e}", tmp.display()));
-    let mut f = tokio::fs::File::create(tmp).await.map_err(io)?;
+    // The received backend becomes member/snap/db: private, as etcd's.
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(tmp)
+        .await
+        .map_err(io)?;
     f.write_all(&first.data).await.map_err(io)?;
     let mut size = first.data.len() as u64;
     let mut last = first.last;

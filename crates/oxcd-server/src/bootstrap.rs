@@ -87,6 +87,7 @@ pub fn prepare_data_dir(data_dir: &Path) -> Result<Layout, BootstrapError> {
         let path = path.to_path_buf();
         move |source| BootstrapError::Access { path, source }
     };
+    warn_if_open(data_dir);
     for d in [
         data_dir.to_path_buf(),
         layout.member_dir(),
@@ -100,6 +101,36 @@ pub fn prepare_data_dir(data_dir: &Path) -> Result<Layout, BootstrapError> {
     fs::write(&probe, b"").map_err(err(data_dir))?;
     fs::remove_file(&probe).map_err(err(data_dir))?;
     Ok(layout)
+}
+
+/// etcd's warning for an existing data dir that others may read (it is
+/// left as it is: its owner may mean it).
+fn warn_if_open(data_dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = fs::metadata(data_dir) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if meta.is_dir() && mode & 0o077 != 0 {
+        tracing::warn!(
+            "check file permission: directory {:?} exist, but the permission is \"{}\". The recommended permission is \"-rwx------\" to prevent possible unprivileged access to the data.",
+            data_dir.display().to_string(),
+            unix_mode_string(mode)
+        );
+    }
+}
+
+/// A permission like Go's `os.FileMode.String()` for a directory:
+/// `drwxr-xr-x`.
+fn unix_mode_string(mode: u32) -> String {
+    let mut s = String::from("d");
+    for shift in [6, 3, 0] {
+        let bits = (mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    s
 }
 
 fn create_private_dir(d: &Path) -> std::io::Result<()> {
@@ -212,7 +243,16 @@ fn write_identity(path: &Path, id: &Identity) -> Result<(), BootstrapError> {
     };
     let json = serde_json::to_vec_pretty(&s).map_err(|e| err(std::io::Error::other(e)))?;
     let tmp = path.with_extension("json.tmp");
-    let mut f = fs::File::create(&tmp).map_err(err)?;
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?
+    };
     f.write_all(&json).map_err(err)?;
     f.sync_all().map_err(err)?;
     fs::rename(&tmp, path).map_err(err)?;

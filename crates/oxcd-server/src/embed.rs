@@ -19,6 +19,7 @@ use crate::lessor::{self, Lessor};
 use crate::membership::{cluster_id, InitialCluster, Member, Members};
 use crate::reconfig::ReconfigCheck;
 use crate::serve::listener::{self, Bound};
+use crate::serve::tls::suites::TlsPolicy;
 use crate::serve::tls::{self, TlsSettings};
 use crate::v3rpc::{self, GrpcLimits};
 use crate::{publish, raft_boot};
@@ -269,11 +270,13 @@ struct Listeners {
 async fn bind_listeners(cfg: &Config, layout: &bootstrap::Layout) -> Result<Listeners, StartError> {
     let peer_tls = listener_tls(
         &cfg.peer_tls,
+        &tls_policy(cfg),
         &layout.peer_fixtures(),
         &cfg.listen_peer_urls,
     )?;
     let client_tls = listener_tls(
         &cfg.client_tls,
+        &tls_policy(cfg),
         &layout.client_fixtures(),
         &cfg.listen_client_urls,
     )?;
@@ -290,6 +293,7 @@ async fn bind_listeners(cfg: &Config, layout: &bootstrap::Layout) -> Result<List
     // etcd serves an https metrics URL with the client TLS settings.
     let metrics_tls = listener_tls(
         &cfg.client_tls,
+        &tls_policy(cfg),
         &layout.client_fixtures(),
         &cfg.listen_metrics_urls,
     )?;
@@ -302,6 +306,7 @@ async fn bind_listeners(cfg: &Config, layout: &bootstrap::Layout) -> Result<List
     }
     let http_tls = listener_tls(
         &cfg.client_tls,
+        &tls_policy(cfg),
         &layout.client_fixtures(),
         &cfg.listen_client_http_urls,
     )?;
@@ -522,13 +527,14 @@ fn initial_identity(cfg: &Config) -> Result<bootstrap::Identity, StartError> {
 
 fn listener_tls(
     info: &TlsInfo,
+    policy: &TlsPolicy,
     fixtures: &std::path::Path,
     urls: &[url::Url],
 ) -> Result<Option<Arc<rustls::ServerConfig>>, StartError> {
     if !urls.iter().any(listener::is_secure) {
         return Ok(None);
     }
-    let settings = tls_settings(info);
+    let settings = tls_settings(info, policy);
     if settings.has_cert() {
         return Ok(Some(settings.server_config()?));
     }
@@ -539,13 +545,14 @@ fn listener_tls(
             .collect();
         let mut s = tls::self_signed(fixtures, &hosts)?;
         s.client_cert_auth = false;
+        s.policy = policy.clone();
         return Ok(Some(s.server_config()?));
     }
     Err(tls::TlsError::Missing.into())
 }
 
 /// The listener's view of the configured TLS files (empty path = unset).
-fn tls_settings(t: &TlsInfo) -> TlsSettings {
+fn tls_settings(t: &TlsInfo, policy: &TlsPolicy) -> TlsSettings {
     let path = |p: &std::path::Path| (!p.as_os_str().is_empty()).then(|| p.to_path_buf());
     TlsSettings {
         cert_file: path(&t.cert_file),
@@ -554,6 +561,18 @@ fn tls_settings(t: &TlsInfo) -> TlsSettings {
         client_cert_auth: t.client_cert_auth,
         allowed_cn: Some(t.allowed_cn.clone()).filter(|s| !s.is_empty()),
         allowed_hostname: Some(t.allowed_hostname.clone()).filter(|s| !s.is_empty()),
+        crl_file: path(&t.crl_file),
+        policy: policy.clone(),
+    }
+}
+
+/// `--cipher-suites`, `--tls-min-version`, `--tls-max-version`: one policy
+/// for every listener, as in etcd.
+fn tls_policy(cfg: &Config) -> TlsPolicy {
+    TlsPolicy {
+        cipher_suites: cfg.cipher_suites.clone(),
+        min_version: cfg.tls_min_version.clone(),
+        max_version: cfg.tls_max_version.clone(),
     }
 }
 

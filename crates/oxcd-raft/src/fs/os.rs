@@ -48,8 +48,13 @@ impl Fs for OsFs {
         path.exists()
     }
 
+    /// Directories are private (0700), as etcd makes them.
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        fs::create_dir_all(dir)
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
     }
 
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {

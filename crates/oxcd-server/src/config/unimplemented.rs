@@ -80,21 +80,7 @@ const NOT_ACTED_ON: &[(&str, Differs)] = &[
     ("experimental-local-address", |c, d| {
         c.experimental_local_address != d.experimental_local_address
     }),
-    // Transport security beyond certificates comes with the auth and
-    // transport-security work.
-    ("client-crl-file", |c, d| {
-        c.client_tls.crl_file != d.client_tls.crl_file
-    }),
-    ("peer-crl-file", |c, d| {
-        c.peer_tls.crl_file != d.peer_tls.crl_file
-    }),
-    ("tls-min-version", |c, d| {
-        c.tls_min_version != d.tls_min_version
-    }),
-    ("tls-max-version", |c, d| {
-        c.tls_max_version != d.tls_max_version
-    }),
-    ("cipher-suites", |c, d| c.cipher_suites != d.cipher_suites),
+    // Peer client certificates come with the transport-security work.
     ("peer-client-cert-file", |c, d| {
         c.peer_tls.client_cert_file != d.peer_tls.client_cert_file
     }),

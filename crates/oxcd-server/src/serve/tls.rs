@@ -44,6 +44,10 @@ pub struct TlsSettings {
     /// `--peer-cert-allowed-hostname`: the verified client leaf must be
     /// valid for this host name or IP address.
     pub allowed_hostname: Option<String>,
+    /// `--client-crl-file` / `--peer-crl-file`: revoked client certificates.
+    pub crl_file: Option<PathBuf>,
+    /// Cipher suites and TLS versions.
+    pub policy: suites::TlsPolicy,
 }
 
 /// Failures building a TLS configuration.
@@ -87,6 +91,9 @@ pub enum TlsError {
         /// The allowed host name.
         hostname: String,
     },
+    /// `--cipher-suites`, `--tls-*-version` or the CRL file are unusable.
+    #[error("{0}")]
+    Policy(String),
     /// HTTPS requested but no certificate given.
     #[error(
         "TLS requested but no certificate/key given (use --cert-file/--key-file or --auto-tls)"
@@ -112,9 +119,16 @@ impl TlsSettings {
             path: key.clone(),
             source,
         })?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let resolved = self.policy.resolve().map_err(TlsError::Policy)?;
+        let mut provider = rustls::crypto::ring::default_provider();
+        if let Some(tls12) = &resolved.tls12_suites {
+            provider
+                .cipher_suites
+                .retain(|s| s.version() == &rustls::version::TLS13 || tls12.contains(s));
+        }
+        let provider = Arc::new(provider);
         let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+            .with_protocol_versions(&resolved.versions)?;
         let builder = match (&self.trusted_ca_file, self.client_cert_auth) {
             (Some(ca), true) => {
                 let mut roots = RootCertStore::empty();
@@ -128,6 +142,12 @@ impl TlsSettings {
                     verifier = Arc::new(AllowedClientVerifier {
                         inner: verifier,
                         allowed,
+                    });
+                }
+                if let Some(crl) = &self.crl_file {
+                    verifier = Arc::new(crl::CrlVerifier {
+                        inner: verifier,
+                        revoked: crl::Revoked::load(crl).map_err(TlsError::Policy)?,
                     });
                 }
                 builder.with_client_cert_verifier(verifier)
@@ -355,6 +375,9 @@ pub fn self_signed(dir: &Path, hosts: &[String]) -> Result<TlsSettings, TlsError
         ..TlsSettings::default()
     })
 }
+
+mod crl;
+pub mod suites;
 
 #[cfg(test)]
 mod tests;

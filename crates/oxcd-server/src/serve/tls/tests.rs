@@ -162,7 +162,7 @@ async fn refused_client_gets_bad_certificate_alert() {
         trusted_ca_file: Some(write("ca.crt", &pki.ca.pem())),
         client_cert_auth: true,
         allowed_cn: Some("example.com".into()),
-        allowed_hostname: None,
+        ..TlsSettings::default()
     };
     let server = tokio_rustls::TlsAcceptor::from(settings.server_config().unwrap());
 
@@ -217,4 +217,72 @@ async fn refused_client_gets_bad_certificate_alert() {
             );
         }
     }
+}
+
+/// A CRL revoking `serials`, signed by the test CA, as PEM.
+fn crl_pem(pki: &Pki, serials: &[&[u8]]) -> String {
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: rcgen::date_time_ymd(2025, 1, 1),
+        next_update: rcgen::date_time_ymd(2099, 1, 1),
+        crl_number: rcgen::SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .iter()
+            .map(|s| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(s),
+                revocation_time: rcgen::date_time_ymd(2025, 1, 1),
+                reason_code: None,
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    params.signed_by(&pki.ca).unwrap().pem().unwrap()
+}
+
+fn serial(der: &CertificateDer<'_>) -> Vec<u8> {
+    let (_, c) = x509_parser::parse_x509_certificate(der).unwrap();
+    c.raw_serial().to_vec()
+}
+
+/// `--client-crl-file`: a revoked client is refused after its chain
+/// verified; the file is read again when it changes.
+#[test]
+fn revoked_clients_are_refused_and_the_list_is_reread() {
+    let pki = Pki::new();
+    let (a, b) = (pki.leaf("a", &["localhost"]), pki.leaf("b", &["localhost"]));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("revoke.crl");
+    std::fs::write(&path, crl_pem(&pki, &[&serial(&a.der)])).unwrap();
+    let mut roots = RootCertStore::empty();
+    roots.add(pki.ca.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .unwrap();
+    let v = crl::CrlVerifier {
+        inner,
+        revoked: crl::Revoked::load(&path).unwrap(),
+    };
+    let now = UnixTime::now();
+    let err = v.verify_client_cert(&a.der, &[], now).unwrap_err();
+    assert_eq!(
+        err,
+        rustls::Error::InvalidCertificate(CertificateError::Revoked)
+    );
+    assert!(v.verify_client_cert(&b.der, &[], now).is_ok());
+
+    std::fs::write(&path, crl_pem(&pki, &[&serial(&b.der)])).unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    assert!(v.verify_client_cert(&a.der, &[], now).is_ok());
+    assert!(v.verify_client_cert(&b.der, &[], now).is_err());
+
+    std::fs::write(&path, "not a CRL").unwrap();
+    assert!(crl::Revoked::load(&path).is_err());
 }
