@@ -268,59 +268,38 @@ struct Listeners {
 
 /// Binds every peer and client URL, so that a busy port fails start-up.
 async fn bind_listeners(cfg: &Config, layout: &bootstrap::Layout) -> Result<Listeners, StartError> {
-    let peer_tls = listener_tls(
-        &cfg.peer_tls,
-        &tls_policy(cfg),
-        &layout.peer_fixtures(),
-        &cfg.listen_peer_urls,
-    )?;
-    let client_tls = listener_tls(
-        &cfg.client_tls,
-        &tls_policy(cfg),
-        &layout.client_fixtures(),
-        &cfg.listen_client_urls,
-    )?;
-    let mut peers = Vec::new();
-    for u in &cfg.listen_peer_urls {
-        let t = listener::is_secure(u).then(|| peer_tls.clone()).flatten();
-        peers.push(listener::bind(u, t).await.map_err(StartError::Listen)?);
-    }
-    let mut clients = Vec::new();
-    for u in &cfg.listen_client_urls {
-        let t = listener::is_secure(u).then(|| client_tls.clone()).flatten();
-        clients.push(listener::bind(u, t).await.map_err(StartError::Listen)?);
-    }
-    // etcd serves an https metrics URL with the client TLS settings.
-    let metrics_tls = listener_tls(
-        &cfg.client_tls,
-        &tls_policy(cfg),
-        &layout.client_fixtures(),
-        &cfg.listen_metrics_urls,
-    )?;
-    let mut metrics = Vec::new();
-    for u in &cfg.listen_metrics_urls {
-        let t = listener::is_secure(u)
-            .then(|| metrics_tls.clone())
-            .flatten();
-        metrics.push(listener::bind(u, t).await.map_err(StartError::Listen)?);
-    }
-    let http_tls = listener_tls(
-        &cfg.client_tls,
-        &tls_policy(cfg),
-        &layout.client_fixtures(),
-        &cfg.listen_client_http_urls,
-    )?;
-    let mut http_clients = Vec::new();
-    for u in &cfg.listen_client_http_urls {
-        let t = listener::is_secure(u).then(|| http_tls.clone()).flatten();
-        http_clients.push(listener::bind(u, t).await.map_err(StartError::Listen)?);
-    }
+    let policy = tls_policy(cfg);
+    let (peer, client) = (&layout.peer_fixtures(), &layout.client_fixtures());
     Ok(Listeners {
-        peers,
-        clients,
-        http_clients,
-        metrics,
+        peers: bind_all(&cfg.listen_peer_urls, &cfg.peer_tls, &policy, peer).await?,
+        clients: bind_all(&cfg.listen_client_urls, &cfg.client_tls, &policy, client).await?,
+        // etcd serves https metrics and HTTP-only URLs with the client TLS
+        // settings.
+        http_clients: bind_all(
+            &cfg.listen_client_http_urls,
+            &cfg.client_tls,
+            &policy,
+            client,
+        )
+        .await?,
+        metrics: bind_all(&cfg.listen_metrics_urls, &cfg.client_tls, &policy, client).await?,
     })
+}
+
+/// Binds `urls`, the `https` ones with TLS from `info`.
+async fn bind_all(
+    urls: &[url::Url],
+    info: &TlsInfo,
+    policy: &TlsPolicy,
+    fixtures: &std::path::Path,
+) -> Result<Vec<Bound>, StartError> {
+    let tls = listener_tls(info, policy, fixtures, urls)?;
+    let mut bound = Vec::new();
+    for u in urls {
+        let t = listener::is_secure(u).then(|| tls.clone()).flatten();
+        bound.push(listener::bind(u, t).await.map_err(StartError::Listen)?);
+    }
+    Ok(bound)
 }
 
 fn grpc_limits(cfg: &Config) -> GrpcLimits {

@@ -360,7 +360,18 @@ pub(crate) fn peer_client_tls(
         tls = tls.ca_certificate(Certificate::from_pem(read(&t.trusted_ca_file)?));
         any = true;
     }
-    if has_files {
+    // etcd 3.5's `--peer-client-cert-file/--peer-client-key-file`: the
+    // identity this member shows when it dials a peer, when it must
+    // differ from its server certificate.
+    let has_client_files =
+        !t.client_cert_file.as_os_str().is_empty() && !t.client_key_file.as_os_str().is_empty();
+    if has_client_files {
+        tls = tls.identity(TlsIdentity::from_pem(
+            read(&t.client_cert_file)?,
+            read(&t.client_key_file)?,
+        ));
+        any = true;
+    } else if has_files {
         tls = tls.identity(TlsIdentity::from_pem(
             read(&t.cert_file)?,
             read(&t.key_file)?,

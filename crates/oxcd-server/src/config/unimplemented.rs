@@ -80,13 +80,6 @@ const NOT_ACTED_ON: &[(&str, Differs)] = &[
     ("experimental-local-address", |c, d| {
         c.experimental_local_address != d.experimental_local_address
     }),
-    // Peer client certificates come with the transport-security work.
-    ("peer-client-cert-file", |c, d| {
-        c.peer_tls.client_cert_file != d.peer_tls.client_cert_file
-    }),
-    ("peer-client-key-file", |c, d| {
-        c.peer_tls.client_key_file != d.peer_tls.client_key_file
-    }),
     // The gateway calls gRPC in process; it has no client certificate.
     ("client-cert-file", |c, d| {
         c.client_tls.client_cert_file != d.client_tls.client_cert_file

@@ -138,16 +138,15 @@ impl TlsSettings {
                 let mut verifier =
                     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                         .build()?;
-                if let Some(allowed) = allowed {
-                    verifier = Arc::new(AllowedClientVerifier {
+                let revoked = match &self.crl_file {
+                    Some(crl) => Some(crl::Revoked::load(crl).map_err(TlsError::Policy)?),
+                    None => None,
+                };
+                if allowed.is_some() || revoked.is_some() {
+                    verifier = Arc::new(CheckedClientVerifier {
                         inner: verifier,
                         allowed,
-                    });
-                }
-                if let Some(crl) = &self.crl_file {
-                    verifier = Arc::new(crl::CrlVerifier {
-                        inner: verifier,
-                        revoked: crl::Revoked::load(crl).map_err(TlsError::Policy)?,
+                        revoked,
                     });
                 }
                 builder.with_client_cert_verifier(verifier)
@@ -275,16 +274,18 @@ fn match_hostnames(pattern: &str, host: &str) -> bool {
 }
 
 /// Chain verification by `inner`, then the [`AllowedClient`] rule on the
-/// leaf. A rule mismatch is reported as a name mismatch, which rustls
-/// answers with the `bad certificate` alert Go sends, and which
-/// `oxcd_raft::tls_error` words as `client certificate authentication failed`.
+/// leaf and the revocation list. A rule mismatch is reported as a name
+/// mismatch, which rustls answers with the `bad certificate` alert Go
+/// sends, and which `oxcd_raft::tls_error` words as `client certificate
+/// authentication failed`; a revoked certificate as revoked.
 #[derive(Debug)]
-struct AllowedClientVerifier {
+struct CheckedClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    allowed: AllowedClient,
+    allowed: Option<AllowedClient>,
+    revoked: Option<crl::Revoked>,
 }
 
-impl ClientCertVerifier for AllowedClientVerifier {
+impl ClientCertVerifier for CheckedClientVerifier {
     fn offer_client_auth(&self) -> bool {
         self.inner.offer_client_auth()
     }
@@ -306,13 +307,24 @@ impl ClientCertVerifier for AllowedClientVerifier {
         let verified = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        if self.allowed.permits(end_entity) {
-            Ok(verified)
-        } else {
-            Err(rustls::Error::InvalidCertificate(
+        if self
+            .allowed
+            .as_ref()
+            .is_some_and(|a| !a.permits(end_entity))
+        {
+            return Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName,
-            ))
+            ));
         }
+        if let Some(revoked) = &self.revoked {
+            let chain: Vec<&CertificateDer<'_>> =
+                std::iter::once(end_entity).chain(intermediates).collect();
+            if let Err(e) = revoked.check(&chain) {
+                tracing::warn!("rejected connection: {e}");
+                return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+            }
+        }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(

@@ -479,6 +479,8 @@ mod tests {
         "peer-cert-allowed-hostname",
         "peer-cert-file",
         "peer-client-cert-auth",
+        "peer-client-cert-file",
+        "peer-client-key-file",
         "peer-crl-file",
         "peer-key-file",
         "peer-trusted-ca-file",

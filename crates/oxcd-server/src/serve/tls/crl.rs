@@ -5,13 +5,10 @@
 //! changes, so a revocation takes effect without a restart; unlike etcd,
 //! it is parsed only then, not on every handshake.
 
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls::pki_types::CertificateDer;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
 /// The revoked serial numbers of a CRL file.
@@ -36,7 +33,7 @@ impl Revoked {
     /// Whether any of `certs` is revoked; re-reads the file if it changed.
     /// A list that cannot be read any more refuses everyone, as etcd's
     /// per-handshake read does.
-    fn check(&self, certs: &[&CertificateDer<'_>]) -> Result<(), String> {
+    pub(crate) fn check(&self, certs: &[&CertificateDer<'_>]) -> Result<(), String> {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         let mtime = std::fs::metadata(&self.path)
             .and_then(|m| m.modified())
@@ -78,67 +75,4 @@ fn read(path: &Path) -> Result<(Option<SystemTime>, HashSet<Vec<u8>>), String> {
         .map(|r| r.raw_serial().to_vec())
         .collect();
     Ok((mtime, serials))
-}
-
-/// Chain verification by `inner`, then the revocation list.
-#[derive(Debug)]
-pub(crate) struct CrlVerifier {
-    pub(crate) inner: Arc<dyn ClientCertVerifier>,
-    pub(crate) revoked: Revoked,
-}
-
-impl ClientCertVerifier for CrlVerifier {
-    fn offer_client_auth(&self) -> bool {
-        self.inner.offer_client_auth()
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        let chain: Vec<&CertificateDer<'_>> =
-            std::iter::once(end_entity).chain(intermediates).collect();
-        match self.revoked.check(&chain) {
-            Ok(()) => Ok(verified),
-            Err(e) => {
-                tracing::warn!("rejected connection: {e}");
-                Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
-            }
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
 }

@@ -49,18 +49,22 @@ impl Pki {
         }
     }
 
-    fn verifier(&self, allowed: AllowedClient) -> AllowedClientVerifier {
+    fn verifier(&self, allowed: AllowedClient) -> CheckedClientVerifier {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca.der().clone()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
             .unwrap();
-        AllowedClientVerifier { inner, allowed }
+        CheckedClientVerifier {
+            inner,
+            allowed: Some(allowed),
+            revoked: None,
+        }
     }
 }
 
-fn verify(v: &AllowedClientVerifier, leaf: &Leaf) -> Result<ClientCertVerified, rustls::Error> {
+fn verify(v: &CheckedClientVerifier, leaf: &Leaf) -> Result<ClientCertVerified, rustls::Error> {
     v.verify_client_cert(&leaf.der, &[], UnixTime::now())
 }
 
@@ -260,9 +264,10 @@ fn revoked_clients_are_refused_and_the_list_is_reread() {
     let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
         .build()
         .unwrap();
-    let v = crl::CrlVerifier {
+    let v = CheckedClientVerifier {
         inner,
-        revoked: crl::Revoked::load(&path).unwrap(),
+        allowed: None,
+        revoked: Some(crl::Revoked::load(&path).unwrap()),
     };
     let now = UnixTime::now();
     let err = v.verify_client_cert(&a.der, &[], now).unwrap_err();
