@@ -59,7 +59,10 @@ impl KvStore {
     /// Backend and file errors (the old file then stays in use);
     /// compactions that kept interrupting the copy.
     pub fn defragment(&self) -> Result<(u64, u64)> {
-        let _timer = crate::metrics::get().defrag.start_timer();
+        let m = crate::metrics::get();
+        let _timer = m.defrag.start_timer();
+        m.defrag_inflight.inc();
+        let _inflight = scopeguard_dec(&m.defrag_inflight);
         let backend = &self.shared.backend;
         let before = backend.size()?;
         let scratch = scratch_path(backend.path());
@@ -250,6 +253,17 @@ fn copy_rows_after(
             return Ok(total);
         }
     }
+}
+
+/// Takes one off `g` when dropped (the defragment ended, however).
+fn scopeguard_dec(g: &prometheus::IntGauge) -> impl Drop + '_ {
+    struct Dec<'a>(&'a prometheus::IntGauge);
+    impl Drop for Dec<'_> {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    Dec(g)
 }
 
 #[cfg(test)]

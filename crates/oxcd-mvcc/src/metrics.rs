@@ -16,6 +16,8 @@ pub(crate) struct Metrics {
     /// (etcd's batch commits every 100 ms or 10k writes).
     pub(crate) backend_commit: Histogram,
     pub(crate) defrag: Histogram,
+    /// `etcd_disk_defrag_inflight`: 1 while a defragment runs.
+    pub(crate) defrag_inflight: prometheus::IntGauge,
     pub(crate) hash: Histogram,
     pub(crate) hash_rev: Histogram,
 }
@@ -69,6 +71,15 @@ fn build(r: &Registry) -> Metrics {
             0.1,
             13,
         ),
+        defrag_inflight: {
+            let g = prometheus::IntGauge::new(
+                "etcd_disk_defrag_inflight",
+                "Whether or not defrag is active on the member. 1 means active, 0 means not.",
+            )
+            .unwrap_or_else(|e| panic!("metric defrag inflight: {e}"));
+            let _ = r.register(Box::new(g.clone()));
+            g
+        },
         hash: histogram(
             r,
             "etcd_mvcc_hash_duration_seconds",

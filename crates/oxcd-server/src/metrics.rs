@@ -23,6 +23,9 @@ pub(crate) struct Counters {
     /// `etcd_server_client_requests_total{type,client_api_version}`.
     pub(crate) client_requests: IntCounterVec,
     pub(crate) lease_expired: IntCounter,
+    pub(crate) read_indexes_failed: IntCounter,
+    pub(crate) slow_read_indexes: IntCounter,
+    pub(crate) snapshot_apply_in_progress: IntGauge,
 }
 
 static COUNTERS: LazyLock<Counters> = LazyLock::new(|| {
@@ -74,6 +77,25 @@ static COUNTERS: LazyLock<Counters> = LazyLock::new(|| {
             "etcd_debugging_server_lease_expired_total",
             "The total number of expired leases.",
         ),
+        read_indexes_failed: counter(
+            r,
+            "etcd_server_read_indexes_failed_total",
+            "The total number of failed read indexes seen.",
+        ),
+        slow_read_indexes: counter(
+            r,
+            "etcd_server_slow_read_indexes_total",
+            "The total number of pending read indexes not in sync with leader's or timed out read index requests.",
+        ),
+        snapshot_apply_in_progress: {
+            let g = IntGauge::new(
+                "etcd_server_snapshot_apply_in_progress_total",
+                "1 if the server is applying the incoming snapshot. 0 if none.",
+            )
+            .unwrap_or_else(|e| panic!("metric: {e}"));
+            let _ = r.register(Box::new(g.clone()));
+            g
+        },
     };
     c
 });
@@ -164,6 +186,8 @@ struct Gauges {
     compact_rev: IntGauge,
     fd_used: IntGauge,
     fd_limit: IntGauge,
+    watchers: IntGauge,
+    slow_watchers: IntGauge,
 }
 
 impl Scrape {
@@ -230,6 +254,14 @@ impl Scrape {
                 "etcd_debugging_mvcc_compact_revision",
                 "The revision of the last compaction in store.",
             ),
+            watchers: gauge(
+                "etcd_debugging_mvcc_watcher_total",
+                "Total number of watchers.",
+            ),
+            slow_watchers: gauge(
+                "etcd_debugging_mvcc_slow_watcher_total",
+                "Total number of unsynced slow watchers.",
+            ),
             fd_used: gauge("os_fd_used", "The number of used file descriptors."),
             fd_limit: gauge("os_fd_limit", "The file descriptor limit."),
         };
@@ -293,6 +325,11 @@ impl Scrape {
             .set(i64::try_from(c.store.live_keys()).unwrap_or(i64::MAX));
         g.current_rev.set(c.store.rev());
         g.compact_rev.set(c.store.compact_rev());
+        let (synced, unsynced, victims) = c.watchable.group_sizes();
+        g.watchers
+            .set(i64::try_from(synced + unsynced + victims).unwrap_or(i64::MAX));
+        g.slow_watchers
+            .set(i64::try_from(unsynced + victims).unwrap_or(i64::MAX));
         let (used, limit) = file_descriptors();
         g.fd_used.set(used);
         g.fd_limit.set(limit);

@@ -53,6 +53,14 @@ pub(crate) fn restore(
     db: &Path,
     data: &[u8],
 ) -> Result<(), AppError> {
+    let in_progress = &crate::metrics::counters().snapshot_apply_in_progress;
+    in_progress.set(1);
+    let result = restore_inner(app, index, db, data);
+    in_progress.set(0);
+    result
+}
+
+fn restore_inner(app: &mut ServerApp, index: u64, db: &Path, data: &[u8]) -> Result<(), AppError> {
     let err = |what: &str, e: &dyn std::fmt::Display| AppError(format!("{what}: {e}"));
     if !db.exists() {
         return Err(AppError(format!(

@@ -119,10 +119,18 @@ impl ReadIndex {
                 Ok(Ok(index)) => break Ok(index),
                 Ok(Err(_)) => break Err(EtcdError::Stopped),
                 Err(_) if tokio::time::Instant::now() >= deadline => break Err(EtcdError::Timeout),
-                Err(_) => continue,
+                Err(_) => {
+                    // Not answered within the retry interval (etcd's
+                    // "slow read index").
+                    crate::metrics::counters().slow_read_indexes.inc();
+                    continue;
+                }
             }
         };
         lock(&self.pending).remove(&ctx);
+        if result.is_err() {
+            crate::metrics::counters().read_indexes_failed.inc();
+        }
         result
     }
 

@@ -179,6 +179,18 @@ async fn streams_answer_one_result_object_per_message() {
         // A PUT event has the zero type, so no `type` field.
         assert!(lines[1]["result"]["events"][0].get("type").is_none());
 
+        // A first stream object that does not decode: code 2, HTTP 500.
+        let bad = curl(
+            &m,
+            "POST",
+            "/v3/watch",
+            r#"{"create_request":{"key":123}}"#,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(bad.code, 500, "{}", bad.body);
+        assert_eq!(bad.json()["code"], 2, "{}", bad.body);
+
         // Two request objects in one body: two keep-alives, and the
         // keep-alive stream ends with the body.
         let lease = post(&m, "/v3/lease/grant", r#"{"TTL":60}"#).await.json();

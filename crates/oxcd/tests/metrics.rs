@@ -218,6 +218,13 @@ async fn kv_and_watch_counters_count_like_etcd() {
                 assert!(n > 0, "watch ended early: {}", String::from_utf8_lossy(&seen));
                 seen.extend_from_slice(&buf[..n]);
             }
+            // The watch is live: it counts as a watcher.
+            let live = http_get(&m.client_url(), "/metrics").await.1;
+            assert!(
+                live.lines().any(|l| l == "etcd_debugging_mvcc_watcher_total 1"),
+                "{}",
+                grep(&live, "watcher")
+            );
             w.kill().await.expect("kill watch");
         }
         // The server notices each ended stream on its own time.
@@ -239,6 +246,14 @@ async fn kv_and_watch_counters_count_like_etcd() {
             r#"grpc_server_started_total{grpc_method="Compact",grpc_service="etcdserverpb.KV",grpc_type="unary"} 0"#,
         ] {
             assert!(text.lines().any(|l| l == line), "no line {line:?} in:\n{}", grep(&text, line.split(['{', ' ']).next().unwrap_or(line)));
+        }
+        for family in [
+            "etcd_disk_defrag_inflight 0",
+            "etcd_server_snapshot_apply_in_progress_total 0",
+            "etcd_server_read_indexes_failed_total 0",
+            "etcd_debugging_mvcc_slow_watcher_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == family), "no line {family:?}");
         }
         // A /health check counts.
         assert_eq!(http_get(&m.client_url(), "/health").await.0, 200);

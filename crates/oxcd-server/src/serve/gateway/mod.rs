@@ -415,12 +415,13 @@ async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
         Kind::BidiStream => {
             let (tx, rx) = mpsc::channel(16);
             let gone = CancellationToken::new();
-            tokio::spawn(pump(body, tx, gw.max_json, route, gone.clone()));
+            let (bad_tx, bad_rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(pump(body, tx, gw.max_json, route, gone.clone(), bad_tx));
             let Ok(permit) = gw.streams.clone().acquire_owned().await else {
                 return plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
             };
             let replies = call::start(gw.grpc, route.grpc, metadata, Outbound::Stream(rx)).await;
-            return stream_answer(replies, route, permit, gone).await;
+            return stream_answer(replies, route, permit, gone, bad_rx).await;
         }
     };
     let Ok(permit) = gw.streams.clone().acquire_owned().await else {
@@ -432,7 +433,8 @@ async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
         drop(permit);
         answer
     } else {
-        stream_answer(replies, route, permit, CancellationToken::new()).await
+        let (_, never) = tokio::sync::oneshot::channel();
+        stream_answer(replies, route, permit, CancellationToken::new(), never).await
     }
 }
 
@@ -492,15 +494,19 @@ async fn read_one(body: Body, max: usize, route: Route) -> Result<Bytes, tonic::
 /// objects may follow one another in one body; each is one message. The
 /// call's send side closes when the body ends (the stream itself stays
 /// open, as etcd's does) or at the first object that does not decode (the
-/// rest of the body is then read and dropped). A body that breaks off (the
-/// client went away) cancels `gone`, which ends the answer and the call.
+/// rest of the body is then read and dropped; if it was the first, `bad`
+/// gets the error, which grpc-gateway answers as code 2, HTTP 500). A body
+/// that breaks off (the client went away) cancels `gone`, which ends the
+/// answer and the call.
 async fn pump(
     mut body: Body,
     tx: mpsc::Sender<Bytes>,
     max: usize,
     route: Route,
     gone: CancellationToken,
+    bad: tokio::sync::oneshot::Sender<tonic::Status>,
 ) {
+    let mut bad = Some(bad);
     let mut buf: Vec<u8> = Vec::new();
     let mut scan = objects::Objects::default();
     // Dropped (closing the call's send side) once nothing more is sent.
@@ -528,9 +534,15 @@ async fn pump(
                 objects::Found::Object { start, end } => {
                     used = end;
                     match (route.request)(&buf[start..end]) {
-                        Ok(msg) => stop = sender.send(call::frame(&msg)).await.is_err(),
+                        Ok(msg) => {
+                            bad = None;
+                            stop = sender.send(call::frame(&msg)).await.is_err();
+                        }
                         Err(s) => {
                             tracing::debug!(error = %s, "gateway stream request does not decode");
+                            if let Some(first) = bad.take() {
+                                let _ = first.send(tonic::Status::unknown(s.message()));
+                            }
                             stop = true;
                         }
                     }
@@ -538,6 +550,9 @@ async fn pump(
                 objects::Found::Incomplete => break,
                 objects::Found::NotAnObject => {
                     tracing::debug!("gateway stream request is not a JSON object");
+                    if let Some(first) = bad.take() {
+                        let _ = first.send(tonic::Status::unknown("request is not a JSON object"));
+                    }
                     stop = true;
                 }
             }
@@ -566,10 +581,12 @@ async fn stream_answer(
     route: Route,
     permit: OwnedSemaphorePermit,
     gone: CancellationToken,
+    mut bad_first: tokio::sync::oneshot::Receiver<tonic::Status>,
 ) -> Response {
     let first = tokio::select! {
         r = replies.next() => r,
         _ = gone.cancelled() => return plain(StatusCode::REQUEST_TIMEOUT, "client went away\n"),
+        Ok(s) = &mut bad_first => return error(&s),
     };
     let first = match first {
         Ok(Some(msg)) => msg,
