@@ -566,6 +566,8 @@ pub struct ClusterBuilder {
     flags: Vec<String>,
     member_flags: Vec<Vec<String>>,
     peer_auto_tls: bool,
+    /// Peer URLs are `https`, with certificates given by `flags`.
+    peer_https: bool,
     envs: Vec<(String, String)>,
     peer_proxies: bool,
     /// Where the members' directories are made (default: the system's
@@ -582,6 +584,7 @@ impl ClusterBuilder {
             flags: FAST_RAFT.iter().map(|f| (*f).to_string()).collect(),
             member_flags: vec![Vec::new(); size],
             peer_auto_tls: false,
+            peer_https: false,
             envs: Vec::new(),
             peer_proxies: false,
             base_dir: None,
@@ -620,6 +623,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// Peer URLs in `https`, with the certificate flags given by
+    /// [`ClusterBuilder::flags`].
+    pub fn peer_https(mut self) -> ClusterBuilder {
+        self.peer_https = true;
+        self
+    }
+
     /// Peers talk TLS: `https://` peer URLs and `--peer-auto-tls`.
     pub fn peer_auto_tls(mut self) -> ClusterBuilder {
         self.peer_auto_tls = true;
@@ -653,7 +663,11 @@ impl ClusterBuilder {
             std::process::id(),
             NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed)
         );
-        let peer_scheme = if self.peer_auto_tls { "https" } else { "http" };
+        let peer_scheme = if self.peer_auto_tls || self.peer_https {
+            "https"
+        } else {
+            "http"
+        };
         let mut common_flags = self.flags.clone();
         if self.peer_auto_tls {
             common_flags.push("--peer-auto-tls".to_string());
