@@ -398,3 +398,50 @@ async fn cors_and_host_whitelist() {
     })
     .await;
 }
+
+/// A connection that never sends a byte is closed after a while (30 s;
+/// the test knob shortens it), so idle sockets cannot pile up; one that
+/// spoke stays open. oxcd only: etcd keeps silent connections for ever.
+#[tokio::test]
+async fn silent_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if std::env::var_os("OXCD_TEST_SERVER").is_some_and(|s| !s.is_empty()) {
+        return;
+    }
+    bounded(async {
+        let c = Cluster::builder(1)
+            .env("OXCD_TEST_IDLE_CONNECTION_TIMEOUT_MS", "300")
+            .start()
+            .await;
+        let addr = c
+            .member(0)
+            .client_url()
+            .trim_start_matches("http://")
+            .to_string();
+        let mut silent = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), silent.read(&mut buf))
+            .await
+            .expect("a silent connection is closed")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "the server closes without answering");
+        // A keep-alive HTTP/1 connection that spoke is served again later.
+        let mut talking = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let req = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        for _ in 0..2 {
+            talking.write_all(req.as_bytes()).await.expect("send");
+            let mut got = Vec::new();
+            while !String::from_utf8_lossy(&got).contains("{\"health\":\"true\"}") {
+                let n = talking.read(&mut buf).await.expect("read");
+                assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        }
+    })
+    .await;
+}

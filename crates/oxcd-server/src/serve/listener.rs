@@ -143,7 +143,11 @@ pub async fn serve(
         tasks.spawn(async move {
             match tls {
                 Some(config) => {
-                    if let Some(tls) = handshake(stream, config, &remote).await {
+                    let shook = tokio::time::timeout(
+                        idle_connection_timeout(),
+                        handshake(stream, config, &remote),
+                    );
+                    if let Ok(Some(tls)) = shook.await {
                         let router = router.for_connection(true);
                         serve_conn(tls, router, shutdown, on_shutdown).await;
                     }
@@ -233,6 +237,73 @@ async fn accept(socket: &Socket) -> io::Result<(Box<dyn Conn>, String)> {
 /// servers in etcd have no limit; hyper's default needs a timer).
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Longest a new connection may stay silent (no TLS handshake, no first
+/// byte) before it is closed, so idle sockets cannot pile up without
+/// bound. The test knob `OXCD_TEST_IDLE_CONNECTION_TIMEOUT_MS` shortens it.
+fn idle_connection_timeout() -> std::time::Duration {
+    std::env::var("OXCD_TEST_IDLE_CONNECTION_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(HEADER_READ_TIMEOUT, std::time::Duration::from_millis)
+}
+
+/// A stream that notes whether anything was read from it yet.
+struct FirstRead<S> {
+    inner: S,
+    got: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstRead<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.got.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstRead<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
 /// How often a listener that keeps failing to accept says so.
 const ACCEPT_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -263,15 +334,27 @@ async fn serve_conn<S>(
             .keep_alive_timeout(timeout);
     }
     let svc = TowerToHyperService::new(router);
+    let got = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stream = FirstRead {
+        inner: stream,
+        got: got.clone(),
+    };
     let stream = super::authority::FixAuthority::new(oxcd_io::Coalesce::new(stream));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
+    let silent = async {
+        tokio::time::sleep(idle_connection_timeout()).await;
+        if got.load(std::sync::atomic::Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "connection ended with error");
             }
         }
+        () = silent => tracing::debug!("closing a connection that sent nothing"),
         _ = shutdown.cancelled() => {
             if on_shutdown == OnShutdown::Drain {
                 conn.as_mut().graceful_shutdown();
