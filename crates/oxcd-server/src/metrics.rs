@@ -41,15 +41,11 @@ static COUNTERS: LazyLock<Counters> = LazyLock::new(|| {
             "etcd_server_proposals_failed_total",
             "The total number of failed proposals seen.",
         ),
-        proposals_pending: {
-            let g = IntGauge::new(
-                "etcd_server_proposals_pending",
-                "The current number of pending proposals to commit.",
-            )
-            .unwrap_or_else(|e| panic!("metric: {e}"));
-            let _ = r.register(Box::new(g.clone()));
-            g
-        },
+        proposals_pending: gauge(
+            r,
+            "etcd_server_proposals_pending",
+            "The current number of pending proposals to commit.",
+        ),
         health_success: counter(
             r,
             "etcd_server_health_success",
@@ -87,18 +83,20 @@ static COUNTERS: LazyLock<Counters> = LazyLock::new(|| {
             "etcd_server_slow_read_indexes_total",
             "The total number of pending read indexes not in sync with leader's or timed out read index requests.",
         ),
-        snapshot_apply_in_progress: {
-            let g = IntGauge::new(
-                "etcd_server_snapshot_apply_in_progress_total",
-                "1 if the server is applying the incoming snapshot. 0 if none.",
-            )
-            .unwrap_or_else(|e| panic!("metric: {e}"));
-            let _ = r.register(Box::new(g.clone()));
-            g
-        },
+        snapshot_apply_in_progress: gauge(
+            r,
+            "etcd_server_snapshot_apply_in_progress_total",
+            "1 if the server is applying the incoming snapshot. 0 if none.",
+        ),
     };
     c
 });
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(g.clone()));
+    g
+}
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
@@ -195,11 +193,7 @@ impl Scrape {
     /// backend quota.
     pub fn new(core: Arc<Core>, quota_bytes: i64) -> Scrape {
         let registry = Registry::new();
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
-            let _ = registry.register(Box::new(g.clone()));
-            g
-        };
+        let gauge = |name: &str, help: &str| gauge(&registry, name, help);
         let labelled = |name: &str, help: &str, label: &str| {
             let g = IntGaugeVec::new(Opts::new(name, help), &[label])
                 .unwrap_or_else(|e| panic!("metric {name}: {e}"));

@@ -228,12 +228,20 @@ fn package(target: &str) -> &str {
     target.rsplit("::").next().unwrap_or(target)
 }
 
-fn capnslog_line(now: time::OffsetDateTime, meta: &tracing::Metadata<'_>, f: &Fields) -> String {
-    let mut line = format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06} {} | {}: {}",
+/// `YYYY-MM-DD`, shared by both formats.
+fn date(now: time::OffsetDateTime) -> String {
+    format!(
+        "{:04}-{:02}-{:02}",
         now.year(),
         u8::from(now.month()),
-        now.day(),
+        now.day()
+    )
+}
+
+fn capnslog_line(now: time::OffsetDateTime, meta: &tracing::Metadata<'_>, f: &Fields) -> String {
+    let mut line = format!(
+        "{} {:02}:{:02}:{:02}.{:06} {} | {}: {}",
+        date(now),
         now.hour(),
         now.minute(),
         now.second(),
@@ -273,10 +281,8 @@ fn zap_line(now: time::OffsetDateTime, meta: &tracing::Metadata<'_>, f: &Fields)
         Level::ERROR => "error",
     };
     let ts = format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
+        "{}T{:02}:{:02}:{:02}.{:03}Z",
+        date(now),
         now.hour(),
         now.minute(),
         now.second(),
