@@ -126,6 +126,9 @@ etcd_errors! {
     RoleNotGranted => (FailedPrecondition, "etcdserver: role is not granted to the user"),
     /// RoleRevokePermission with no exactly matching permission.
     PermissionNotGranted => (FailedPrecondition, "etcdserver: permission is not granted to the role"),
+    /// RoleGrantPermission without a permission (etcd 3.6's error; 3.4
+    /// crashed at apply).
+    PermissionNotGiven => (InvalidArgument, "etcdserver: permission not given"),
     /// Authenticate while auth is disabled.
     AuthNotEnabled => (FailedPrecondition, "etcdserver: authentication is not enabled"),
     /// The token is unknown, expired or malformed.

@@ -17,6 +17,7 @@
 //! | `kvstore` | `mvcc/kvstore.go` | [`KvStore`]: open, revisions, locking |
 //! | `lease_table` | `lease/lessor.go` (`lease` bucket) | [`LeaseRecord`]s written by [`WriteTxn::put_lease`], read by [`KvStore::leases`] |
 //! | `alarm_table` | `etcdserver/api/v3alarm/alarms.go` (`alarm` bucket) | raised alarms, written by [`WriteTxn::put_alarm`], read by [`KvStore::alarms`] |
+//! | `auth_table` | `auth/store.go` (`auth`, `authUsers`, `authRoles` buckets) | auth records, written by [`WriteTxn::put_auth`], read by [`KvStore::auth_records`] |
 //! | `restore` | `mvcc/kvstore.go` (`restore`) | rebuilding the index at open |
 //! | `txn` | `mvcc/kvstore_txn.go` | [`ReadTxn`], [`WriteTxn`], range |
 //! | `defrag` | `mvcc/backend/backend.go` (`defrag`) | [`KvStore::defragment`]: an online copy into a fresh file, then a short switch |
@@ -49,6 +50,7 @@
 #![warn(missing_docs)]
 
 mod alarm_table;
+mod auth_table;
 pub mod backend;
 mod compact;
 mod defrag;
@@ -70,6 +72,7 @@ mod watchable_store;
 mod watcher;
 mod watcher_group;
 
+pub use auth_table::{AuthRecords, AuthTable};
 pub use backend::BackendConfig;
 pub use compact::COMPACTION_BATCH;
 pub use error::MvccError;

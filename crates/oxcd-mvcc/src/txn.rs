@@ -211,6 +211,8 @@ pub struct WriteTxn {
     pub(crate) lease_ops: Vec<crate::lease_table::LeaseOp>,
     /// Changes to the `alarm` table, committed with the key changes.
     pub(crate) alarm_ops: Vec<crate::alarm_table::AlarmOp>,
+    /// Changes to the auth tables, committed with the key changes.
+    pub(crate) auth_ops: Vec<crate::auth_table::AuthOp>,
     ended: bool,
     /// Calls made, counted when the transaction is dropped.
     tally: crate::metrics::Tally,
@@ -226,6 +228,7 @@ impl WriteTxn {
             changes: Vec::new(),
             lease_ops: Vec::new(),
             alarm_ops: Vec::new(),
+            auth_ops: Vec::new(),
             ended: false,
             tally: crate::metrics::Tally::default(),
         }
@@ -330,7 +333,7 @@ impl WriteTxn {
     /// Commits the changes atomically in one redb transaction, together
     /// with `consistent_index` (the raft index of the applied entry) when
     /// given, and publishes the new revision. A transaction without key
-    /// changes makes no revision: its lease- and alarm-table changes, if any, are
+    /// changes makes no revision: its lease-, alarm- and auth-table changes, if any, are
     /// committed (with the consistent index), otherwise it commits nothing
     /// and its consistent index is persisted by the next commit.
     ///
@@ -339,9 +342,11 @@ impl WriteTxn {
     /// unchanged (the server should treat this as fatal).
     pub fn end(mut self, consistent_index: Option<u64>) -> Result<TxnOutcome> {
         self.ended = true;
-        if self.changes.is_empty() && !(self.lease_ops.is_empty() && self.alarm_ops.is_empty()) {
-            // Lease or alarm changes alone are committed without a new
-            // revision.
+        let table_ops =
+            !(self.lease_ops.is_empty() && self.alarm_ops.is_empty() && self.auth_ops.is_empty());
+        if self.changes.is_empty() && table_ops {
+            // Lease, alarm or auth changes alone are committed without a
+            // new revision.
             self.commit(self.begin_rev, consistent_index)?;
         }
         if self.changes.is_empty() {
@@ -378,12 +383,13 @@ impl WriteTxn {
                 (key.to_vec(), c.kv.encode_to_vec())
             })
             .collect();
-        let (lease_ops, alarm_ops) = (&self.lease_ops, &self.alarm_ops);
+        let (lease_ops, alarm_ops, auth_ops) = (&self.lease_ops, &self.alarm_ops, &self.auth_ops);
         self.shared
             .backend
             .commit_records(records, consistent_index, |tx| {
                 crate::lease_table::write_ops(tx, lease_ops)?;
-                crate::alarm_table::write_ops(tx, alarm_ops)
+                crate::alarm_table::write_ops(tx, alarm_ops)?;
+                crate::auth_table::write_ops(tx, auth_ops)
             })
     }
 

@@ -34,6 +34,8 @@ pub struct Core {
     pub forwarder: crate::forward::Forwarder,
     /// The raised alarms (changed only by the applier).
     pub alarms: crate::apply::alarm::Alarms,
+    /// Users, roles and permissions as applied, and the bcrypt pool.
+    pub auth: crate::auth::AuthHandle,
 }
 
 impl Core {

@@ -98,6 +98,13 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
     let store = KvStore::open(&layout.backend_path(), backend_config(&cfg))?;
     let lessor = start_lessor(&cfg, &store)?;
     let alarms = crate::apply::alarm::Alarms::load(&store)?;
+    let auth_store = crate::auth::store::AuthStore::load(&store)?;
+    let auth = crate::auth::AuthHandle {
+        view: auth_store.view(),
+        hasher: crate::auth::password::Hasher::new(
+            u32::try_from(cfg.bcrypt_cost).unwrap_or(u32::MAX),
+        ),
+    };
     log_quota(cfg.quota_backend_bytes);
     let watchable = WatchableStore::new(store.clone()).map_err(StartError::Thread)?;
     let members = Members::new(identity.members.clone());
@@ -110,6 +117,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         watchable: watchable.clone(),
         members: members.clone(),
         alarms: alarms.clone(),
+        auth: auth_store,
     })?;
     let disk = raft.disk.clone();
     let core = Arc::new(Core {
@@ -128,6 +136,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         ),
         forwarder: Forwarder::new(raft.transport.clone(), raft_boot::request_timeout(&cfg)),
         alarms,
+        auth,
     });
     let etcd = Etcd {
         core: core.clone(),

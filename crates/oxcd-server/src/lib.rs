@@ -12,6 +12,7 @@
 //! - [`apply`]: the applier: Put, DeleteRange, Txn, Compaction, LeaseGrant
 //!   and LeaseRevoke semantics;
 //! - [`lessor`]: leases, their expiry and attached keys;
+//! - [`auth`]: users, roles, permissions and identities;
 //! - [`compactor`]: auto-compaction, periodic or by revisions;
 //! - [`corrupt`]: HashKV comparisons with the peers, at start and periodic;
 //! - [`disk_guard`]: stops writes before the disk fills up;
@@ -26,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod auth;
 pub mod bootstrap;
 pub mod compactor;
 pub mod concurrency;

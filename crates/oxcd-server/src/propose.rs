@@ -21,6 +21,7 @@
 use crate::apply::alarm::nospace_request;
 use crate::apply::quota::{self, Quota};
 use crate::apply::{Request, Response};
+use crate::auth::Identity;
 use crate::read_index::ReadIndex;
 use crate::wait::Waiters;
 use oxcd_api::mvccpb::Event;
@@ -119,6 +120,12 @@ impl WritePath {
     /// Cancel-safe: dropping the future abandons the wait, but a proposal
     /// already handed to raft may still be applied (as in etcd).
     pub async fn propose(&self, req: Request) -> Result<Response, EtcdError> {
+        self.propose_as(req, &Identity::none()).await
+    }
+
+    /// Proposes `req` on behalf of `who` (its user and auth revision travel
+    /// in the entry's header and are checked again at apply).
+    pub async fn propose_as(&self, req: Request, who: &Identity) -> Result<Response, EtcdError> {
         // etcd's quotaKVServer / quotaLeaseServer: a request that would
         // take the backend past its quota raises NOSPACE and is refused.
         if quota::cost(&req) > 0 {
@@ -134,26 +141,26 @@ impl WritePath {
                 }
             }
         }
-        self.submit(req).await
+        self.submit(req, who).await
     }
 
     /// Proposes this member's NOSPACE alarm and waits for it to apply
     /// (its failure is only logged: the caller is refused either way).
     pub async fn raise_nospace(&self) {
         let r = Request::Alarm(nospace_request(self.member_id));
-        if let Err(e) = self.submit(r).await {
+        if let Err(e) = self.submit(r, &Identity::none()).await {
             tracing::warn!(error = %e, "could not raise the NOSPACE alarm");
         }
     }
 
     /// Proposes `req` as is: the steps listed in the module docs.
-    async fn submit(&self, req: Request) -> Result<Response, EtcdError> {
+    async fn submit(&self, req: Request, who: &Identity) -> Result<Response, EtcdError> {
         let status = self.node.status();
         if status.commit > status.applied + MAX_APPLY_LAG {
             return Err(EtcdError::TooManyRequests);
         }
         let id = self.next_request_id();
-        let data = req.to_internal(id).encode_to_vec();
+        let data = req.to_internal_as(id, who).encode_to_vec();
         if data.len() > self.max_request_bytes {
             return Err(EtcdError::RequestTooLarge);
         }

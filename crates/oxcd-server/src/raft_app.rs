@@ -14,6 +14,7 @@
 //! changes land.
 
 use crate::apply::{Applier, Request};
+use crate::auth::Identity;
 use crate::lessor::Lessor;
 use crate::membership::{ConfContext, Member, Members};
 use crate::propose::EventSink;
@@ -78,6 +79,10 @@ impl Application for ServerApp {
             }
         };
         let id = r.header.as_ref().map_or(0, |h| h.id);
+        let who = r.header.as_ref().map_or_else(Identity::none, |h| Identity {
+            username: h.username.clone(),
+            revision: h.auth_revision,
+        });
         if let Some(attrs) = &r.cluster_member_attr_set {
             let a = attrs.member_attributes.clone().unwrap_or_default();
             self.members
@@ -96,7 +101,7 @@ impl Application for ServerApp {
             self.applier.store().begin_batch();
             self.batch_open = true;
         }
-        let applied = self.applier.apply(&req, index);
+        let applied = self.applier.apply_as(&req, &who, index);
         self.events.extend(applied.events);
         if id == 0 {
             return;

@@ -53,6 +53,8 @@ pub struct RaftBoot<'a> {
     pub members: Members,
     /// The raised alarms, loaded from the store.
     pub alarms: crate::apply::alarm::Alarms,
+    /// Users, roles and permissions, loaded from the store.
+    pub auth: crate::auth::store::AuthStore,
 }
 
 /// The running raft half of a member.
@@ -107,7 +109,8 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
     let (over_quota_tx, over_quota_rx) = tokio::sync::mpsc::unbounded_channel();
     let app = ServerApp {
         applier: Applier::new(b.store.clone(), b.lessor.clone())
-            .with_alarms(b.alarms.clone(), quota.clone()),
+            .with_alarms(b.alarms.clone(), quota.clone())
+            .with_auth(b.auth),
         skip_until: b.store.consistent_index(),
         waiters: waiters.clone(),
         reads: reads.clone(),

@@ -79,6 +79,9 @@ fn restore_inner(app: &mut ServerApp, index: u64, db: &Path, data: &[u8]) -> Res
         .alarms()
         .reload(store)
         .map_err(|e| err("restore alarms", &e))?;
+    app.applier
+        .reload_auth()
+        .map_err(|e| err("restore auth", &e))?;
     app.snap.watchable.restore();
     app.members
         .restore_snapshot(data)

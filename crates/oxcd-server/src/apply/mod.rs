@@ -11,6 +11,8 @@ pub mod quota;
 pub mod range;
 pub mod txn;
 
+use crate::auth::store::{AuthReply, AuthRequest, AuthStore};
+use crate::auth::Identity;
 use crate::lessor::Lessor;
 use alarm::{Alarms, Gate};
 use oxcd_api::etcdserverpb::{
@@ -47,15 +49,25 @@ pub enum Request {
     LeaseCheckpoint(LeaseCheckpointRequest),
     /// `Maintenance/Alarm`: list, raise or clear alarms.
     Alarm(AlarmRequest),
+    /// One of the Auth service's requests.
+    Auth(AuthRequest),
 }
 
 impl Request {
-    /// Wraps the request in the raft envelope with request `id`.
+    /// Wraps the request in the raft envelope with request `id` and no
+    /// identity.
     pub fn to_internal(&self, id: u64) -> InternalRaftRequest {
+        self.to_internal_as(id, &Identity::none())
+    }
+
+    /// Wraps the request in the raft envelope with request `id`, sent by
+    /// `who` (re-checked at apply).
+    pub fn to_internal_as(&self, id: u64, who: &Identity) -> InternalRaftRequest {
         let mut r = InternalRaftRequest {
             header: Some(RequestHeader {
                 id,
-                ..Default::default()
+                username: who.username.clone(),
+                auth_revision: who.revision,
             }),
             ..Default::default()
         };
@@ -68,13 +80,17 @@ impl Request {
             Request::LeaseRevoke(v) => r.lease_revoke = Some(*v),
             Request::LeaseCheckpoint(c) => r.lease_checkpoint = Some(c.clone()),
             Request::Alarm(a) => r.alarm = Some(*a),
+            Request::Auth(a) => a.fill(&mut r),
         }
         r
     }
 
     /// Unwraps a raft envelope; `None` for requests this applier does not
     /// handle (membership attributes are handled by the raft application).
-    pub fn from_internal(r: InternalRaftRequest) -> Option<Request> {
+    pub fn from_internal(mut r: InternalRaftRequest) -> Option<Request> {
+        if let Some(a) = AuthRequest::take(&mut r) {
+            return Some(Request::Auth(a));
+        }
         if let Some(p) = r.put {
             Some(Request::Put(p))
         } else if let Some(d) = r.delete_range {
@@ -125,6 +141,8 @@ pub enum Response {
     Alarm(AlarmResponse),
     /// Answer to a membership change: the members after it.
     Members(Vec<crate::membership::Member>),
+    /// Answer to [`Request::Auth`], with the key space's revision.
+    Auth(AuthReply, i64),
 }
 
 /// Maps store errors to etcd's wire errors.
@@ -165,18 +183,41 @@ pub struct Applier {
     /// The space quota, checked again after each write (the write path
     /// checked it before proposing).
     quota: Option<quota::Quota>,
+    /// Users, roles and permissions (replicated like the key space).
+    auth: std::sync::Mutex<AuthStore>,
 }
 
 impl Applier {
-    /// Creates the applier over `store` and `lessor`, with no alarms and
-    /// no quota.
+    /// Creates the applier over `store` and `lessor`, with no alarms, no
+    /// quota and a fresh auth store.
     pub fn new(store: KvStore, lessor: Lessor) -> Self {
         Self {
             store,
             lessor,
             alarms: Alarms::default(),
             quota: None,
+            auth: std::sync::Mutex::new(AuthStore::fresh()),
         }
+    }
+
+    /// Applies with the auth state in `auth` (loaded from the store).
+    pub fn with_auth(mut self, auth: AuthStore) -> Self {
+        self.auth = std::sync::Mutex::new(auth);
+        self
+    }
+
+    /// Reloads the auth state from the store (after a snapshot install).
+    ///
+    /// # Errors
+    /// Backend errors or undecodable auth records.
+    pub fn reload_auth(&self) -> Result<(), MvccError> {
+        self.auth_store().reload(&self.store)
+    }
+
+    fn auth_store(&self) -> std::sync::MutexGuard<'_, AuthStore> {
+        self.auth
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Applies with the alarms in `alarms` (loaded from the store) and the
@@ -201,6 +242,12 @@ impl Applier {
     /// fails leaves the store untouched. The events of a successful write
     /// are returned for the watchers, to publish once they are durable.
     pub fn apply(&self, req: &Request, index: u64) -> Applied {
+        self.apply_as(req, &Identity::none(), index)
+    }
+
+    /// Applies one committed request sent by `who` at log position
+    /// `index` (see [`Applier::apply`]).
+    pub fn apply_as(&self, req: &Request, who: &Identity, index: u64) -> Applied {
         let mut events = Vec::new();
         if let Err(e) = self.admit(req) {
             // Nothing applied (like any failed request: replaying it after
@@ -243,6 +290,10 @@ impl Applier {
                 self.alarms.commit(change);
                 result
             }
+            Request::Auth(r) => self.write(index, &mut events, |t, s| {
+                let reply = s.auth_store().apply(t, who, r, index)?;
+                Ok(Response::Auth(reply, t.rev()))
+            }),
         };
         // etcd's quotaApplierV3: the write stays applied, but its proposer
         // learns that the backend is over quota (and raises NOSPACE).

@@ -134,9 +134,8 @@ const NOT_ACTED_ON: &[(&str, Differs)] = &[
     ("discovery-fallback", |c, d| {
         c.discovery_fallback != d.discovery_fallback
     }),
-    // Auth is not built yet; these only shape it.
+    // Tokens are not built yet; these only shape them.
     ("auth-token", |c, d| c.auth_token != d.auth_token),
-    ("bcrypt-cost", |c, d| c.bcrypt_cost != d.bcrypt_cost),
     ("auth-token-ttl", |c, d| {
         c.auth_token_ttl != d.auth_token_ttl
     }),

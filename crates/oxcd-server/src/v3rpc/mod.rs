@@ -1,9 +1,8 @@
 //! The gRPC services of the client port (etcd's `etcdserver/api/v3rpc`).
 //! Lock and Election live in [`crate::v3lock`] and [`crate::v3election`]
-//! (etcd keeps them in `api/v3lock` and `api/v3election`). Services not
-//! built yet (Auth) are not registered, so their methods answer
-//! `Unimplemented`.
+//! (etcd keeps them in `api/v3lock` and `api/v3election`).
 
+pub mod auth;
 pub mod cluster;
 pub mod health;
 pub mod kv;
@@ -14,6 +13,7 @@ mod unary;
 pub mod watch;
 
 use crate::core::Core;
+use oxcd_api::etcdserverpb::auth_server::AuthServer;
 use oxcd_api::etcdserverpb::cluster_server::ClusterServer;
 use oxcd_api::etcdserverpb::kv_server::KvServer;
 use oxcd_api::etcdserverpb::lease_server::LeaseServer;
@@ -61,6 +61,7 @@ pub struct GrpcRouter {
     lease: LeaseServer<lease::LeaseService>,
     watch: WatchServer<watch::WatchService>,
     cluster: ClusterServer<cluster::ClusterService>,
+    auth: AuthServer<auth::AuthService>,
     lock: LockServer<crate::v3lock::LockService>,
     election: ElectionServer<crate::v3election::ElectionService>,
     health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
@@ -98,6 +99,9 @@ pub fn routes(core: Arc<Core>, limits: GrpcLimits) -> GrpcRouter {
     let cluster = ClusterServer::new(cluster::ClusterService::new(core.clone()))
         .max_decoding_message_size(limits.max_recv_bytes)
         .max_encoding_message_size(usize::MAX);
+    let auth = AuthServer::new(auth::AuthService::new(core.clone()))
+        .max_decoding_message_size(limits.max_recv_bytes)
+        .max_encoding_message_size(usize::MAX);
     let (health_reporter, _) = tonic_health::server::health_reporter();
     let health = tonic_health::pb::health_server::HealthServer::new(
         tonic_health::server::HealthService::from_health_reporter(health_reporter.clone()),
@@ -113,6 +117,7 @@ pub fn routes(core: Arc<Core>, limits: GrpcLimits) -> GrpcRouter {
         lease,
         watch,
         cluster,
+        auth,
         lock,
         election,
     }
@@ -183,6 +188,7 @@ impl GrpcRouter {
             "etcdserverpb.Lease" => self.lease.call(req),
             "etcdserverpb.Maintenance" => self.maintenance.call(req),
             "etcdserverpb.Cluster" => self.cluster.call(req),
+            "etcdserverpb.Auth" => self.auth.call(req),
             "v3lockpb.Lock" => self.lock.call(req),
             "v3electionpb.Election" => self.election.call(req),
             "grpc.health.v1.Health" => self.health.call(req),

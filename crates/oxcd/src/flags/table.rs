@@ -430,6 +430,7 @@ mod tests {
         "auto-tls",
         "backend-batch-interval",
         "backend-batch-limit",
+        "bcrypt-cost",
         "cert-file",
         "cipher-suites",
         "client-cert-allowed-hostname",
