@@ -382,6 +382,11 @@ mod tests {
             "permission is not granted to the role",
         ),
         (
+            EtcdError::PermissionNotGiven,
+            Code::InvalidArgument,
+            "permission not given",
+        ),
+        (
             EtcdError::AuthNotEnabled,
             Code::FailedPrecondition,
             "authentication is not enabled",

@@ -14,6 +14,7 @@
 //! [`WritePath::propose`]: crate::propose::WritePath::propose
 
 use crate::apply::{self, Request, Response};
+use crate::auth::Identity;
 use crate::core::Core;
 use bytes::Bytes;
 use oxcd_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -51,7 +52,7 @@ pub fn to_status(e: EtcdError) -> Status {
 ///
 /// # Errors
 /// The grant's error, when one is needed.
-pub async fn session_lease(core: &Core, lease: i64) -> Result<i64, EtcdError> {
+pub async fn session_lease(core: &Core, who: &Identity, lease: i64) -> Result<i64, EtcdError> {
     if lease != 0 {
         return Ok(lease);
     }
@@ -65,7 +66,11 @@ pub async fn session_lease(core: &Core, lease: i64) -> Result<i64, EtcdError> {
         ttl: DEFAULT_SESSION_TTL,
         id,
     };
-    match core.writes.propose(Request::LeaseGrant(grant)).await? {
+    match core
+        .writes
+        .propose_as(Request::LeaseGrant(grant), who)
+        .await?
+    {
         Response::LeaseGrant(r) => Ok(r.id),
         _ => Err(unexpected()),
     }
@@ -187,10 +192,10 @@ pub fn range_kvs(resp: &TxnResponse, i: usize) -> Result<&[KeyValue], EtcdError>
 ///
 /// # Errors
 /// The txn's validation or apply error.
-pub async fn txn(core: &Core, r: TxnRequest) -> Result<TxnResponse, EtcdError> {
+pub async fn txn(core: &Core, who: &Identity, r: TxnRequest) -> Result<TxnResponse, EtcdError> {
     apply::txn::check_txn_request(&r, core.max_txn_ops)?;
     apply::txn::check_duplicates(&r)?;
-    match core.writes.propose(Request::Txn(r)).await? {
+    match core.writes.propose_as(Request::Txn(r), who).await? {
         Response::Txn(mut resp) => {
             core.stamp(&mut resp.header);
             Ok(resp)
@@ -203,12 +208,16 @@ pub async fn txn(core: &Core, r: TxnRequest) -> Result<TxnResponse, EtcdError> {
 ///
 /// # Errors
 /// The range's error (e.g. compacted).
-pub async fn range(core: &Core, r: RangeRequest) -> Result<RangeResponse, EtcdError> {
+pub async fn range(
+    core: &Core,
+    who: &Identity,
+    r: RangeRequest,
+) -> Result<RangeResponse, EtcdError> {
     let t = TxnRequest {
         success: vec![range_op(r)],
         ..Default::default()
     };
-    let mut resp = txn(core, t).await?;
+    let mut resp = txn(core, who, t).await?;
     match resp.responses.pop().and_then(|r| r.response) {
         Some(response_op::Response::ResponseRange(mut r)) => {
             r.header = resp.header;
@@ -222,7 +231,11 @@ pub async fn range(core: &Core, r: RangeRequest) -> Result<RangeResponse, EtcdEr
 ///
 /// # Errors
 /// `EmptyKey` for an empty key, or the write's error.
-pub async fn delete(core: &Core, key: &Bytes) -> Result<DeleteRangeResponse, EtcdError> {
+pub async fn delete(
+    core: &Core,
+    who: &Identity,
+    key: &Bytes,
+) -> Result<DeleteRangeResponse, EtcdError> {
     if key.is_empty() {
         return Err(EtcdError::EmptyKey);
     }
@@ -230,7 +243,11 @@ pub async fn delete(core: &Core, key: &Bytes) -> Result<DeleteRangeResponse, Etc
         key: key.clone(),
         ..Default::default()
     };
-    match core.writes.propose(Request::DeleteRange(del)).await? {
+    match core
+        .writes
+        .propose_as(Request::DeleteRange(del), who)
+        .await?
+    {
         Response::DeleteRange(mut resp) => {
             core.stamp(&mut resp.header);
             Ok(resp)
@@ -252,11 +269,12 @@ pub async fn delete(core: &Core, key: &Bytes) -> Result<DeleteRangeResponse, Etc
 /// `Stopped` when the member stops.
 pub async fn wait_deletes(
     core: &Core,
+    who: &Identity,
     prefix: &[u8],
     max_create_rev: i64,
 ) -> Result<ResponseHeader, EtcdError> {
     loop {
-        let resp = range(core, last_created_before(prefix, max_create_rev)).await?;
+        let resp = range(core, who, last_created_before(prefix, max_create_rev)).await?;
         let header = resp.header.unwrap_or_else(|| core.header(0));
         let Some(last) = resp.kvs.first() else {
             return Ok(header);
@@ -351,14 +369,16 @@ impl KeyWatch {
 /// a cancelled wait. [`Cleanup::disarm`] once the call completes.
 pub struct Cleanup {
     core: Arc<Core>,
+    who: Identity,
     req: Option<Request>,
 }
 
 impl Cleanup {
-    /// Arms `req` to be proposed on drop.
-    pub fn new(core: Arc<Core>, req: Request) -> Self {
+    /// Arms `req` to be proposed on drop, as `who`.
+    pub fn new(core: Arc<Core>, who: Identity, req: Request) -> Self {
         Cleanup {
             core,
+            who,
             req: Some(req),
         }
     }
@@ -378,8 +398,9 @@ impl Drop for Cleanup {
             return; // the runtime is gone: the member is stopping anyway
         };
         let core = self.core.clone();
+        let who = std::mem::take(&mut self.who);
         rt.spawn(async move {
-            if let Err(e) = core.writes.propose(req).await {
+            if let Err(e) = core.writes.propose_as(req, &who).await {
                 tracing::debug!(error = %e.message(), "lock/election cleanup failed");
             }
         });

@@ -4,10 +4,12 @@
 //! One owner per piece of state: the store is owned by `oxcd-mvcc`, the
 //! write path by its apply thread; `Core` only hands out handles.
 
+use crate::auth::{Credentials, Identity};
 use crate::lessor::Lessor;
 use crate::membership::{Member, Members};
 use crate::propose::WritePath;
 use oxcd_api::etcdserverpb::ResponseHeader;
+use oxcd_api::EtcdError;
 use oxcd_mvcc::{KvStore, WatchableStore};
 
 /// Shared state handed to the gRPC and HTTP services.
@@ -58,6 +60,38 @@ impl Core {
     /// Whether this member is currently a non-voting learner.
     pub fn is_learner(&self) -> bool {
         self.members.is_learner(self.member.id)
+    }
+
+    /// Who sent a request with these headers and extensions (token, else
+    /// client-certificate CN; see [`crate::auth::AuthHandle::resolve`]).
+    ///
+    /// # Errors
+    /// `InvalidAuthToken`, or the wait for the token's entry failing.
+    pub async fn who(
+        &self,
+        headers: &http::HeaderMap,
+        ext: &http::Extensions,
+    ) -> Result<Identity, EtcdError> {
+        let creds = Credentials::of(headers, ext);
+        if creds == Credentials::None {
+            return Ok(Identity::none());
+        }
+        self.auth
+            .resolve(creds, |index| self.writes.wait_applied(index))
+            .await
+    }
+
+    /// [`Core::who`] for a tonic request.
+    ///
+    /// # Errors
+    /// As [`Core::who`].
+    pub async fn who_of<T>(&self, r: &tonic::Request<T>) -> Result<Identity, EtcdError> {
+        self.who(r.metadata().as_ref(), r.extensions()).await
+    }
+
+    /// The current auth view (users, roles, permissions).
+    pub fn auth_view(&self) -> std::sync::Arc<crate::auth::permissions::AuthView> {
+        self.auth.view.get()
     }
 
     /// The leader's member ID, 0 when there is none.

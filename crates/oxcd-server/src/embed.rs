@@ -11,6 +11,7 @@
 //! in-flight connections finish (bounded), and drop the write path, whose
 //! apply thread ends after its last batch is durable.
 
+use crate::auth::tokens::SimpleTokens;
 use crate::bootstrap;
 use crate::config::{url_string, ClusterState, Config, TlsInfo};
 use crate::core::Core;
@@ -61,6 +62,9 @@ pub enum StartError {
     /// its peers' (`--experimental-initial-corrupt-check`).
     #[error("{0}")]
     Corrupt(String),
+    /// `--auth-token` cannot be used.
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// A running member.
@@ -70,6 +74,25 @@ pub struct Etcd {
     transport: Arc<oxcd_raft::transport::Transport>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+}
+
+/// The simple-token registry `--auth-token` asks for (`None`: no tokens).
+fn token_provider(cfg: &Config) -> Result<Option<SimpleTokens>, StartError> {
+    use crate::auth::tokens::{parse_auth_token, TokenKind};
+    match parse_auth_token(&cfg.auth_token).map_err(|e| StartError::Auth(e.into()))? {
+        TokenKind::None => Ok(None),
+        TokenKind::Simple => {
+            tracing::warn!(
+                "simple token is not cryptographically signed; use --auth-token jwt in production"
+            );
+            let t = SimpleTokens::new(Duration::from_secs(cfg.auth_token_ttl));
+            t.start_sweeper();
+            Ok(Some(t))
+        }
+        TokenKind::Jwt(_) => Err(StartError::Auth(
+            "oxcd: --auth-token jwt is not supported yet (use simple)".into(),
+        )),
+    }
 }
 
 /// Starts a member from `cfg` (already validated) and returns once it
@@ -104,6 +127,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         hasher: crate::auth::password::Hasher::new(
             u32::try_from(cfg.bcrypt_cost).unwrap_or(u32::MAX),
         ),
+        tokens: token_provider(&cfg)?,
     };
     log_quota(cfg.quota_backend_bytes);
     let watchable = WatchableStore::new(store.clone()).map_err(StartError::Thread)?;
@@ -118,6 +142,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         members: members.clone(),
         alarms: alarms.clone(),
         auth: auth_store,
+        tokens: auth.tokens.clone(),
     })?;
     let disk = raft.disk.clone();
     let core = Arc::new(Core {
@@ -182,6 +207,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
     etcd.tasks.spawn(lessor::run_expiry(
         core.lessor.clone(),
         core.writes.clone(),
+        core.auth.view.clone(),
         etcd.shutdown.clone(),
     ));
     etcd.tasks.spawn(crate::disk_guard::run(
@@ -244,7 +270,8 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         keepalive: (!cfg.grpc_keepalive_interval.is_zero()
             && !cfg.grpc_keepalive_timeout.is_zero())
         .then_some((cfg.grpc_keepalive_interval, cfg.grpc_keepalive_timeout)),
-        access: crate::serve::access::Access::new(&cfg.cors, &cfg.host_whitelist),
+        access: crate::serve::access::Access::new(&cfg.cors, &cfg.host_whitelist)
+            .with_auth(core.auth.view.clone()),
     };
     // `--listen-client-http-urls` (etcd 3.5) serve HTTP only: the gateway,
     // /health, /metrics and the rest, no gRPC.

@@ -55,6 +55,8 @@ pub struct RaftBoot<'a> {
     pub alarms: crate::apply::alarm::Alarms,
     /// Users, roles and permissions, loaded from the store.
     pub auth: crate::auth::store::AuthStore,
+    /// Simple tokens, registered as Authenticate entries apply.
+    pub tokens: Option<crate::auth::tokens::SimpleTokens>,
 }
 
 /// The running raft half of a member.
@@ -110,7 +112,7 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
     let app = ServerApp {
         applier: Applier::new(b.store.clone(), b.lessor.clone())
             .with_alarms(b.alarms.clone(), quota.clone())
-            .with_auth(b.auth),
+            .with_auth(b.auth, b.tokens),
         skip_until: b.store.consistent_index(),
         waiters: waiters.clone(),
         reads: reads.clone(),

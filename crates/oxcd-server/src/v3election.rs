@@ -12,6 +12,7 @@
 //! [`to_status`]).
 
 use crate::apply::Request;
+use crate::auth::Identity;
 use crate::concurrency::{
     self, created_at, delete_op, first_created, get_op, is_delete, put_op, range_kvs,
     session_lease, to_status, wait_deletes, Cleanup, KeyWatch,
@@ -64,8 +65,9 @@ impl Election for ElectionService {
         &self,
         request: GrpcRequest<CampaignRequest>,
     ) -> Result<GrpcResponse<CampaignResponse>, Status> {
+        let who = self.core.who_of(&request).await.map_err(to_status)?;
         let r = request.into_inner();
-        let resp = campaign(&self.core, r).await.map_err(to_status)?;
+        let resp = campaign(&self.core, &who, r).await.map_err(to_status)?;
         Ok(GrpcResponse::new(resp))
     }
 
@@ -73,14 +75,15 @@ impl Election for ElectionService {
         &self,
         request: GrpcRequest<ProclaimRequest>,
     ) -> Result<GrpcResponse<ProclaimResponse>, Status> {
+        let who = self.core.who_of(&request).await.map_err(to_status)?;
         let r = request.into_inner();
         let leader = r
             .leader
             .ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
-        let lease = session_lease(&self.core, leader.lease)
+        let lease = session_lease(&self.core, &who, leader.lease)
             .await
             .map_err(to_status)?;
-        let header = proclaim(&self.core, &leader.key, leader.rev, lease, r.value)
+        let header = proclaim(&self.core, &who, &leader.key, leader.rev, lease, r.value)
             .await
             .map_err(to_status)?;
         Ok(GrpcResponse::new(ProclaimResponse {
@@ -92,8 +95,9 @@ impl Election for ElectionService {
         &self,
         request: GrpcRequest<LeaderRequest>,
     ) -> Result<GrpcResponse<LeaderResponse>, Status> {
+        let who = self.core.who_of(&request).await.map_err(to_status)?;
         let prefix = [&request.into_inner().name[..], b"/"].concat();
-        let resp = concurrency::range(&self.core, first_created(&prefix))
+        let resp = concurrency::range(&self.core, &who, first_created(&prefix))
             .await
             .map_err(to_status)?;
         let kv = resp.kvs.into_iter().next();
@@ -110,9 +114,11 @@ impl Election for ElectionService {
         &self,
         request: GrpcRequest<LeaderRequest>,
     ) -> Result<GrpcResponse<Self::ObserveStream>, Status> {
+        let who = self.core.who_of(&request).await.map_err(to_status)?;
         let prefix = [&request.into_inner().name[..], b"/"].concat();
         let observer = Observer {
             core: self.core.clone(),
+            who,
             prefix,
             out: VecDeque::new(),
             leader: None,
@@ -128,15 +134,16 @@ impl Election for ElectionService {
         &self,
         request: GrpcRequest<ResignRequest>,
     ) -> Result<GrpcResponse<ResignResponse>, Status> {
+        let who = self.core.who_of(&request).await.map_err(to_status)?;
         let r = request.into_inner();
         let leader = r
             .leader
             .ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
         // etcd opens a session here too, granting a lease for lease 0.
-        session_lease(&self.core, leader.lease)
+        session_lease(&self.core, &who, leader.lease)
             .await
             .map_err(to_status)?;
-        let header = resign(&self.core, &leader.key, leader.rev)
+        let header = resign(&self.core, &who, &leader.key, leader.rev)
             .await
             .map_err(to_status)?;
         Ok(GrpcResponse::new(ResignResponse {
@@ -148,8 +155,12 @@ impl Election for ElectionService {
 /// `Election.Campaign`: puts the candidate's key with its value (or, if
 /// this lease is already a candidate, proclaims the value), then waits out
 /// every older candidate.
-async fn campaign(core: &Arc<Core>, r: CampaignRequest) -> Result<CampaignResponse, EtcdError> {
-    let lease = session_lease(core, r.lease).await?;
+async fn campaign(
+    core: &Arc<Core>,
+    who: &Identity,
+    r: CampaignRequest,
+) -> Result<CampaignResponse, EtcdError> {
+    let lease = session_lease(core, who, r.lease).await?;
     let prefix = [&r.name[..], b"/"].concat();
     let key = concurrency::candidate_key(&prefix, lease);
     let t = TxnRequest {
@@ -157,7 +168,7 @@ async fn campaign(core: &Arc<Core>, r: CampaignRequest) -> Result<CampaignRespon
         success: vec![put_op(&key, r.value.clone(), lease)],
         failure: vec![get_op(&key)],
     };
-    let resp = concurrency::txn(core, t).await?;
+    let resp = concurrency::txn(core, who, t).await?;
     let header = resp.header.unwrap_or_else(|| core.header(0));
     let mut rev = header.revision;
     if !resp.succeeded {
@@ -165,16 +176,16 @@ async fn campaign(core: &Arc<Core>, r: CampaignRequest) -> Result<CampaignRespon
         if let Some(kv) = existing {
             rev = kv.create_revision;
             if kv.value != r.value {
-                if let Err(e) = proclaim(core, &key, rev, lease, r.value.clone()).await {
-                    let _ = resign(core, &key, rev).await;
+                if let Err(e) = proclaim(core, who, &key, rev, lease, r.value.clone()).await {
+                    let _ = resign(core, who, &key, rev).await;
                     return Err(e);
                 }
             }
         }
     }
     let resign_req = Request::Txn(resign_txn(&key, rev));
-    let cleanup = Cleanup::new(core.clone(), resign_req);
-    let waited = wait_deletes(core, &prefix, rev - 1).await;
+    let cleanup = Cleanup::new(core.clone(), who.clone(), resign_req);
+    let waited = wait_deletes(core, who, &prefix, rev - 1).await;
     // Only a cancelled wait resigns; after any other failure the key stays.
     cleanup.disarm();
     waited?;
@@ -193,6 +204,7 @@ async fn campaign(core: &Arc<Core>, r: CampaignRequest) -> Result<CampaignRespon
 /// key created at `rev`.
 async fn proclaim(
     core: &Core,
+    who: &Identity,
     key: &Bytes,
     rev: i64,
     lease: i64,
@@ -203,7 +215,7 @@ async fn proclaim(
         success: vec![put_op(key, value, lease)],
         failure: vec![],
     };
-    let resp = concurrency::txn(core, t).await?;
+    let resp = concurrency::txn(core, who, t).await?;
     if !resp.succeeded {
         return Err(EtcdError::Unknown(NOT_LEADER.into()));
     }
@@ -212,8 +224,13 @@ async fn proclaim(
 
 /// `Election.Resign`: deletes the leader key if it is still the key
 /// created at `rev`.
-async fn resign(core: &Core, key: &Bytes, rev: i64) -> Result<ResponseHeader, EtcdError> {
-    let resp = concurrency::txn(core, resign_txn(key, rev)).await?;
+async fn resign(
+    core: &Core,
+    who: &Identity,
+    key: &Bytes,
+    rev: i64,
+) -> Result<ResponseHeader, EtcdError> {
+    let resp = concurrency::txn(core, who, resign_txn(key, rev)).await?;
     Ok(resp.header.unwrap_or_else(|| core.header(0)))
 }
 
@@ -231,6 +248,8 @@ fn resign_txn(key: &Bytes, rev: i64) -> TxnRequest {
 /// it, and with it its watcher.
 struct Observer {
     core: Arc<Core>,
+    /// The caller: every read is made on its behalf.
+    who: Identity,
     prefix: Vec<u8>,
     /// Responses ready to send, in order.
     out: VecDeque<LeaderResponse>,
@@ -266,7 +285,7 @@ impl Observer {
     /// Reads the leader, or waits for the first PUT under the prefix;
     /// queues it and starts watching its key.
     async fn find_leader(&mut self) -> Result<(), EtcdError> {
-        let resp = concurrency::range(&self.core, first_created(&self.prefix)).await?;
+        let resp = concurrency::range(&self.core, &self.who, first_created(&self.prefix)).await?;
         let header = resp.header.unwrap_or_else(|| self.core.header(0));
         let (rev, kv) = match resp.kvs.into_iter().next() {
             Some(kv) => (header.revision, kv),

@@ -11,6 +11,7 @@
 //! [`to_status`]).
 
 use crate::apply::Request;
+use crate::auth::Identity;
 use crate::concurrency;
 use crate::concurrency::{
     created_at, first_created, get_op, put_op, range_kvs, range_op, session_lease, to_status,
@@ -46,8 +47,9 @@ impl Lock for LockService {
         &self,
         request: GrpcRequest<LockRequest>,
     ) -> Result<GrpcResponse<LockResponse>, Status> {
+        let who = self.core.who_of(&request).await.map_err(to_status)?;
         let r = request.into_inner();
-        let (header, key) = lock(&self.core, &r.name, r.lease)
+        let (header, key) = lock(&self.core, &who, &r.name, r.lease)
             .await
             .map_err(to_status)?;
         Ok(GrpcResponse::new(LockResponse {
@@ -60,8 +62,9 @@ impl Lock for LockService {
         &self,
         request: GrpcRequest<UnlockRequest>,
     ) -> Result<GrpcResponse<UnlockResponse>, Status> {
+        let who = self.core.who_of(&request).await.map_err(to_status)?;
         let r = request.into_inner();
-        let resp = concurrency::delete(&self.core, &r.key)
+        let resp = concurrency::delete(&self.core, &who, &r.key)
             .await
             .map_err(to_status)?;
         Ok(GrpcResponse::new(UnlockResponse {
@@ -75,10 +78,11 @@ impl Lock for LockService {
 /// the last read and the caller's key.
 async fn lock(
     core: &Arc<Core>,
+    who: &Identity,
     name: &[u8],
     lease: i64,
 ) -> Result<(ResponseHeader, Bytes), EtcdError> {
-    let lease = session_lease(core, lease).await?;
+    let lease = session_lease(core, who, lease).await?;
     let prefix = [name, b"/"].concat();
     let my_key = concurrency::candidate_key(&prefix, lease);
     // One round trip: put the key unless it exists, and read the owner.
@@ -90,7 +94,7 @@ async fn lock(
         ],
         failure: vec![get_op(&my_key), range_op(first_created(&prefix))],
     };
-    let resp = concurrency::txn(core, t).await?;
+    let resp = concurrency::txn(core, who, t).await?;
     let header = resp.header.unwrap_or_else(|| core.header(0));
     let my_rev = if resp.succeeded {
         header.revision
@@ -107,14 +111,14 @@ async fn lock(
         key: my_key.clone(),
         ..Default::default()
     });
-    let cleanup = Cleanup::new(core.clone(), unlock);
-    let waited = wait_deletes(core, &prefix, my_rev - 1).await;
+    let cleanup = Cleanup::new(core.clone(), who.clone(), unlock);
+    let waited = wait_deletes(core, who, &prefix, my_rev - 1).await;
     cleanup.disarm();
     match waited {
         Ok(header) => Ok((header, my_key)),
         Err(e) => {
             // A failed wait releases the key, as etcd's mutex does.
-            if let Err(d) = concurrency::delete(core, &my_key).await {
+            if let Err(d) = concurrency::delete(core, who, &my_key).await {
                 tracing::debug!(error = %d.message(), "lock: releasing after a failed wait");
             }
             Err(e)

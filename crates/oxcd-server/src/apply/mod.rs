@@ -11,7 +11,9 @@ pub mod quota;
 pub mod range;
 pub mod txn;
 
-use crate::auth::store::{AuthReply, AuthRequest, AuthStore};
+use crate::auth::checks;
+use crate::auth::store::{AuthReply, AuthRequest, AuthStore, SharedView};
+use crate::auth::tokens::SimpleTokens;
 use crate::auth::Identity;
 use crate::lessor::Lessor;
 use alarm::{Alarms, Gate};
@@ -185,33 +187,49 @@ pub struct Applier {
     quota: Option<quota::Quota>,
     /// Users, roles and permissions (replicated like the key space).
     auth: std::sync::Mutex<AuthStore>,
+    /// The view `auth` publishes: what writes are checked against.
+    view: SharedView,
+    /// Simple tokens, registered and dropped as auth entries apply.
+    tokens: Option<SimpleTokens>,
 }
 
 impl Applier {
     /// Creates the applier over `store` and `lessor`, with no alarms, no
     /// quota and a fresh auth store.
     pub fn new(store: KvStore, lessor: Lessor) -> Self {
+        let auth = AuthStore::fresh();
         Self {
             store,
             lessor,
             alarms: Alarms::default(),
             quota: None,
-            auth: std::sync::Mutex::new(AuthStore::fresh()),
+            view: auth.view(),
+            auth: std::sync::Mutex::new(auth),
+            tokens: None,
         }
     }
 
-    /// Applies with the auth state in `auth` (loaded from the store).
-    pub fn with_auth(mut self, auth: AuthStore) -> Self {
+    /// Applies with the auth state in `auth` (loaded from the store),
+    /// registering simple tokens in `tokens`.
+    pub fn with_auth(mut self, auth: AuthStore, tokens: Option<SimpleTokens>) -> Self {
+        self.view = auth.view();
         self.auth = std::sync::Mutex::new(auth);
+        self.tokens = tokens;
         self
     }
 
-    /// Reloads the auth state from the store (after a snapshot install).
+    /// Reloads the auth state from the store (after a snapshot install);
+    /// tokens of users that are gone go too.
     ///
     /// # Errors
     /// Backend errors or undecodable auth records.
     pub fn reload_auth(&self) -> Result<(), MvccError> {
-        self.auth_store().reload(&self.store)
+        self.auth_store().reload(&self.store)?;
+        if let Some(tokens) = &self.tokens {
+            let view = self.view.get();
+            tokens.retain_users(view.enabled(), |u| view.has_user(u));
+        }
+        Ok(())
     }
 
     fn auth_store(&self) -> std::sync::MutexGuard<'_, AuthStore> {
@@ -249,7 +267,7 @@ impl Applier {
     /// `index` (see [`Applier::apply`]).
     pub fn apply_as(&self, req: &Request, who: &Identity, index: u64) -> Applied {
         let mut events = Vec::new();
-        if let Err(e) = self.admit(req) {
+        if let Err(e) = self.admit(req).and_then(|()| self.permit(req, who)) {
             // Nothing applied (like any failed request: replaying it after
             // a restart fails it again).
             return Applied {
@@ -292,6 +310,9 @@ impl Applier {
             }
             Request::Auth(r) => self.write(index, &mut events, |t, s| {
                 let reply = s.auth_store().apply(t, who, r, index)?;
+                if let Some(tokens) = &s.tokens {
+                    tokens.apply(&reply.tokens);
+                }
                 Ok(Response::Auth(reply, t.rev()))
             }),
         };
@@ -320,6 +341,25 @@ impl Applier {
             ) => Err(EtcdError::Corrupt),
             (Gate::Capped, Request::Put(_) | Request::LeaseGrant(_)) => Err(EtcdError::NoSpace),
             (Gate::Capped, Request::Txn(t)) if quota::cost_txn(t) > 0 => Err(EtcdError::NoSpace),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a write its sender may not make, on the auth state at this
+    /// point of the log (the proposer did not check: the decision is made
+    /// once, here, identically on every member). Auth requests check
+    /// themselves in the auth store.
+    fn permit(&self, req: &Request, who: &Identity) -> Result<(), EtcdError> {
+        let view = self.view.get();
+        if !view.enabled() {
+            return Ok(());
+        }
+        let lease_keys = |id: i64| self.lessor.keys(id).unwrap_or_default();
+        match req {
+            Request::Put(p) => checks::put(&view, who, p, &lease_keys),
+            Request::DeleteRange(d) => checks::delete_range(&view, who, d),
+            Request::Txn(t) => checks::txn(&view, who, t),
+            Request::LeaseRevoke(r) => checks::lease_revoke(&view, who, &lease_keys(r.id)),
             _ => Ok(()),
         }
     }

@@ -640,24 +640,59 @@ mod model {
     }
 
     fn permission() -> impl Strategy<Value = Permission> {
-        (0..=3i32, key(), range_end()).prop_map(|(t, k, e)| Permission {
+        // Mostly the three real types; 3 is an unknown one.
+        let t = prop_oneof![4 => 0..=2i32, 1 => Just(3i32)];
+        (t, key(), range_end()).prop_map(|(t, k, e)| Permission {
             perm_type: t,
             key: k.into(),
             range_end: e.into(),
         })
     }
 
+    /// A user's roles, sorted as the store keeps them; `root` only now and
+    /// then, so most checks reach the range rule.
+    fn user_roles() -> impl Strategy<Value = Vec<String>> {
+        (
+            prop::bool::weighted(0.15),
+            prop::sample::subsequence(&ROLES[1..], 0..=ROLES.len() - 1),
+        )
+            .prop_map(|(root, roles)| {
+                let mut roles: Vec<String> = roles.into_iter().map(str::to_string).collect();
+                if root {
+                    roles.push(ROOT.to_string());
+                    roles.sort();
+                }
+                roles
+            })
+    }
+
     fn auth_state() -> impl Strategy<Value = AuthState> {
-        let users = prop::collection::btree_map(
-            prop::sample::select(USERS).prop_map(str::to_string),
-            prop::sample::subsequence(ROLES, 0..=ROLES.len()),
-            0..=USERS.len(),
-        );
-        let roles = prop::collection::btree_map(
-            prop::sample::select(ROLES).prop_map(str::to_string),
-            prop::collection::vec(permission(), 0..5),
-            0..=ROLES.len(),
-        );
+        // root, alice, bob, "": each exists with its own odds.
+        let users = (
+            prop::option::weighted(0.5, user_roles()),
+            prop::option::weighted(0.9, user_roles()),
+            prop::option::weighted(0.9, user_roles()),
+            prop::option::weighted(0.3, user_roles()),
+        )
+            .prop_map(|(a, b, c, d)| {
+                USERS
+                    .iter()
+                    .zip([a, b, c, d])
+                    .filter_map(|(name, roles)| Some((name.to_string(), roles?)))
+                    .collect::<Vec<_>>()
+            });
+        // A missing role object grants nothing, so some roles are absent.
+        let roles = prop::collection::vec(
+            prop::option::weighted(0.85, prop::collection::vec(permission(), 0..6)),
+            ROLES.len(),
+        )
+        .prop_map(|perms| {
+            ROLES
+                .iter()
+                .zip(perms)
+                .filter_map(|(name, perms)| Some((name.to_string(), perms?)))
+                .collect::<Vec<_>>()
+        });
         (prop::bool::weighted(0.9), 1..4u64, users, roles).prop_map(
             |(enabled, revision, users, roles)| AuthState {
                 enabled,
@@ -667,7 +702,7 @@ mod model {
                     .map(|(name, roles)| {
                         let user = User {
                             name: name.clone().into_bytes().into(),
-                            roles: roles.iter().map(|r| r.to_string()).collect(),
+                            roles,
                             ..User::default()
                         };
                         (name, user)
@@ -687,13 +722,19 @@ mod model {
         )
     }
 
-    /// Revision offset from the store's: 0 = none, else current − 1,
-    /// current, current + 1.
+    /// A user name (carol never exists) and the revision as an offset:
+    /// 0 = none, 1 = current − 1, 2 = current, 3 = current + 1.
     fn identity() -> impl Strategy<Value = (String, u8)> {
         (
-            prop::sample::select(&["root", "alice", "bob", "", "carol"][..])
-                .prop_map(str::to_string),
-            0..4u8,
+            prop_oneof![
+                1 => Just("root"),
+                3 => Just("alice"),
+                3 => Just("bob"),
+                1 => Just(""),
+                1 => Just("carol"),
+            ]
+            .prop_map(str::to_string),
+            prop_oneof![1 => Just(0u8), 1 => Just(1u8), 5 => Just(2u8), 1 => Just(3u8)],
         )
     }
 
@@ -770,6 +811,21 @@ mod model {
             delete_req().prop_map(Req::Delete),
             // Top level plus nested to depth 2.
             txn_req(2).prop_map(Req::Txn),
+            // A single op in either branch, so one rule decides alone.
+            (request_op(2), any::<bool>()).prop_map(|(op, success)| {
+                let ops = vec![op];
+                Req::Txn(if success {
+                    TxnRequest {
+                        success: ops,
+                        ..TxnRequest::default()
+                    }
+                } else {
+                    TxnRequest {
+                        failure: ops,
+                        ..TxnRequest::default()
+                    }
+                })
+            }),
             (key(), range_end()).prop_map(|(k, e)| Req::Watch(k, e)),
             prop::collection::vec(key(), 0..3).prop_map(Req::LeaseRevoke),
             Just(Req::Admin),
@@ -802,13 +858,32 @@ mod model {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// The range rule alone, densely: one user, one role, many perms.
+        #[test]
+        fn range_rule_matches_model(
+            perms in prop::collection::vec(permission(), 0..8),
+            write in any::<bool>(),
+            k in key(),
+            e in range_end(),
+        ) {
+            let mut s = AuthState { enabled: true, ..AuthState::default() };
+            let role = Role { name: "r".into(), key_permission: perms };
+            s.roles.insert("r".to_string(), role);
+            let user = User { name: "u".into(), roles: vec!["r".to_string()], ..User::default() };
+            s.users.insert("u".to_string(), user);
+            let who = Identity { username: "u".to_string(), revision: s.revision };
+            let access = if write { Access::Write } else { Access::Read };
+            let want = decide(&s, &who, &[(access, k.clone(), e.clone())]);
+            prop_assert_eq!(AuthView::build(&s).check_key(&who, access, &k, &e), want);
+        }
 
         #[test]
         fn checks_match_model(
             s in auth_state(),
             (name, rev) in identity(),
-            reqs in prop::collection::vec(req(), 1..6),
+            reqs in prop::collection::vec(req(), 1..12),
             lease_keys in prop::collection::vec(key(), 0..3),
         ) {
             let v = AuthView::build(&s);

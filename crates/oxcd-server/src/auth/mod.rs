@@ -6,7 +6,9 @@
 //! - [`permissions`]: the immutable view every check reads, rebuilt on
 //!   each auth change, and the key-range rule;
 //! - [`checks`]: which permission each request needs;
-//! - [`password`]: bcrypt, off the async and apply threads.
+//! - [`password`]: bcrypt, off the async and apply threads;
+//! - [`tokens`]: simple tokens; and [`AuthHandle::resolve`]: who a
+//!   request comes from (token, else client-certificate CN).
 //!
 //! The plan, with etcd's rules and where oxcd deliberately differs, is
 //! `docs/design/auth.md`.
@@ -15,8 +17,10 @@ pub mod checks;
 pub mod password;
 pub mod permissions;
 pub mod store;
+pub mod tokens;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use oxcd_api::authpb::{Role, User};
 
@@ -72,11 +76,155 @@ impl Default for AuthState {
 /// The name of the role (and user) with every permission.
 pub const ROOT: &str = "root";
 
-/// What the services hold of auth: the current view, the bcrypt pool.
+/// What the services hold of auth: the current view, the bcrypt pool,
+/// the tokens.
 #[derive(Clone)]
 pub struct AuthHandle {
     /// The view the applier publishes after every auth change.
     pub view: store::SharedView,
     /// bcrypt off the async threads.
     pub hasher: password::Hasher,
+    /// Simple tokens; `None` when `--auth-token` names no token type
+    /// (only client-certificate identities work then).
+    pub tokens: Option<tokens::SimpleTokens>,
+}
+
+/// The subject CN of a connection's verified client certificate, put in
+/// each request's extensions by the listener (TLS with
+/// `--client-cert-auth` only).
+#[derive(Debug, Clone)]
+pub struct ClientCn(pub Arc<str>);
+
+/// What [`AuthHandle::resolve`] found in a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credentials<'a> {
+    /// Neither token nor client certificate.
+    None,
+    /// A token (gRPC metadata `token`, else `authorization`).
+    Token(&'a str),
+    /// A token that is not valid text.
+    BadToken,
+    /// The CN of a verified client certificate.
+    Cn(&'a str),
+}
+
+impl<'a> Credentials<'a> {
+    /// Reads the credentials of a request from its headers and extensions.
+    pub fn of(headers: &'a http::HeaderMap, ext: &'a http::Extensions) -> Credentials<'a> {
+        if let Some(v) = headers
+            .get("token")
+            .or_else(|| headers.get("authorization"))
+        {
+            return match v.to_str() {
+                Ok(t) => Credentials::Token(t),
+                Err(_) => Credentials::BadToken,
+            };
+        }
+        match ext.get::<ClientCn>() {
+            Some(cn) => Credentials::Cn(&cn.0),
+            None => Credentials::None,
+        }
+    }
+}
+
+impl AuthHandle {
+    /// [`AuthHandle::resolve`] without the wait for the token's entry: for
+    /// a stream whose token was resolved (and waited for) when it opened.
+    ///
+    /// # Errors
+    /// `InvalidAuthToken` for a token that is malformed, unknown or
+    /// expired.
+    pub fn resolve_now(&self, creds: Credentials<'_>) -> Result<Identity, oxcd_api::EtcdError> {
+        use oxcd_api::EtcdError;
+        let revision = self.view.get().revision();
+        match creds {
+            Credentials::None => Ok(Identity::none()),
+            Credentials::BadToken => Err(EtcdError::InvalidAuthToken),
+            Credentials::Cn(cn) => Ok(Identity {
+                username: cn.to_string(),
+                revision,
+            }),
+            Credentials::Token(t) => {
+                let username = self
+                    .tokens
+                    .as_ref()
+                    .and_then(|tokens| tokens.lookup(t))
+                    .ok_or(EtcdError::InvalidAuthToken)?;
+                Ok(Identity { username, revision })
+            }
+        }
+    }
+
+    /// Who sent a request (docs/design/auth.md §3.1): a token must
+    /// resolve, even while auth is off (a token from before AuthDisable
+    /// is invalid, as in etcd); without one, the client certificate's CN;
+    /// else nobody. `applied` waits until this member has applied a
+    /// given index (a simple token names the entry that created it).
+    ///
+    /// # Errors
+    /// `InvalidAuthToken` for a token that is malformed, unknown or
+    /// expired; the wait's error if the member falls behind or stops.
+    pub async fn resolve<F, Fut>(
+        &self,
+        creds: Credentials<'_>,
+        applied: F,
+    ) -> Result<Identity, oxcd_api::EtcdError>
+    where
+        F: FnOnce(u64) -> Fut,
+        Fut: std::future::Future<Output = Result<(), oxcd_api::EtcdError>>,
+    {
+        use oxcd_api::EtcdError;
+        match creds {
+            Credentials::None => Ok(Identity::none()),
+            Credentials::BadToken => Err(EtcdError::InvalidAuthToken),
+            Credentials::Token(t) => {
+                let index = tokens::SimpleTokens::index_of(t).ok_or(EtcdError::InvalidAuthToken)?;
+                applied(index).await?;
+                self.resolve_now(creds)
+            }
+            other => self.resolve_now(other),
+        }
+    }
+}
+
+/// An error as Go's `status.Error(…).Error()` prints it
+/// (`rpc error: code = PermissionDenied desc = etcdserver: permission
+/// denied`): how a refused watch create states its reason.
+pub fn go_status_text(e: &oxcd_api::EtcdError) -> String {
+    use tonic::Code;
+    let code = match e.code() {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    };
+    format!("rpc error: code = {code} desc = {}", e.message())
+}
+
+/// etcd's raw `auth` package errors, as Maintenance and Alarm return
+/// them (gRPC code Unknown, message `auth: …`).
+pub fn raw_error(e: oxcd_api::EtcdError) -> oxcd_api::EtcdError {
+    use oxcd_api::EtcdError;
+    let text = match &e {
+        EtcdError::PermissionDenied => "auth: permission denied",
+        EtcdError::UserEmpty => "auth: user name is empty",
+        EtcdError::UserNotFound => "auth: user name not found",
+        EtcdError::InvalidAuthToken => "auth: invalid auth token",
+        EtcdError::AuthOldRevision => "auth: revision in header is old",
+        _ => return e,
+    };
+    EtcdError::Unknown(text.into())
 }

@@ -101,7 +101,7 @@ fn before(key: &[u8], end: &End) -> bool {
 fn reaches(end: &End, key: &[u8]) -> bool {
     match end {
         End::Open => true,
-        End::Key(e) => e.as_slice() > key,
+        End::Key(e) => e.as_slice() >= key,
     }
 }
 

@@ -198,19 +198,48 @@ pub enum TokenEffect {
 /// it after every auth change) and the services (which read it per
 /// request).
 #[derive(Clone)]
-pub struct SharedView(Arc<RwLock<Arc<AuthView>>>);
+pub struct SharedView(Arc<RwLock<Published>>);
+
+/// One published auth state: the checks' view and the records it was
+/// built from (Authenticate reads password hashes from them).
+#[derive(Clone)]
+struct Published {
+    view: Arc<AuthView>,
+    state: Arc<AuthState>,
+}
 
 impl SharedView {
+    fn new(state: &AuthState) -> SharedView {
+        SharedView(Arc::new(RwLock::new(Published {
+            view: Arc::new(AuthView::build(state)),
+            state: Arc::new(state.clone()),
+        })))
+    }
+
     /// The view as of now.
     pub fn get(&self) -> Arc<AuthView> {
         self.0
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .view
             .clone()
     }
 
-    fn set(&self, v: AuthView) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(v);
+    /// The applied users and roles as of now.
+    pub fn state(&self) -> Arc<AuthState> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .state
+            .clone()
+    }
+
+    fn set(&self, state: &AuthState) {
+        let p = Published {
+            view: Arc::new(AuthView::build(state)),
+            state: Arc::new(state.clone()),
+        };
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = p;
     }
 }
 
@@ -227,7 +256,7 @@ impl AuthStore {
     /// Backend errors, or a record that does not decode.
     pub fn load(store: &KvStore) -> Result<AuthStore, MvccError> {
         let state = decode(store.auth_records()?)?;
-        let view = SharedView(Arc::new(RwLock::new(Arc::new(AuthView::build(&state)))));
+        let view = SharedView::new(&state);
         Ok(AuthStore { state, view })
     }
 
@@ -235,7 +264,7 @@ impl AuthStore {
     /// before the backend is read).
     pub fn fresh() -> AuthStore {
         let state = AuthState::default();
-        let view = SharedView(Arc::new(RwLock::new(Arc::new(AuthView::build(&state)))));
+        let view = SharedView::new(&state);
         AuthStore { state, view }
     }
 
@@ -246,7 +275,7 @@ impl AuthStore {
     /// As [`AuthStore::load`].
     pub fn reload(&mut self, store: &KvStore) -> Result<(), MvccError> {
         self.state = decode(store.auth_records()?)?;
-        self.view.set(AuthView::build(&self.state));
+        self.view.set(&self.state);
         Ok(())
     }
 
@@ -477,7 +506,7 @@ impl AuthStore {
         }
         t.put_auth(AuthTable::Auth, REVISION_KEY, &next.revision.to_be_bytes());
         self.state = next;
-        self.view.set(AuthView::build(&self.state));
+        self.view.set(&self.state);
         Ok(reply)
     }
 }

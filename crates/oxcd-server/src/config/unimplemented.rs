@@ -134,11 +134,6 @@ const NOT_ACTED_ON: &[(&str, Differs)] = &[
     ("discovery-fallback", |c, d| {
         c.discovery_fallback != d.discovery_fallback
     }),
-    // Tokens are not built yet; these only shape them.
-    ("auth-token", |c, d| c.auth_token != d.auth_token),
-    ("auth-token-ttl", |c, d| {
-        c.auth_token_ttl != d.auth_token_ttl
-    }),
     ("log-rotation-config-json", |c, d| {
         c.log_rotation_config_json != d.log_rotation_config_json
     }),

@@ -5,6 +5,8 @@
 
 use super::Lessor;
 use crate::apply::Request;
+use crate::auth::store::SharedView;
+use crate::auth::Identity;
 use crate::propose::WritePath;
 use oxcd_api::etcdserverpb::LeaseRevokeRequest;
 use oxcd_api::EtcdError;
@@ -26,7 +28,7 @@ const PROPOSE_TIMEOUT: Duration = Duration::from_secs(7);
 /// cancelled. Only a primary lessor finds anything to do.
 ///
 /// Cancel-safe: a revoke already handed to the write path is still applied.
-pub async fn run(lessor: Lessor, writes: WritePath, shutdown: CancellationToken) {
+pub async fn run(lessor: Lessor, writes: WritePath, auth: SharedView, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -42,7 +44,13 @@ pub async fn run(lessor: Lessor, writes: WritePath, shutdown: CancellationToken)
         let expired = lessor.find_expired(Instant::now(), REVOKES_PER_PASS, RETRY_INTERVAL);
         if !expired.is_empty() {
             // Proposed together, so the write path applies them as one group.
-            let revokes = expired.into_iter().map(|id| revoke(&writes, id));
+            // As root at the current auth revision (etcd's `WithRoot`):
+            // with auth on, an anonymous revoke would fail on every member.
+            let root = Identity {
+                username: crate::auth::ROOT.into(),
+                revision: auth.get().revision(),
+            };
+            let revokes = expired.into_iter().map(|id| revoke(&writes, &root, id));
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = futures::future::join_all(revokes) => {}
@@ -55,9 +63,9 @@ pub async fn run(lessor: Lessor, writes: WritePath, shutdown: CancellationToken)
     }
 }
 
-async fn revoke(writes: &WritePath, id: i64) {
+async fn revoke(writes: &WritePath, root: &Identity, id: i64) {
     let req = Request::LeaseRevoke(LeaseRevokeRequest { id });
-    match tokio::time::timeout(PROPOSE_TIMEOUT, writes.propose(req)).await {
+    match tokio::time::timeout(PROPOSE_TIMEOUT, writes.propose_as(req, root)).await {
         Ok(Ok(_)) => crate::metrics::counters().lease_expired.inc(),
         // Revoked meanwhile by a client: nothing to do.
         Ok(Err(EtcdError::LeaseNotFound)) => {}

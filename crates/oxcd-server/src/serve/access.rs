@@ -10,13 +10,29 @@ use axum::response::{IntoResponse, Response};
 use std::collections::BTreeSet;
 
 /// The client port's HTTP access rules.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Access {
     /// Allowed origins; `None` allows all (`*` or empty).
     cors: Option<BTreeSet<String>>,
     /// Allowed Host names for plain HTTP; `None` allows all.
     hosts: Option<BTreeSet<String>>,
+    /// Whether auth is on (the gateway's client-certificate rule).
+    auth: Option<crate::auth::store::SharedView>,
 }
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("cors", &self.cors)
+            .field("hosts", &self.hosts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// etcd's answer to a gateway request made with a client certificate
+/// while auth is on: the gateway cannot pass the CN on as an identity.
+const GATEWAY_CN_REFUSED: &str =
+    "CommonName of client sending a request against gateway will be ignored and not used as expected\n";
 
 impl Access {
     /// Rules from `--cors` and `--host-whitelist`.
@@ -26,7 +42,34 @@ impl Access {
         Access {
             cors: limit(cors),
             hosts: limit(hosts),
+            auth: None,
         }
+    }
+
+    /// The same rules, with the auth state for the gateway's
+    /// client-certificate rule.
+    pub fn with_auth(mut self, auth: crate::auth::store::SharedView) -> Access {
+        self.auth = Some(auth);
+        self
+    }
+
+    /// etcd's gateway rule (`embed/serve.go`): with auth on, a `/v3/`
+    /// request over TLS whose verified client certificate has a CN gets
+    /// 400, since the gateway would drop that identity.
+    pub fn refuse_gateway_cn<B>(&self, req: &Request<B>, cn: Option<&str>) -> Option<Response> {
+        cn.filter(|c| !c.is_empty())?;
+        if !req.uri().path().starts_with("/v3/") {
+            return None;
+        }
+        if !self.auth.as_ref().is_some_and(|a| a.get().enabled()) {
+            return None;
+        }
+        let mut r = (StatusCode::BAD_REQUEST, GATEWAY_CN_REFUSED).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        Some(r)
     }
 
     /// The answer to give instead of serving `req`, if any: 421 for a

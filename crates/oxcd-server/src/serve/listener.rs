@@ -148,7 +148,16 @@ pub async fn serve(
                         handshake(stream, config, &remote),
                     );
                     if let Ok(Some(tls)) = shook.await {
-                        let router = router.for_connection(true);
+                        // A verified client certificate's CN names the
+                        // caller of requests without a token.
+                        let cn = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|leaf| super::tls::leaf_cn(leaf))
+                            .map(|cn| crate::auth::ClientCn(cn.into()));
+                        let router = router.for_connection(true, cn);
                         serve_conn(tls, router, shutdown, on_shutdown).await;
                     }
                 }

@@ -70,6 +70,8 @@ pub struct Dispatch {
     access: Option<access::Access>,
     /// Whether this connection is TLS (set per connection).
     secure: bool,
+    /// The CN of the connection's verified client certificate.
+    client_cn: Option<crate::auth::ClientCn>,
 }
 
 impl Dispatch {
@@ -83,13 +85,20 @@ impl Dispatch {
             keepalive: opts.keepalive,
             access: Some(opts.access),
             secure: false,
+            client_cn: None,
         }
     }
 
-    /// This dispatch for one connection, TLS or not.
-    pub(crate) fn for_connection(&self, secure: bool) -> Dispatch {
+    /// This dispatch for one connection, TLS or not, with the CN of its
+    /// verified client certificate if it has one.
+    pub(crate) fn for_connection(
+        &self,
+        secure: bool,
+        client_cn: Option<crate::auth::ClientCn>,
+    ) -> Dispatch {
         Dispatch {
             secure,
+            client_cn,
             ..self.clone()
         }
     }
@@ -103,6 +112,7 @@ impl Dispatch {
             keepalive: None,
             access: None,
             secure: false,
+            client_cn: None,
         }
     }
 }
@@ -120,8 +130,11 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         if let Some(grpc) = self.grpc.as_mut().filter(|_| is_grpc(&req)) {
+            if let Some(cn) = &self.client_cn {
+                req.extensions_mut().insert(cn.clone());
+            }
             return grpc.call(req);
         }
         let http = self.http.clone();
@@ -131,7 +144,11 @@ where
                 Ok(resp.map(tonic::body::Body::new))
             });
         };
-        if let Some(answer) = access.intercept(&req, self.secure) {
+        let cn = self.client_cn.as_ref().map(|c| &*c.0);
+        if let Some(answer) = access
+            .intercept(&req, self.secure)
+            .or_else(|| access.refuse_gateway_cn(&req, cn))
+        {
             return Box::pin(std::future::ready(Ok(answer.map(tonic::body::Body::new))));
         }
         let origin = Request::builder()

@@ -8,6 +8,7 @@
 
 use crate::apply::{Request as Apply, Response as Applied};
 use crate::auth::store::{AuthReply, AuthRequest};
+use crate::auth::tokens::SimpleTokens;
 use crate::auth::Identity;
 use crate::core::Core;
 use oxcd_api::etcdserverpb::auth_server::Auth;
@@ -39,9 +40,9 @@ impl AuthService {
         }
     }
 
-    /// The caller's identity.
-    fn who<T>(&self, _r: &Request<T>) -> Result<Identity, Status> {
-        Ok(Identity::none())
+    /// The caller's identity (checked at apply).
+    async fn who<T>(&self, r: &Request<T>) -> Result<Identity, Status> {
+        Ok(self.core.who_of(r).await?)
     }
 }
 
@@ -49,20 +50,18 @@ impl AuthService {
 impl Auth for AuthService {
     async fn auth_enable(
         &self,
-        _r: Request<AuthEnableRequest>,
+        r: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
-        // Users and roles are managed already, but no request path checks
-        // permissions yet: enabling now would be a lie.
-        Err(Status::unimplemented(
-            "oxcd: enabling auth is not available in this version (permission checks are not built yet)",
-        ))
+        let who = self.who(&r).await?;
+        let (_, header) = self.propose(&who, AuthRequest::Enable).await?;
+        Ok(Response::new(AuthEnableResponse { header }))
     }
 
     async fn auth_disable(
         &self,
         r: Request<AuthDisableRequest>,
     ) -> Result<Response<AuthDisableResponse>, Status> {
-        let who = self.who(&r)?;
+        let who = self.who(&r).await?;
         let (_, header) = self.propose(&who, AuthRequest::Disable).await?;
         Ok(Response::new(AuthDisableResponse { header }))
     }
@@ -71,7 +70,7 @@ impl Auth for AuthService {
         &self,
         r: Request<AuthStatusRequest>,
     ) -> Result<Response<AuthStatusResponse>, Status> {
-        let who = self.who(&r)?;
+        let who = self.who(&r).await?;
         let (reply, header) = self.propose(&who, AuthRequest::Status).await?;
         Ok(Response::new(AuthStatusResponse {
             header,
@@ -80,25 +79,68 @@ impl Auth for AuthService {
         }))
     }
 
+    /// etcd's `Authenticate`: the password is checked here, on the state
+    /// after a linearizable barrier, with bcrypt off the async threads;
+    /// only a match is proposed (without the password), and the token
+    /// comes into being when that entry applies, on every member. A
+    /// failure costs one bcrypt check and writes nothing.
     async fn authenticate(
         &self,
-        _r: Request<AuthenticateRequest>,
+        r: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
-        // As etcd: a linearizable barrier, then the check on the state of
-        // that moment.
-        self.core.writes.linearizable_barrier().await?;
-        let view = self.core.auth.view.get();
-        if !view.enabled() {
-            return Err(EtcdError::AuthNotEnabled.into());
+        let who = self.who(&r).await?;
+        let req = r.into_inner();
+        loop {
+            self.core.writes.linearizable_barrier().await?;
+            let state = self.core.auth.view.state();
+            if !state.enabled {
+                return Err(EtcdError::AuthNotEnabled.into());
+            }
+            let user = state.users.get(&req.name).ok_or(EtcdError::AuthFailed)?;
+            if crate::auth::store::no_password(user) {
+                return Err(EtcdError::Unknown(
+                    "auth: authentication failed, password was given for no password user".into(),
+                )
+                .into());
+            }
+            let matches = self
+                .core
+                .auth
+                .hasher
+                .verify(req.password.clone(), user.password.to_vec())
+                .await?;
+            if !matches {
+                return Err(EtcdError::AuthFailed.into());
+            }
+            let Some(_) = &self.core.auth.tokens else {
+                // `--auth-token ""`: no tokens are issued.
+                return Err(EtcdError::AuthFailed.into());
+            };
+            let internal = InternalAuthenticateRequest {
+                name: req.name.clone(),
+                password: String::new(),
+                simple_token: SimpleTokens::new_prefix(),
+            };
+            let (reply, header) = self
+                .propose(&who, AuthRequest::Authenticate(internal))
+                .await?;
+            // The password may have changed while this was in flight:
+            // check again against the new state.
+            if self.core.auth.view.get().revision() != state.revision {
+                continue;
+            }
+            return Ok(Response::new(AuthenticateResponse {
+                header,
+                token: reply.token,
+            }));
         }
-        Err(EtcdError::AuthFailed.into())
     }
 
     async fn user_add(
         &self,
         r: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
-        let who = self.who(&r)?;
+        let who = self.who(&r).await?;
         let mut req = r.into_inner();
         if !req.options.is_some_and(|o| o.no_password) {
             let pw = std::mem::take(&mut req.password);
@@ -113,7 +155,7 @@ impl Auth for AuthService {
         &self,
         r: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
-        let who = self.who(&r)?;
+        let who = self.who(&r).await?;
         let (reply, header) = self
             .propose(&who, AuthRequest::UserGet(r.into_inner()))
             .await?;
@@ -127,7 +169,7 @@ impl Auth for AuthService {
         &self,
         r: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
-        let who = self.who(&r)?;
+        let who = self.who(&r).await?;
         let (reply, header) = self.propose(&who, AuthRequest::UserList).await?;
         Ok(Response::new(AuthUserListResponse {
             header,
@@ -139,7 +181,7 @@ impl Auth for AuthService {
         &self,
         r: Request<AuthUserDeleteRequest>,
     ) -> Result<Response<AuthUserDeleteResponse>, Status> {
-        let who = self.who(&r)?;
+        let who = self.who(&r).await?;
         let (_, header) = self
             .propose(&who, AuthRequest::UserDelete(r.into_inner()))
             .await?;
@@ -150,7 +192,7 @@ impl Auth for AuthService {
         &self,
         r: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
-        let who = self.who(&r)?;
+        let who = self.who(&r).await?;
         let mut req = r.into_inner();
         let pw = std::mem::take(&mut req.password);
         req.hashed_password = self.core.auth.hasher.hash_for_proposal(pw).await?;
@@ -164,7 +206,7 @@ impl Auth for AuthService {
         &self,
         r: Request<AuthUserGrantRoleRequest>,
     ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
-        let who = self.who(&r)?;
+        let who = self.who(&r).await?;
         let (_, header) = self
             .propose(&who, AuthRequest::UserGrantRole(r.into_inner()))
             .await?;
@@ -175,7 +217,7 @@ impl Auth for AuthService {
         &self,
         r: Request<AuthUserRevokeRoleRequest>,
     ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
-        let who = self.who(&r)?;
+        let who = self.who(&r).await?;
         let (_, header) = self
             .propose(&who, AuthRequest::UserRevokeRole(r.into_inner()))
             .await?;
@@ -186,7 +228,7 @@ impl Auth for AuthService {
         &self,
         r: Request<AuthRoleAddRequest>,
     ) -> Result<Response<AuthRoleAddResponse>, Status> {
-        let who = self.who(&r)?;
+        let who = self.who(&r).await?;
         let (_, header) = self
             .propose(&who, AuthRequest::RoleAdd(r.into_inner()))
             .await?;
@@ -197,7 +239,7 @@ impl Auth for AuthService {
         &self,
         r: Request<AuthRoleGetRequest>,
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
-        let who = self.who(&r)?;
+        let who = self.who(&r).await?;
         let (reply, header) = self
             .propose(&who, AuthRequest::RoleGet(r.into_inner()))
             .await?;
@@ -211,7 +253,7 @@ impl Auth for AuthService {
         &self,
         r: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
-        let who = self.who(&r)?;
+        let who = self.who(&r).await?;
         let (reply, header) = self.propose(&who, AuthRequest::RoleList).await?;
         Ok(Response::new(AuthRoleListResponse {
             header,
@@ -223,7 +265,7 @@ impl Auth for AuthService {
         &self,
         r: Request<AuthRoleDeleteRequest>,
     ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
-        let who = self.who(&r)?;
+        let who = self.who(&r).await?;
         let (_, header) = self
             .propose(&who, AuthRequest::RoleDelete(r.into_inner()))
             .await?;
@@ -234,7 +276,7 @@ impl Auth for AuthService {
         &self,
         r: Request<AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
-        let who = self.who(&r)?;
+        let who = self.who(&r).await?;
         let req = r.into_inner();
         if req.perm.is_none() {
             // etcd 3.4 would crash every member at apply (3.6's error).
@@ -250,7 +292,7 @@ impl Auth for AuthService {
         &self,
         r: Request<AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
-        let who = self.who(&r)?;
+        let who = self.who(&r).await?;
         let (_, header) = self
             .propose(&who, AuthRequest::RoleRevokePermission(r.into_inner()))
             .await?;

@@ -58,6 +58,14 @@ fn valid_peer_url(u: &str) -> bool {
 }
 
 impl ClusterService {
+    /// etcd's `checkMembershipOperationPermission`: membership changes are
+    /// for root only (checked here, before any forwarding to the leader).
+    async fn admin_only<T>(&self, r: &Request<T>) -> Result<(), Status> {
+        let who = self.core.who_of(r).await?;
+        self.core.auth_view().check_admin(&who)?;
+        Ok(())
+    }
+
     fn check_urls_free(&self, urls: &[String], except: u64) -> Result<(), Status> {
         let taken = self
             .core
@@ -83,6 +91,7 @@ impl Cluster for ClusterService {
         &self,
         r: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        self.admin_only(&r).await?;
         let r = r.into_inner();
         if r.peer_ur_ls.is_empty() || !r.peer_ur_ls.iter().all(|u| valid_peer_url(u)) {
             return Err(EtcdError::MemberBadURLs.into());
@@ -124,6 +133,7 @@ impl Cluster for ClusterService {
         &self,
         r: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.admin_only(&r).await?;
         let id = r.into_inner().id;
         if self.core.members.get(id).is_none() {
             return Err(EtcdError::MemberNotFound.into());
@@ -147,6 +157,7 @@ impl Cluster for ClusterService {
         &self,
         r: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.admin_only(&r).await?;
         let r = r.into_inner();
         let Some(mut m) = self.core.members.get(r.id) else {
             return Err(EtcdError::MemberNotFound.into());
@@ -184,6 +195,7 @@ impl Cluster for ClusterService {
         &self,
         r: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.admin_only(&r).await?;
         let id = r.into_inner().id;
         let members = match promote_as_leader(&self.core, id).await {
             Err(EtcdError::NotLeader) => forward_promote(&self.core, id).await?,

@@ -2,6 +2,8 @@
 //! write path, and stamps the header (etcd's `v3rpc/key.go`).
 
 use crate::apply::{self, txn, Request, Response};
+use crate::auth::permissions::AuthView;
+use crate::auth::{checks, Identity};
 use crate::core::Core;
 use oxcd_api::etcdserverpb::kv_server::Kv;
 use oxcd_api::etcdserverpb::{
@@ -23,8 +25,31 @@ impl KvService {
         Self { core }
     }
 
-    async fn write(&self, req: Request) -> Result<Response, Status> {
-        Ok(self.core.writes.propose(req).await?)
+    /// Proposes `req` as its sender; permissions are checked at apply.
+    async fn write(&self, who: &Identity, req: Request) -> Result<Response, Status> {
+        Ok(self.core.writes.propose_as(req, who).await?)
+    }
+
+    /// Checks a read with `check` against the auth state after the read
+    /// barrier (so a denied read still went through consensus, which
+    /// `etcdctl endpoint health` relies on).
+    fn permit_read(
+        &self,
+        who: &Identity,
+        check: impl FnOnce(&AuthView, &Identity) -> Result<(), EtcdError>,
+    ) -> Result<(), Status> {
+        let view = self.core.auth_view();
+        Ok(check(&view, who)?)
+    }
+
+    /// After reading: a permission revoked while the read ran makes the
+    /// identity stale (etcd checks the auth revision again after the read).
+    fn still_current(&self, who: &Identity) -> Result<(), Status> {
+        let view = self.core.auth_view();
+        if view.enabled() && who.is_some() && who.revision != view.revision() {
+            return Err(EtcdError::AuthOldRevision.into());
+        }
+        Ok(())
     }
 
     /// Before a linearizable read: a ReadIndex round and the wait until it
@@ -50,13 +75,16 @@ impl Kv for KvService {
         &self,
         request: GrpcRequest<RangeRequest>,
     ) -> Result<GrpcResponse<RangeResponse>, Status> {
+        let who = self.core.who_of(&request).await?;
         let r = request.into_inner();
         if r.key.is_empty() {
             return Err(EtcdError::EmptyKey.into());
         }
         self.barrier(r.serializable).await?;
+        self.permit_read(&who, |v, w| checks::range(v, w, &r))?;
         let mut read = self.core.store.read().map_err(apply::mvcc_error)?;
         let mut resp = apply::read_range(&mut read, &r)?;
+        self.still_current(&who)?;
         self.core.stamp(&mut resp.header);
         Ok(GrpcResponse::new(resp))
     }
@@ -65,9 +93,10 @@ impl Kv for KvService {
         &self,
         request: GrpcRequest<PutRequest>,
     ) -> Result<GrpcResponse<PutResponse>, Status> {
+        apply::check_put(request.get_ref())?;
+        let who = self.core.who_of(&request).await?;
         let r = request.into_inner();
-        apply::check_put(&r)?;
-        let Response::Put(mut resp) = self.write(Request::Put(r)).await? else {
+        let Response::Put(mut resp) = self.write(&who, Request::Put(r)).await? else {
             return Err(unexpected());
         };
         self.core.stamp(&mut resp.header);
@@ -78,11 +107,13 @@ impl Kv for KvService {
         &self,
         request: GrpcRequest<DeleteRangeRequest>,
     ) -> Result<GrpcResponse<DeleteRangeResponse>, Status> {
-        let r = request.into_inner();
-        if r.key.is_empty() {
+        if request.get_ref().key.is_empty() {
             return Err(EtcdError::EmptyKey.into());
         }
-        let Response::DeleteRange(mut resp) = self.write(Request::DeleteRange(r)).await? else {
+        let who = self.core.who_of(&request).await?;
+        let r = request.into_inner();
+        let Response::DeleteRange(mut resp) = self.write(&who, Request::DeleteRange(r)).await?
+        else {
             return Err(unexpected());
         };
         self.core.stamp(&mut resp.header);
@@ -93,16 +124,20 @@ impl Kv for KvService {
         &self,
         request: GrpcRequest<TxnRequest>,
     ) -> Result<GrpcResponse<TxnResponse>, Status> {
+        let who = self.core.who_of(&request).await?;
         let r = request.into_inner();
         txn::check_txn_request(&r, self.core.max_txn_ops)?;
         txn::check_duplicates(&r)?;
         let mut resp = if txn::is_read_only(&r) {
             self.barrier(all_serializable(&r)).await?;
+            self.permit_read(&who, |v, w| checks::txn(v, w, &r))?;
             let mut read = self.core.store.read().map_err(apply::mvcc_error)?;
             let rev = read.rev();
-            apply::read_only_txn(&mut read, rev, &r)?
+            let resp = apply::read_only_txn(&mut read, rev, &r)?;
+            self.still_current(&who)?;
+            resp
         } else {
-            let Response::Txn(resp) = self.write(Request::Txn(r)).await? else {
+            let Response::Txn(resp) = self.write(&who, Request::Txn(r)).await? else {
                 return Err(unexpected());
             };
             resp
@@ -115,8 +150,9 @@ impl Kv for KvService {
         &self,
         request: GrpcRequest<CompactionRequest>,
     ) -> Result<GrpcResponse<CompactionResponse>, Status> {
+        let who = self.core.who_of(&request).await?;
         let r = request.into_inner();
-        let Response::Compaction(mut resp) = self.write(Request::Compaction(r)).await? else {
+        let Response::Compaction(mut resp) = self.write(&who, Request::Compaction(r)).await? else {
             return Err(unexpected());
         };
         self.core.stamp(&mut resp.header);

@@ -68,12 +68,16 @@ impl Lease for LeaseService {
         &self,
         request: GrpcRequest<LeaseGrantRequest>,
     ) -> Result<GrpcResponse<LeaseGrantResponse>, Status> {
+        let who = self.core.who_of(&request).await?;
         let mut r = request.into_inner();
         if r.id == 0 {
             r.id = self.new_lease_id();
         }
-        let Response::LeaseGrant(mut resp) =
-            self.core.writes.propose(Request::LeaseGrant(r)).await?
+        let Response::LeaseGrant(mut resp) = self
+            .core
+            .writes
+            .propose_as(Request::LeaseGrant(r), &who)
+            .await?
         else {
             return Err(unexpected());
         };
@@ -85,9 +89,13 @@ impl Lease for LeaseService {
         &self,
         request: GrpcRequest<LeaseRevokeRequest>,
     ) -> Result<GrpcResponse<LeaseRevokeResponse>, Status> {
+        let who = self.core.who_of(&request).await?;
         let r = request.into_inner();
-        let Response::LeaseRevoke(mut resp) =
-            self.core.writes.propose(Request::LeaseRevoke(r)).await?
+        let Response::LeaseRevoke(mut resp) = self
+            .core
+            .writes
+            .propose_as(Request::LeaseRevoke(r), &who)
+            .await?
         else {
             return Err(unexpected());
         };

@@ -2,6 +2,7 @@
 //! Snapshot belongs to the etcd-files issue and answers `Unimplemented`;
 //! everything else answers as etcd does.
 
+use crate::auth::raw_error;
 use crate::core::Core;
 use crate::version::SERVER_VERSION;
 use oxcd_api::etcdserverpb::maintenance_server::Maintenance;
@@ -22,6 +23,15 @@ impl MaintenanceService {
     pub fn new(core: Arc<Core>, quota_bytes: i64) -> Self {
         Self { core, quota_bytes }
     }
+
+    /// etcd's `authMaintenanceServer.isAuthenticated`: Hash, HashKV,
+    /// Snapshot and Defragment are for root only, and refused with the
+    /// auth package's raw errors (gRPC Unknown, `auth: …`).
+    async fn admin_only<T>(&self, r: &Request<T>) -> Result<(), Status> {
+        let who = self.core.who_of(r).await.map_err(raw_error)?;
+        self.core.auth_view().check_admin(&who).map_err(raw_error)?;
+        Ok(())
+    }
 }
 
 #[tonic::async_trait]
@@ -29,10 +39,13 @@ impl Maintenance for MaintenanceService {
     /// Every action goes through raft, as in etcd, so a listing is
     /// linearizable and a raise or clear reaches every member.
     async fn alarm(&self, r: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        // The token must resolve (raw auth error if not); no permission
+        // is needed.
+        let who = self.core.who_of(&r).await.map_err(raw_error)?;
         match self
             .core
             .writes
-            .propose(crate::apply::Request::Alarm(r.into_inner()))
+            .propose_as(crate::apply::Request::Alarm(r.into_inner()), &who)
             .await?
         {
             crate::apply::Response::Alarm(resp) => Ok(Response::new(resp)),
@@ -72,8 +85,9 @@ impl Maintenance for MaintenanceService {
     /// header, as etcd does.
     async fn defragment(
         &self,
-        _r: Request<DefragmentRequest>,
+        r: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.admin_only(&r).await?;
         tracing::info!("starting defragment");
         let store = self.core.store.clone();
         let started = std::time::Instant::now();
@@ -98,7 +112,8 @@ impl Maintenance for MaintenanceService {
     }
 
     /// etcd's whole-backend hash, off the async threads.
-    async fn hash(&self, _r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, r: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.admin_only(&r).await?;
         let store = self.core.store.clone();
         let (hash, rev) = tokio::task::spawn_blocking(move || store.hash())
             .await
@@ -111,6 +126,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash_kv(&self, r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        self.admin_only(&r).await?;
         let rev = r.into_inner().revision;
         let h = self
             .core
@@ -130,8 +146,9 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _r: Request<SnapshotRequest>,
+        r: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.admin_only(&r).await?;
         Err(Status::unimplemented(
             "oxcd: snapshot is not implemented yet",
         ))

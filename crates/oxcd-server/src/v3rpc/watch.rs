@@ -95,12 +95,25 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let session = Session::new(
+        // The stream's credentials are its opening metadata; a simple
+        // token's entry is waited for once here, and each create checks
+        // them again (a token may expire while the stream lives).
+        let (meta, ext, inbound) = request.into_parts();
+        let headers = meta.into_headers();
+        let mut creds_ext = http::Extensions::new();
+        if let Some(cn) = ext.get::<crate::auth::ClientCn>() {
+            creds_ext.insert(cn.clone());
+        }
+        if let Err(e) = self.core.who(&headers, &creds_ext).await {
+            tracing::debug!(error = %e, "watch stream opened with unusable credentials");
+        }
+        let mut session = Session::new(
             self.core.clone(),
-            request.into_inner(),
+            inbound,
             self.fragment_bytes,
             self.progress_interval,
         );
+        session.creds = (headers, creds_ext);
         let stream = futures::stream::unfold(session, |mut s| async move {
             s.next_message().await.map(|m| (m, s))
         });
@@ -133,6 +146,8 @@ struct Session {
     ticker: Interval,
     fragment_bytes: usize,
     finished: bool,
+    /// The stream's token metadata and client-certificate CN.
+    creds: (http::HeaderMap, http::Extensions),
 }
 
 impl Session {
@@ -160,6 +175,7 @@ impl Session {
             ticker,
             fragment_bytes,
             finished: false,
+            creds: Default::default(),
         }
     }
 
@@ -238,6 +254,18 @@ impl Session {
             c.start_revision
         };
         let filters = Filters::from_wire(&c.filters);
+        if let Err(e) = self.permit(&c) {
+            // Refused: created and cancelled at once; no event is sent.
+            self.out.push_back(WatchResponse {
+                header: self.header(rev),
+                watch_id: INVALID_WATCH_ID,
+                created: true,
+                canceled: true,
+                cancel_reason: crate::auth::go_status_text(&e),
+                ..Default::default()
+            });
+            return;
+        }
         let reply = match self
             .stream
             .watch(c.watch_id, key, &c.range_end, start, filters)
@@ -267,6 +295,18 @@ impl Session {
             },
         };
         self.out.push_back(reply);
+    }
+
+    /// Whether the stream's sender may watch what `c` asks for (checked at
+    /// create only: a running watch keeps going after a revoke, as etcd's).
+    fn permit(&self, c: &WatchCreateRequest) -> Result<(), EtcdError> {
+        let view = self.core.auth_view();
+        let creds = crate::auth::Credentials::of(&self.creds.0, &self.creds.1);
+        if !view.enabled() && creds == crate::auth::Credentials::None {
+            return Ok(());
+        }
+        let who = self.core.auth.resolve_now(creds)?;
+        crate::auth::checks::watch_create(&view, &who, &c.key, &c.range_end)
     }
 
     fn on_store_response(&mut self, resp: oxcd_mvcc::WatchResponse) {

@@ -429,6 +429,8 @@ mod tests {
         "auto-compaction-retention",
         "auto-tls",
         "backend-batch-interval",
+        "auth-token",
+        "auth-token-ttl",
         "backend-batch-limit",
         "bcrypt-cost",
         "cert-file",

@@ -58,10 +58,31 @@ impl Pki {
             .unwrap();
         CheckedClientVerifier {
             inner,
+            trusted: vec![self.ca.der().clone()],
             allowed: Some(allowed),
             revoked: None,
         }
     }
+}
+
+#[test]
+fn a_trusted_ca_certificate_is_accepted_as_its_own_client_certificate() {
+    // As Go does (etcd's CommonName-root fixture is its own CA); another
+    // self-signed CA is not trusted.
+    let pki = Pki::named("root");
+    let now = UnixTime::now();
+    let ca = pki.ca.der().clone();
+    assert_eq!(leaf_cn(&ca).as_deref(), Some("root"));
+    let v = pki.verifier(AllowedClient::CommonName("root".into()));
+    assert!(v.verify_client_cert(&ca, &[], now).is_ok());
+    let other = Pki::named("root");
+    assert!(v.verify_client_cert(other.ca.der(), &[], now).is_err());
+    // The allowed-CN rule still applies to it.
+    let v = pki.verifier(AllowedClient::CommonName("someone else".into()));
+    assert_eq!(
+        v.verify_client_cert(&ca, &[], now).unwrap_err(),
+        rustls::Error::InvalidCertificate(CertificateError::NotValidForName)
+    );
 }
 
 fn verify(v: &CheckedClientVerifier, leaf: &Leaf) -> Result<ClientCertVerified, rustls::Error> {
@@ -266,6 +287,7 @@ fn revoked_clients_are_refused_and_the_list_is_reread() {
         .unwrap();
     let v = CheckedClientVerifier {
         inner,
+        trusted: vec![pki.ca.der().clone()],
         allowed: None,
         revoked: Some(crl::Revoked::load(&path).unwrap()),
     };
