@@ -12,6 +12,7 @@
 //! apply thread ends after its last batch is durable.
 
 use crate::auth::tokens::SimpleTokens;
+use crate::auth::TokenProvider;
 use crate::bootstrap;
 use crate::config::{url_string, ClusterState, Config, TlsInfo};
 use crate::core::Core;
@@ -76,22 +77,23 @@ pub struct Etcd {
     tasks: TaskTracker,
 }
 
-/// The simple-token registry `--auth-token` asks for (`None`: no tokens).
-fn token_provider(cfg: &Config) -> Result<Option<SimpleTokens>, StartError> {
+/// The token provider `--auth-token` asks for.
+fn token_provider(cfg: &Config) -> Result<TokenProvider, StartError> {
     use crate::auth::tokens::{parse_auth_token, TokenKind};
     match parse_auth_token(&cfg.auth_token).map_err(|e| StartError::Auth(e.into()))? {
-        TokenKind::None => Ok(None),
+        TokenKind::None => Ok(TokenProvider::None),
         TokenKind::Simple => {
             tracing::warn!(
                 "simple token is not cryptographically signed; use --auth-token jwt in production"
             );
             let t = SimpleTokens::new(Duration::from_secs(cfg.auth_token_ttl));
             t.start_sweeper();
-            Ok(Some(t))
+            Ok(TokenProvider::Simple(t))
         }
-        TokenKind::Jwt(_) => Err(StartError::Auth(
-            "oxcd: --auth-token jwt is not supported yet (use simple)".into(),
-        )),
+        TokenKind::Jwt(opts) => {
+            let jwt = crate::auth::jwt::Jwt::from_options(&opts).map_err(StartError::Auth)?;
+            Ok(TokenProvider::Jwt(Arc::new(jwt)))
+        }
     }
 }
 
@@ -142,7 +144,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         members: members.clone(),
         alarms: alarms.clone(),
         auth: auth_store,
-        tokens: auth.tokens.clone(),
+        tokens: auth.tokens.simple(),
     })?;
     let disk = raft.disk.clone();
     let core = Arc::new(Core {

@@ -14,6 +14,7 @@
 //! `docs/design/auth.md`.
 
 pub mod checks;
+pub mod jwt;
 pub mod password;
 pub mod permissions;
 pub mod store;
@@ -84,9 +85,30 @@ pub struct AuthHandle {
     pub view: store::SharedView,
     /// bcrypt off the async threads.
     pub hasher: password::Hasher,
-    /// Simple tokens; `None` when `--auth-token` names no token type
-    /// (only client-certificate identities work then).
-    pub tokens: Option<tokens::SimpleTokens>,
+    /// What `--auth-token` issues.
+    pub tokens: TokenProvider,
+}
+
+/// The token kind a member issues and accepts (`--auth-token`).
+#[derive(Clone)]
+pub enum TokenProvider {
+    /// `""`: no tokens; Authenticate fails, only client-certificate
+    /// identities work.
+    None,
+    /// `simple`: random tokens registered as their entry applies.
+    Simple(tokens::SimpleTokens),
+    /// `jwt,…`: signed tokens.
+    Jwt(Arc<jwt::Jwt>),
+}
+
+impl TokenProvider {
+    /// The simple-token registry the applier keeps, if any.
+    pub fn simple(&self) -> Option<tokens::SimpleTokens> {
+        match self {
+            TokenProvider::Simple(t) => Some(t.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// The subject CN of a connection's verified client certificate, put in
@@ -144,14 +166,15 @@ impl AuthHandle {
                 username: cn.to_string(),
                 revision,
             }),
-            Credentials::Token(t) => {
-                let username = self
-                    .tokens
-                    .as_ref()
-                    .and_then(|tokens| tokens.lookup(t))
-                    .ok_or(EtcdError::InvalidAuthToken)?;
-                Ok(Identity { username, revision })
-            }
+            Credentials::Token(t) => match &self.tokens {
+                TokenProvider::Simple(tokens) => {
+                    let username = tokens.lookup(t).ok_or(EtcdError::InvalidAuthToken)?;
+                    Ok(Identity { username, revision })
+                }
+                // A JWT carries its own revision, which never slides.
+                TokenProvider::Jwt(jwt) => jwt.verify(t).ok_or(EtcdError::InvalidAuthToken),
+                TokenProvider::None => Err(EtcdError::InvalidAuthToken),
+            },
         }
     }
 
@@ -177,7 +200,7 @@ impl AuthHandle {
         match creds {
             Credentials::None => Ok(Identity::none()),
             Credentials::BadToken => Err(EtcdError::InvalidAuthToken),
-            Credentials::Token(t) => {
+            Credentials::Token(t) if matches!(self.tokens, TokenProvider::Simple(_)) => {
                 let index = tokens::SimpleTokens::index_of(t).ok_or(EtcdError::InvalidAuthToken)?;
                 applied(index).await?;
                 self.resolve_now(creds)

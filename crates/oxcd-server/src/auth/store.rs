@@ -347,6 +347,9 @@ impl AuthStore {
                 if no_password(user) {
                     return Err(EtcdError::AuthFailed);
                 }
+                // For a JWT the proposer signs (name, revision) once this
+                // answer reaches it.
+                reply.auth_revision = s.revision;
                 reply.token = if a.simple_token.is_empty() {
                     a.name.clone()
                 } else {

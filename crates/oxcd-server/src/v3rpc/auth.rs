@@ -9,7 +9,7 @@
 use crate::apply::{Request as Apply, Response as Applied};
 use crate::auth::store::{AuthReply, AuthRequest};
 use crate::auth::tokens::SimpleTokens;
-use crate::auth::Identity;
+use crate::auth::{Identity, TokenProvider};
 use crate::core::Core;
 use oxcd_api::etcdserverpb::auth_server::Auth;
 use oxcd_api::etcdserverpb::*;
@@ -112,14 +112,19 @@ impl Auth for AuthService {
             if !matches {
                 return Err(EtcdError::AuthFailed.into());
             }
-            let Some(_) = &self.core.auth.tokens else {
+            let simple_token = match &self.core.auth.tokens {
                 // `--auth-token ""`: no tokens are issued.
-                return Err(EtcdError::AuthFailed.into());
+                TokenProvider::None => return Err(EtcdError::AuthFailed.into()),
+                TokenProvider::Simple(_) => SimpleTokens::new_prefix(),
+                TokenProvider::Jwt(jwt) if jwt.verify_only() => {
+                    return Err(EtcdError::Unknown(crate::auth::jwt::VERIFY_ONLY.into()).into())
+                }
+                TokenProvider::Jwt(_) => String::new(),
             };
             let internal = InternalAuthenticateRequest {
                 name: req.name.clone(),
                 password: String::new(),
-                simple_token: SimpleTokens::new_prefix(),
+                simple_token,
             };
             let (reply, header) = self
                 .propose(&who, AuthRequest::Authenticate(internal))
@@ -129,10 +134,13 @@ impl Auth for AuthService {
             if self.core.auth.view.get().revision() != state.revision {
                 continue;
             }
-            return Ok(Response::new(AuthenticateResponse {
-                header,
-                token: reply.token,
-            }));
+            let token = match &self.core.auth.tokens {
+                TokenProvider::Jwt(jwt) => jwt
+                    .sign(&reply.token, reply.auth_revision)
+                    .map_err(EtcdError::Unknown)?,
+                _ => reply.token,
+            };
+            return Ok(Response::new(AuthenticateResponse { header, token }));
         }
     }
 
