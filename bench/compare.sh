@@ -33,6 +33,11 @@
 #   --no-build    use the existing target/release binaries
 #   --out FILE    also write the table (markdown) to FILE
 #   --keep        keep the temp dir (logs, raw results) for inspection
+#   --auth simple|jwt  the auth cost: put and range at 1000 clients, first
+#                 with auth off, then (same members) with auth on as a
+#                 plain user holding a readwrite role on every key, with
+#                 simple tokens or RS256 JWTs (etcd's test key pair);
+#                 rows named *-auth; no restart measurement
 #   --restart-keys N  keys loaded before the restart measurement (default
 #                 250000; 1000000 with --full, as etcd's docs size it)
 # Environment: ETCD_BIN (default /usr/bin/etcd), OXCD_BIN (default
@@ -55,6 +60,7 @@ BUILD=1
 OUT=""
 KEEP=0
 RESTARTN_ARG=""
+AUTH=""
 # Client ports: etcd 22379.., oxcd 22479..; peer ports are client + 50.
 ETCD_BASE_PORT=22379
 OXCD_BASE_PORT=22479
@@ -71,11 +77,20 @@ while [ $# -gt 0 ]; do
     --out) OUT="$2"; shift 2 ;;
     --keep) KEEP=1; shift ;;
     --restart-keys) RESTARTN_ARG="$2"; shift 2 ;;
+    --auth) AUTH="$2"; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
 case "$MEMBERS" in 1|3) ;; *) echo "--members must be 1 or 3" >&2; exit 2 ;; esac
+case "$AUTH" in ""|simple|jwt) ;; *) echo "--auth must be simple or jwt" >&2; exit 2 ;; esac
+# etcd's own e2e key pair signs the JWTs (golang-etcd-server-dev).
+FIXTURES=/usr/share/gocode/src/go.etcd.io/etcd/integration/fixtures
+AUTH_FLAGS=()
+if [ "$AUTH" = jwt ]; then
+  [ -r "$FIXTURES/server.key.insecure" ] || { echo "--auth jwt needs $FIXTURES (apt-get install golang-etcd-server-dev)" >&2; exit 1; }
+  AUTH_FLAGS=(--auth-token "jwt,pub-key=$FIXTURES/server.crt,priv-key=$FIXTURES/server.key.insecure,sign-method=RS256")
+fi
 [[ "$REPS" =~ ^[1-9][0-9]*$ ]] || { echo "--reps must be a positive integer" >&2; exit 2; }
 for tool in jq curl awk; do
   command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install $tool)" >&2; exit 1; }
@@ -142,6 +157,17 @@ WORKLOADS=(
   "watch-fanout|--conns 10 --clients 10 watch --streams 10 --watch-per-stream 100 --watched-key-total 1 --put-total $WFAN --put-rate 0 --key-size 8 --val-size 256"
   "lease-keepalive|--conns 10 --clients 100 lease-keepalive --total $LKA"
 )
+if [ -n "$AUTH" ]; then
+  # The same workloads without and with auth, on the same members.
+  WORKLOADS=(
+    "put-1000clients|$MANY put --total $PUTN --key-size 8 --val-size 256 --key-space-size 100000"
+    "range-linearizable|$MANY range foo --consistency l --total $RANGEN"
+    "range-serializable|$MANY range foo --consistency s --total $RANGEN"
+    "put-1000clients-auth|--user bench:bench $MANY put --total $PUTN --key-size 8 --val-size 256 --key-space-size 100000"
+    "range-linearizable-auth|--user bench:bench $MANY range foo --consistency l --total $RANGEN"
+    "range-serializable-auth|--user bench:bench $MANY range foo --consistency s --total $RANGEN"
+  )
+fi
 # VmRSS is recorded after these workloads: after put-100k-keys the key
 # space holds exactly $FILLN keys (the earlier puts fall in the same space).
 RSS_AFTER=(put-1000clients put-100k-keys)
@@ -166,7 +192,7 @@ start_servers() {
       --listen-client-urls "$c" --advertise-client-urls "$c" \
       --listen-peer-urls "$p" --initial-advertise-peer-urls "$p" \
       --initial-cluster "$cluster" --initial-cluster-state new \
-      --initial-cluster-token "bench-$kind" \
+      --initial-cluster-token "bench-$kind" "${AUTH_FLAGS[@]}" \
       >"$dir/m$i.log" 2>&1 </dev/null &
     PIDS+=("$!")
   done
@@ -247,9 +273,14 @@ run_turn() {
   start_servers "$kind" "$dir"
   local target=""
   [ "$MEMBERS" -gt 1 ] && [ "$SPREAD" = 0 ] && target="--target-leader"
+  local auth_on=0
   for entry in "${WORKLOADS[@]}"; do
     name="${entry%%|*}" args="${entry#*|}"
-    if [[ "$name" == range-* ]]; then
+    if [[ "$name" == *-auth ]] && [ "$auth_on" = 0 ]; then
+      enable_auth
+      auth_on=1
+    fi
+    if [[ "$name" == range-* ]] && [ "$auth_on" = 0 ]; then
       ETCDCTL_API=3 "$ETCDCTL" --endpoints "$ENDPOINTS" put foo "$(head -c 256 /dev/zero | tr '\0' v)" >/dev/null
     fi
     echo "  $kind rep $rep: $name" >&2
@@ -289,8 +320,22 @@ run_turn() {
   if [ "${now#* }" != "$LEADER" ]; then
     echo "    warning: $kind rep $rep: the leader changed during the turn ($LEADER -> ${now#* })" >&2
   fi
-  restart_turn "$kind" "$rep" "$dir" "$target"
+  [ -n "$AUTH" ] || restart_turn "$kind" "$rep" "$dir" "$target"
   stop_servers
+}
+
+# enable_auth: root, and a plain user bench:bench whose role may read and
+# write every key (so each request goes through a real permission check),
+# then auth on.
+enable_auth() {
+  local c=(env ETCDCTL_API=3 "$ETCDCTL" --endpoints "$ENDPOINTS")
+  "${c[@]}" user add root:root >/dev/null
+  "${c[@]}" user grant-role root root >/dev/null
+  "${c[@]}" role add bench >/dev/null
+  "${c[@]}" role grant-permission bench readwrite --from-key '' >/dev/null
+  "${c[@]}" user add bench:bench >/dev/null
+  "${c[@]}" user grant-role bench bench >/dev/null
+  "${c[@]}" auth enable >/dev/null
 }
 
 # restart_turn KIND REP DIR TARGET: loads $RESTARTN keys (256-byte values),
@@ -352,20 +397,29 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.e+-]+$/ && b ~ /^[0-9.
     row+=" | $(median etcd "$name" 10)/$(median oxcd "$name" 10) |"
     echo "$row"
   done
-  echo
-  echo "| memory | etcd | oxcd | ratio |"
-  echo "|---|---|---|---|"
-  for name in "${RSS_AFTER[@]}"; do
-    e=$(median etcd "rss-after-$name" 5) o=$(median oxcd "rss-after-$name" 5)
-    echo "| RSS after $name (MiB) | $(mib "$e") | $(mib "$o") | $(ratio "$o" "$e") |"
-  done
-  e=$(median etcd "rss-after-restart" 5) o=$(median oxcd "rss-after-restart" 5)
-  echo "| RSS after restart with $RESTARTN keys (MiB) | $(mib "$e") | $(mib "$o") | $(ratio "$o" "$e") |"
-  echo
-  echo "| restart | etcd | oxcd | ratio |"
-  echo "|---|---|---|---|"
-  e=$(median etcd restart 5) o=$(median oxcd restart 5)
-  echo "| seconds from start to serving linearizable reads, $RESTARTN keys | $e | $o | $(ratio "$o" "$e") |"
+  if [ -z "$AUTH" ]; then
+    echo
+    echo "| memory | etcd | oxcd | ratio |"
+    echo "|---|---|---|---|"
+    for name in "${RSS_AFTER[@]}"; do
+      e=$(median etcd "rss-after-$name" 5) o=$(median oxcd "rss-after-$name" 5)
+      echo "| RSS after $name (MiB) | $(mib "$e") | $(mib "$o") | $(ratio "$o" "$e") |"
+    done
+    e=$(median etcd "rss-after-restart" 5) o=$(median oxcd "rss-after-restart" 5)
+    echo "| RSS after restart with $RESTARTN keys (MiB) | $(mib "$e") | $(mib "$o") | $(ratio "$o" "$e") |"
+    echo
+    echo "| restart | etcd | oxcd | ratio |"
+    echo "|---|---|---|---|"
+    e=$(median etcd restart 5) o=$(median oxcd restart 5)
+    echo "| seconds from start to serving linearizable reads, $RESTARTN keys | $e | $o | $(ratio "$o" "$e") |"
+  else
+    echo
+    echo "| auth cost ($AUTH tokens): ops/s with auth / without | etcd | oxcd |"
+    echo "|---|---|---|"
+    for w in put-1000clients range-linearizable range-serializable; do
+      echo "| $w | $(ratio "$(median etcd "$w-auth" 5)" "$(median etcd "$w" 5)") | $(ratio "$(median oxcd "$w-auth" 5)" "$(median oxcd "$w" 5)") |"
+    done
+  fi
   echo
   echo "Medians of $REPS repetition(s), $MEMBERS member(s)$([ "$SPREAD" = 1 ] && echo ", clients spread over all members"). ratio = oxcd/etcd: above 1 is better for ops/s, below 1 is better for latency, CPU and memory. n/a: the server answers Unimplemented."
 } | tee "${OUT:-/dev/null}"

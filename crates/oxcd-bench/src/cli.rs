@@ -53,6 +53,10 @@ pub struct GlobalOpts {
     /// after it, and requests in flight are abandoned and counted as errors.
     #[arg(long, global = true, default_value_t = 600)]
     pub timeout: u64,
+    /// `name:password`: each connection authenticates once and sends its
+    /// token with every call (etcd's benchmark `--user`).
+    #[arg(long, global = true)]
+    pub user: Option<String>,
 }
 
 impl Default for GlobalOpts {
@@ -65,6 +69,7 @@ impl Default for GlobalOpts {
             json: false,
             dial_timeout: 5,
             timeout: 600,
+            user: None,
         }
     }
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use oxcd_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use oxcd_api::etcdserverpb::{
-    PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest, TxnRequest, TxnResponse,
+    AuthenticateRequest, AuthenticateResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, StatusRequest, TxnRequest, TxnResponse,
 };
 use tonic::Status;
 
@@ -49,7 +50,11 @@ impl Conns {
         }
         let mut channels = Vec::with_capacity(opts.conns);
         for i in 0..opts.conns {
-            channels.push(dial(&urls[i % urls.len()], dial_timeout).await?);
+            let mut ch = dial(&urls[i % urls.len()], dial_timeout).await?;
+            if let Some(user) = &opts.user {
+                authenticate(&mut ch, user).await?;
+            }
+            channels.push(ch);
         }
         Ok(Conns {
             channels,
@@ -101,6 +106,24 @@ impl Kv {
     pub async fn txn(&self, req: &TxnRequest) -> Result<TxnResponse, Status> {
         self.0.unary("/etcdserverpb.KV/Txn", req).await
     }
+}
+
+/// Authenticates `user` (`name:password`) on `ch` and makes its calls
+/// carry the token.
+async fn authenticate(ch: &mut H2Channel, user: &str) -> Result<(), BenchError> {
+    let (name, password) = user
+        .split_once(':')
+        .ok_or_else(|| BenchError::InvalidArgs("--user must be name:password".into()))?;
+    let req = AuthenticateRequest {
+        name: name.into(),
+        password: password.into(),
+    };
+    let resp: AuthenticateResponse = ch
+        .unary("/etcdserverpb.Auth/Authenticate", &req)
+        .await
+        .map_err(|s| BenchError::setup("Auth", "authenticate", s))?;
+    ch.set_token(&resp.token)
+        .map_err(|e| BenchError::InvalidArgs(format!("unusable token: {e}")))
 }
 
 /// `host:port` becomes `http://host:port`; `http://` URLs pass through.

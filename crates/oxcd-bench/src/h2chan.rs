@@ -41,6 +41,8 @@ const CONN_WINDOW: u32 = 5 << 20;
 pub struct H2Channel {
     send: SendRequest<Bytes>,
     authority: Authority,
+    /// The auth token every call carries (`--user`), as gRPC metadata.
+    token: Option<HeaderValue>,
 }
 
 impl std::fmt::Debug for H2Channel {
@@ -98,7 +100,20 @@ impl H2Channel {
         let send = tokio::time::timeout(timeout, connect)
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "dial timed out"))??;
-        Ok(H2Channel { send, authority })
+        Ok(H2Channel {
+            send,
+            authority,
+            token: None,
+        })
+    }
+
+    /// Sends `token` (an etcd auth token) with every later call.
+    ///
+    /// # Errors
+    /// A token that is not a valid header value.
+    pub fn set_token(&mut self, token: &str) -> Result<(), http::header::InvalidHeaderValue> {
+        self.token = Some(HeaderValue::from_str(token)?);
+        Ok(())
     }
 
     /// The absolute URI of `path` on this connection's endpoint.
@@ -133,6 +148,9 @@ impl H2Channel {
         let headers = head.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         headers.insert(TE, HeaderValue::from_static("trailers"));
+        if let Some(t) = &self.token {
+            headers.insert("token", t.clone());
+        }
 
         let mut send = self.send.clone().ready().await.map_err(transport)?;
         let (response, mut body) = send.send_request(head, false).map_err(transport)?;
@@ -202,6 +220,9 @@ impl tower::Service<http::Request<Body>> for H2Channel {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         parts.uri = self.uri(path);
+        if let Some(t) = &self.token {
+            parts.headers.insert("token", t.clone());
+        }
         let send = self.send.clone();
         Box::pin(async move {
             let mut send = send.ready().await?;

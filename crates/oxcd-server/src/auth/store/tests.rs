@@ -410,3 +410,134 @@ fn state_survives_reopen_with_etcds_bytes() {
     assert_eq!(u.roles, vec!["root"]);
     assert!(user.ends_with(&[0x1a, 0x04, b'r', b'o', b'o', b't', 0x22, 0x00]));
 }
+
+mod sequences {
+    //! Random sequences of management requests: whatever they do, a
+    //! refused request changes nothing, the revision moves by at most one,
+    //! the invariants etcd relies on hold, and the tables read back as the
+    //! state the applier holds (restart = same state).
+
+    use super::*;
+    use proptest::prelude::*;
+
+    const NAMES: [&str; 4] = ["root", "a", "b", ""];
+    const ROLES: [&str; 4] = ["root", "r1", "r2", ""];
+    const KEYS: [&[u8]; 5] = [b"", b"\0", b"a", b"b", b"c"];
+
+    fn name() -> impl Strategy<Value = String> {
+        prop::sample::select(&NAMES[..]).prop_map(str::to_string)
+    }
+
+    fn role() -> impl Strategy<Value = String> {
+        prop::sample::select(&ROLES[..]).prop_map(str::to_string)
+    }
+
+    fn key() -> impl Strategy<Value = Vec<u8>> {
+        prop::sample::select(&KEYS[..]).prop_map(<[u8]>::to_vec)
+    }
+
+    fn request() -> impl Strategy<Value = AuthRequest> {
+        // One fixed hash: bcrypt is not what these sequences test.
+        let hashed = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            b"$2a$04$0123456789012345678901uAbcdefghijklmnopqrstuvwxyzABCD",
+        );
+        let h2 = hashed.clone();
+        prop_oneof![
+            Just(AuthRequest::Enable),
+            Just(AuthRequest::Disable),
+            (name(), any::<bool>()).prop_map(move |(n, np)| AuthRequest::UserAdd(
+                pb::AuthUserAddRequest {
+                    name: n,
+                    hashed_password: hashed.clone(),
+                    options: Some(UserAddOptions { no_password: np }),
+                    ..Default::default()
+                }
+            )),
+            name().prop_map(|n| AuthRequest::UserDelete(pb::AuthUserDeleteRequest { name: n })),
+            name().prop_map(move |n| AuthRequest::UserChangePassword(
+                pb::AuthUserChangePasswordRequest {
+                    name: n,
+                    hashed_password: h2.clone(),
+                    ..Default::default()
+                }
+            )),
+            (name(), role()).prop_map(|(u, r)| grant_role(&u, &r)),
+            (name(), role()).prop_map(|(n, r)| AuthRequest::UserRevokeRole(
+                pb::AuthUserRevokeRoleRequest { name: n, role: r }
+            )),
+            role().prop_map(|r| role_add(&r)),
+            role().prop_map(|r| AuthRequest::RoleDelete(pb::AuthRoleDeleteRequest { role: r })),
+            (role(), 0i32..4, key(), key()).prop_map(|(r, t, k, e)| {
+                AuthRequest::RoleGrantPermission(pb::AuthRoleGrantPermissionRequest {
+                    name: r,
+                    perm: Some(Permission {
+                        perm_type: t,
+                        key: k.into(),
+                        range_end: e.into(),
+                    }),
+                })
+            }),
+            (role(), key(), key()).prop_map(|(r, k, e)| AuthRequest::RoleRevokePermission(
+                pb::AuthRoleRevokePermissionRequest {
+                    role: r,
+                    key: k.into(),
+                    range_end: e.into(),
+                }
+            )),
+        ]
+    }
+
+    fn check_invariants(s: &AuthState) {
+        if s.enabled {
+            let root = s.users.get(ROOT).expect("auth on without root");
+            assert!(root.roles.iter().any(|r| r == ROOT), "root lost its role");
+        }
+        for (n, u) in &s.users {
+            assert!(!n.is_empty(), "a user with an empty name");
+            assert!(
+                u.roles.windows(2).all(|w| w[0] < w[1]),
+                "roles unsorted: {u:?}"
+            );
+            assert!(u.options.is_some(), "user stored without options");
+            for r in &u.roles {
+                assert!(r == ROOT || s.roles.contains_key(r), "dangling role {r}");
+            }
+        }
+        for (n, r) in &s.roles {
+            assert!(!n.is_empty(), "a role with an empty name");
+            assert!(
+                r.key_permission.windows(2).all(|w| w[0].key <= w[1].key),
+                "permissions unsorted: {r:?}"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        #[test]
+        fn management_sequences_keep_the_rules(
+            reqs in prop::collection::vec((request(), any::<bool>()), 1..40)
+        ) {
+            let mut r = Rig::new();
+            let root = Identity { username: ROOT.into(), revision: 1 };
+            for (req, as_root) in reqs {
+                let who = if as_root { root.clone() } else { Identity::none() };
+                let before = r.auth.state().clone();
+                let out = r.run_as(&who, req.clone());
+                let after = r.auth.state().clone();
+                match out {
+                    Err(_) => prop_assert_eq!(&before, &after, "refused {:?} changed state", req),
+                    Ok(_) => prop_assert!(
+                        after.revision == before.revision || after.revision == before.revision + 1,
+                        "{:?} moved the revision by more than one", req
+                    ),
+                }
+                check_invariants(&after);
+            }
+            r.kv.sync().unwrap();
+            let reloaded = AuthStore::load(&r.kv).unwrap();
+            prop_assert_eq!(reloaded.state(), r.auth.state());
+        }
+    }
+}
