@@ -34,7 +34,7 @@
 #   --out FILE    also write the table (markdown) to FILE
 #   --keep        keep the temp dir (logs, raw results) for inspection
 #   --auth simple|jwt  the auth cost: put and range at 1000 clients, first
-#                 with auth off, then (same members) with auth on as a
+#                 with auth off, then (on fresh members) with auth on as a
 #                 plain user holding a readwrite role on every key, with
 #                 simple tokens or RS256 JWTs (etcd's test key pair);
 #                 rows named *-auth; no restart measurement
@@ -49,6 +49,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# shellcheck source=bench/auth-setup.sh
+. "$ROOT/bench/auth-setup.sh"
 ETCD_BIN="${ETCD_BIN:-/usr/bin/etcd}"
 OXCD_BIN="${OXCD_BIN:-$ROOT/target/release/oxcd}"
 BENCH="$ROOT/target/release/oxcd-bench"
@@ -277,7 +279,13 @@ run_turn() {
   for entry in "${WORKLOADS[@]}"; do
     name="${entry%%|*}" args="${entry#*|}"
     if [[ "$name" == *-auth ]] && [ "$auth_on" = 0 ]; then
-      enable_auth
+      # Fresh members: the rows with auth must not pay for the data the
+      # rows without it wrote.
+      stop_servers
+      mkdir -p "$dir/auth"
+      start_servers "$kind" "$dir/auth"
+      ETCDCTL_API=3 "$ETCDCTL" --endpoints "$ENDPOINTS" put foo "$(head -c 256 /dev/zero | tr '\0' v)" >/dev/null
+      bench_enable_auth "$ETCDCTL" "$ENDPOINTS"
       auth_on=1
     fi
     if [[ "$name" == range-* ]] && [ "$auth_on" = 0 ]; then
@@ -324,19 +332,6 @@ run_turn() {
   stop_servers
 }
 
-# enable_auth: root, and a plain user bench:bench whose role may read and
-# write every key (so each request goes through a real permission check),
-# then auth on.
-enable_auth() {
-  local c=(env ETCDCTL_API=3 "$ETCDCTL" --endpoints "$ENDPOINTS")
-  "${c[@]}" user add root:root >/dev/null
-  "${c[@]}" user grant-role root root >/dev/null
-  "${c[@]}" role add bench >/dev/null
-  "${c[@]}" role grant-permission bench readwrite --from-key '' >/dev/null
-  "${c[@]}" user add bench:bench >/dev/null
-  "${c[@]}" user grant-role bench bench >/dev/null
-  "${c[@]}" auth enable >/dev/null
-}
 
 # restart_turn KIND REP DIR TARGET: loads $RESTARTN keys (256-byte values),
 # stops the members (SIGTERM, as an operator would), starts them again on

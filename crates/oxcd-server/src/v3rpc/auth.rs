@@ -88,8 +88,7 @@ impl Auth for AuthService {
         &self,
         r: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
-        let who = self.who(&r).await?;
-        let req = r.into_inner();
+        let (meta, ext, req) = r.into_parts();
         loop {
             self.core.writes.linearizable_barrier().await?;
             let state = self.core.auth.view.state();
@@ -121,6 +120,9 @@ impl Auth for AuthService {
                 }
                 TokenProvider::Jwt(_) => String::new(),
             };
+            // As etcd: the caller's own token matters only now, when the
+            // request is proposed (a stale one fails here, not earlier).
+            let who = self.core.who(meta.as_ref(), &ext).await?;
             let internal = InternalAuthenticateRequest {
                 name: req.name.clone(),
                 password: String::new(),
