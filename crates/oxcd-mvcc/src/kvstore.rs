@@ -269,6 +269,11 @@ impl KvStore {
         self.shared.backend.sync()
     }
 
+    /// The backend file's path.
+    pub fn path(&self) -> &std::path::Path {
+        self.shared.backend.path()
+    }
+
     /// Size of the backend file in bytes: what it takes on disk (its
     /// length, or less while the end of it is sparse).
     ///

@@ -27,6 +27,7 @@
 //! | `watcher_group` | `mvcc/watcher_group.go` | watchers by key; fan-out of events per watcher |
 //! | `watchable_store` | `mvcc/watchable_store.go` | [`WatchableStore`]: synced / unsynced / victim groups, `notify`, catch-up |
 //! | `watch_stream` | `mvcc/watcher.go` (`watchStream`) | [`WatchStream`]: one client stream's watchers and ids |
+//! | `export` | `mvcc/backend/backend.go` (`Snapshot`) | [`KvStore::export_view`]: whole tables by name, as of one commit, for the Snapshot RPC |
 //! | `snapshot` | `mvcc/backend/backend.go` (`Snapshot`), `etcdserver/server.go` (`applySnapshot`) | [`KvStore::export_to`], [`KvStore::replace_from`]: whole-backend copies for raft snapshots |
 //! | `hash` | `mvcc/kvstore.go` (`HashByRev`) | [`KvStore::hash_kv`] with CRC-32C |
 //! | [`error`] | `mvcc/kv.go` errors | [`MvccError`] |
@@ -56,6 +57,7 @@ mod compact;
 mod defrag;
 pub mod error;
 mod events;
+mod export;
 mod hash;
 pub mod id_hash;
 pub mod index;
@@ -76,6 +78,7 @@ pub use auth_table::{AuthRecords, AuthTable};
 pub use backend::BackendConfig;
 pub use compact::COMPACTION_BATCH;
 pub use error::MvccError;
+pub use export::ExportView;
 pub use hash::{Crc32c, HashKv};
 pub use index::KeyRange;
 pub use kvstore::{KvStore, LeaseKeys};

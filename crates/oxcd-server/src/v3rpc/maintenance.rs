@@ -1,6 +1,6 @@
 //! The `etcdserverpb.Maintenance` service (etcd's `v3rpc/maintenance.go`).
-//! Snapshot belongs to the etcd-files issue and answers `Unimplemented`;
-//! everything else answers as etcd does.
+//! Snapshot streams an etcd backend file (see `snapshot`); everything
+//! answers as etcd does.
 
 use crate::auth::raw_error;
 use crate::core::Core;
@@ -149,9 +149,10 @@ impl Maintenance for MaintenanceService {
         r: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.admin_only(&r).await?;
-        Err(Status::unimplemented(
-            "oxcd: snapshot is not implemented yet",
-        ))
+        let rx = super::snapshot::stream(&self.core);
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn move_leader(

@@ -74,7 +74,7 @@ fn port_seed() -> u16 {
 
 /// Returns a port that was free a moment ago and that this process has not
 /// handed out before.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     // Seed once; a lost race only means two threads both seed, which is fine.
     if NEXT_PORT.load(Ordering::Relaxed) == 0 {
         let _ =

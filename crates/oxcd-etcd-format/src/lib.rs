@@ -1,0 +1,8 @@
+//! etcd's own files, read and written (docs/design/etcd-formats.md).
+//!
+//! - [`bolt`]: bbolt database files, the format of etcd's backend
+//!   (`member/snap/db`) and of the stream the Snapshot RPC sends.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod bolt;
