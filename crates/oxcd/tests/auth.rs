@@ -2351,3 +2351,64 @@ async fn write_keys(conn: &Conn, prefix: &str, n: usize, tasks: usize) -> i64 {
     }
     max_rev
 }
+
+/// kill -9 of the member taking user adds, first a follower, then the
+/// leader: every add it acknowledged is on every member after the restart
+/// (the auth tables are written with the entry's consistent index, and an
+/// acknowledged entry is on a quorum's WAL), and those users log in.
+#[tokio::test]
+async fn acknowledged_user_adds_survive_kill_9() {
+    bounded(async {
+        let (mut c, roots) = cluster_with_auth(Cluster::builder(3), 0).await;
+        let mut acked = Vec::new();
+        for round in 0..2 {
+            let leader = c.wait_leader(ELECTION_BOUND).await;
+            let victim = if round == 0 { (leader + 1) % 3 } else { leader };
+            let root = c.member(victim).client_url();
+            let conn = Conn::open(&root).await.login("root", ROOT_PW).await;
+            // Adds in a task; the member dies under it after a few acks.
+            let names: Vec<String> = (0..40).map(|i| format!("r{round}-u{i:02}")).collect();
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let adder = tokio::spawn(async move {
+                for n in names {
+                    if conn.user_add(&n, "pw").await.is_err() {
+                        break;
+                    }
+                    let _ = tx.send(n);
+                }
+            });
+            for _ in 0..8 {
+                acked.push(rx.recv().await.expect("adds before the kill"));
+            }
+            c.kill9(victim);
+            adder.await.expect("adder task");
+            while let Ok(n) = rx.try_recv() {
+                acked.push(n);
+            }
+            c.restart(victim).await;
+        }
+        c.wait_leader(ELECTION_BOUND).await;
+        for i in 0..c.len() {
+            let anon = Conn::open(&c.member(i).client_url()).await;
+            let root = anon.login("root", ROOT_PW).await;
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let users = ok(root.user_list().await, "user list");
+                let missing: Vec<&String> = acked.iter().filter(|n| !users.contains(n)).collect();
+                if missing.is_empty() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "member {i} lost acknowledged users {missing:?}\n{}",
+                    c.logs()
+                );
+                tokio::time::sleep(POLL).await;
+            }
+            let first = &acked[0];
+            anon.login(first, "pw").await;
+        }
+        drop(roots);
+    })
+    .await;
+}
