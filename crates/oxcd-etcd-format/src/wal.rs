@@ -1,0 +1,246 @@
+//! etcd's write-ahead log (`member/wal/*.wal`, etcd's `wal` package),
+//! read: what a member had promised before it stopped.
+//!
+//! Each file `<seq>-<index>.wal` (hex, 16 digits each) is a sequence of
+//! frames: an 8-byte little-endian length whose low 56 bits are the record
+//! size and whose top byte, when its high bit is set, holds the padding
+//! (0–7 bytes) that aligns the next frame to 8 bytes; then the record, a
+//! protobuf `walpb.Record{type=1, crc=2, data=3}`. A zero length (or the
+//! end of the file) ends a file: etcd preallocates them with zeros.
+//!
+//! Record types: 1 metadata (`etcdserverpb.Metadata{NodeID, ClusterID}`),
+//! 2 entry (`raftpb.Entry`), 3 hard state (`raftpb.HardState`), 4 crc,
+//! 5 snapshot marker (`walpb.Snapshot{index, term}`). Every record but a
+//! crc record carries the CRC-32C of its data chained from the one before
+//! (Go's `crc32.Update` with the Castagnoli table); a crc record restarts
+//! the chain with the value it carries (the first record of each file
+//! carries the last file's running CRC).
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+/// What can go wrong reading a WAL.
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// Reading a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A record does not check out.
+    #[error("{path}: {what} (at byte {offset})")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Where in it.
+        offset: usize,
+        /// What is wrong.
+        what: String,
+    },
+    /// No WAL files in the directory.
+    #[error("{0}: no WAL files")]
+    Empty(PathBuf),
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct Record {
+    #[prost(int64, tag = "1")]
+    kind: i64,
+    #[prost(uint32, tag = "2")]
+    crc: u32,
+    #[prost(bytes = "vec", tag = "3")]
+    data: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct Metadata {
+    #[prost(uint64, tag = "1")]
+    node_id: u64,
+    #[prost(uint64, tag = "2")]
+    cluster_id: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct SnapshotMarker {
+    #[prost(uint64, tag = "1")]
+    index: u64,
+    #[prost(uint64, tag = "2")]
+    term: u64,
+}
+
+/// `raftpb.Entry`.
+#[derive(Clone, PartialEq, Message)]
+pub struct Entry {
+    /// 0 normal, 1 conf change, 2 conf change v2.
+    #[prost(int32, tag = "1")]
+    pub kind: i32,
+    /// The entry's term.
+    #[prost(uint64, tag = "2")]
+    pub term: u64,
+    /// Its log index.
+    #[prost(uint64, tag = "3")]
+    pub index: u64,
+    /// The proposal (`InternalRaftRequest`, or a `ConfChange`).
+    #[prost(bytes = "vec", tag = "4")]
+    pub data: Vec<u8>,
+}
+
+/// `raftpb.HardState`.
+#[derive(Clone, Copy, PartialEq, Eq, Message)]
+pub struct HardState {
+    /// Current term.
+    #[prost(uint64, tag = "1")]
+    pub term: u64,
+    /// Vote in that term.
+    #[prost(uint64, tag = "2")]
+    pub vote: u64,
+    /// Highest committed index.
+    #[prost(uint64, tag = "3")]
+    pub commit: u64,
+}
+
+/// A whole WAL, read.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct EtcdWal {
+    /// This member's ID.
+    pub node_id: u64,
+    /// The cluster's ID.
+    pub cluster_id: u64,
+    /// Snapshot markers, in order: `(index, term)`.
+    pub snapshots: Vec<(u64, u64)>,
+    /// The last hard state.
+    pub hard_state: Option<HardState>,
+    /// The log: a later entry at an index replaces the earlier one and
+    /// everything after it, as etcd's reader does.
+    pub entries: Vec<Entry>,
+}
+
+const METADATA: i64 = 1;
+const ENTRY: i64 = 2;
+const STATE: i64 = 3;
+const CRC: i64 = 4;
+const SNAPSHOT: i64 = 5;
+
+/// The `.wal` files of `dir`, in order.
+///
+/// # Errors
+/// [`WalError::Io`] if the directory cannot be listed.
+pub fn wal_files(dir: &Path) -> Result<Vec<PathBuf>, WalError> {
+    let io = |source| WalError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.len() == 37 && n.ends_with(".wal"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Reads every WAL file of `dir` (etcd's `member/wal`).
+///
+/// # Errors
+/// No files, an unreadable file, a frame or record that does not decode,
+/// or a CRC that does not match (etcd refuses those too; a torn last
+/// record is not tolerated here, as a cleanly stopped member has none).
+pub fn read_dir(dir: &Path) -> Result<EtcdWal, WalError> {
+    let files = wal_files(dir)?;
+    if files.is_empty() {
+        return Err(WalError::Empty(dir.to_path_buf()));
+    }
+    let mut wal = EtcdWal::default();
+    let mut crc = 0u32;
+    for path in files {
+        let data = std::fs::read(&path).map_err(|source| WalError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        read_file(&path, &data, &mut crc, &mut wal)?;
+    }
+    Ok(wal)
+}
+
+fn read_file(path: &Path, data: &[u8], crc: &mut u32, wal: &mut EtcdWal) -> Result<(), WalError> {
+    let bad = |offset: usize, what: String| WalError::Invalid {
+        path: path.to_path_buf(),
+        offset,
+        what,
+    };
+    let mut at = 0;
+    while at + 8 <= data.len() {
+        let mut len8 = [0u8; 8];
+        len8.copy_from_slice(&data[at..at + 8]);
+        let field = u64::from_le_bytes(len8);
+        if field == 0 {
+            break; // preallocated space
+        }
+        let size = (field & 0x00ff_ffff_ffff_ffff) as usize;
+        let pad = if field >> 63 == 1 {
+            ((field >> 56) & 0x7) as usize
+        } else {
+            0
+        };
+        let start = at + 8;
+        let body = data
+            .get(start..start + size)
+            .ok_or_else(|| bad(at, format!("record of {size} bytes runs past the end")))?;
+        let rec = Record::decode(body).map_err(|e| bad(at, format!("record: {e}")))?;
+        if rec.kind == CRC {
+            if *crc != 0 && rec.crc != *crc {
+                return Err(bad(
+                    at,
+                    format!("crc chain broken: {:08x} vs {:08x}", rec.crc, *crc),
+                ));
+            }
+            *crc = rec.crc;
+        } else {
+            *crc = crc32c::crc32c_append(*crc, &rec.data);
+            if rec.crc != *crc {
+                return Err(bad(
+                    at,
+                    format!("crc mismatch: {:08x} vs {:08x}", rec.crc, *crc),
+                ));
+            }
+        }
+        match rec.kind {
+            METADATA => {
+                let m = Metadata::decode(rec.data.as_slice())
+                    .map_err(|e| bad(at, format!("metadata: {e}")))?;
+                wal.node_id = m.node_id;
+                wal.cluster_id = m.cluster_id;
+            }
+            ENTRY => {
+                let e = Entry::decode(rec.data.as_slice())
+                    .map_err(|e| bad(at, format!("entry: {e}")))?;
+                let keep = wal.entries.partition_point(|x| x.index < e.index);
+                wal.entries.truncate(keep);
+                wal.entries.push(e);
+            }
+            STATE => {
+                let s = HardState::decode(rec.data.as_slice())
+                    .map_err(|e| bad(at, format!("hard state: {e}")))?;
+                wal.hard_state = Some(s);
+            }
+            SNAPSHOT => {
+                let s = SnapshotMarker::decode(rec.data.as_slice())
+                    .map_err(|e| bad(at, format!("snapshot marker: {e}")))?;
+                wal.snapshots.push((s.index, s.term));
+            }
+            CRC => {}
+            other => return Err(bad(at, format!("unknown record type {other}"))),
+        }
+        at = start + size + pad;
+    }
+    Ok(())
+}
