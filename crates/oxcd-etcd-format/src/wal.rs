@@ -244,3 +244,148 @@ fn read_file(path: &Path, data: &[u8], crc: &mut u32, wal: &mut EtcdWal) -> Resu
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames `records` as etcd's encoder does, chaining the CRC from
+    /// `crc`; returns the bytes and the running CRC.
+    fn encode(records: &[(i64, Vec<u8>)], mut crc: u32) -> (Vec<u8>, u32) {
+        let mut out = Vec::new();
+        for (kind, data) in records {
+            let c = if *kind == CRC {
+                crc
+            } else {
+                crc = crc32c::crc32c_append(crc, data);
+                crc
+            };
+            let rec = Record {
+                kind: *kind,
+                crc: c,
+                data: data.clone(),
+            }
+            .encode_to_vec();
+            let pad = (8 - rec.len() % 8) % 8;
+            let mut len = rec.len() as u64;
+            if pad != 0 {
+                len |= (0x80 | pad as u64) << 56;
+            }
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(&rec);
+            out.extend(std::iter::repeat_n(0, pad));
+        }
+        (out, crc)
+    }
+
+    fn entry(index: u64, term: u64, data: &[u8]) -> Vec<u8> {
+        Entry {
+            kind: 0,
+            term,
+            index,
+            data: data.to_vec(),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn two_files_chain_and_later_entries_replace_earlier_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Metadata {
+            node_id: 7,
+            cluster_id: 9,
+        }
+        .encode_to_vec();
+        let (mut first, crc) = encode(
+            &[
+                (CRC, vec![]),
+                (METADATA, meta.clone()),
+                (
+                    SNAPSHOT,
+                    SnapshotMarker { index: 0, term: 0 }.encode_to_vec(),
+                ),
+                (ENTRY, entry(1, 1, b"a")),
+                (ENTRY, entry(2, 1, b"bb")),
+                (ENTRY, entry(3, 1, b"ccc")),
+            ],
+            0,
+        );
+        first.extend_from_slice(&[0; 64]); // preallocated tail
+        let (second, _) = encode(
+            &[
+                (CRC, vec![]),
+                (METADATA, meta),
+                // A new leader overwrote index 2 onwards.
+                (ENTRY, entry(2, 2, b"x")),
+                (
+                    STATE,
+                    HardState {
+                        term: 2,
+                        vote: 7,
+                        commit: 2,
+                    }
+                    .encode_to_vec(),
+                ),
+            ],
+            crc,
+        );
+        std::fs::write(
+            dir.path().join("0000000000000000-0000000000000000.wal"),
+            &first,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("0000000000000001-0000000000000004.wal"),
+            &second,
+        )
+        .unwrap();
+        let wal = read_dir(dir.path()).unwrap();
+        assert_eq!((wal.node_id, wal.cluster_id), (7, 9));
+        assert_eq!(wal.snapshots, vec![(0, 0)]);
+        let got: Vec<(u64, u64, &[u8])> = wal
+            .entries
+            .iter()
+            .map(|e| (e.index, e.term, e.data.as_slice()))
+            .collect();
+        assert_eq!(got, vec![(1, 1, &b"a"[..]), (2, 2, &b"x"[..])]);
+        assert_eq!(wal.hard_state.map(|h| h.commit), Some(2));
+
+        // The second file's crc record must carry the first file's CRC.
+        let (broken, _) = encode(&[(CRC, vec![]), (ENTRY, entry(4, 2, b"y"))], crc ^ 1);
+        std::fs::write(
+            dir.path().join("0000000000000001-0000000000000004.wal"),
+            &broken,
+        )
+        .unwrap();
+        assert!(read_dir(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("crc chain"));
+    }
+
+    #[test]
+    fn damaged_records_are_refused_with_their_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0000000000000000-0000000000000000.wal");
+        let (good, _) = encode(&[(CRC, vec![]), (ENTRY, entry(1, 1, b"hello"))], 0);
+        // A flipped data byte: CRC mismatch.
+        let mut flipped = good.clone();
+        let at = flipped
+            .windows(5)
+            .position(|w| w == b"hello")
+            .expect("the entry's data");
+        flipped[at] ^= 1;
+        std::fs::write(&path, &flipped).unwrap();
+        let e = read_dir(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("0000000000000000-0000000000000000.wal"), "{e}");
+        // A frame running past the end.
+        std::fs::write(&path, &good[..good.len() - 4]).unwrap();
+        assert!(read_dir(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("past the end"));
+        // No files at all.
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(read_dir(dir.path()), Err(WalError::Empty(_))));
+    }
+}
