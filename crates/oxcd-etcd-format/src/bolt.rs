@@ -329,6 +329,21 @@ pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 pub struct BoltFile {
     /// (bucket name, its entries in key order), buckets in name order.
     pub buckets: Vec<(Vec<u8>, Entries)>,
+    /// Pages in use × page size, as the meta page says.
+    pub size: u64,
+}
+
+/// `etcdctl snapshot status` of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotStatus {
+    /// CRC-32C of every key and value, bucket by bucket.
+    pub hash: u32,
+    /// The newest main revision in the `key` bucket.
+    pub revision: i64,
+    /// Rows in all buckets.
+    pub total_key: u64,
+    /// Bytes in use.
+    pub total_size: u64,
 }
 
 impl BoltFile {
@@ -344,7 +359,10 @@ impl BoltFile {
             page_size: meta.page_size,
             high_water: meta.high_water,
         };
-        let mut out = BoltFile::default();
+        let mut out = BoltFile {
+            size: meta.high_water * meta.page_size as u64,
+            ..BoltFile::default()
+        };
         let mut roots = Vec::new();
         r.walk(meta.root, 0, &mut |flags, k, v| {
             if flags & BUCKET_LEAF == 0 {
@@ -376,6 +394,36 @@ impl BoltFile {
             out.buckets.push((name, entries));
         }
         Ok(out)
+    }
+
+    /// What `etcdctl snapshot status` reports for this file: the CRC-32C
+    /// (Castagnoli) of each bucket's name followed by its keys and values,
+    /// bucket by bucket, the
+    /// newest revision in `key`, the number of rows of all buckets, and the
+    /// size the meta page claims (pages in use × page size).
+    pub fn status(&self) -> SnapshotStatus {
+        let mut hash = 0u32;
+        let mut revision = 0;
+        let mut total_key = 0;
+        for (name, entries) in &self.buckets {
+            hash = crc32c::crc32c_append(hash, name);
+            for (k, v) in entries {
+                hash = crc32c::crc32c_append(hash, k);
+                hash = crc32c::crc32c_append(hash, v);
+                if name == b"key" {
+                    if let Some(main) = k.get(..8).and_then(|b| b.try_into().ok()) {
+                        revision = i64::from_be_bytes(main);
+                    }
+                }
+                total_key += 1;
+            }
+        }
+        SnapshotStatus {
+            hash,
+            revision,
+            total_key,
+            total_size: self.size,
+        }
     }
 
     /// The entries of bucket `name`, if it exists.

@@ -1,11 +1,13 @@
 //! The `oxcd` binary: etcd's `main`. Looks at the first argument
-//! (`gateway start`, `grpc-proxy start`, otherwise the server), turns flags,
+//! (`snapshot status` offline, `gateway start`, `grpc-proxy start`,
+//! otherwise the server), turns flags,
 //! `ETCD_*` environment and `--config-file` into one `embed` config, sets up
 //! logging, starts the member and waits for SIGINT/SIGTERM.
 
 mod flags;
 mod help;
 mod logging;
+mod offline;
 
 use oxcd_server::config::Config;
 use std::process::ExitCode;
@@ -25,6 +27,7 @@ fn main() -> ExitCode {
     let _ = rustix::thread::disable_transparent_huge_pages(true);
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
+        Some("snapshot") => return offline::snapshot(&args[2..]),
         Some("gateway") | Some("grpc-proxy") => {
             eprintln!(
                 "oxcd: '{}' is not yet available in this version of oxcd",

@@ -60,6 +60,15 @@ async fn a_saved_snapshot_restores_and_boots_under_real_etcd() {
         // key (304 puts and the delete), plus meta, lease, auth, members.
         let total = st["totalKey"].as_i64().unwrap_or_default();
         assert!((306..330).contains(&total), "{st}");
+        // `oxcd snapshot status` (offline, etcdutl-style) agrees with
+        // etcdctl on every field.
+        let ours = std::process::Command::new(env!("CARGO_BIN_EXE_oxcd"))
+            .args(["snapshot", "status", file_s, "-w", "json"])
+            .output()
+            .unwrap();
+        assert!(ours.status.success(), "{ours:?}");
+        let ours: serde_json::Value = serde_json::from_slice(&ours.stdout).unwrap();
+        assert_eq!(ours, st);
 
         if !std::path::Path::new(ETCD).exists() {
             eprintln!("skipping the restore half: no {ETCD}");
