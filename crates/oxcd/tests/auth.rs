@@ -406,6 +406,15 @@ impl Conn {
             .map(|r| r.into_inner().ttl)
     }
 
+    /// The keys attached to the lease (TimeToLive with keys).
+    async fn lease_keys(&self, id: i64) -> Result<Vec<String>, Status> {
+        let r = LeaseTimeToLiveRequest { id, keys: true };
+        self.lease()
+            .lease_time_to_live(self.req(r))
+            .await
+            .map(|r| r.into_inner().keys.iter().map(|k| text(k)).collect())
+    }
+
     async fn hash(&self) -> Result<u32, Status> {
         self.maintenance()
             .hash(self.req(HashRequest {}))
@@ -2409,6 +2418,37 @@ async fn acknowledged_user_adds_survive_kill_9() {
             anon.login(first, "pw").await;
         }
         drop(roots);
+    })
+    .await;
+}
+
+/// Listing a lease's keys needs READ on each of them (the fix etcd made
+/// later for CVE-2023-32082; etcd 3.4 lists them to anyone).
+#[tokio::test]
+async fn listing_a_leases_keys_needs_read_on_them() {
+    if skip_oxcd_only("lease key listing") {
+        return;
+    }
+    bounded(async {
+        let f = Fixture::start().await;
+        let lease = ok(f.root.lease_grant(600).await, "grant");
+        ok(
+            f.root.put_req(put_lease("rw", "v", lease)).await,
+            "attach rw",
+        );
+        // alice may read rw: she sees it.
+        assert_eq!(ok(f.alice.lease_keys(lease).await, "alice lists"), ["rw"]);
+        ok(
+            f.root.put_req(put_lease("secret", "s", lease)).await,
+            "attach secret",
+        );
+        assert_err(f.alice.lease_keys(lease).await, DENIED);
+        assert_err(f.anon.lease_keys(lease).await, USER_EMPTY);
+        // Without keys the TTL stays public, as in etcd.
+        assert!(ok(f.alice.lease_ttl(lease).await, "ttl") > 0);
+        let mut all = ok(f.root.lease_keys(lease).await, "root lists");
+        all.sort();
+        assert_eq!(all, ["rw", "secret"]);
     })
     .await;
 }

@@ -358,7 +358,7 @@ impl Applier {
         match req {
             Request::Put(p) => checks::put(&view, who, p, &lease_keys),
             Request::DeleteRange(d) => checks::delete_range(&view, who, d),
-            Request::Txn(t) => checks::txn(&view, who, t),
+            Request::Txn(t) => checks::txn_with_leases(&view, who, t, &lease_keys),
             Request::LeaseRevoke(r) => checks::lease_revoke(&view, who, &lease_keys(r.id)),
             _ => Ok(()),
         }

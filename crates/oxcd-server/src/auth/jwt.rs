@@ -43,7 +43,7 @@ enum Method {
 
 impl Method {
     fn parse(name: &str) -> Option<Method> {
-        let (family, bits) = name.split_at(name.len().min(2));
+        let (family, bits) = (name.get(..2)?, name.get(2..)?);
         let bits = match bits {
             "256" => 256,
             "384" => 384,

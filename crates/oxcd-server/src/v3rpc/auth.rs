@@ -40,6 +40,13 @@ impl AuthService {
         }
     }
 
+    /// Refuses a caller the admin rule would refuse at apply before
+    /// spending a bcrypt hash on it (the apply-time check still decides:
+    /// this only spares the hashing pool from anonymous floods).
+    fn admin_before_hashing(&self, who: &Identity) -> Result<(), Status> {
+        Ok(self.core.auth_view().check_admin(who)?)
+    }
+
     /// The caller's identity (checked at apply).
     async fn who<T>(&self, r: &Request<T>) -> Result<Identity, Status> {
         Ok(self.core.who_of(r).await?)
@@ -151,6 +158,7 @@ impl Auth for AuthService {
         r: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
         let who = self.who(&r).await?;
+        self.admin_before_hashing(&who)?;
         let mut req = r.into_inner();
         if !req.options.is_some_and(|o| o.no_password) {
             let pw = std::mem::take(&mut req.password);
@@ -203,6 +211,7 @@ impl Auth for AuthService {
         r: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
         let who = self.who(&r).await?;
+        self.admin_before_hashing(&who)?;
         let mut req = r.into_inner();
         let pw = std::mem::take(&mut req.password);
         req.hashed_password = self.core.auth.hasher.hash_for_proposal(pw).await?;

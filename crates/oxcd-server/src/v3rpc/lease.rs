@@ -58,6 +58,32 @@ impl LeaseService {
     }
 }
 
+impl LeaseService {
+    /// With auth on, listing a lease's keys needs READ on each of them
+    /// (etcd's later `checkLeaseTimeToLive`, the fix of CVE-2023-32082;
+    /// etcd 3.4 lists them to anyone). Key attachments are replicated, so
+    /// this member's lessor knows them without asking the leader.
+    async fn permit_key_listing(
+        &self,
+        request: &GrpcRequest<LeaseTimeToLiveRequest>,
+    ) -> Result<(), Status> {
+        let view = self.core.auth_view();
+        if !view.enabled() {
+            return Ok(());
+        }
+        let who = self.core.who_of(request).await?;
+        for key in self
+            .core
+            .lessor
+            .keys(request.get_ref().id)
+            .unwrap_or_default()
+        {
+            view.check_key(&who, crate::auth::permissions::Access::Read, &key, b"")?;
+        }
+        Ok(())
+    }
+}
+
 fn unexpected() -> Status {
     Status::internal("oxcd: write path answered with the wrong response type")
 }
@@ -133,6 +159,9 @@ impl Lease for LeaseService {
         &self,
         request: GrpcRequest<LeaseTimeToLiveRequest>,
     ) -> Result<GrpcResponse<LeaseTimeToLiveResponse>, Status> {
+        if request.get_ref().keys {
+            self.permit_key_listing(&request).await?;
+        }
         let r = request.into_inner();
         let id = r.id;
         let answer = if self.core.writes.is_leader() {

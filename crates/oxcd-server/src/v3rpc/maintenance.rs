@@ -128,10 +128,10 @@ impl Maintenance for MaintenanceService {
     async fn hash_kv(&self, r: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         self.admin_only(&r).await?;
         let rev = r.into_inner().revision;
-        let h = self
-            .core
-            .store
-            .hash_kv(rev)
+        let store = self.core.store.clone();
+        let h = tokio::task::spawn_blocking(move || store.hash_kv(rev))
+            .await
+            .map_err(|e| Status::internal(format!("hashkv task: {e}")))?
             .map_err(crate::apply::mvcc_error)?;
         Ok(Response::new(HashKvResponse {
             header: Some(self.core.header(h.current_rev)),
