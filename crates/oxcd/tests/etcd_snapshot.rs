@@ -17,6 +17,49 @@ use etcd_client::{GetOptions, PutOptions};
 
 const ETCD: &str = "/usr/bin/etcd";
 
+/// Starts the real etcd as single member `name` on `data`, and waits
+/// (bounded) until it serves a read; the process dies with the handle.
+async fn start_etcd(
+    name: &str,
+    data: &std::path::Path,
+    cport: u16,
+    pport: u16,
+) -> (tokio::process::Child, etcd_client::Client) {
+    let client_url = format!("http://127.0.0.1:{cport}");
+    let peer = format!("http://127.0.0.1:{pport}");
+    let etcd = tokio::process::Command::new(ETCD)
+        .args([
+            "--name",
+            name,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen-client-urls",
+            &client_url,
+            "--advertise-client-urls",
+            &client_url,
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+            "--initial-cluster",
+            &format!("{name}={peer}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if let Ok(mut c) = etcd_client::Client::connect([client_url.as_str()], None).await {
+            if c.get("a", None).await.is_ok() {
+                return (etcd, c);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("etcd did not serve {}", data.display());
+}
+
 #[tokio::test]
 async fn a_saved_snapshot_restores_and_boots_under_real_etcd() {
     bounded(async {
@@ -76,7 +119,6 @@ async fn a_saved_snapshot_restores_and_boots_under_real_etcd() {
         }
         let (cport, pport) = (free_port(), free_port());
         let peer = format!("http://127.0.0.1:{pport}");
-        let client_url = format!("http://127.0.0.1:{cport}");
         let data = dir.path().join("restored.etcd");
         let restored = m
             .etcdctl(&[
@@ -94,40 +136,7 @@ async fn a_saved_snapshot_restores_and_boots_under_real_etcd() {
             ])
             .await;
         restored.ok();
-        let mut etcd = tokio::process::Command::new(ETCD)
-            .args([
-                "--name",
-                "r",
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--listen-client-urls",
-                &client_url,
-                "--advertise-client-urls",
-                &client_url,
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--initial-cluster",
-                &format!("r={peer}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut rc = None;
-        for _ in 0..200 {
-            if let Ok(client) = etcd_client::Client::connect([client_url.as_str()], None).await {
-                let mut client = client;
-                if client.get("a", None).await.is_ok() {
-                    rc = Some(client);
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let mut rc = rc.expect("etcd did not serve the restored directory");
+        let (mut etcd, mut rc) = start_etcd("r", &data, cport, pport).await;
         let a = rc.get("a", None).await.unwrap();
         assert_eq!(a.kvs()[0].value(), b"2");
         assert_eq!(a.kvs()[0].version(), 2);
@@ -199,41 +208,7 @@ async fn reads_a_backend_written_by_etcd() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("e.etcd");
         let (cport, pport) = (free_port(), free_port());
-        let client_url = format!("http://127.0.0.1:{cport}");
-        let peer = format!("http://127.0.0.1:{pport}");
-        let mut etcd = tokio::process::Command::new(ETCD)
-            .args([
-                "--name",
-                "e",
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--listen-client-urls",
-                &client_url,
-                "--advertise-client-urls",
-                &client_url,
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-                "--initial-cluster",
-                &format!("e={peer}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut client = None;
-        for _ in 0..200 {
-            if let Ok(mut c) = etcd_client::Client::connect([client_url.as_str()], None).await {
-                if c.get("x", None).await.is_ok() {
-                    client = Some(c);
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let mut c = client.expect("etcd did not start");
+        let (mut etcd, mut c) = start_etcd("e", &data, cport, pport).await;
         // Enough rows to split pages, values big enough to overflow one.
         for i in 0..2000 {
             c.put(format!("k{i:05}"), format!("v{i}"), None)
