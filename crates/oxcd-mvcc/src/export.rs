@@ -6,7 +6,7 @@
 //! mean. The view is one redb read transaction: the file as of one commit,
 //! while writers go on.
 
-use redb::{ReadableTable, TableDefinition, TableError, TableHandle};
+use redb::{ReadableTable, TableDefinition, TableError};
 
 use crate::backend::Snapshot;
 use crate::error::{MvccError, Result};
@@ -33,21 +33,6 @@ impl KvStore {
 }
 
 impl ExportView {
-    /// The names of the tables in the view, sorted.
-    ///
-    /// # Errors
-    /// Backend errors.
-    pub fn tables(&self) -> Result<Vec<String>> {
-        let mut names: Vec<String> = self
-            .snap
-            .list_tables()
-            .map_err(|e| MvccError::backend("list tables", e))?
-            .map(|h| h.name().to_string())
-            .collect();
-        names.sort();
-        Ok(names)
-    }
-
     /// Calls `f` with every row of table `name` in key order, until it
     /// returns `false`. A table that does not exist has no rows.
     ///

@@ -208,12 +208,18 @@ struct Published {
     state: Arc<AuthState>,
 }
 
-impl SharedView {
-    fn new(state: &AuthState) -> SharedView {
-        SharedView(Arc::new(RwLock::new(Published {
+impl Published {
+    fn of(state: &AuthState) -> Published {
+        Published {
             view: Arc::new(AuthView::build(state)),
             state: Arc::new(state.clone()),
-        })))
+        }
+    }
+}
+
+impl SharedView {
+    fn new(state: &AuthState) -> SharedView {
+        SharedView(Arc::new(RwLock::new(Published::of(state))))
     }
 
     /// The view as of now.
@@ -235,11 +241,7 @@ impl SharedView {
     }
 
     fn set(&self, state: &AuthState) {
-        let p = Published {
-            view: Arc::new(AuthView::build(state)),
-            state: Arc::new(state.clone()),
-        };
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = p;
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Published::of(state);
     }
 }
 
