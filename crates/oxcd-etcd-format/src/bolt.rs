@@ -353,46 +353,18 @@ impl BoltFile {
     /// [`BoltError::Invalid`] for anything that does not check out: no
     /// valid meta page, a page out of the file, a wrong page type.
     pub fn parse(data: &[u8]) -> Result<BoltFile> {
-        let meta = best_meta(data)?;
-        let r = Reader {
-            data,
-            page_size: meta.page_size,
-            high_water: meta.high_water,
-        };
-        let mut out = BoltFile {
-            size: meta.high_water * meta.page_size as u64,
-            ..BoltFile::default()
-        };
-        let mut roots = Vec::new();
-        r.walk(meta.root, 0, &mut |flags, k, v| {
-            if flags & BUCKET_LEAF == 0 {
-                return Err(BoltError::Invalid("a plain key in the root bucket".into()));
+        let mut out = BoltFile::default();
+        out.size = visit(data, &mut |item| {
+            match item {
+                Item::Bucket(name) => out.buckets.push((name.to_vec(), Vec::new())),
+                Item::Row(k, v) => {
+                    if let Some((_, entries)) = out.buckets.last_mut() {
+                        entries.push((k.to_vec(), v.to_vec()));
+                    }
+                }
             }
-            roots.push((k.to_vec(), v.to_vec()));
             Ok(())
         })?;
-        for (name, header) in roots {
-            let mut entries = Vec::new();
-            let root = le_u64(&header, 0)?;
-            let mut add = |flags: u32, k: &[u8], v: &[u8]| {
-                if flags & BUCKET_LEAF != 0 {
-                    return Err(BoltError::Invalid(
-                        "nested buckets are not supported".into(),
-                    ));
-                }
-                entries.push((k.to_vec(), v.to_vec()));
-                Ok(())
-            };
-            if root == 0 {
-                let inline = header
-                    .get(16..)
-                    .ok_or_else(|| BoltError::Invalid("short inline bucket".into()))?;
-                Reader::walk_page(inline, &mut |_, _| Ok(()), &mut add)?;
-            } else {
-                r.walk(root, 0, &mut add)?;
-            }
-            out.buckets.push((name, entries));
-        }
         Ok(out)
     }
 
@@ -433,6 +405,67 @@ impl BoltFile {
             .find(|(n, _)| n.as_slice() == name)
             .map(|(_, e)| e.as_slice())
     }
+}
+
+/// Whether `head` (the first bytes of a file) starts like a bbolt file:
+/// a page header then bbolt's magic.
+pub fn looks_like_bolt(head: &[u8]) -> bool {
+    le_u32(head, HEADER).is_ok_and(|m| m == MAGIC)
+}
+
+/// One thing [`visit`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Item<'a> {
+    /// A top-level bucket begins: its name.
+    Bucket(&'a [u8]),
+    /// A (key, value) of the current bucket.
+    Row(&'a [u8], &'a [u8]),
+}
+
+/// Streams every top-level bucket of the bbolt file in `data`: `f` gets
+/// each bucket's name (in name order), then each of its (key, value)
+/// pairs in key order. Nothing is collected, so
+/// a large file costs no memory beyond itself. Returns the size in use
+/// (pages in use × page size).
+///
+/// # Errors
+/// As [`BoltFile::parse`], and whatever `f` returns.
+pub fn visit(data: &[u8], f: &mut dyn FnMut(Item<'_>) -> Result<()>) -> Result<u64> {
+    let meta = best_meta(data)?;
+    let r = Reader {
+        data,
+        page_size: meta.page_size,
+        high_water: meta.high_water,
+    };
+    let mut roots = Vec::new();
+    r.walk(meta.root, 0, &mut |flags, k, v| {
+        if flags & BUCKET_LEAF == 0 {
+            return Err(BoltError::Invalid("a plain key in the root bucket".into()));
+        }
+        roots.push((k.to_vec(), v.to_vec()));
+        Ok(())
+    })?;
+    for (name, header) in roots {
+        f(Item::Bucket(&name))?;
+        let root = le_u64(&header, 0)?;
+        let mut add = |flags: u32, k: &[u8], v: &[u8]| {
+            if flags & BUCKET_LEAF != 0 {
+                return Err(BoltError::Invalid(
+                    "nested buckets are not supported".into(),
+                ));
+            }
+            f(Item::Row(k, v))
+        };
+        if root == 0 {
+            let inline = header
+                .get(16..)
+                .ok_or_else(|| BoltError::Invalid("short inline bucket".into()))?;
+            Reader::walk_page(inline, &mut |_, _| Ok(()), &mut add)?;
+        } else {
+            r.walk(root, 0, &mut add)?;
+        }
+    }
+    Ok(meta.high_water * meta.page_size as u64)
 }
 
 struct Meta {

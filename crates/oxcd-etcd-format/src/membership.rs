@@ -1,0 +1,243 @@
+//! How etcd 3.4/3.5 records its members: in the v2 store inside every snap
+//! file, in the context of every membership conf change in the WAL, and
+//! (3.4 and later) in the backend's `members` bucket.
+//!
+//! - v2 store (`v2store.Save()` JSON): `Root.Children["0"].Children
+//!   ["members"].Children[<hex id>].Children` holds `raftAttributes`
+//!   (`{"peerURLs":[…],"isLearner":true}`) and `attributes`
+//!   (`{"name":…,"clientURLs":[…]}`), each as a JSON string in `Value`;
+//!   removed members are the keys of `…["0"].Children["removed_members"]
+//!   .Children`.
+//! - conf change context and `members` bucket: the JSON of `membership.
+//!   Member`, `{"id":<decimal>,"peerURLs":[…],"isLearner"?,"name"?,
+//!   "clientURLs"?}`.
+//! - `raftpb.ConfChange{ID=1, Type=2, NodeID=3, Context=4}`, with etcd's
+//!   type numbers (add 0, remove 1, update 2, add learner 3).
+
+use prost::Message;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// A member as etcd records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct EtcdMember {
+    /// Member ID.
+    #[serde(default)]
+    pub id: u64,
+    /// Peer URLs.
+    #[serde(rename = "peerURLs", default)]
+    pub peer_urls: Vec<String>,
+    /// Whether it is a learner.
+    #[serde(rename = "isLearner", default)]
+    pub is_learner: bool,
+    /// Its name, once published.
+    #[serde(default)]
+    pub name: String,
+    /// Its client URLs, once published.
+    #[serde(rename = "clientURLs", default)]
+    pub client_urls: Vec<String>,
+}
+
+impl EtcdMember {
+    /// Decodes a conf change context or a `members` bucket value.
+    ///
+    /// # Errors
+    /// The JSON error.
+    pub fn from_json(b: &[u8]) -> Result<EtcdMember, serde_json::Error> {
+        serde_json::from_slice(b)
+    }
+}
+
+/// The members the v2 store of a snap file holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct V2Cluster {
+    /// Members, sorted by ID.
+    pub members: Vec<EtcdMember>,
+    /// IDs of removed members, sorted.
+    pub removed: Vec<u64>,
+}
+
+/// Why a v2 store could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("v2 store: {0}")]
+pub struct V2StoreError(String);
+
+#[derive(Deserialize)]
+struct RaftAttributes {
+    #[serde(rename = "peerURLs", default)]
+    peer_urls: Vec<String>,
+    #[serde(rename = "isLearner", default)]
+    is_learner: bool,
+}
+
+#[derive(Deserialize)]
+struct Attributes {
+    #[serde(default)]
+    name: String,
+    #[serde(rename = "clientURLs", default)]
+    client_urls: Vec<String>,
+}
+
+fn children<'a>(node: &'a Value, name: &str) -> Option<&'a serde_json::Map<String, Value>> {
+    node.get("Children")?
+        .get(name)?
+        .get("Children")?
+        .as_object()
+}
+
+impl V2Cluster {
+    /// Reads the members out of a v2 store's JSON.
+    ///
+    /// # Errors
+    /// [`V2StoreError`] if it is not JSON, or a member's ID or attributes
+    /// do not decode. A store without members (none added yet) is empty,
+    /// not an error.
+    pub fn from_store_json(json: &[u8]) -> Result<V2Cluster, V2StoreError> {
+        let v: Value = serde_json::from_slice(json).map_err(|e| V2StoreError(e.to_string()))?;
+        let Some(zero) = v.get("Root").and_then(|r| r.get("Children")?.get("0")) else {
+            return Ok(V2Cluster::default());
+        };
+        let hex = |s: &str| {
+            u64::from_str_radix(s, 16).map_err(|e| V2StoreError(format!("member id {s:?}: {e}")))
+        };
+        let value = |node: &Value, field: &str| -> Option<String> {
+            node.get("Children")?
+                .get(field)?
+                .get("Value")?
+                .as_str()
+                .map(str::to_string)
+        };
+        let mut out = V2Cluster::default();
+        for (id, node) in children(zero, "members").into_iter().flatten() {
+            let mut m = EtcdMember {
+                id: hex(id)?,
+                ..EtcdMember::default()
+            };
+            if let Some(raw) = value(node, "raftAttributes") {
+                let r: RaftAttributes = serde_json::from_str(&raw)
+                    .map_err(|e| V2StoreError(format!("member {id} raftAttributes: {e}")))?;
+                m.peer_urls = r.peer_urls;
+                m.is_learner = r.is_learner;
+            }
+            if let Some(raw) = value(node, "attributes") {
+                let a: Attributes = serde_json::from_str(&raw)
+                    .map_err(|e| V2StoreError(format!("member {id} attributes: {e}")))?;
+                m.name = a.name;
+                m.client_urls = a.client_urls;
+            }
+            out.members.push(m);
+        }
+        for id in children(zero, "removed_members")
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k)
+        {
+            out.removed.push(hex(id)?);
+        }
+        out.members.sort_by_key(|m| m.id);
+        out.removed.sort_unstable();
+        Ok(out)
+    }
+}
+
+/// etcd's conf change types (`raftpb.ConfChangeType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfChangeKind {
+    /// `ConfChangeAddNode` (0): add a voter, or promote a learner.
+    AddNode,
+    /// `ConfChangeRemoveNode` (1).
+    RemoveNode,
+    /// `ConfChangeUpdateNode` (2): new peer URLs for a member.
+    UpdateNode,
+    /// `ConfChangeAddLearnerNode` (3).
+    AddLearnerNode,
+}
+
+/// `raftpb.ConfChange` as etcd encodes it.
+#[derive(Clone, PartialEq, Message)]
+pub struct ConfChange {
+    /// The proposer's request ID.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// The type number; see [`ConfChange::kind`].
+    #[prost(int32, tag = "2")]
+    pub change_type: i32,
+    /// The member.
+    #[prost(uint64, tag = "3")]
+    pub node_id: u64,
+    /// The member's JSON ([`EtcdMember`]), empty for a removal.
+    #[prost(bytes = "vec", tag = "4")]
+    pub context: Vec<u8>,
+}
+
+impl ConfChange {
+    /// The change's type, `None` for a number etcd does not define.
+    pub fn kind(&self) -> Option<ConfChangeKind> {
+        Some(match self.change_type {
+            0 => ConfChangeKind::AddNode,
+            1 => ConfChangeKind::RemoveNode,
+            2 => ConfChangeKind::UpdateNode,
+            3 => ConfChangeKind::AddLearnerNode,
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shaped as the v2 store in the snap file of a real etcd 3.4 member.
+    const STORE: &str = r#"{"Root":{"Path":"/","Value":"","Children":{"0":{"Path":"/0","Children":{
+        "members":{"Path":"/0/members","Children":{
+          "667880157b8812c8":{"Path":"/0/members/667880157b8812c8","Children":{
+            "attributes":{"Value":"{\"name\":\"s1\",\"clientURLs\":[\"http://127.0.0.1:42379\"]}","Children":null},
+            "raftAttributes":{"Value":"{\"peerURLs\":[\"http://127.0.0.1:42380\"]}","Children":null}}},
+          "12":{"Children":{"raftAttributes":{"Value":"{\"peerURLs\":[\"http://127.0.0.1:5\"],\"isLearner\":true}"}}}}},
+        "removed_members":{"Children":{"ab":{"Value":""}}},
+        "version":{"Path":"/0/version","Value":"3.4.0","Children":null}}},
+      "1":{"Path":"/1","Children":{}}}},"WatcherHub":{},"CurrentIndex":3}"#;
+
+    #[test]
+    fn members_from_a_v2_store() {
+        let c = V2Cluster::from_store_json(STORE.as_bytes()).unwrap();
+        assert_eq!(c.removed, vec![0xab]);
+        assert_eq!(c.members.len(), 2);
+        assert_eq!(c.members[0].id, 0x12);
+        assert!(c.members[0].is_learner);
+        assert_eq!(c.members[0].name, "");
+        let s1 = &c.members[1];
+        assert_eq!(s1.id, 0x6678_8015_7b88_12c8);
+        assert_eq!(s1.name, "s1");
+        assert_eq!(s1.peer_urls, vec!["http://127.0.0.1:42380"]);
+        assert_eq!(s1.client_urls, vec!["http://127.0.0.1:42379"]);
+        assert!(V2Cluster::from_store_json(b"{\"Root\":{}}")
+            .unwrap()
+            .members
+            .is_empty());
+        assert!(V2Cluster::from_store_json(b"not json").is_err());
+    }
+
+    #[test]
+    fn conf_change_context_as_etcd_writes_it() {
+        let m = EtcdMember::from_json(
+            br#"{"id":7383792418829112008,"peerURLs":["http://127.0.0.1:42380"],"name":"s1"}"#,
+        )
+        .unwrap();
+        assert_eq!(m.id, 0x6678_8015_7b88_12c8);
+        assert!(!m.is_learner);
+        let cc = ConfChange {
+            change_type: 3,
+            ..ConfChange::default()
+        };
+        assert_eq!(cc.kind(), Some(ConfChangeKind::AddLearnerNode));
+        assert_eq!(
+            ConfChange {
+                change_type: 9,
+                ..cc
+            }
+            .kind(),
+            None
+        );
+    }
+}
