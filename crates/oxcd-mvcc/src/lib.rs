@@ -60,6 +60,7 @@ mod events;
 mod export;
 mod hash;
 pub mod id_hash;
+pub mod import;
 pub mod index;
 mod key_index;
 mod kvstore;
