@@ -159,14 +159,19 @@ impl Storage for LogStore {
         self.mem.last_index()
     }
 
-    /// The newest snapshot; "temporarily unavailable" (raft retries later)
-    /// when there is none yet or it is older than `request_index`.
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    /// The newest snapshot; "temporarily unavailable" (raft retries later,
+    /// and the loop takes a new snapshot) when there is none yet, it is
+    /// older than `request_index`, or its configuration does not hold
+    /// `to` (a member added since: raft refuses a snapshot that leaves it
+    /// out, so etcd sends one made at the applied index instead).
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let index = self.snapshot.get_metadata().index;
         // A follower installing a snapshot continues with the entry after
         // it, which the log must still hold.
         let first = self.mem.first_index()?;
-        if index == 0 || index < request_index || index + 1 < first {
+        let cs = self.snapshot.get_metadata().get_conf_state();
+        let holds_target = cs.voters.contains(&to) || cs.learners.contains(&to);
+        if index == 0 || index < request_index || index + 1 < first || !holds_target {
             self.wanted
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             return Err(raft::Error::Store(
@@ -225,8 +230,13 @@ mod tests {
         snap.mut_metadata().index = 5;
         snap.mut_metadata().term = 2;
         snap.data = b"members".to_vec().into();
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2];
         s.set_snapshot(snap.clone());
         assert_eq!(s.snapshot(0, 2).ok(), Some(snap));
         assert!(s.snapshot(6, 2).is_err());
+        // Member 3 joined after it: a newer snapshot is wanted.
+        let _ = s.take_snapshot_wanted();
+        assert!(s.snapshot(0, 3).is_err());
+        assert!(s.take_snapshot_wanted());
     }
 }
