@@ -221,7 +221,8 @@ fn read_identity(path: &Path) -> Result<Identity, BootstrapError> {
     })
 }
 
-fn write_identity(path: &Path, id: &Identity) -> Result<(), BootstrapError> {
+/// Writes `id` to `path` durably (temp file, fsync, rename, fsync dir).
+pub(crate) fn write_identity(path: &Path, id: &Identity) -> Result<(), BootstrapError> {
     let s = StoredIdentity {
         member_id: format!("{:x}", id.member.id),
         cluster_id: format!("{:x}", id.cluster_id),

@@ -66,6 +66,9 @@ pub enum StartError {
     /// `--auth-token` cannot be used.
     #[error("{0}")]
     Auth(String),
+    /// The data dir holds etcd's files and they cannot be imported.
+    #[error("{0}")]
+    Import(#[from] crate::etcd_import::ImportError),
 }
 
 /// A running member.
@@ -103,6 +106,11 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
     for flag in cfg.unimplemented_flags_set() {
         tracing::warn!("--{flag} is accepted but not acted on by this version of oxcd");
     }
+    // etcd's files become oxcd's before anything opens them.
+    let import_cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || crate::etcd_import::import_if_etcd(&import_cfg))
+        .await
+        .map_err(|e| StartError::Thread(std::io::Error::other(e)))??;
     let layout = bootstrap::prepare_data_dir(&cfg.data_dir)?;
     let Listeners {
         peers,
@@ -152,7 +160,14 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         writes: raft.writes,
         watchable,
         lessor,
-        member: identity.member.clone(),
+        // What this start publishes, as etcd's `publish`: the name and
+        // client URLs of this configuration, whatever was stored before
+        // (a restored or imported member may have none stored).
+        member: Member {
+            name: cfg.name.clone(),
+            client_urls: cfg.advertise_client_urls.iter().map(url_string).collect(),
+            ..identity.member.clone()
+        },
         members,
         cluster_id: identity.cluster_id,
         max_txn_ops: cfg.max_txn_ops as usize,

@@ -225,31 +225,14 @@ pub struct MembersSnapshotError(String);
 impl Members {
     /// The member list (and removed IDs) for a raft snapshot.
     pub fn snapshot_data(&self) -> Vec<u8> {
-        let members = self
-            .list()
-            .into_iter()
-            .map(|m| MemberRecord {
-                id: format!("{:x}", m.id),
-                name: m.name,
-                peer_urls: m.peer_urls,
-                client_urls: m.client_urls,
-                is_learner: m.is_learner,
-            })
-            .collect();
-        let mut removed: Vec<u64> = self
+        let removed: Vec<u64> = self
             .removed
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .copied()
             .collect();
-        removed.sort_unstable();
-        let snap = MembersSnapshot {
-            members,
-            removed: removed.iter().map(|id| format!("{id:x}")).collect(),
-        };
-        // Plain strings and lists cannot fail to serialise.
-        serde_json::to_vec(&snap).unwrap_or_default()
+        snapshot_data_of(self.list(), removed)
     }
 
     /// Replaces the list and the removed IDs with a snapshot's.
@@ -294,6 +277,28 @@ impl Members {
             .copied()
             .collect()
     }
+}
+
+/// The raft snapshot form of `members` and the `removed` IDs (what
+/// [`Members::restore_snapshot`] reads).
+pub fn snapshot_data_of(members: Vec<Member>, mut removed: Vec<u64>) -> Vec<u8> {
+    let members = members
+        .into_iter()
+        .map(|m| MemberRecord {
+            id: format!("{:x}", m.id),
+            name: m.name,
+            peer_urls: m.peer_urls,
+            client_urls: m.client_urls,
+            is_learner: m.is_learner,
+        })
+        .collect();
+    removed.sort_unstable();
+    let snap = MembersSnapshot {
+        members,
+        removed: removed.iter().map(|id| format!("{id:x}")).collect(),
+    };
+    // Plain strings and lists cannot fail to serialise.
+    serde_json::to_vec(&snap).unwrap_or_default()
 }
 
 impl oxcd_raft::transport::Directory for Members {

@@ -214,7 +214,7 @@ fn snap_dir(layout: &Layout) -> PathBuf {
 
 /// WAL tunables. `OXCD_WAL_SEGMENT_BYTES` (not an etcd setting; for tests
 /// that need many segments) overrides etcd's 64 MB segment size.
-fn wal_options() -> WalOptions {
+pub(crate) fn wal_options() -> WalOptions {
     let mut opts = WalOptions::default();
     if let Some(n) = std::env::var("OXCD_WAL_SEGMENT_BYTES")
         .ok()
