@@ -17,7 +17,8 @@ trap 'stop; rm -rf "$WORK"' EXIT
 
 EP="127.0.0.1:$PORT"
 
-# start BIN DIR: a single member with an 8 GiB quota; waits until healthy.
+# start BIN DIR: a single member with an 8 GiB quota; waits until healthy
+# (up to START_POLLS polls, default 200, 50 ms apart).
 start() {
   "$1" --name d --data-dir "$2" --listen-client-urls "http://$EP" \
     --advertise-client-urls "http://$EP" --listen-peer-urls "http://127.0.0.1:$((PORT + 1))" \
@@ -25,7 +26,7 @@ start() {
     --initial-cluster "d=http://127.0.0.1:$((PORT + 1))" \
     --quota-backend-bytes 8589934592 >"$2.log" 2>&1 &
   PID=$!
-  for _ in $(seq 1 200); do
+  for _ in $(seq 1 "${START_POLLS:-200}"); do
     etcdctl --endpoints="$EP" --dial-timeout=1s endpoint health >/dev/null 2>&1 && return 0
     sleep 0.05
   done
