@@ -61,7 +61,7 @@ timed_start() {
 }
 
 # peak_rss_mib: the running server's peak RSS (VmHWM) in MiB.
-peak_rss_mib() { awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$PID/status"; }
+peak_rss_mib() { awk '/VmHWM/ { printf "%.0f\n", $2 / 1024 }' "/proc/$PID/status"; }
 
 # stats: "median (min–max)" of the numbers on stdin.
 stats() {
@@ -90,7 +90,7 @@ for run in $(seq 1 "$RUNS"); do
   cp -a "$SRC" "$d"
   timed_start "$OXCD_BIN" "$d" >>"$WORK/import.t"
   peak_rss_mib >>"$WORK/rss"
-  [ "$(etcdctl --endpoints="$EP" get --prefix "" --count-only -w json | jq -r .count)" = "$KEYS" ] ||
+  [ "$(etcdctl --endpoints="$EP" get --prefix "" --limit 1 -w json | jq -r .count)" = "$KEYS" ] ||
     { echo "oxcd does not hold all $KEYS keys after the import" >&2; exit 1; }
   stop
   timed_start "$OXCD_BIN" "$d" >>"$WORK/restart.t"

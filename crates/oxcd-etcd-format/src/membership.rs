@@ -140,6 +140,114 @@ impl V2Cluster {
     }
 }
 
+/// The JSON of a v2 store as etcd 3.4's `v2store.Save` writes it, holding
+/// only what etcd keeps there in v3 mode: the members (`raftAttributes`
+/// and, once published, `attributes`), the removed members, and the
+/// cluster version. The watcher history has etcd's capacity (1000), which
+/// etcd needs to record the v2 requests it applies after loading it.
+pub fn v2_store_json(members: &[EtcdMember], removed: &[u64], cluster_version: &str) -> Vec<u8> {
+    fn node(
+        path: &str,
+        value: Option<String>,
+        children: Option<serde_json::Map<String, Value>>,
+    ) -> Value {
+        serde_json::json!({
+            "Path": path,
+            "CreatedIndex": 0,
+            "ModifiedIndex": 0,
+            "ExpireTime": "0001-01-01T00:00:00Z",
+            "Value": value.unwrap_or_default(),
+            "Children": children.map_or(Value::Null, Value::Object),
+        })
+    }
+    let mut member_nodes = serde_json::Map::new();
+    for m in members {
+        let base = format!("/0/members/{:x}", m.id);
+        let mut raft = serde_json::json!({ "peerURLs": m.peer_urls });
+        if m.is_learner {
+            raft["isLearner"] = true.into();
+        }
+        let mut kids = serde_json::Map::new();
+        kids.insert(
+            "raftAttributes".into(),
+            node(
+                &format!("{base}/raftAttributes"),
+                Some(raft.to_string()),
+                None,
+            ),
+        );
+        if !m.name.is_empty() || !m.client_urls.is_empty() {
+            let mut attrs = serde_json::Map::new();
+            if !m.name.is_empty() {
+                attrs.insert("name".into(), m.name.clone().into());
+            }
+            if !m.client_urls.is_empty() {
+                attrs.insert("clientURLs".into(), m.client_urls.clone().into());
+            }
+            kids.insert(
+                "attributes".into(),
+                node(
+                    &format!("{base}/attributes"),
+                    Some(Value::Object(attrs).to_string()),
+                    None,
+                ),
+            );
+        }
+        member_nodes.insert(format!("{:x}", m.id), node(&base, None, Some(kids)));
+    }
+    let mut zero = serde_json::Map::new();
+    zero.insert(
+        "members".into(),
+        node("/0/members", None, Some(member_nodes)),
+    );
+    if !removed.is_empty() {
+        let gone = removed
+            .iter()
+            .map(|id| {
+                (
+                    format!("{id:x}"),
+                    node(
+                        &format!("/0/removed_members/{id:x}"),
+                        Some(String::new()),
+                        None,
+                    ),
+                )
+            })
+            .collect();
+        zero.insert(
+            "removed_members".into(),
+            node("/0/removed_members", None, Some(gone)),
+        );
+    }
+    zero.insert(
+        "version".into(),
+        node("/0/version", Some(cluster_version.to_string()), None),
+    );
+    let mut root = serde_json::Map::new();
+    root.insert("0".into(), node("/0", None, Some(zero)));
+    root.insert("1".into(), node("/1", None, Some(serde_json::Map::new())));
+    let store = serde_json::json!({
+        "Root": node("/", None, Some(root)),
+        "WatcherHub": {
+            "EventHistory": {
+                "Queue": {
+                    "Events": vec![Value::Null; 1000],
+                    "Size": 0,
+                    "Front": 0,
+                    "Back": 0,
+                    "Capacity": 1000,
+                },
+                "StartIndex": 0,
+                "LastIndex": 0,
+            }
+        },
+        "CurrentIndex": 0,
+        "Stats": {},
+        "CurrentVersion": 2,
+    });
+    store.to_string().into_bytes()
+}
+
 /// etcd's conf change types (`raftpb.ConfChangeType`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfChangeKind {
@@ -239,5 +347,28 @@ mod tests {
             .kind(),
             None
         );
+    }
+
+    #[test]
+    fn a_written_v2_store_reads_back() {
+        let members = vec![
+            EtcdMember {
+                id: 0x12,
+                peer_urls: vec!["http://a:1".into()],
+                is_learner: true,
+                ..EtcdMember::default()
+            },
+            EtcdMember {
+                id: 0x34,
+                peer_urls: vec!["http://b:1".into()],
+                name: "b".into(),
+                client_urls: vec!["http://b:2".into()],
+                ..EtcdMember::default()
+            },
+        ];
+        let json = v2_store_json(&members, &[0x99], "3.4.0");
+        let back = V2Cluster::from_store_json(&json).unwrap();
+        assert_eq!(back.members, members);
+        assert_eq!(back.removed, vec![0x99]);
     }
 }

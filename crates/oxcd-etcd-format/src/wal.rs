@@ -1,5 +1,6 @@
 //! etcd's write-ahead log (`member/wal/*.wal`, etcd's `wal` package),
-//! read: what a member had promised before it stopped.
+//! read (what a member had promised before it stopped) and written (a new
+//! log that starts after a snapshot).
 //!
 //! Each file `<seq>-<index>.wal` (hex, 16 digits each) is a sequence of
 //! frames: an 8-byte little-endian length whose low 56 bits are the record
@@ -245,6 +246,81 @@ fn read_file(path: &Path, data: &[u8], crc: &mut u32, wal: &mut EtcdWal) -> Resu
     Ok(())
 }
 
+/// Writes a new etcd WAL into the empty or missing directory `dir`: one
+/// file `0000000000000000-0000000000000000.wal` holding, as etcd's
+/// `wal.Create`, `SaveSnapshot` and `Save` write them, a crc record, the
+/// metadata (`node_id`, `cluster_id`), the empty snapshot marker, the
+/// marker `snapshot` (`(index, term)`, unless zero), `entries` and
+/// `hard_state`; synced. etcd opens it at `snapshot` and appends after it.
+///
+/// # Errors
+/// [`WalError::Io`].
+pub fn write_new(
+    dir: &Path,
+    node_id: u64,
+    cluster_id: u64,
+    snapshot: (u64, u64),
+    entries: &[Entry],
+    hard_state: HardState,
+) -> Result<PathBuf, WalError> {
+    let path = dir.join(format!("{:016x}-{:016x}.wal", 0, 0));
+    let io = |source| WalError::Io {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut out = Vec::new();
+    let mut crc = 0u32;
+    let mut frame = |kind: i64, data: Vec<u8>| {
+        let c = if kind == CRC {
+            crc
+        } else {
+            crc = crc32c::crc32c_append(crc, &data);
+            crc
+        };
+        let rec = Record { kind, crc: c, data }.encode_to_vec();
+        let pad = (8 - rec.len() % 8) % 8;
+        let mut len = rec.len() as u64;
+        if pad != 0 {
+            len |= (0x80 | pad as u64) << 56;
+        }
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&rec);
+        out.extend(std::iter::repeat_n(0, pad));
+    };
+    frame(CRC, Vec::new());
+    frame(
+        METADATA,
+        Metadata {
+            node_id,
+            cluster_id,
+        }
+        .encode_to_vec(),
+    );
+    frame(SNAPSHOT, SnapshotMarker::default().encode_to_vec());
+    if snapshot != (0, 0) {
+        frame(
+            SNAPSHOT,
+            SnapshotMarker {
+                index: snapshot.0,
+                term: snapshot.1,
+            }
+            .encode_to_vec(),
+        );
+    }
+    for e in entries {
+        frame(ENTRY, e.encode_to_vec());
+    }
+    frame(STATE, hard_state.encode_to_vec());
+    let mut f = std::fs::File::create(&path).map_err(io)?;
+    std::io::Write::write_all(&mut f, &out).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,5 +463,27 @@ mod tests {
         // No files at all.
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(read_dir(dir.path()), Err(WalError::Empty(_))));
+    }
+
+    #[test]
+    fn a_written_wal_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Entry {
+            kind: 0,
+            term: 3,
+            index: 8,
+            data: b"x".to_vec(),
+        };
+        let hs = HardState {
+            term: 3,
+            vote: 9,
+            commit: 8,
+        };
+        write_new(dir.path(), 9, 77, (7, 2), std::slice::from_ref(&e), hs).unwrap();
+        let w = read_dir(dir.path()).unwrap();
+        assert_eq!((w.node_id, w.cluster_id), (9, 77));
+        assert_eq!(w.snapshots, vec![(0, 0), (7, 2)]);
+        assert_eq!(w.entries, vec![e]);
+        assert_eq!(w.hard_state, Some(hs));
     }
 }

@@ -190,7 +190,7 @@ where
     Ok(id)
 }
 
-fn read_identity(path: &Path) -> Result<Identity, BootstrapError> {
+pub(crate) fn read_identity(path: &Path) -> Result<Identity, BootstrapError> {
     let bad = |reason: String| BootstrapError::Identity {
         path: path.to_path_buf(),
         reason,

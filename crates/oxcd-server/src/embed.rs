@@ -67,7 +67,7 @@ pub enum StartError {
     #[error("{0}")]
     Auth(String),
     /// The data dir holds etcd's files and they cannot be imported.
-    #[error("{0}")]
+    #[error("cannot import etcd data directory: {0}")]
     Import(#[from] crate::etcd_import::ImportError),
 }
 

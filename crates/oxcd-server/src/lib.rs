@@ -36,6 +36,7 @@ pub mod core;
 pub mod corrupt;
 pub mod disk_guard;
 pub mod embed;
+pub mod etcd_export;
 pub mod etcd_import;
 pub mod forward;
 pub mod lessor;

@@ -193,6 +193,57 @@ impl Members {
     }
 }
 
+/// What a conf change did to the member list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfApplied {
+    /// The member was added, or its peer URLs updated: these.
+    Upserted(Vec<String>),
+    /// The member was removed.
+    Removed,
+    /// The learner became a voter.
+    Promoted,
+    /// Nothing changed (a repeated add, a context that is not oxcd's).
+    Unchanged,
+}
+
+impl Members {
+    /// Applies a committed membership conf change (the apply side's and
+    /// `export-etcd`'s replay share this): a removal; an add, or an
+    /// `update` of peer URLs (raft-rs has no `UpdateNode`, see
+    /// [`ConfContext`]); an add of a current learner as a voter, which is
+    /// a promotion.
+    pub fn apply_conf_change(
+        &self,
+        change: raft::prelude::ConfChangeType,
+        node_id: u64,
+        ctx: Option<&ConfContext>,
+    ) -> ConfApplied {
+        use raft::prelude::ConfChangeType;
+        if change == ConfChangeType::RemoveNode {
+            self.remove(node_id);
+            return ConfApplied::Removed;
+        }
+        let learner = change == ConfChangeType::AddLearnerNode;
+        match (ctx, self.get(node_id)) {
+            (Some(c), existing) if c.op == "update" || existing.is_none() => {
+                self.upsert(Member {
+                    id: node_id,
+                    name: existing.map(|m| m.name).unwrap_or_default(),
+                    peer_urls: c.peer_urls.clone(),
+                    client_urls: Vec::new(),
+                    is_learner: learner,
+                });
+                ConfApplied::Upserted(c.peer_urls.clone())
+            }
+            (_, Some(m)) if m.is_learner && !learner => {
+                self.promote(node_id);
+                ConfApplied::Promoted
+            }
+            _ => ConfApplied::Unchanged,
+        }
+    }
+}
+
 /// The member list as stored in a raft snapshot's data (the part of etcd's
 /// v2 store snapshot that 3.4 still reads): JSON, with etcd's member field
 /// names and hex IDs, e.g.

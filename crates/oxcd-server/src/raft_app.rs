@@ -16,7 +16,7 @@
 use crate::apply::{Applier, Request};
 use crate::auth::Identity;
 use crate::lessor::Lessor;
-use crate::membership::{ConfContext, Member, Members};
+use crate::membership::{ConfApplied, ConfContext, Members};
 use crate::propose::EventSink;
 use crate::read_index::ReadIndex;
 use crate::wait::{Outcome, Waiters};
@@ -24,7 +24,7 @@ use oxcd_api::etcdserverpb::InternalRaftRequest;
 use oxcd_api::mvccpb::Event;
 use oxcd_raft::node::{AppError, Application};
 use prost::Message;
-use raft::prelude::{ConfChange, ConfChangeType, ConfState};
+use raft::prelude::{ConfChange, ConfState};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,9 +127,11 @@ impl Application for ServerApp {
             "applied raft conf change"
         );
         let ctx = ConfContext::decode(&cc.context);
-        match cc.get_change_type() {
-            ConfChangeType::RemoveNode => {
-                self.members.remove(cc.node_id);
+        match self
+            .members
+            .apply_conf_change(cc.get_change_type(), cc.node_id, ctx.as_ref())
+        {
+            ConfApplied::Removed => {
                 // Later, not now: the messages telling the removed member
                 // that its removal committed are still queued.
                 self.transport
@@ -138,27 +140,10 @@ impl Application for ServerApp {
                     removed_exit();
                 }
             }
-            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                let learner = cc.get_change_type() == ConfChangeType::AddLearnerNode;
-                match (ctx, self.members.get(cc.node_id)) {
-                    (Some(c), existing) if c.op == "update" || existing.is_none() => {
-                        let name = existing.map(|m| m.name).unwrap_or_default();
-                        let m = Member {
-                            id: cc.node_id,
-                            name,
-                            peer_urls: c.peer_urls.clone(),
-                            client_urls: Vec::new(),
-                            is_learner: learner,
-                        };
-                        if cc.node_id != self.member_id {
-                            self.transport.add_peer(cc.node_id, c.peer_urls);
-                        }
-                        self.members.upsert(m);
-                    }
-                    (_, Some(m)) if m.is_learner && !learner => self.members.promote(cc.node_id),
-                    _ => {}
-                }
+            ConfApplied::Upserted(peer_urls) if cc.node_id != self.member_id => {
+                self.transport.add_peer(cc.node_id, peer_urls);
             }
+            _ => {}
         }
         if cc.id != 0 {
             self.done.push((

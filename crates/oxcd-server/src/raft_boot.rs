@@ -228,7 +228,7 @@ pub(crate) fn wal_options() -> WalOptions {
 
 /// The newest snapshot the WAL in `dir` recorded, if any (etcd 3.5's
 /// `LoadNewestAvailable`, so that snapshot and WAL always line up).
-fn load_snapshot(
+pub(crate) fn load_snapshot(
     fs: &Arc<dyn Fs>,
     dir: &std::path::Path,
     snapshotter: &Snapshotter,

@@ -1,5 +1,6 @@
 //! The `oxcd` binary: etcd's `main`. Looks at the first argument
-//! (`snapshot status` offline, `gateway start`, `grpc-proxy start`,
+//! (`snapshot status|restore` and `export-etcd` offline, `gateway start`,
+//! `grpc-proxy start`,
 //! otherwise the server), turns flags,
 //! `ETCD_*` environment and `--config-file` into one `embed` config, sets up
 //! logging, starts the member and waits for SIGINT/SIGTERM.
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("snapshot") => return offline::snapshot(&args[2..]),
+        Some("export-etcd") => return offline::export_etcd(&args[2..]),
         Some("gateway") | Some("grpc-proxy") => {
             eprintln!(
                 "oxcd: '{}' is not yet available in this version of oxcd",

@@ -1,5 +1,8 @@
 //! Offline subcommands in the style of etcd 3.5's `etcdutl`, run without a
-//! server: `oxcd snapshot status FILE [-w table|json|simple]`.
+//! server: `oxcd snapshot status FILE [-w table|json|simple]` and
+//! `oxcd snapshot restore FILE [etcdctl's restore flags]`, and
+//! `oxcd export-etcd --data-dir D --out DIR` (an oxcd data directory as an
+//! etcd 3.4 one).
 
 use std::process::ExitCode;
 
@@ -7,9 +10,10 @@ use oxcd_etcd_format::bolt::{BoltFile, SnapshotStatus};
 
 /// Runs `oxcd snapshot …` with the arguments after `snapshot`.
 pub fn snapshot(args: &[String]) -> ExitCode {
-    let usage = "usage: oxcd snapshot status <filename> [-w table|json|simple]";
+    let usage = "usage: oxcd snapshot status <filename> [-w table|json|simple]\n       oxcd snapshot restore <filename> [--name N] [--data-dir D] [--wal-dir W] [--initial-cluster C] [--initial-cluster-token T] [--initial-advertise-peer-urls U] [--skip-hash-check]";
     match args.first().map(String::as_str) {
         Some("status") => {}
+        Some("restore") => return restore(&args[1..], usage),
         _ => {
             eprintln!("{usage}");
             return ExitCode::from(1);
@@ -114,6 +118,166 @@ fn human_bytes(n: u64) -> String {
         format!("{v:.1} {}", UNITS[e.min(6)])
     } else {
         format!("{v:.0} {}", UNITS[e.min(6)])
+    }
+}
+
+/// `oxcd snapshot restore`: the flags, defaults and messages of `etcdctl
+/// snapshot restore` (etcd 3.4), writing an oxcd data directory.
+fn restore(args: &[String], usage: &str) -> ExitCode {
+    use oxcd_server::etcd_import::restore::{restore, RestoreOptions};
+    let mut file = None;
+    let mut name = "default".to_string();
+    let mut data_dir = String::new();
+    let mut wal_dir = String::new();
+    let mut cluster = "default=http://localhost:2380".to_string();
+    let mut token = "etcd-cluster".to_string();
+    let mut peer_urls = "http://localhost:2380".to_string();
+    let mut skip_hash_check = false;
+    let mut rest = args.iter();
+    while let Some(a) = rest.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (a.as_str(), None),
+        };
+        let slot = match flag {
+            "--name" => &mut name,
+            "--data-dir" => &mut data_dir,
+            "--wal-dir" => &mut wal_dir,
+            "--initial-cluster" => &mut cluster,
+            "--initial-cluster-token" => &mut token,
+            "--initial-advertise-peer-urls" => &mut peer_urls,
+            "--skip-hash-check" => {
+                skip_hash_check = inline.as_deref().is_none_or(|v| v == "true");
+                continue;
+            }
+            s if !s.starts_with('-') && file.is_none() => {
+                file = Some(s.to_string());
+                continue;
+            }
+            other => {
+                eprintln!("Error: unknown flag: {other}\n{usage}");
+                return ExitCode::from(1);
+            }
+        };
+        match inline.or_else(|| rest.next().cloned()) {
+            Some(v) => *slot = v,
+            None => {
+                eprintln!("Error: flag needs an argument: {flag}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let Some(file) = file else {
+        eprintln!("Error: snapshot path must be provided\n{usage}");
+        return ExitCode::from(1);
+    };
+    if data_dir.is_empty() {
+        data_dir = format!("{name}.etcd");
+    }
+    let opts = RestoreOptions {
+        snapshot: file.clone().into(),
+        name,
+        data_dir: data_dir.clone().into(),
+        wal_dir: (!wal_dir.is_empty()).then(|| wal_dir.clone().into()),
+        initial_cluster: cluster,
+        initial_cluster_token: token,
+        initial_advertise_peer_urls: peer_urls.split(',').map(str::to_string).collect(),
+        skip_hash_check,
+    };
+    let wal = if wal_dir.is_empty() {
+        format!("{data_dir}/member/wal")
+    } else {
+        wal_dir
+    };
+    let dirs = serde_json::json!({
+        "path": file,
+        "wal-dir": wal,
+        "data-dir": data_dir,
+        "snap-dir": format!("{data_dir}/member/snap"),
+    });
+    log_line("restoring snapshot", &dirs);
+    match restore(&opts) {
+        Ok(r) => {
+            for (id, urls) in &r.members {
+                log_line(
+                    "added member",
+                    &serde_json::json!({
+                        "cluster-id": format!("{:x}", r.cluster_id),
+                        "local-member-id": "0",
+                        "added-peer-id": format!("{id:x}"),
+                        "added-peer-peer-urls": urls,
+                    }),
+                );
+            }
+            log_line("restored snapshot", &dirs);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// One zap-style JSON line on stderr, as etcdctl's restore logs.
+fn log_line(msg: &str, fields: &serde_json::Value) {
+    let mut line = serde_json::json!({
+        "level": "info",
+        "ts": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+        "msg": msg,
+    });
+    if let (Some(l), Some(f)) = (line.as_object_mut(), fields.as_object()) {
+        l.extend(f.clone());
+    }
+    eprintln!("{line}");
+}
+
+/// `oxcd export-etcd --data-dir D [--wal-dir W] --out DIR`.
+pub fn export_etcd(args: &[String]) -> ExitCode {
+    let usage = "usage: oxcd export-etcd --data-dir <oxcd data dir> [--wal-dir <dir>] --out <new etcd data dir>";
+    let (mut data_dir, mut wal_dir, mut out) = (String::new(), String::new(), String::new());
+    let mut rest = args.iter();
+    while let Some(a) = rest.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (a.as_str(), None),
+        };
+        let slot = match flag {
+            "--data-dir" => &mut data_dir,
+            "--wal-dir" => &mut wal_dir,
+            "--out" => &mut out,
+            other => {
+                eprintln!("Error: unknown flag: {other}\n{usage}");
+                return ExitCode::from(1);
+            }
+        };
+        match inline.or_else(|| rest.next().cloned()) {
+            Some(v) => *slot = v,
+            None => {
+                eprintln!("Error: flag needs an argument: {flag}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    if data_dir.is_empty() || out.is_empty() {
+        eprintln!("Error: --data-dir and --out are required\n{usage}");
+        return ExitCode::from(1);
+    }
+    let wal = (!wal_dir.is_empty()).then(|| std::path::PathBuf::from(&wal_dir));
+    match oxcd_server::etcd_export::export(data_dir.as_ref(), wal.as_deref(), out.as_ref()) {
+        Ok(x) => {
+            println!(
+                "exported member {:x} of cluster {:x} at raft index {} (term {}, {} members) to {out}; start etcd 3.4 there with this member's --name and URLs",
+                x.member_id, x.cluster_id, x.index, x.term, x.members
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -403,12 +403,20 @@ async fn boots_on_a_stopped_etcd_members_data_dir_and_keeps_etcds_files() {
 }
 
 #[tokio::test]
-async fn boots_on_what_etcdctl_snapshot_restore_wrote_from_either_server() {
+async fn boots_on_a_restored_snapshot_from_either_server_and_either_restorer() {
     if !have_etcd() {
         return;
     }
     bounded(async {
-        for source in [PathBuf::from(ETCD), server_binary()] {
+        let etcd = || PathBuf::from(ETCD);
+        // (server the snapshot is saved from, `snapshot restore` of
+        // etcdctl or of oxcd)
+        for (source, ours) in [
+            (etcd(), false),
+            (server_binary(), false),
+            (etcd(), true),
+            (server_binary(), true),
+        ] {
             let dir = tempfile::tempdir().unwrap();
             let ports = (free_port(), free_port());
             let cluster = format!("s=http://127.0.0.1:{}", ports.1);
@@ -430,7 +438,12 @@ async fn boots_on_what_etcdctl_snapshot_restore_wrote_from_either_server() {
             let ports = (free_port(), free_port());
             let cluster = format!("r=http://127.0.0.1:{}", ports.1);
             let restored = dir.path().join("r");
-            let out = std::process::Command::new("etcdctl")
+            let restorer = if ours {
+                server_binary()
+            } else {
+                PathBuf::from("etcdctl")
+            };
+            let out = std::process::Command::new(restorer)
                 .env("ETCDCTL_API", "3")
                 .args(["snapshot", "restore"])
                 .arg(&file)
@@ -449,11 +462,12 @@ async fn boots_on_what_etcdctl_snapshot_restore_wrote_from_either_server() {
                 .output()
                 .unwrap();
             assert!(out.status.success(), "{out:?}");
+            assert!(String::from_utf8_lossy(&out.stderr).contains("added member"));
             let mut ox = Proc::new(&server_binary(), "r", &restored, ports, &cluster);
             ox.spawn(&[]);
             let mut c = ox.client().await;
             let after = observe(&mut c, compact).await;
-            assert_eq!(after.kvs, before.kvs, "from {}", source.display());
+            assert_eq!(after.kvs, before.kvs, "from {} ({ours})", source.display());
             assert_eq!(after.old_read, before.old_read);
             assert_eq!(after.leases, before.leases);
             assert_eq!(after.users, before.users);
@@ -675,6 +689,132 @@ async fn an_import_cut_short_is_redone_and_a_switch_cut_short_is_finished() {
         assert_eq!(c.get("b", None).await.unwrap().kvs()[0].value(), b"2");
         assert!(data.join("member.etcd").exists());
         assert!(!work.exists());
+    })
+    .await;
+}
+
+#[test]
+fn oxcd_snapshot_restore_refuses_what_etcdctl_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(server_binary())
+            .args(["snapshot", "restore"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // A page-sized file with a digest that does not match.
+    let bad = dir.path().join("bad.db");
+    let mut bytes = vec![0u8; 4096];
+    bytes.extend_from_slice(&[7u8; 32]);
+    std::fs::write(&bad, &bytes).unwrap();
+    let target = dir.path().join("t");
+    let err = run(&[
+        bad.to_str().unwrap(),
+        "--data-dir",
+        target.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("expected sha256") && err.contains("bad.db"),
+        "{err}"
+    );
+    assert!(!target.exists(), "nothing left behind");
+    // No digest: only with --skip-hash-check; then it must be bbolt.
+    std::fs::write(&bad, vec![0u8; 4096]).unwrap();
+    let err = run(&[
+        bad.to_str().unwrap(),
+        "--data-dir",
+        target.to_str().unwrap(),
+    ]);
+    assert!(err.contains("snapshot missing hash"), "{err}");
+    let err = run(&[
+        bad.to_str().unwrap(),
+        "--data-dir",
+        target.to_str().unwrap(),
+        "--skip-hash-check",
+    ]);
+    assert!(err.contains("bbolt") || err.contains("magic"), "{err}");
+    assert!(!target.exists());
+    // An existing data dir is never written into.
+    std::fs::create_dir(&target).unwrap();
+    let err = run(&[
+        bad.to_str().unwrap(),
+        "--data-dir",
+        target.to_str().unwrap(),
+    ]);
+    assert!(err.contains("data-dir exists"), "{err}");
+}
+
+/// Runs `oxcd export-etcd`; returns (success, stdout + stderr).
+fn export_etcd(data: &Path, out: &Path) -> (bool, String) {
+    let o = std::process::Command::new(server_binary())
+        .args(["export-etcd", "--data-dir"])
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+    )
+}
+
+#[tokio::test]
+async fn export_etcd_writes_a_directory_the_real_etcd_boots_on() {
+    if !have_etcd() {
+        return;
+    }
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("m.oxcd");
+        let ports = (free_port(), free_port());
+        let cluster = format!("m=http://127.0.0.1:{}", ports.1);
+        // Raft snapshots every 50 entries: the member list comes from
+        // oxcd's snapshot plus the WAL after it.
+        let mut ox = Proc::new(&server_binary(), "m", &data, ports, &cluster);
+        ox.spawn(&["--snapshot-count", "50"]);
+        let mut c = ox.client().await;
+        let compact = make_history(&mut c).await;
+        let before = observe(&mut c, compact).await;
+        let out = dir.path().join("m.etcd");
+        let (ok, msg) = export_etcd(&data, &out);
+        assert!(
+            !ok && msg.contains("running"),
+            "refused while running: {msg}"
+        );
+        assert!(!out.exists());
+        ox.stop().await;
+
+        let (ok, msg) = export_etcd(&data, &out);
+        assert!(ok, "{msg}");
+        let mut etcd = Proc::new(Path::new(ETCD), "m", &out, ports, &cluster);
+        etcd.spawn(&[]);
+        let mut c = etcd.client().await;
+        let after = observe(&mut c, compact).await;
+        assert_eq!(after.kvs, before.kvs);
+        assert_eq!(after.old_read, before.old_read);
+        assert_eq!(after.compacted_read, before.compacted_read);
+        assert_eq!(after.leases, before.leases);
+        assert_eq!(after.users, before.users);
+        assert_eq!(after.roles, before.roles);
+        assert_eq!(after.alice_roles, before.alice_roles);
+        assert_eq!(after.members, before.members);
+        assert_eq!(
+            (after.cluster_id, after.member_id, after.revision),
+            (before.cluster_id, before.member_id, before.revision)
+        );
+        c.put("written/by", "etcd", None).await.unwrap();
+        etcd.stop().await;
+        // And back again: oxcd imports what etcd now holds.
+        let mut ox = Proc::new(&server_binary(), "m", &out, ports, &cluster);
+        ox.spawn(&[]);
+        let mut c = ox.client().await;
+        let r = c.get("written/by", None).await.unwrap();
+        assert_eq!(r.kvs()[0].value(), b"etcd");
+        assert_eq!(r.header().unwrap().member_id(), before.member_id);
     })
     .await;
 }

@@ -9,7 +9,7 @@ pub mod kv;
 pub mod lease;
 pub mod maintenance;
 pub(crate) mod metrics;
-mod snapshot;
+pub(crate) mod snapshot;
 mod unary;
 pub mod watch;
 

@@ -86,7 +86,7 @@ fn temp_path(db: &Path) -> PathBuf {
 }
 
 /// Writes the etcd backend file for `view` and the member list.
-fn write_file(
+pub(crate) fn write_file(
     path: &Path,
     view: &ExportView,
     members: &[Member],

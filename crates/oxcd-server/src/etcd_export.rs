@@ -1,0 +1,238 @@
+//! `oxcd export-etcd --data-dir D --out DIR`: a stopped oxcd member's data
+//! directory written as an etcd 3.4 one, which the real etcd boots on
+//! with the same member and cluster IDs, data, leases, users, alarms and
+//! member list (issue 14, "and back").
+//!
+//! What etcd needs to start there: its backend (`member/snap/db`, written
+//! as the Snapshot RPC writes it, with the `members` buckets), a snap file
+//! at the backend's consistent index `CI` whose v2 store holds the members
+//! (etcd 3.4 reads its member list from there) and whose configuration
+//! has them as voters and learners, and a WAL whose metadata names the
+//! member and cluster and which records that snapshot and a hard state
+//! committing up to `CI`. So the log etcd starts from is empty after
+//! `CI`: every entry of the member's log must be applied to its backend
+//! first, which a clean stop (SIGTERM) does; otherwise the export is
+//! refused rather than dropping entries the member may have acknowledged.
+//!
+//! The member list at `CI` is oxcd's newest snapshot's, with the conf
+//! changes and attribute updates of the WAL after it replayed, as the
+//! apply side would. No data in the oxcd directory changes (the WAL is
+//! opened and locked as at a start, so a running member is refused).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use oxcd_api::etcdserverpb::InternalRaftRequest;
+use oxcd_etcd_format::membership::{v2_store_json, EtcdMember};
+use oxcd_etcd_format::{snap, wal as etcd_wal};
+use oxcd_mvcc::{BackendConfig, KvStore};
+use oxcd_raft::fs::{Fs, OsFs};
+use oxcd_raft::snap::Snapshotter;
+use oxcd_raft::wal::{SnapshotMarker, Wal};
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::prelude::{ConfChange, Entry, EntryType};
+
+use crate::membership::{ConfContext, Members};
+
+/// The cluster version the exported files record.
+const CLUSTER_VERSION: &str = "3.4.0";
+
+/// Why an export failed; names the file or directory.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {what}")]
+pub struct ExportError {
+    /// The file or directory.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub what: String,
+}
+
+fn fail(path: &Path, what: impl ToString) -> ExportError {
+    ExportError {
+        path: path.to_path_buf(),
+        what: what.to_string(),
+    }
+}
+
+/// What was exported.
+#[derive(Debug, Clone)]
+pub struct Exported {
+    /// The member.
+    pub member_id: u64,
+    /// Its cluster.
+    pub cluster_id: u64,
+    /// The raft index (and the etcd snapshot's) the export is at.
+    pub index: u64,
+    /// That index's term.
+    pub term: u64,
+    /// The members written.
+    pub members: usize,
+}
+
+/// Writes the etcd data directory `out` (which must not exist) from the
+/// oxcd data directory `data_dir`, whose WAL may be at `wal_dir`.
+///
+/// # Errors
+/// [`ExportError`]: `out` exists, the member is running, its files do not
+/// read, or its backend has not applied everything committed.
+pub fn export(
+    data_dir: &Path,
+    wal_dir: Option<&Path>,
+    out: &Path,
+) -> Result<Exported, ExportError> {
+    if out.exists() {
+        return Err(fail(out, "already exists"));
+    }
+    let member = data_dir.join("member");
+    let snap_dir = member.join("snap");
+    let wal_dir = wal_dir.map_or_else(|| member.join("wal"), Path::to_path_buf);
+    let identity_path = snap_dir.join("identity.json");
+    let identity =
+        crate::bootstrap::read_identity(&identity_path).map_err(|e| fail(&identity_path, e))?;
+
+    let fs_: Arc<dyn Fs> = Arc::new(OsFs);
+    let snapshotter = Snapshotter::new(fs_.clone(), &snap_dir);
+    let snapshot = crate::raft_boot::load_snapshot(&fs_, &wal_dir, &snapshotter)
+        .map_err(|e| fail(&snap_dir, e))?;
+    let marker = snapshot
+        .as_ref()
+        .map_or(SnapshotMarker::default(), |s| SnapshotMarker {
+            index: s.get_metadata().index,
+            term: s.get_metadata().term,
+        });
+    let (w, log) =
+        Wal::open(fs_, &wal_dir, marker, crate::raft_boot::wal_options()).map_err(|e| {
+            fail(
+                &wal_dir,
+                format!("{e} (is oxcd still running on this data directory?)"),
+            )
+        })?;
+    let members = Members::new(identity.members.clone());
+    if let Some(s) = &snapshot {
+        members
+            .restore_snapshot(&s.data)
+            .map_err(|e| fail(&snap_dir, e))?;
+    }
+    // The backend must hold every entry of the log: a cleanly stopped
+    // member has applied all it has (its persisted commit index may lag
+    // what it applied; entries it has but has not applied would be lost,
+    // so they are refused rather than dropped).
+    let backend = snap_dir.join("db");
+    let store = KvStore::open(&backend, BackendConfig::default()).map_err(|e| fail(&backend, e))?;
+    let ci = store.consistent_index();
+    let last = log.entries.last().map_or(marker.index, |e| e.index);
+    if ci < last.max(log.hard_state.commit) || ci < marker.index {
+        return Err(fail(
+            &backend,
+            format!(
+                "has applied up to raft index {ci} but the log holds entries up to {last} (commit {}): start this member and stop it with SIGTERM, then export again",
+                log.hard_state.commit
+            ),
+        ));
+    }
+    let mut term_at_commit = marker.term;
+    for we in &log.entries {
+        let e = Entry::parse_from_bytes(&we.data).map_err(|e| fail(&wal_dir, e))?;
+        term_at_commit = e.term;
+        match e.get_entry_type() {
+            EntryType::EntryConfChange => {
+                let cc = ConfChange::parse_from_bytes(&e.data).map_err(|e| fail(&wal_dir, e))?;
+                let ctx = ConfContext::decode(&cc.context);
+                members.apply_conf_change(cc.get_change_type(), cc.node_id, ctx.as_ref());
+            }
+            EntryType::EntryNormal if !e.data.is_empty() => {
+                if let Ok(r) = InternalRaftRequest::decode(e.data.as_ref()) {
+                    if let Some(a) = r.cluster_member_attr_set {
+                        let attrs = a.member_attributes.unwrap_or_default();
+                        members.set_attributes(a.member_id, attrs.name, attrs.client_urls);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if ci > last {
+        // Applied further than the log it kept: only a backend restored
+        // from a snapshot ahead of the WAL, which a member never leaves.
+        return Err(fail(
+            &wal_dir,
+            format!("ends at index {last}, before the backend's consistent index {ci}"),
+        ));
+    }
+    let view = store.export_view().map_err(|e| fail(&backend, e))?;
+
+    let list = members.list();
+    let removed = members.removed_ids();
+    let result = (|| {
+        let out_snap = out.join("member").join("snap");
+        let out_wal = out.join("member").join("wal");
+        create_private_dir(&out_snap)?;
+        create_private_dir(&out_wal)?;
+        let db = out_snap.join("db");
+        crate::v3rpc::snapshot::write_file(&db, &view, &list, &removed)
+            .map_err(|e| fail(&db, e))?;
+        let etcd_members: Vec<EtcdMember> = list
+            .iter()
+            .map(|m| EtcdMember {
+                id: m.id,
+                peer_urls: m.peer_urls.clone(),
+                is_learner: m.is_learner,
+                name: m.name.clone(),
+                client_urls: m.client_urls.clone(),
+            })
+            .collect();
+        let conf = snap::ConfState {
+            voters: list
+                .iter()
+                .filter(|m| !m.is_learner)
+                .map(|m| m.id)
+                .collect(),
+            learners: list.iter().filter(|m| m.is_learner).map(|m| m.id).collect(),
+            ..snap::ConfState::default()
+        };
+        snap::write(
+            &out_snap,
+            ci,
+            term_at_commit,
+            conf,
+            v2_store_json(&etcd_members, &removed, CLUSTER_VERSION),
+        )
+        .map_err(|e| fail(&out_snap, e))?;
+        etcd_wal::write_new(
+            &out_wal,
+            identity.member.id,
+            identity.cluster_id,
+            (ci, term_at_commit),
+            &[],
+            etcd_wal::HardState {
+                term: log.hard_state.term.max(term_at_commit),
+                vote: log.hard_state.vote,
+                commit: ci,
+            },
+        )
+        .map_err(|e| fail(&out_wal, e))?;
+        Ok(())
+    })();
+    drop(w);
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(out);
+        return Err(e);
+    }
+    Ok(Exported {
+        member_id: identity.member.id,
+        cluster_id: identity.cluster_id,
+        index: ci,
+        term: term_at_commit,
+        members: list.len(),
+    })
+}
+
+fn create_private_dir(d: &Path) -> Result<(), ExportError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(d)
+        .map_err(|e| fail(d, e))
+}
