@@ -7,8 +7,9 @@
 #   - oxcd starts on it (the import, then its own start),
 #   - oxcd restarts on the directory it imported (its own files);
 # each timed from exec to the first healthy `etcdctl endpoint health`.
-# Prints medians and ranges in seconds, and oxcd's peak RSS during the
-# import (the bbolt file is read whole into memory today).
+# Prints medians and ranges in seconds, and each start's peak RSS (VmHWM
+# once healthy; for the import it includes the bbolt file, read whole into
+# memory today).
 #
 # Usage: bench/import.sh [--keys N] [--runs R] [--no-build] [--out FILE]
 # Environment: ETCD_BIN (default /usr/bin/etcd), OXCD_BIN (default
@@ -80,10 +81,13 @@ stop
 : >"$WORK/import.t"
 : >"$WORK/restart.t"
 : >"$WORK/rss"
+: >"$WORK/etcd.rss"
+: >"$WORK/restart.rss"
 for run in $(seq 1 "$RUNS"); do
   d="$WORK/etcd-$run"
   cp -a "$SRC" "$d"
   timed_start "$ETCD_BIN" "$d" >>"$WORK/etcd.t"
+  peak_rss_mib >>"$WORK/etcd.rss"
   stop
   rm -rf "$d"
   d="$WORK/oxcd-$run"
@@ -94,18 +98,18 @@ for run in $(seq 1 "$RUNS"); do
     { echo "oxcd does not hold all $KEYS keys after the import" >&2; exit 1; }
   stop
   timed_start "$OXCD_BIN" "$d" >>"$WORK/restart.t"
+  peak_rss_mib >>"$WORK/restart.rss"
   stop
   rm -rf "$d"
   echo "run $run done" >&2
 done
 
 table() {
-  echo "| $KEYS keys, 256 B values ($RUNS runs; median (min–max), s) | time to healthy |"
-  echo "|---|---|"
-  echo "| etcd 3.4 restarts on its data dir | $(stats <"$WORK/etcd.t") |"
-  echo "| oxcd imports that data dir and starts | $(stats <"$WORK/import.t") |"
-  echo "| oxcd restarts on what it imported | $(stats <"$WORK/restart.t") |"
-  echo "| oxcd peak RSS during the import, MiB | $(stats <"$WORK/rss") |"
+  echo "| $KEYS keys, 256 B values ($RUNS runs; median (min–max)) | time to healthy, s | peak RSS, MiB |"
+  echo "|---|---|---|"
+  echo "| etcd 3.4 restarts on its data dir | $(stats <"$WORK/etcd.t") | $(stats <"$WORK/etcd.rss") |"
+  echo "| oxcd imports that data dir and starts | $(stats <"$WORK/import.t") | $(stats <"$WORK/rss") |"
+  echo "| oxcd restarts on what it imported | $(stats <"$WORK/restart.t") | $(stats <"$WORK/restart.rss") |"
 }
 table
 [ -n "$OUT" ] && table >"$OUT"

@@ -68,7 +68,7 @@ pub enum StartError {
     Auth(String),
     /// The data dir holds etcd's files and they cannot be imported.
     #[error("cannot import etcd data directory: {0}")]
-    Import(#[from] crate::etcd_import::ImportError),
+    Import(#[from] crate::etcd_files::ImportError),
 }
 
 /// A running member.
@@ -108,7 +108,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
     }
     // etcd's files become oxcd's before anything opens them.
     let import_cfg = cfg.clone();
-    tokio::task::spawn_blocking(move || crate::etcd_import::import_if_etcd(&import_cfg))
+    tokio::task::spawn_blocking(move || crate::etcd_files::import_if_etcd(&import_cfg))
         .await
         .map_err(|e| StartError::Thread(std::io::Error::other(e)))??;
     let layout = bootstrap::prepare_data_dir(&cfg.data_dir)?;

@@ -124,7 +124,7 @@ fn human_bytes(n: u64) -> String {
 /// `oxcd snapshot restore`: the flags, defaults and messages of `etcdctl
 /// snapshot restore` (etcd 3.4), writing an oxcd data directory.
 fn restore(args: &[String], usage: &str) -> ExitCode {
-    use oxcd_server::etcd_import::restore::{restore, RestoreOptions};
+    use oxcd_server::etcd_files::restore::{restore, RestoreOptions};
     let mut file = None;
     let mut name = "default".to_string();
     let mut data_dir = String::new();
@@ -266,7 +266,7 @@ pub fn export_etcd(args: &[String]) -> ExitCode {
         return ExitCode::from(1);
     }
     let wal = (!wal_dir.is_empty()).then(|| std::path::PathBuf::from(&wal_dir));
-    match oxcd_server::etcd_export::export(data_dir.as_ref(), wal.as_deref(), out.as_ref()) {
+    match oxcd_server::etcd_files::export::export(data_dir.as_ref(), wal.as_deref(), out.as_ref()) {
         Ok(x) => {
             println!(
                 "exported member {:x} of cluster {:x} at raft index {} (term {}, {} members) to {out}; start etcd 3.4 there with this member's --name and URLs",

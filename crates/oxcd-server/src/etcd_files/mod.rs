@@ -1,4 +1,8 @@
-//! Booting on an etcd data directory (issue 14): a stopped etcd 3.4/3.5
+//! etcd's data directories (issue 14): booting on one (here), restoring
+//! an etcd snapshot into an oxcd directory ([`restore`]), and exporting an
+//! oxcd directory as an etcd one ([`export`]).
+//!
+//! Booting on an etcd data directory: a stopped etcd 3.4/3.5
 //! member's `--data-dir`, or what `etcdctl snapshot restore` wrote, is
 //! turned into oxcd's files before anything opens them.
 //!
@@ -40,6 +44,7 @@ use convert::{convert_entry, Roster};
 use files::{copy_backend, create_private_dir};
 
 mod convert;
+pub mod export;
 mod files;
 pub mod restore;
 
