@@ -431,6 +431,59 @@ pub enum Item<'a> {
 /// # Errors
 /// As [`BoltFile::parse`], and whatever `f` returns.
 pub fn visit(data: &[u8], f: &mut dyn FnMut(Item<'_>) -> Result<()>) -> Result<u64> {
+    visit_pages(data, f)
+}
+
+/// [`visit`] on a file, read a page at a time: memory holds the pages on
+/// the path from the root to the current leaf, not the file.
+///
+/// # Errors
+/// As [`visit`], and read errors.
+pub fn visit_file(file: &std::fs::File, f: &mut dyn FnMut(Item<'_>) -> Result<()>) -> Result<u64> {
+    visit_pages(file, f)
+}
+
+/// Where pages come from: bytes in memory, or a file read at offsets.
+trait Pages {
+    /// The total length.
+    fn len(&self) -> Result<u64>;
+    /// `len` bytes at `at`; `None` if they run past the end.
+    fn read(&self, at: u64, len: usize) -> Result<Option<std::borrow::Cow<'_, [u8]>>>;
+}
+
+impl Pages for [u8] {
+    fn len(&self) -> Result<u64> {
+        Ok(<[u8]>::len(self) as u64)
+    }
+    fn read(&self, at: u64, len: usize) -> Result<Option<std::borrow::Cow<'_, [u8]>>> {
+        let Ok(at) = usize::try_from(at) else {
+            return Ok(None);
+        };
+        Ok(self
+            .get(at..at.saturating_add(len))
+            .map(std::borrow::Cow::Borrowed))
+    }
+}
+
+impl Pages for std::fs::File {
+    fn len(&self) -> Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+    fn read(&self, at: u64, len: usize) -> Result<Option<std::borrow::Cow<'_, [u8]>>> {
+        use std::os::unix::fs::FileExt;
+        if at.saturating_add(len as u64) > Pages::len(self)? {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; len];
+        self.read_exact_at(&mut buf, at)?;
+        Ok(Some(std::borrow::Cow::Owned(buf)))
+    }
+}
+
+fn visit_pages<P: Pages + ?Sized>(
+    data: &P,
+    f: &mut dyn FnMut(Item<'_>) -> Result<()>,
+) -> Result<u64> {
     let meta = best_meta(data)?;
     let r = Reader {
         data,
@@ -460,7 +513,7 @@ pub fn visit(data: &[u8], f: &mut dyn FnMut(Item<'_>) -> Result<()>) -> Result<u
             let inline = header
                 .get(16..)
                 .ok_or_else(|| BoltError::Invalid("short inline bucket".into()))?;
-            Reader::walk_page(inline, &mut |_, _| Ok(()), &mut add)?;
+            Reader::<[u8]>::walk_page(inline, &mut |_, _| Ok(()), &mut add)?;
         } else {
             r.walk(root, 0, &mut add)?;
         }
@@ -498,11 +551,12 @@ fn le_u16(b: &[u8], at: usize) -> Result<u16> {
 
 /// The valid meta page with the higher txid. The first meta page says the
 /// page size, so the second is found after it.
-fn best_meta(data: &[u8]) -> Result<Meta> {
+fn best_meta<P: Pages + ?Sized>(data: &P) -> Result<Meta> {
     let read = |at: usize| -> Result<Meta> {
         let m = data
-            .get(at + HEADER..at + HEADER + 64)
+            .read((at + HEADER) as u64, 64)?
             .ok_or_else(|| BoltError::Invalid("file shorter than its meta pages".into()))?;
+        let m = m.as_ref();
         if le_u32(m, 0)? != MAGIC {
             return Err(BoltError::Invalid("bad magic".into()));
         }
@@ -540,39 +594,38 @@ fn best_meta(data: &[u8]) -> Result<Meta> {
         (Ok(a), Err(_)) | (Err(_), Ok(a)) => a,
         (Err(e), Err(_)) => return Err(e),
     };
-    if (best.high_water as usize).saturating_mul(best.page_size) > data.len() {
+    let len = data.len()?;
+    if best.high_water.saturating_mul(best.page_size as u64) > len {
         return Err(BoltError::Invalid(format!(
             "file of {} bytes is shorter than its {} pages",
-            data.len(),
-            best.high_water
+            len, best.high_water
         )));
     }
     Ok(best)
 }
 
-struct Reader<'a> {
-    data: &'a [u8],
+struct Reader<'a, P: Pages + ?Sized> {
+    data: &'a P,
     page_size: usize,
     high_water: u64,
 }
 
 type Visit<'v> = dyn FnMut(u32, &[u8], &[u8]) -> Result<()> + 'v;
 
-impl Reader<'_> {
-    fn page(&self, id: u64) -> Result<&[u8]> {
+impl<P: Pages + ?Sized> Reader<'_, P> {
+    fn page(&self, id: u64) -> Result<std::borrow::Cow<'_, [u8]>> {
         if id < 2 || id >= self.high_water {
             return Err(BoltError::Invalid(format!("page {id} out of range")));
         }
-        let start = id as usize * self.page_size;
-        let head = self
-            .data
-            .get(start..start + HEADER)
-            .ok_or_else(|| BoltError::Invalid(format!("page {id} beyond the file")))?;
-        let overflow = le_u32(head, 12)? as usize;
-        let end = start + (overflow + 1) * self.page_size;
-        self.data
-            .get(start..end)
-            .ok_or_else(|| BoltError::Invalid(format!("page {id} beyond the file")))
+        let beyond = || BoltError::Invalid(format!("page {id} beyond the file"));
+        let start = id * self.page_size as u64;
+        let head = self.data.read(start, HEADER)?.ok_or_else(beyond)?;
+        let overflow = le_u32(&head, 12)? as usize;
+        let len = overflow
+            .checked_add(1)
+            .and_then(|n| n.checked_mul(self.page_size))
+            .ok_or_else(beyond)?;
+        self.data.read(start, len)?.ok_or_else(beyond)
     }
 
     /// Visits the leaf elements under page `id` in key order.
@@ -583,7 +636,7 @@ impl Reader<'_> {
         let page = self.page(id)?;
         let mut children = Vec::new();
         Self::walk_page(
-            page,
+            &page,
             &mut |_, child| {
                 children.push(child);
                 Ok(())

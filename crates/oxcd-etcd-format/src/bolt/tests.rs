@@ -51,6 +51,27 @@ fn many_keys_build_branch_levels_and_big_values_overflow() {
     let f = BoltFile::parse(&data).unwrap();
     assert_eq!(f.bucket(b"key").unwrap(), &many[..]);
     assert_eq!(f.bucket(b"big").unwrap(), &big[..]);
+    // Read a page at a time from the file: the same rows, in order.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    std::fs::write(&path, &data).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let mut seen: Vec<(Vec<u8>, Entries)> = Vec::new();
+    let size = visit_file(&file, &mut |item| {
+        match item {
+            Item::Bucket(n) => seen.push((n.to_vec(), Vec::new())),
+            Item::Row(k, v) => seen.last_mut().unwrap().1.push((k.to_vec(), v.to_vec())),
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(size, f.size);
+    assert_eq!(seen, f.buckets);
+    // A file cut short is refused, not read past its end.
+    let cut = dir.path().join("cut");
+    std::fs::write(&cut, &data[..data.len() - PAGE_SIZE]).unwrap();
+    let err = visit_file(&std::fs::File::open(&cut).unwrap(), &mut |_| Ok(())).unwrap_err();
+    assert!(err.to_string().contains("shorter"), "{err}");
 }
 
 #[test]

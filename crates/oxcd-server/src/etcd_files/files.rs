@@ -36,16 +36,17 @@ pub(super) struct Backend {
 
 /// Copies the backend file `db` into a new oxcd backend at `out`.
 pub(super) fn copy_backend(db: &Path, out: &Path) -> Result<Backend, ImportError> {
-    let data = fs::read(db).map_err(|e| source(db, e))?;
-    copy_rows(&data, db, out, None)
+    let file = fs::File::open(db).map_err(|e| source(db, e))?;
+    copy_file(&file, db, out, None)
 }
 
-/// Copies the buckets oxcd keeps from the bbolt bytes `data` (read from
-/// `origin`, named in errors) into a new backend at `out`; with
-/// `consistent_index`, that value replaces the source's (etcd's
-/// `snapshot restore` sets it to the new cluster's bootstrap index).
-pub(super) fn copy_rows(
-    data: &[u8],
+/// Copies the buckets oxcd keeps from the bbolt file `file` (opened from
+/// `origin`, named in errors), read a page at a time, into a new backend
+/// at `out`; with `consistent_index`, that value replaces the source's
+/// (etcd's `snapshot restore` sets it to the new cluster's bootstrap
+/// index).
+pub(super) fn copy_file(
+    file: &fs::File,
     origin: &Path,
     out: &Path,
     consistent_index: Option<u64>,
@@ -59,7 +60,7 @@ pub(super) fn copy_rows(
         members: Vec::new(),
     };
     let mut failure: Option<ImportError> = None;
-    let visited = bolt::visit(data, &mut |item| {
+    let mut each = |item: Item<'_>| -> Result<(), bolt::BoltError> {
         match item {
             Item::Bucket(name) => name.clone_into(&mut bucket),
             Item::Row(k, v) => {
@@ -97,7 +98,8 @@ pub(super) fn copy_rows(
             }
         }
         Ok(())
-    });
+    };
+    let visited = bolt::visit_file(file, &mut each);
     if let Some(f) = failure {
         return Err(f);
     }

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use oxcd_etcd_format::snap;
 use oxcd_raft::wal::{self, SnapshotMarker};
 
-use super::files::{copy_rows, create_private_dir, write_raft_files, RaftFiles};
+use super::files::{copy_file, create_private_dir, write_raft_files, RaftFiles};
 use super::{source, write_err, ImportError};
 use crate::membership::{cluster_id, InitialCluster};
 
@@ -102,14 +102,14 @@ pub fn restore(o: &RestoreOptions) -> Result<Restored, ImportError> {
         .map(|m| m.id)
         .ok_or_else(|| source(&o.snapshot, format!("no member named {:?}", o.name)))?;
 
-    let data = fs::read(&o.snapshot).map_err(|e| source(&o.snapshot, e))?;
-    let db = checked_db(&data, &o.snapshot, o.skip_hash_check)?;
+    let file = fs::File::open(&o.snapshot).map_err(|e| source(&o.snapshot, e))?;
+    check_digest(&file, &o.snapshot, o.skip_hash_check)?;
 
     let scratch = scratch_of(&o.data_dir);
     if scratch.exists() {
         fs::remove_dir_all(&scratch).map_err(|e| write_err(&scratch, e))?;
     }
-    let built = build(o, db, &scratch, me, cid, &members);
+    let built = build(o, &file, &scratch, me, cid, &members);
     let rows = match built {
         Ok(rows) => rows,
         Err(e) => {
@@ -144,34 +144,52 @@ fn scratch_of(data_dir: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// The bbolt bytes of a snapshot file, its digest checked.
-fn checked_db<'a>(data: &'a [u8], path: &Path, skip: bool) -> Result<&'a [u8], ImportError> {
-    let has_digest = data.len() % 512 == DIGEST;
-    if !has_digest {
-        if !skip {
-            return Err(source(
-                path,
-                "snapshot missing hash but --skip-hash-check=false",
-            ));
+/// Checks a snapshot file's trailing SHA-256 (present when its length is
+/// ≡ 32 mod 512) against the bytes before it, read in 1 MiB pieces. The
+/// bbolt reader never reads the digest: its pages end before it.
+fn check_digest(file: &fs::File, path: &Path, skip: bool) -> Result<(), ImportError> {
+    use std::os::unix::fs::FileExt;
+    let io = |e: std::io::Error| source(path, e);
+    let len = file.metadata().map_err(io)?.len();
+    if len % 512 != DIGEST as u64 {
+        if skip {
+            return Ok(());
         }
-        return Ok(data);
+        return Err(source(
+            path,
+            "snapshot missing hash but --skip-hash-check=false",
+        ));
     }
-    let (db, digest) = data.split_at(data.len() - DIGEST);
-    if !skip {
-        let actual = ring::digest::digest(&ring::digest::SHA256, db);
-        if actual.as_ref() != digest {
-            return Err(source(
-                path,
-                format!("expected sha256 {:?}, got {:?}", digest, actual.as_ref()),
-            ));
-        }
+    if skip {
+        return Ok(());
     }
-    Ok(db)
+    let body = len - DIGEST as u64;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < body {
+        let n = buf
+            .len()
+            .min(usize::try_from(body - at).unwrap_or(usize::MAX));
+        file.read_exact_at(&mut buf[..n], at).map_err(io)?;
+        ctx.update(&buf[..n]);
+        at += n as u64;
+    }
+    let mut digest = [0u8; DIGEST];
+    file.read_exact_at(&mut digest, body).map_err(io)?;
+    let actual = ctx.finish();
+    if actual.as_ref() != digest {
+        return Err(source(
+            path,
+            format!("expected sha256 {:?}, got {:?}", digest, actual.as_ref()),
+        ));
+    }
+    Ok(())
 }
 
 fn build(
     o: &RestoreOptions,
-    db: &[u8],
+    db: &fs::File,
     scratch: &Path,
     me: u64,
     cid: u64,
@@ -180,7 +198,7 @@ fn build(
     let snap_dir = scratch.join("member").join("snap");
     create_private_dir(&snap_dir)?;
     let n = members.len() as u64;
-    let backend = copy_rows(db, &o.snapshot, &snap_dir.join("db"), Some(n))?;
+    let backend = copy_file(db, &o.snapshot, &snap_dir.join("db"), Some(n))?;
     // The WAL goes where the member will look for it: `--wal-dir`, or
     // `member/wal` inside the data dir (renamed with it).
     let wal_dir = match &o.wal_dir {
@@ -228,21 +246,29 @@ mod tests {
 
     #[test]
     fn the_digest_is_checked_unless_skipped() {
-        let p = Path::new("s.db");
-        let page = vec![0u8; 4096];
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.db");
+        let check = |bytes: &[u8], skip: bool| {
+            std::fs::write(&p, bytes).unwrap();
+            check_digest(&std::fs::File::open(&p).unwrap(), &p, skip).map_err(|e| e.to_string())
+        };
+        let page = vec![3u8; 4096 * 300];
         let mut with = page.clone();
         with.extend_from_slice(ring::digest::digest(&ring::digest::SHA256, &page).as_ref());
-        assert_eq!(checked_db(&with, p, false).unwrap().len(), 4096);
+        assert!(check(&with, false).is_ok());
         let n = with.len();
         with[n - 1] ^= 1;
-        let err = checked_db(&with, p, false).unwrap_err().to_string();
+        let err = check(&with, false).unwrap_err();
         assert!(
             err.contains("expected sha256") && err.contains("s.db"),
             "{err}"
         );
-        assert_eq!(checked_db(&with, p, true).unwrap().len(), 4096);
-        let err = checked_db(&page, p, false).unwrap_err().to_string();
+        assert!(check(&with, true).is_ok());
+        with[n - 1] ^= 1;
+        with[5] ^= 1;
+        assert!(check(&with, false).is_err(), "a changed body byte");
+        let err = check(&page, false).unwrap_err();
         assert!(err.contains("snapshot missing hash"), "{err}");
-        assert_eq!(checked_db(&page, p, true).unwrap().len(), 4096);
+        assert!(check(&page, true).is_ok());
     }
 }
