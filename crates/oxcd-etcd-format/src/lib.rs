@@ -13,3 +13,15 @@ pub mod bolt;
 pub mod membership;
 pub mod snap;
 pub mod wal;
+
+/// Writes `bytes` to a new file at `path` and syncs it and its directory,
+/// as etcd does for its WAL and snap files.
+fn write_synced(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    std::io::Write::write_all(&mut f, bytes)?;
+    f.sync_all()?;
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
+        _ => Ok(()),
+    }
+}

@@ -230,12 +230,7 @@ pub fn write(
         data: body,
     }
     .encode_to_vec();
-    let mut f = std::fs::File::create(&path).map_err(io)?;
-    std::io::Write::write_all(&mut f, &file).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io)?;
+    crate::write_synced(&path, &file).map_err(io)?;
     Ok(path)
 }
 

@@ -271,23 +271,7 @@ pub fn write_new(
     std::fs::create_dir_all(dir).map_err(io)?;
     let mut out = Vec::new();
     let mut crc = 0u32;
-    let mut frame = |kind: i64, data: Vec<u8>| {
-        let c = if kind == CRC {
-            crc
-        } else {
-            crc = crc32c::crc32c_append(crc, &data);
-            crc
-        };
-        let rec = Record { kind, crc: c, data }.encode_to_vec();
-        let pad = (8 - rec.len() % 8) % 8;
-        let mut len = rec.len() as u64;
-        if pad != 0 {
-            len |= (0x80 | pad as u64) << 56;
-        }
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&rec);
-        out.extend(std::iter::repeat_n(0, pad));
-    };
+    let mut frame = |kind: i64, data: Vec<u8>| encode_frame(&mut out, &mut crc, kind, data);
     frame(CRC, Vec::new());
     frame(
         METADATA,
@@ -312,13 +296,32 @@ pub fn write_new(
         frame(ENTRY, e.encode_to_vec());
     }
     frame(STATE, hard_state.encode_to_vec());
-    let mut f = std::fs::File::create(&path).map_err(io)?;
-    std::io::Write::write_all(&mut f, &out).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io)?;
+    crate::write_synced(&path, &out).map_err(io)?;
     Ok(path)
+}
+
+/// Appends one frame to `out` as etcd's encoder writes it: the length
+/// (with the padding in its top byte), the `walpb.Record`, the padding.
+/// Every record but a crc record carries the CRC chained from `crc`; a
+/// crc record carries `crc` itself.
+fn encode_frame(out: &mut Vec<u8>, crc: &mut u32, kind: i64, data: Vec<u8>) {
+    if kind != CRC {
+        *crc = crc32c::crc32c_append(*crc, &data);
+    }
+    let rec = Record {
+        kind,
+        crc: *crc,
+        data,
+    }
+    .encode_to_vec();
+    let pad = (8 - rec.len() % 8) % 8;
+    let mut len = rec.len() as u64;
+    if pad != 0 {
+        len |= (0x80 | pad as u64) << 56;
+    }
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&rec);
+    out.extend(std::iter::repeat_n(0, pad));
 }
 
 #[cfg(test)]
@@ -330,26 +333,7 @@ mod tests {
     fn encode(records: &[(i64, Vec<u8>)], mut crc: u32) -> (Vec<u8>, u32) {
         let mut out = Vec::new();
         for (kind, data) in records {
-            let c = if *kind == CRC {
-                crc
-            } else {
-                crc = crc32c::crc32c_append(crc, data);
-                crc
-            };
-            let rec = Record {
-                kind: *kind,
-                crc: c,
-                data: data.clone(),
-            }
-            .encode_to_vec();
-            let pad = (8 - rec.len() % 8) % 8;
-            let mut len = rec.len() as u64;
-            if pad != 0 {
-                len |= (0x80 | pad as u64) << 56;
-            }
-            out.extend_from_slice(&len.to_le_bytes());
-            out.extend_from_slice(&rec);
-            out.extend(std::iter::repeat_n(0, pad));
+            encode_frame(&mut out, &mut crc, *kind, data.clone());
         }
         (out, crc)
     }

@@ -125,48 +125,32 @@ fn human_bytes(n: u64) -> String {
 /// snapshot restore` (etcd 3.4), writing an oxcd data directory.
 fn restore(args: &[String], usage: &str) -> ExitCode {
     use oxcd_server::etcd_files::restore::{restore, RestoreOptions};
-    let mut file = None;
-    let mut name = "default".to_string();
-    let mut data_dir = String::new();
-    let mut wal_dir = String::new();
-    let mut cluster = "default=http://localhost:2380".to_string();
-    let mut token = "etcd-cluster".to_string();
-    let mut peer_urls = "http://localhost:2380".to_string();
-    let mut skip_hash_check = false;
-    let mut rest = args.iter();
-    while let Some(a) = rest.next() {
-        let (flag, inline) = match a.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (a.as_str(), None),
-        };
-        let slot = match flag {
-            "--name" => &mut name,
-            "--data-dir" => &mut data_dir,
-            "--wal-dir" => &mut wal_dir,
-            "--initial-cluster" => &mut cluster,
-            "--initial-cluster-token" => &mut token,
-            "--initial-advertise-peer-urls" => &mut peer_urls,
-            "--skip-hash-check" => {
-                skip_hash_check = inline.as_deref().is_none_or(|v| v == "true");
-                continue;
-            }
-            s if !s.starts_with('-') && file.is_none() => {
-                file = Some(s.to_string());
-                continue;
-            }
-            other => {
-                eprintln!("Error: unknown flag: {other}\n{usage}");
-                return ExitCode::from(1);
-            }
-        };
-        match inline.or_else(|| rest.next().cloned()) {
-            Some(v) => *slot = v,
-            None => {
-                eprintln!("Error: flag needs an argument: {flag}");
-                return ExitCode::from(1);
-            }
+    let parsed = match Flags::parse(
+        args,
+        &[
+            "--name",
+            "--data-dir",
+            "--wal-dir",
+            "--initial-cluster",
+            "--initial-cluster-token",
+            "--initial-advertise-peer-urls",
+        ],
+        &["--skip-hash-check"],
+    ) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("Error: {e}\n{usage}");
+            return ExitCode::from(1);
         }
-    }
+    };
+    let name = parsed.value("--name", "default");
+    let mut data_dir = parsed.value("--data-dir", "");
+    let wal_dir = parsed.value("--wal-dir", "");
+    let cluster = parsed.value("--initial-cluster", "default=http://localhost:2380");
+    let token = parsed.value("--initial-cluster-token", "etcd-cluster");
+    let peer_urls = parsed.value("--initial-advertise-peer-urls", "http://localhost:2380");
+    let skip_hash_check = parsed.set("--skip-hash-check");
+    let file = parsed.positional.first().cloned();
     let Some(file) = file else {
         eprintln!("Error: snapshot path must be provided\n{usage}");
         return ExitCode::from(1);
@@ -183,6 +167,7 @@ fn restore(args: &[String], usage: &str) -> ExitCode {
         initial_cluster_token: token,
         initial_advertise_peer_urls: peer_urls.split(',').map(str::to_string).collect(),
         skip_hash_check,
+        rows_read: None,
     };
     let wal = if wal_dir.is_empty() {
         format!("{data_dir}/member/wal")
@@ -196,7 +181,13 @@ fn restore(args: &[String], usage: &str) -> ExitCode {
         "snap-dir": format!("{data_dir}/member/snap"),
     });
     log_line("restoring snapshot", &dirs);
-    match restore(&opts) {
+    let restored = with_progress("restoring snapshot", |rows| {
+        restore(&RestoreOptions {
+            rows_read: Some(rows),
+            ..opts
+        })
+    });
+    match restored {
         Ok(r) => {
             for (id, urls) in &r.members {
                 log_line(
@@ -219,6 +210,95 @@ fn restore(args: &[String], usage: &str) -> ExitCode {
     }
 }
 
+/// Flags as etcdctl takes them: `--flag value` or `--flag=value`, boolean
+/// flags alone or `=true|false`, and positional arguments.
+struct Flags {
+    values: std::collections::HashMap<String, String>,
+    set: std::collections::HashSet<String>,
+    positional: Vec<String>,
+}
+
+impl Flags {
+    fn parse(args: &[String], valued: &[&str], boolean: &[&str]) -> Result<Flags, String> {
+        let mut f = Flags {
+            values: Default::default(),
+            set: Default::default(),
+            positional: Vec::new(),
+        };
+        let mut rest = args.iter();
+        while let Some(a) = rest.next() {
+            let (flag, inline) = match a.split_once('=') {
+                Some((k, v)) if k.starts_with("--") => (k, Some(v.to_string())),
+                _ => (a.as_str(), None),
+            };
+            if boolean.contains(&flag) {
+                if inline.as_deref().is_none_or(|v| v == "true") {
+                    f.set.insert(flag.to_string());
+                }
+            } else if valued.contains(&flag) {
+                let v = inline
+                    .or_else(|| rest.next().cloned())
+                    .ok_or_else(|| format!("flag needs an argument: {flag}"))?;
+                f.values.insert(flag.to_string(), v);
+            } else if !flag.starts_with('-') {
+                f.positional.push(a.clone());
+            } else {
+                return Err(format!("unknown flag: {flag}"));
+            }
+        }
+        Ok(f)
+    }
+
+    fn value(&self, flag: &str, default: &str) -> String {
+        self.values
+            .get(flag)
+            .cloned()
+            .unwrap_or_else(|| default.to_string())
+    }
+
+    fn set(&self, flag: &str) -> bool {
+        self.set.contains(flag)
+    }
+}
+
+/// Runs `f` with a row counter, shown as a spinner with the rows done
+/// and the time taken while it runs, when stderr is a terminal.
+fn with_progress<T>(
+    label: &str,
+    f: impl FnOnce(std::sync::Arc<std::sync::atomic::AtomicU64>) -> T,
+) -> T {
+    use std::io::IsTerminal;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let rows = Arc::new(AtomicU64::new(0));
+    if !std::io::stderr().is_terminal() {
+        return f(rows);
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let bar = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{spinner} {msg}: {pos} rows, {elapsed}")
+    {
+        bar.set_style(style);
+    }
+    bar.set_message(label.to_string());
+    let drawer = {
+        let (rows, done, bar) = (rows.clone(), done.clone(), bar.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                bar.set_position(rows.load(Ordering::Relaxed));
+                bar.tick();
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        })
+    };
+    let out = f(rows.clone());
+    done.store(true, Ordering::Relaxed);
+    let _ = drawer.join();
+    bar.finish_and_clear();
+    out
+}
+
 /// One zap-style JSON line on stderr, as etcdctl's restore logs.
 fn log_line(msg: &str, fields: &serde_json::Value) {
     let mut line = serde_json::json!({
@@ -237,36 +317,36 @@ fn log_line(msg: &str, fields: &serde_json::Value) {
 /// `oxcd export-etcd --data-dir D [--wal-dir W] --out DIR`.
 pub fn export_etcd(args: &[String]) -> ExitCode {
     let usage = "usage: oxcd export-etcd --data-dir <oxcd data dir> [--wal-dir <dir>] --out <new etcd data dir>";
-    let (mut data_dir, mut wal_dir, mut out) = (String::new(), String::new(), String::new());
-    let mut rest = args.iter();
-    while let Some(a) = rest.next() {
-        let (flag, inline) = match a.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-            _ => (a.as_str(), None),
-        };
-        let slot = match flag {
-            "--data-dir" => &mut data_dir,
-            "--wal-dir" => &mut wal_dir,
-            "--out" => &mut out,
-            other => {
-                eprintln!("Error: unknown flag: {other}\n{usage}");
-                return ExitCode::from(1);
-            }
-        };
-        match inline.or_else(|| rest.next().cloned()) {
-            Some(v) => *slot = v,
-            None => {
-                eprintln!("Error: flag needs an argument: {flag}");
-                return ExitCode::from(1);
-            }
+    let parsed = match Flags::parse(args, &["--data-dir", "--wal-dir", "--out"], &[]) {
+        Ok(f) if f.positional.is_empty() => f,
+        Ok(f) => {
+            eprintln!("Error: unexpected argument: {}\n{usage}", f.positional[0]);
+            return ExitCode::from(1);
         }
-    }
+        Err(e) => {
+            eprintln!("Error: {e}\n{usage}");
+            return ExitCode::from(1);
+        }
+    };
+    let (data_dir, wal_dir, out) = (
+        parsed.value("--data-dir", ""),
+        parsed.value("--wal-dir", ""),
+        parsed.value("--out", ""),
+    );
     if data_dir.is_empty() || out.is_empty() {
         eprintln!("Error: --data-dir and --out are required\n{usage}");
         return ExitCode::from(1);
     }
     let wal = (!wal_dir.is_empty()).then(|| std::path::PathBuf::from(&wal_dir));
-    match oxcd_server::etcd_files::export::export(data_dir.as_ref(), wal.as_deref(), out.as_ref()) {
+    let exported = with_progress("exporting", |rows| {
+        oxcd_server::etcd_files::export::export(
+            data_dir.as_ref(),
+            wal.as_deref(),
+            out.as_ref(),
+            Some(&*rows),
+        )
+    });
+    match exported {
         Ok(x) => {
             println!(
                 "exported member {:x} of cluster {:x} at raft index {} (term {}, {} members) to {out}; start etcd 3.4 there with this member's --name and URLs",

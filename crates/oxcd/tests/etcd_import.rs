@@ -307,6 +307,33 @@ async fn observe(c: &mut Client, compacted_at: i64) -> Seen {
     }
 }
 
+/// `--initial-cluster` for members `names` on `ports` (client, peer).
+fn cluster_of(names: &[&str], ports: &[(u16, u16)]) -> String {
+    names
+        .iter()
+        .zip(ports)
+        .map(|(n, p)| format!("{n}=http://127.0.0.1:{}", p.1))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Waits (bounded) until the member `c` talks to serves revision `want`
+/// from its own store (a serializable read): it has applied everything.
+async fn wait_applied(c: &mut Client, want: i64) {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c
+            .get("after/9", Some(GetOptions::new().with_serializable()))
+            .await
+            .unwrap();
+        if r.header().unwrap().revision() >= want {
+            return;
+        }
+        assert!(Instant::now() < until, "not applied up to {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Writes keys with many revisions, a delete, a compaction, a lease with a
 /// key on it, users and roles; returns the compaction revision.
 async fn make_history(c: &mut Client) -> i64 {
@@ -515,12 +542,7 @@ async fn a_three_member_etcd_cluster_restarts_as_three_oxcd_members() {
         let dir = tempfile::tempdir().unwrap();
         let names = ["a", "b", "c"];
         let ports: Vec<(u16, u16)> = names.iter().map(|_| (free_port(), free_port())).collect();
-        let cluster = names
-            .iter()
-            .zip(&ports)
-            .map(|(n, p)| format!("{n}=http://127.0.0.1:{}", p.1))
-            .collect::<Vec<_>>()
-            .join(",");
+        let cluster = cluster_of(&names, &ports);
         let mut etcds: Vec<Proc> = names
             .iter()
             .zip(&ports)
@@ -534,7 +556,6 @@ async fn a_three_member_etcd_cluster_restarts_as_three_oxcd_members() {
         let mut before = Vec::new();
         for e in &etcds {
             let mut c = e.client().await;
-            // Serializable reads: wait until every member has applied all.
             let want = c
                 .get("after/9", None)
                 .await
@@ -542,18 +563,7 @@ async fn a_three_member_etcd_cluster_restarts_as_three_oxcd_members() {
                 .header()
                 .unwrap()
                 .revision();
-            let until = Instant::now() + Duration::from_secs(10);
-            loop {
-                let r = c
-                    .get("after/9", Some(GetOptions::new().with_serializable()))
-                    .await
-                    .unwrap();
-                if r.header().unwrap().revision() >= want {
-                    break;
-                }
-                assert!(Instant::now() < until);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            wait_applied(&mut c, want).await;
             before.push(observe(&mut c, compact).await);
         }
         for e in &mut etcds {
@@ -815,6 +825,79 @@ async fn export_etcd_writes_a_directory_the_real_etcd_boots_on() {
         let r = c.get("written/by", None).await.unwrap();
         assert_eq!(r.kvs()[0].value(), b"etcd");
         assert_eq!(r.header().unwrap().member_id(), before.member_id);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_three_member_oxcd_cluster_exports_to_three_etcd_members() {
+    if !have_etcd() {
+        return;
+    }
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["a", "b", "c"];
+        let ports: Vec<(u16, u16)> = names.iter().map(|_| (free_port(), free_port())).collect();
+        let cluster = cluster_of(&names, &ports);
+        let mut oxs: Vec<Proc> = names
+            .iter()
+            .zip(&ports)
+            .map(|(n, p)| Proc::new(&server_binary(), n, &dir.path().join(n), *p, &cluster))
+            .collect();
+        for o in &mut oxs {
+            o.spawn(&["--snapshot-count", "40"]);
+        }
+        let mut c = oxs[0].client().await;
+        let compact = make_history(&mut c).await;
+        let want = c
+            .get("after/9", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        let mut before = Vec::new();
+        for o in &oxs {
+            let mut c = o.client().await;
+            // Every member has applied everything before it is stopped.
+            wait_applied(&mut c, want).await;
+            before.push(observe(&mut c, compact).await);
+        }
+        for o in &mut oxs {
+            o.stop().await;
+        }
+        drop(oxs);
+        let mut etcds = Vec::new();
+        for (n, p) in names.iter().zip(&ports) {
+            let out = dir.path().join(format!("{n}.etcd"));
+            let (ok, msg) = export_etcd(&dir.path().join(n), &out);
+            assert!(ok, "{n}: {msg}");
+            let mut e = Proc::new(Path::new(ETCD), n, &out, *p, &cluster);
+            e.spawn(&[]);
+            etcds.push(e);
+        }
+        for (e, b) in etcds.iter().zip(&before) {
+            let mut c = e.client().await;
+            let after = observe(&mut c, compact).await;
+            assert_eq!(after.kvs, b.kvs);
+            assert_eq!(after.members, b.members);
+            assert_eq!(
+                (after.cluster_id, after.member_id),
+                (b.cluster_id, b.member_id)
+            );
+            assert_eq!(after.leases, b.leases);
+        }
+        let mut c = etcds[2].client().await;
+        c.put("written/by", "etcd", None).await.unwrap();
+        let mut leaders = std::collections::HashSet::new();
+        for e in &etcds {
+            let mut c = e.client().await;
+            leaders.insert(c.status().await.unwrap().leader());
+            let r = c.get("written/by", None).await.unwrap();
+            assert_eq!(r.kvs()[0].value(), b"etcd");
+        }
+        assert_eq!(leaders.len(), 1, "{leaders:?}");
+        assert!(!leaders.contains(&0));
     })
     .await;
 }

@@ -71,7 +71,8 @@ pub struct Exported {
 }
 
 /// Writes the etcd data directory `out` (which must not exist) from the
-/// oxcd data directory `data_dir`, whose WAL may be at `wal_dir`.
+/// oxcd data directory `data_dir`, whose WAL may be at `wal_dir`;
+/// `rows_written` counts backend rows as they are written.
 ///
 /// # Errors
 /// [`ExportError`]: `out` exists, the member is running, its files do not
@@ -80,6 +81,7 @@ pub fn export(
     data_dir: &Path,
     wal_dir: Option<&Path>,
     out: &Path,
+    rows_written: Option<&std::sync::atomic::AtomicU64>,
 ) -> Result<Exported, ExportError> {
     if out.exists() {
         return Err(fail(out, "already exists"));
@@ -170,7 +172,7 @@ pub fn export(
         create_private_dir(&out_snap)?;
         create_private_dir(&out_wal)?;
         let db = out_snap.join("db");
-        crate::v3rpc::snapshot::write_file(&db, &view, &list, &removed)
+        crate::v3rpc::snapshot::write_file(&db, &view, &list, &removed, rows_written)
             .map_err(|e| fail(&db, e))?;
         let etcd_members: Vec<EtcdMember> = list
             .iter()

@@ -37,19 +37,20 @@ pub(super) struct Backend {
 /// Copies the backend file `db` into a new oxcd backend at `out`.
 pub(super) fn copy_backend(db: &Path, out: &Path) -> Result<Backend, ImportError> {
     let file = fs::File::open(db).map_err(|e| source(db, e))?;
-    copy_file(&file, db, out, None)
+    copy_file(&file, db, out, None, None)
 }
 
 /// Copies the buckets oxcd keeps from the bbolt file `file` (opened from
 /// `origin`, named in errors), read a page at a time, into a new backend
 /// at `out`; with `consistent_index`, that value replaces the source's
 /// (etcd's `snapshot restore` sets it to the new cluster's bootstrap
-/// index).
+/// index). `rows_read` counts the rows read, for a progress display.
 pub(super) fn copy_file(
     file: &fs::File,
     origin: &Path,
     out: &Path,
     consistent_index: Option<u64>,
+    rows_read: Option<&std::sync::atomic::AtomicU64>,
 ) -> Result<Backend, ImportError> {
     let db = origin;
     let mut imp = BackendImport::create(out).map_err(|e| write_err(out, e))?;
@@ -64,6 +65,9 @@ pub(super) fn copy_file(
         match item {
             Item::Bucket(name) => name.clone_into(&mut bucket),
             Item::Row(k, v) => {
+                if let Some(n) = rows_read {
+                    n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 if bucket == b"meta" {
                     if k == b"storageVersion" {
                         failure = Some(source(

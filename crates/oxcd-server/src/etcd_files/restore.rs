@@ -46,6 +46,9 @@ pub struct RestoreOptions {
     pub initial_advertise_peer_urls: Vec<String>,
     /// `--skip-hash-check`.
     pub skip_hash_check: bool,
+    /// Counts the snapshot's rows as they are copied (for a progress
+    /// display); optional.
+    pub rows_read: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// What was restored, for the messages etcdctl prints.
@@ -198,7 +201,13 @@ fn build(
     let snap_dir = scratch.join("member").join("snap");
     create_private_dir(&snap_dir)?;
     let n = members.len() as u64;
-    let backend = copy_file(db, &o.snapshot, &snap_dir.join("db"), Some(n))?;
+    let backend = copy_file(
+        db,
+        &o.snapshot,
+        &snap_dir.join("db"),
+        Some(n),
+        o.rows_read.as_deref(),
+    )?;
     // The WAL goes where the member will look for it: `--wal-dir`, or
     // `member/wal` inside the data dir (renamed with it).
     let wal_dir = match &o.wal_dir {
