@@ -334,6 +334,35 @@ async fn wait_applied(c: &mut Client, want: i64) {
     }
 }
 
+/// Every member of `procs` shows what `before` recorded of it (keys,
+/// members, IDs, users, leases); the cluster has one leader and takes a
+/// write that every member then serves.
+async fn assert_same_cluster(procs: &[Proc], before: &[Seen], compact: i64) {
+    for (p, b) in procs.iter().zip(before) {
+        let mut c = p.client().await;
+        let after = observe(&mut c, compact).await;
+        assert_eq!(after.kvs, b.kvs);
+        assert_eq!(after.members, b.members);
+        assert_eq!(
+            (after.cluster_id, after.member_id),
+            (b.cluster_id, b.member_id)
+        );
+        assert_eq!(after.users, b.users);
+        assert_eq!(after.leases, b.leases);
+    }
+    let mut c = procs[procs.len() - 1].client().await;
+    c.put("written/after", "moved", None).await.unwrap();
+    let mut leaders = std::collections::HashSet::new();
+    for p in procs {
+        let mut c = p.client().await;
+        leaders.insert(c.status().await.unwrap().leader());
+        let r = c.get("written/after", None).await.unwrap();
+        assert_eq!(r.kvs()[0].value(), b"moved");
+    }
+    assert_eq!(leaders.len(), 1, "one leader: {leaders:?}");
+    assert!(!leaders.contains(&0));
+}
+
 /// Writes keys with many revisions, a delete, a compaction, a lease with a
 /// key on it, users and roles; returns the compaction revision.
 async fn make_history(c: &mut Client) -> i64 {
@@ -579,31 +608,7 @@ async fn a_three_member_etcd_cluster_restarts_as_three_oxcd_members() {
         for o in &mut oxs {
             o.spawn(&[]);
         }
-        for (o, b) in oxs.iter().zip(&before) {
-            let mut c = o.client().await;
-            let after = observe(&mut c, compact).await;
-            assert_eq!(after.kvs, b.kvs);
-            assert_eq!(after.members, b.members);
-            assert_eq!(
-                (after.cluster_id, after.member_id),
-                (b.cluster_id, b.member_id)
-            );
-            assert_eq!(after.users, b.users);
-            assert_eq!(after.leases, b.leases);
-        }
-        // One leader, and the cluster takes writes that every member sees.
-        let mut c = oxs[1].client().await;
-        c.put("written/after", "import", None).await.unwrap();
-        let mut leaders = std::collections::HashSet::new();
-        for o in &oxs {
-            let mut c = o.client().await;
-            let st = c.status().await.unwrap();
-            leaders.insert(st.leader());
-            let r = c.get("written/after", None).await.unwrap();
-            assert_eq!(r.kvs()[0].value(), b"import");
-        }
-        assert_eq!(leaders.len(), 1, "one leader: {leaders:?}");
-        assert!(!leaders.contains(&0));
+        assert_same_cluster(&oxs, &before, compact).await;
     })
     .await;
 }
@@ -876,28 +881,7 @@ async fn a_three_member_oxcd_cluster_exports_to_three_etcd_members() {
             e.spawn(&[]);
             etcds.push(e);
         }
-        for (e, b) in etcds.iter().zip(&before) {
-            let mut c = e.client().await;
-            let after = observe(&mut c, compact).await;
-            assert_eq!(after.kvs, b.kvs);
-            assert_eq!(after.members, b.members);
-            assert_eq!(
-                (after.cluster_id, after.member_id),
-                (b.cluster_id, b.member_id)
-            );
-            assert_eq!(after.leases, b.leases);
-        }
-        let mut c = etcds[2].client().await;
-        c.put("written/by", "etcd", None).await.unwrap();
-        let mut leaders = std::collections::HashSet::new();
-        for e in &etcds {
-            let mut c = e.client().await;
-            leaders.insert(c.status().await.unwrap().leader());
-            let r = c.get("written/by", None).await.unwrap();
-            assert_eq!(r.kvs()[0].value(), b"etcd");
-        }
-        assert_eq!(leaders.len(), 1, "{leaders:?}");
-        assert!(!leaders.contains(&0));
+        assert_same_cluster(&etcds, &before, compact).await;
     })
     .await;
 }
