@@ -20,6 +20,19 @@ pub const USAGE: &str = "Usage:
 
   oxcd --config-file <path>
     Take every setting from a YAML file; other flags and ETCD_* variables are then ignored.
+
+  oxcd snapshot status <file> [-w table|json|simple]
+    Report an etcd snapshot or backend file as etcdctl snapshot status does.
+
+  oxcd snapshot restore <file> [--name N] [--data-dir D] [--wal-dir W] [--initial-cluster C]
+      [--initial-cluster-token T] [--initial-advertise-peer-urls U] [--skip-hash-check]
+    Restore an etcd snapshot into a new oxcd data directory (etcdctl snapshot restore's flags).
+
+  oxcd export-etcd --data-dir <oxcd data dir> [--wal-dir W] --out <dir>
+    Write a stopped member's data directory as an etcd 3.4 one.
+
+  A data directory written by etcd 3.4 is imported on the first start; etcd's files are kept
+  in <data-dir>/member.etcd.
 ";
 
 /// The flag list, grouped by section, each flag with its default.
