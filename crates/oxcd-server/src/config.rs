@@ -12,7 +12,7 @@
 //! - `yaml`: the config file, with etcd's YAML keys and type errors.
 //! - `unimplemented`: flags accepted but not acted on yet.
 
-pub(crate) mod duration;
+pub mod duration;
 mod unimplemented;
 mod urls;
 mod validate;

@@ -31,6 +31,9 @@ pub const USAGE: &str = "Usage:
   oxcd export-etcd --data-dir <oxcd data dir> [--wal-dir W] --out <dir>
     Write a stopped member's data directory as an etcd 3.4 one.
 
+  oxcd gateway start [--endpoints host:port,...] [--listen-addr 127.0.0.1:23790] [--retry-delay 1m0s]
+    Run etcd's L4 gateway: client connections go round robin to the endpoints that answer.
+
   A data directory written by etcd 3.4 is imported on the first start; etcd's files are kept
   in <data-dir>/member.etcd.
 ";

@@ -6,6 +6,7 @@
 //! logging, starts the member and waits for SIGINT/SIGTERM.
 
 mod flags;
+mod gateway;
 mod help;
 mod logging;
 mod offline;
@@ -30,7 +31,8 @@ fn main() -> ExitCode {
     match args.get(1).map(String::as_str) {
         Some("snapshot") => return offline::snapshot(&args[2..]),
         Some("export-etcd") => return offline::export_etcd(&args[2..]),
-        Some("gateway") | Some("grpc-proxy") => {
+        Some("gateway") => return gateway::main(&args[2..]),
+        Some("grpc-proxy") => {
             eprintln!(
                 "oxcd: '{}' is not yet available in this version of oxcd",
                 args[1]
