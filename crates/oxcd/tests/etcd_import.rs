@@ -175,6 +175,38 @@ impl Drop for Proc {
     }
 }
 
+/// A single member "m" of `bin` on `data`, on free ports.
+fn single(bin: &Path, data: &Path) -> Proc {
+    let ports = (free_port(), free_port());
+    let cluster = format!("m=http://127.0.0.1:{}", ports.1);
+    Proc::new(bin, "m", data, ports, &cluster)
+}
+
+/// Members "a", "b", "c" of `bin`, each on `<dir>/<name>`, on free ports.
+fn three(bin: &Path, dir: &Path) -> Vec<Proc> {
+    let names = ["a", "b", "c"];
+    let ports: Vec<(u16, u16)> = names.iter().map(|_| (free_port(), free_port())).collect();
+    let cluster = cluster_of(&names, &ports);
+    names
+        .iter()
+        .zip(&ports)
+        .map(|(n, p)| Proc::new(bin, n, &dir.join(n), *p, &cluster))
+        .collect()
+}
+
+impl Proc {
+    /// The same member (name, directory, ports, cluster) run by `bin`.
+    fn as_run_by(&self, bin: &Path) -> Proc {
+        Proc::new(
+            bin,
+            &self.name,
+            &self.data,
+            (self.cport, self.pport),
+            &self.cluster,
+        )
+    }
+}
+
 /// Every file under `dir` with its bytes' hash: to show etcd's files were
 /// not touched.
 fn tree(dir: &Path) -> BTreeMap<PathBuf, u32> {
@@ -395,11 +427,9 @@ async fn boots_on_a_stopped_etcd_members_data_dir_and_keeps_etcds_files() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("m.etcd");
-        let ports = (free_port(), free_port());
-        let cluster = format!("m=http://127.0.0.1:{}", ports.1);
         // A snapshot every 50 entries: the import starts from a snap file
         // and replays the WAL after it.
-        let mut etcd = Proc::new(Path::new(ETCD), "m", &data, ports, &cluster);
+        let mut etcd = single(Path::new(ETCD), &data);
         etcd.spawn(&["--snapshot-count", "50"]);
         let mut c = etcd.client().await;
         let compact = make_history(&mut c).await;
@@ -413,7 +443,7 @@ async fn boots_on_a_stopped_etcd_members_data_dir_and_keeps_etcds_files() {
             "etcd took a raft snapshot: {etcd_files:?}"
         );
 
-        let mut ox = Proc::new(&server_binary(), "m", &data, ports, &cluster);
+        let mut ox = etcd.as_run_by(&server_binary());
         ox.spawn(&[]);
         let mut c = ox.client().await;
         let after = observe(&mut c, compact).await;
@@ -569,14 +599,7 @@ async fn a_three_member_etcd_cluster_restarts_as_three_oxcd_members() {
     }
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
-        let names = ["a", "b", "c"];
-        let ports: Vec<(u16, u16)> = names.iter().map(|_| (free_port(), free_port())).collect();
-        let cluster = cluster_of(&names, &ports);
-        let mut etcds: Vec<Proc> = names
-            .iter()
-            .zip(&ports)
-            .map(|(n, p)| Proc::new(Path::new(ETCD), n, &dir.path().join(n), *p, &cluster))
-            .collect();
+        let mut etcds = three(Path::new(ETCD), dir.path());
         for e in &mut etcds {
             e.spawn(&["--snapshot-count", "40"]);
         }
@@ -598,13 +621,11 @@ async fn a_three_member_etcd_cluster_restarts_as_three_oxcd_members() {
         for e in &mut etcds {
             e.stop().await;
         }
-        drop(etcds);
-
-        let mut oxs: Vec<Proc> = names
+        let mut oxs: Vec<Proc> = etcds
             .iter()
-            .zip(&ports)
-            .map(|(n, p)| Proc::new(&server_binary(), n, &dir.path().join(n), *p, &cluster))
+            .map(|e| e.as_run_by(&server_binary()))
             .collect();
+        drop(etcds);
         for o in &mut oxs {
             o.spawn(&[]);
         }
@@ -621,9 +642,7 @@ async fn refuses_a_directory_in_use_a_corrupt_wal_and_an_etcd_v2_directory_untou
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("m.etcd");
-        let ports = (free_port(), free_port());
-        let cluster = format!("m=http://127.0.0.1:{}", ports.1);
-        let mut etcd = Proc::new(Path::new(ETCD), "m", &data, ports, &cluster);
+        let mut etcd = single(Path::new(ETCD), &data);
         etcd.spawn(&[]);
         let mut c = etcd.client().await;
         c.put("a", "1", None).await.unwrap();
@@ -674,9 +693,7 @@ async fn an_import_cut_short_is_redone_and_a_switch_cut_short_is_finished() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("m.etcd");
-        let ports = (free_port(), free_port());
-        let cluster = format!("m=http://127.0.0.1:{}", ports.1);
-        let mut etcd = Proc::new(Path::new(ETCD), "m", &data, ports, &cluster);
+        let mut etcd = single(Path::new(ETCD), &data);
         etcd.spawn(&[]);
         let mut c = etcd.client().await;
         c.put("a", "1", None).await.unwrap();
@@ -686,7 +703,7 @@ async fn an_import_cut_short_is_redone_and_a_switch_cut_short_is_finished() {
         let work = data.join("member.oxcd-import");
         std::fs::create_dir_all(work.join("snap")).unwrap();
         std::fs::write(work.join("snap").join("db"), b"half a file").unwrap();
-        let mut ox = Proc::new(&server_binary(), "m", &data, ports, &cluster);
+        let mut ox = etcd.as_run_by(&server_binary());
         ox.spawn(&[]);
         let mut c = ox.client().await;
         assert_eq!(c.get("a", None).await.unwrap().kvs()[0].value(), b"1");
@@ -785,11 +802,9 @@ async fn export_etcd_writes_a_directory_the_real_etcd_boots_on() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("m.oxcd");
-        let ports = (free_port(), free_port());
-        let cluster = format!("m=http://127.0.0.1:{}", ports.1);
         // Raft snapshots every 50 entries: the member list comes from
         // oxcd's snapshot plus the WAL after it.
-        let mut ox = Proc::new(&server_binary(), "m", &data, ports, &cluster);
+        let mut ox = single(&server_binary(), &data);
         ox.spawn(&["--snapshot-count", "50"]);
         let mut c = ox.client().await;
         let compact = make_history(&mut c).await;
@@ -805,7 +820,13 @@ async fn export_etcd_writes_a_directory_the_real_etcd_boots_on() {
 
         let (ok, msg) = export_etcd(&data, &out);
         assert!(ok, "{msg}");
-        let mut etcd = Proc::new(Path::new(ETCD), "m", &out, ports, &cluster);
+        let mut etcd = Proc::new(
+            Path::new(ETCD),
+            "m",
+            &out,
+            (ox.cport, ox.pport),
+            &ox.cluster,
+        );
         etcd.spawn(&[]);
         let mut c = etcd.client().await;
         let after = observe(&mut c, compact).await;
@@ -824,7 +845,7 @@ async fn export_etcd_writes_a_directory_the_real_etcd_boots_on() {
         c.put("written/by", "etcd", None).await.unwrap();
         etcd.stop().await;
         // And back again: oxcd imports what etcd now holds.
-        let mut ox = Proc::new(&server_binary(), "m", &out, ports, &cluster);
+        let mut ox = etcd.as_run_by(&server_binary());
         ox.spawn(&[]);
         let mut c = ox.client().await;
         let r = c.get("written/by", None).await.unwrap();
@@ -841,14 +862,7 @@ async fn a_three_member_oxcd_cluster_exports_to_three_etcd_members() {
     }
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
-        let names = ["a", "b", "c"];
-        let ports: Vec<(u16, u16)> = names.iter().map(|_| (free_port(), free_port())).collect();
-        let cluster = cluster_of(&names, &ports);
-        let mut oxs: Vec<Proc> = names
-            .iter()
-            .zip(&ports)
-            .map(|(n, p)| Proc::new(&server_binary(), n, &dir.path().join(n), *p, &cluster))
-            .collect();
+        let mut oxs = three(&server_binary(), dir.path());
         for o in &mut oxs {
             o.spawn(&["--snapshot-count", "40"]);
         }
@@ -871,13 +885,18 @@ async fn a_three_member_oxcd_cluster_exports_to_three_etcd_members() {
         for o in &mut oxs {
             o.stop().await;
         }
-        drop(oxs);
         let mut etcds = Vec::new();
-        for (n, p) in names.iter().zip(&ports) {
-            let out = dir.path().join(format!("{n}.etcd"));
-            let (ok, msg) = export_etcd(&dir.path().join(n), &out);
-            assert!(ok, "{n}: {msg}");
-            let mut e = Proc::new(Path::new(ETCD), n, &out, *p, &cluster);
+        for o in &oxs {
+            let out = o.data.with_extension("etcd");
+            let (ok, msg) = export_etcd(&o.data, &out);
+            assert!(ok, "{}: {msg}", o.name);
+            let mut e = Proc::new(
+                Path::new(ETCD),
+                &o.name,
+                &out,
+                (o.cport, o.pport),
+                &o.cluster,
+            );
             e.spawn(&[]);
             etcds.push(e);
         }
