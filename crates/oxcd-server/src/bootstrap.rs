@@ -133,7 +133,9 @@ fn unix_mode_string(mode: u32) -> String {
     s
 }
 
-fn create_private_dir(d: &Path) -> std::io::Result<()> {
+/// Creates `d` (and its parents) with mode 0700, as etcd creates its
+/// directories; an existing one is left as it is.
+pub(crate) fn create_private_dir(d: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if d.is_dir() {
         return Ok(());

@@ -231,10 +231,5 @@ pub fn export(
 }
 
 fn create_private_dir(d: &Path) -> Result<(), ExportError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(d)
-        .map_err(|e| fail(d, e))
+    crate::bootstrap::create_private_dir(d).map_err(|e| fail(d, e))
 }

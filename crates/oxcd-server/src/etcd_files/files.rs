@@ -13,17 +13,13 @@ use oxcd_raft::fs::{Fs, OsFs};
 use oxcd_raft::wal::{self, SnapshotMarker, Wal};
 use raft::prelude::{ConfState, Snapshot};
 
-use super::{source, write_err, ImportError, META_KEYS, TABLES};
+use super::{source, write_err, ImportError, META_KEYS};
 use crate::bootstrap::Identity;
 use crate::membership::Member;
+use crate::v3rpc::snapshot::TABLES;
 
 pub(super) fn create_private_dir(d: &Path) -> Result<(), ImportError> {
-    use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(d)
-        .map_err(|e| write_err(d, e))
+    crate::bootstrap::create_private_dir(d).map_err(|e| write_err(d, e))
 }
 
 /// What the backend copy found on the way.
@@ -41,20 +37,21 @@ pub(super) fn copy_backend(db: &Path, out: &Path) -> Result<Backend, ImportError
 }
 
 /// Copies the buckets oxcd keeps from the bbolt file `file` (opened from
-/// `origin`, named in errors), read a page at a time, into a new backend
+/// `db`, named in errors), read a page at a time, into a new backend
 /// at `out`; with `consistent_index`, that value replaces the source's
 /// (etcd's `snapshot restore` sets it to the new cluster's bootstrap
 /// index). `rows_read` counts the rows read, for a progress display.
 pub(super) fn copy_file(
     file: &fs::File,
-    origin: &Path,
+    db: &Path,
     out: &Path,
     consistent_index: Option<u64>,
     rows_read: Option<&std::sync::atomic::AtomicU64>,
 ) -> Result<Backend, ImportError> {
-    let db = origin;
     let mut imp = BackendImport::create(out).map_err(|e| write_err(out, e))?;
     let mut bucket: Vec<u8> = Vec::new();
+    // The table the current bucket is copied into, if oxcd keeps it.
+    let mut table: Option<&str> = None;
     let mut found = Backend {
         rows: 0,
         consistent_index: 0,
@@ -63,7 +60,10 @@ pub(super) fn copy_file(
     let mut failure: Option<ImportError> = None;
     let mut each = |item: Item<'_>| -> Result<(), bolt::BoltError> {
         match item {
-            Item::Bucket(name) => name.clone_into(&mut bucket),
+            Item::Bucket(name) => {
+                name.clone_into(&mut bucket);
+                table = TABLES.iter().copied().find(|t| t.as_bytes() == name);
+            }
             Item::Row(k, v) => {
                 if let Some(n) = rows_read {
                     n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -91,9 +91,8 @@ pub(super) fn copy_file(
                         found.members.push(m);
                     }
                 }
-                if TABLES.contains(&bucket.as_slice()) {
-                    let table = String::from_utf8_lossy(&bucket).into_owned();
-                    if let Err(e) = imp.put(&table, k, v) {
+                if let Some(table) = table {
+                    if let Err(e) = imp.put(table, k, v) {
                         failure = Some(write_err(out, e));
                         return Err(bolt::BoltError::Invalid("write failed".into()));
                     }

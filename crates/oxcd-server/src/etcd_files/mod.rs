@@ -48,16 +48,6 @@ pub mod export;
 mod files;
 pub mod restore;
 
-/// Buckets carried into oxcd's backend under their own names.
-const TABLES: [&[u8]; 7] = [
-    b"alarm",
-    b"auth",
-    b"authRoles",
-    b"authUsers",
-    b"key",
-    b"lease",
-    b"meta",
-];
 /// `meta` keys oxcd reads (etcd 3.5's `term` and `confState` are left:
 /// oxcd keeps those in its WAL and snapshots).
 const META_KEYS: [&[u8]; 3] = [
@@ -251,9 +241,7 @@ fn build(dirs: &Dirs, db: &Path) -> Result<Summary, ImportError> {
         // An earlier import stopped before it was marked done.
         fs::remove_dir_all(&dirs.work).map_err(|e| write_err(&dirs.work, e))?;
     }
-    for d in [dirs.work.join("snap"), dirs.work.join("wal")] {
-        create_private_dir(&d)?;
-    }
+    create_private_dir(&dirs.work.join("snap"))?;
     let backend = copy_backend(db, &dirs.work.join("snap").join("db"))?;
     let snapshot_index = snapshot.as_ref().map_or(0, |s| s.index);
     if backend.consistent_index < snapshot_index {
@@ -312,9 +300,6 @@ fn build(dirs: &Dirs, db: &Path) -> Result<Summary, ImportError> {
     let hs = log.hard_state.unwrap_or_default();
     let entries_written = entries.len();
     let wal_out = dirs.work.join("wal");
-    // `Wal::create` builds in `<dir>.tmp` and renames: the directory must
-    // not exist yet.
-    fs::remove_dir(&wal_out).map_err(|e| write_err(&wal_out, e))?;
     files::write_raft_files(
         &dirs.work.join("snap"),
         &wal_out,

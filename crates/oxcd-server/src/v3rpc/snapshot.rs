@@ -31,8 +31,9 @@ use crate::membership::Member;
 /// etcd's chunk size.
 const CHUNK: usize = 32 * 1024;
 
-/// The tables that are etcd buckets as they are.
-const TABLES: [&str; 7] = [
+/// The tables that are etcd buckets as they are (also what an import of
+/// an etcd backend copies).
+pub(crate) const TABLES: [&str; 7] = [
     "alarm",
     "auth",
     "authRoles",
