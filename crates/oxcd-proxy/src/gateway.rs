@@ -52,19 +52,7 @@ pub enum GatewayError {
 /// One zap-style JSON log line on stderr, as etcd's gateway writes:
 /// `level`, `ts`, `caller`, `msg` first, then the fields.
 fn log(level: &str, msg: &str, fields: serde_json::Value) {
-    let ts = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    let mut line = format!(
-        "{{\"level\":{},\"ts\":{ts},\"caller\":\"tcpproxy/userspace.go\",\"msg\":{}",
-        serde_json::Value::from(level),
-        serde_json::Value::from(msg)
-    );
-    for (k, v) in fields.as_object().into_iter().flatten() {
-        line.push_str(&format!(",{}:{v}", serde_json::Value::from(k.as_str())));
-    }
-    line.push('}');
-    eprintln!("{line}");
+    crate::log::line(level, "tcpproxy/userspace.go", msg, fields);
 }
 
 struct Remote {

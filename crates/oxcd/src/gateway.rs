@@ -30,54 +30,25 @@ pub fn main(args: &[String]) -> ExitCode {
 
 /// The configuration, `None` without the `start` subcommand.
 fn parse(args: &[String]) -> Result<Option<GatewayConfig>, String> {
-    let mut start = false;
     let mut listen = "127.0.0.1:23790".to_string();
     let mut endpoints: Vec<String> = Vec::new();
     let mut retry = "1m0s".to_string();
     let mut srv = String::new();
     let mut only_with_srv = Vec::new();
-    let mut rest = args.iter();
-    while let Some(a) = rest.next() {
-        let (flag, inline) = match a.split_once('=') {
-            Some((k, v)) if k.starts_with('-') => (k.trim_start_matches('-'), Some(v.to_string())),
-            _ => (a.trim_start_matches('-'), None),
-        };
-        if !a.starts_with('-') {
-            if a == "start" && !start {
-                start = true;
-                continue;
-            }
-            return Err(format!("unknown command {a:?}"));
-        }
-        if flag == "insecure-discovery" {
-            only_with_srv.push(flag.to_string());
-            continue;
-        }
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| rest.next().cloned())
-                .ok_or_else(|| format!("flag needs an argument: --{flag}"))
-        };
-        match flag {
-            "listen-addr" => listen = value()?,
-            "endpoints" => endpoints.extend(
-                value()?
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string),
-            ),
-            "retry-delay" => retry = value()?,
-            "discovery-srv" => srv = value()?,
-            "discovery-srv-name" | "trusted-ca-file" => {
-                value()?;
-                only_with_srv.push(flag.to_string());
+    let scanned = crate::proxy_flags::scan(args, &["insecure-discovery"])?;
+    for (flag, value) in scanned.flags {
+        match flag.as_str() {
+            "listen-addr" => listen = value,
+            "endpoints" => endpoints.extend(crate::proxy_flags::list(&value)),
+            "retry-delay" => retry = value,
+            "discovery-srv" => srv = value,
+            "discovery-srv-name" | "trusted-ca-file" | "insecure-discovery" => {
+                only_with_srv.push(flag)
             }
             other => return Err(format!("unknown flag: --{other}")),
         }
     }
-    if !start {
+    if !scanned.start {
         return Ok(None);
     }
     if !srv.is_empty() {

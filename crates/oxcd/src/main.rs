@@ -1,15 +1,16 @@
 //! The `oxcd` binary: etcd's `main`. Looks at the first argument
 //! (`snapshot status|restore` and `export-etcd` offline, `gateway start`,
-//! `grpc-proxy start`,
-//! otherwise the server), turns flags,
+//! `grpc-proxy start`, otherwise the server), turns flags,
 //! `ETCD_*` environment and `--config-file` into one `embed` config, sets up
 //! logging, starts the member and waits for SIGINT/SIGTERM.
 
 mod flags;
 mod gateway;
+mod grpc_proxy;
 mod help;
 mod logging;
 mod offline;
+mod proxy_flags;
 
 use oxcd_server::config::Config;
 use std::process::ExitCode;
@@ -32,13 +33,7 @@ fn main() -> ExitCode {
         Some("snapshot") => return offline::snapshot(&args[2..]),
         Some("export-etcd") => return offline::export_etcd(&args[2..]),
         Some("gateway") => return gateway::main(&args[2..]),
-        Some("grpc-proxy") => {
-            eprintln!(
-                "oxcd: '{}' is not yet available in this version of oxcd",
-                args[1]
-            );
-            return ExitCode::from(1);
-        }
+        Some("grpc-proxy") => return grpc_proxy::main(&args[2..]),
         _ => {}
     }
     let env: Vec<(String, String)> = std::env::vars().collect();

@@ -392,6 +392,60 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         .map_err(err)
 }
 
+/// A TLS client configuration for dialling members (the gRPC proxy's
+/// `--cacert`, `--cert`/`--key`, `--insecure-skip-tls-verify`), speaking
+/// HTTP/2. Without a CA the server is verified against nothing: only
+/// `skip_verify` makes that acceptable, otherwise it is an error.
+pub fn client_config(
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+    skip_verify: bool,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    if skip_verify {
+        let pem = match identity {
+            Some((cert, key)) => {
+                let read = |path: &Path, what: &'static str| {
+                    std::fs::read(path).map_err(|e| TlsError::Pem {
+                        what,
+                        path: path.to_path_buf(),
+                        source: rustls::pki_types::pem::Error::Io(e),
+                    })
+                };
+                Some((read(cert, "certificates")?, read(key, "private key")?))
+            }
+            None => None,
+        };
+        return Ok(oxcd_raft::transport::skip_verify_config(pem)?);
+    }
+    let Some(ca) = ca else {
+        return Err(TlsError::Policy(
+            "a TLS connection to the cluster needs --cacert (or --insecure-skip-tls-verify)".into(),
+        ));
+    };
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots.add(c)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let mut cfg = match identity {
+        Some((cert, key)) => {
+            let certs = load_certs(cert)?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Pem {
+                what: "private key",
+                path: key.to_path_buf(),
+                source,
+            })?;
+            builder.with_client_auth_cert(certs, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
 /// Creates (or reuses) a self-signed certificate in `dir` valid for
 /// `hosts`, as etcd's `--auto-tls` does, and returns settings using it.
 pub fn self_signed(dir: &Path, hosts: &[String]) -> Result<TlsSettings, TlsError> {
