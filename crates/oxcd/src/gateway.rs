@@ -35,7 +35,18 @@ fn parse(args: &[String]) -> Result<Option<GatewayConfig>, String> {
     let mut retry = "1m0s".to_string();
     let mut srv = String::new();
     let mut only_with_srv = Vec::new();
-    let scanned = crate::proxy_flags::scan(args, &["insecure-discovery"])?;
+    let scanned = crate::proxy_flags::scan(
+        args,
+        &[
+            "listen-addr",
+            "endpoints",
+            "retry-delay",
+            "discovery-srv",
+            "discovery-srv-name",
+            "trusted-ca-file",
+        ],
+        &["insecure-discovery"],
+    )?;
     for (flag, value) in scanned.flags {
         match flag.as_str() {
             "listen-addr" => listen = value,

@@ -17,6 +17,32 @@ use crate::proxy_flags::{boolean, list, scan};
 
 const USAGE: &str = "usage: oxcd grpc-proxy start [--endpoints host:port,...] [--listen-addr 127.0.0.1:23790] [flags]";
 
+/// Flags that take a value.
+const VALUED: &[&str] = &[
+    "listen-addr",
+    "discovery-srv",
+    "discovery-srv-name",
+    "metrics-addr",
+    "endpoints",
+    "advertise-client-url",
+    "resolver-prefix",
+    "resolver-ttl",
+    "namespace",
+    "data-dir",
+    "max-send-bytes",
+    "max-recv-bytes",
+    "cert",
+    "key",
+    "cacert",
+    "cert-file",
+    "key-file",
+    "trusted-ca-file",
+    "listen-cipher-suites",
+    "client-crl-file",
+    "experimental-leasing-prefix",
+    "max-concurrent-streams",
+];
+
 /// Boolean flags (no separate value).
 const BOOLS: &[&str] = &[
     "insecure-discovery",
@@ -149,7 +175,7 @@ async fn terminated() {
 
 /// The flags, `None` without the `start` subcommand.
 fn parse(args: &[String]) -> Result<Option<Flags>, String> {
-    let scanned = scan(args, BOOLS)?;
+    let scanned = scan(args, VALUED, BOOLS)?;
     let mut f = Flags::default();
     let mut srv = String::new();
     let mut only_with_srv = Vec::new();

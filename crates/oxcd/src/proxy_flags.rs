@@ -12,8 +12,9 @@ pub struct Scanned {
     pub flags: Vec<(String, String)>,
 }
 
-/// Splits `args`; `bools` names the flags that take no separate value.
-pub fn scan(args: &[String], bools: &[&str]) -> Result<Scanned, String> {
+/// Splits `args`: `valued` names the flags that take a value, `bools` the
+/// ones that need none; any other flag is refused as pflag refuses it.
+pub fn scan(args: &[String], valued: &[&str], bools: &[&str]) -> Result<Scanned, String> {
     let mut out = Scanned::default();
     let mut rest = args.iter();
     while let Some(a) = rest.next() {
@@ -29,6 +30,9 @@ pub fn scan(args: &[String], bools: &[&str]) -> Result<Scanned, String> {
             Some((k, v)) => (k.to_string(), Some(v.to_string())),
             None => (body.to_string(), None),
         };
+        if !valued.contains(&name.as_str()) && !bools.contains(&name.as_str()) {
+            return Err(format!("unknown flag: --{name}"));
+        }
         let value = match inline {
             Some(v) => v,
             None if bools.contains(&name.as_str()) => "true".to_string(),
@@ -74,6 +78,7 @@ mod tests {
     fn pflag_forms() {
         let s = scan(
             &args(&["--a=1", "start", "-b", "2", "--flag", "--c="]),
+            &["a", "b", "c"],
             &["flag"],
         )
         .unwrap();
@@ -84,8 +89,10 @@ mod tests {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         assert_eq!(f, [("a", "1"), ("b", "2"), ("flag", "true"), ("c", "")]);
-        assert!(scan(&args(&["--a"]), &[]).is_err());
-        assert!(scan(&args(&["stop"]), &[]).is_err());
+        assert!(scan(&args(&["--a"]), &["a"], &[]).is_err());
+        assert!(scan(&args(&["stop"]), &[], &[]).is_err());
+        let e = scan(&args(&["--bogus"]), &["a"], &[]).unwrap_err();
+        assert_eq!(e, "unknown flag: --bogus");
         assert!(boolean("x", "false").is_ok_and(|b| !b));
         assert!(boolean("x", "maybe").is_err());
     }
