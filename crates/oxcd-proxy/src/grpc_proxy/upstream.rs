@@ -193,10 +193,16 @@ pub fn is_connection_failure(s: &Status) -> bool {
 /// Whether the request certainly never reached a member: the connection
 /// could not be made at all.
 fn never_sent(s: &Status) -> bool {
-    let m = s.message();
-    m.contains("connect") && (m.contains("refused") || m.contains("error trying to connect"))
-        || m.contains("tcp connect error")
-        || m.contains("timed out") && m.contains("connect")
+    let m = s.message().to_ascii_lowercase();
+    [
+        "connection refused",
+        "tcp connect",
+        "error trying to connect",
+        "no route to host",
+        "network is unreachable",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
 }
 
 fn tracing_like_warn(from: &str, to: &str) {
@@ -300,5 +306,8 @@ mod tests {
             "tcp connect error: Connection refused (os error 111)"
         )));
         assert!(!is_connection_failure(&Status::not_found("x")));
+        let refused = Status::unavailable("Connection refused (os error 111)");
+        assert!(is_connection_failure(&refused) && never_sent(&refused));
+        assert!(!never_sent(&Status::unavailable("h2 protocol error")));
     }
 }
