@@ -5,9 +5,11 @@
 //! - [`grpc_proxy`]: the L7 gRPC proxy, which puts many clients in front
 //!   of a small cluster by sharing their watches, keep-alives and
 //!   serializable reads.
+//! - [`discovery`]: `--discovery-srv`, the endpoints from DNS SRV records.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod discovery;
 pub mod gateway;
 pub mod grpc_proxy;
-mod log;
+pub mod log;

@@ -3,20 +3,22 @@
 //!
 //! Flags may come before or after `start`, as `--flag value` or
 //! `--flag=value`; `--endpoints` takes a comma-separated list and may be
-//! repeated. DNS SRV discovery (`--discovery-srv`) is not built yet: it is
-//! refused rather than ignored, and the flags that only act with it warn.
+//! repeated. With `--discovery-srv` the endpoints come from DNS SRV records
+//! (`--endpoints` is the fall-back when none pass the checks).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use oxcd_proxy::gateway::{self, GatewayConfig};
 
+use crate::srv_discovery::{discover, Srv};
+
 const USAGE: &str = "usage: oxcd gateway start [--endpoints host:port,...] [--listen-addr 127.0.0.1:23790] [--retry-delay 1m0s]";
 
 /// Runs `oxcd gateway …` with the arguments after `gateway`.
 pub fn main(args: &[String]) -> ExitCode {
     match parse(args) {
-        Ok(Some(cfg)) => serve(cfg),
+        Ok(Some((cfg, srv))) => serve(cfg, srv),
         Ok(None) => {
             eprintln!("{USAGE}");
             ExitCode::from(1)
@@ -28,13 +30,13 @@ pub fn main(args: &[String]) -> ExitCode {
     }
 }
 
-/// The configuration, `None` without the `start` subcommand.
-fn parse(args: &[String]) -> Result<Option<GatewayConfig>, String> {
+/// The configuration and the SRV discovery to run, `None` without the
+/// `start` subcommand.
+fn parse(args: &[String]) -> Result<Option<(GatewayConfig, Srv)>, String> {
     let mut listen = "127.0.0.1:23790".to_string();
     let mut endpoints: Vec<String> = Vec::new();
     let mut retry = "1m0s".to_string();
-    let mut srv = String::new();
-    let mut only_with_srv = Vec::new();
+    let mut srv = Srv::default();
     let scanned = crate::proxy_flags::scan(
         args,
         &[
@@ -52,23 +54,18 @@ fn parse(args: &[String]) -> Result<Option<GatewayConfig>, String> {
             "listen-addr" => listen = value,
             "endpoints" => endpoints.extend(crate::proxy_flags::list(&value)),
             "retry-delay" => retry = value,
-            "discovery-srv" => srv = value,
-            "discovery-srv-name" | "trusted-ca-file" | "insecure-discovery" => {
-                only_with_srv.push(flag)
-            }
+            "discovery-srv" => srv.domain = value,
+            "discovery-srv-name" => srv.name = value,
+            "trusted-ca-file" => srv.ca = (!value.is_empty()).then(|| value.into()),
+            "insecure-discovery" => srv.insecure = crate::proxy_flags::boolean(&flag, &value)?,
             other => return Err(format!("unknown flag: --{other}")),
         }
     }
     if !scanned.start {
         return Ok(None);
     }
-    if !srv.is_empty() {
-        return Err(
-            "--discovery-srv is not supported by this version of oxcd gateway; list the members with --endpoints".into(),
-        );
-    }
-    for f in only_with_srv {
-        eprintln!("oxcd gateway: --{f} only applies with --discovery-srv; it has no effect here");
+    if srv.domain.is_empty() && (!srv.name.is_empty() || srv.insecure || srv.ca.is_some()) {
+        eprintln!("oxcd gateway: --discovery-srv-name, --insecure-discovery and --trusted-ca-file only apply with --discovery-srv; they have no effect here");
     }
     if endpoints.is_empty() {
         endpoints.push("127.0.0.1:2379".into());
@@ -77,12 +74,17 @@ fn parse(args: &[String]) -> Result<Option<GatewayConfig>, String> {
     let nanos = oxcd_server::config::duration::parse_go_duration(&retry)
         .map_err(|e| format!("invalid argument {retry:?} for \"--retry-delay\" flag: {e}"))?;
     let retry_delay = Duration::from_nanos(u64::try_from(nanos).unwrap_or(0));
-    check_not_self(&listen, &endpoints)?;
-    Ok(Some(GatewayConfig {
-        listen_addr: listen,
-        endpoints,
-        retry_delay,
-    }))
+    if srv.domain.is_empty() {
+        check_not_self(&listen, &endpoints)?;
+    }
+    Ok(Some((
+        GatewayConfig {
+            listen_addr: listen,
+            endpoints,
+            retry_delay,
+        },
+        srv,
+    )))
 }
 
 /// `http://h:p` → `h:p` (the gateway proxies TCP, as etcd's `stripSchema`).
@@ -115,7 +117,21 @@ fn check_not_self(listen: &str, endpoints: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn serve(cfg: GatewayConfig) -> ExitCode {
+/// Replaces the endpoints with the SRV records' when discovery is asked
+/// for and finds any that pass its checks.
+async fn discovered(mut cfg: GatewayConfig, srv: &Srv) -> Result<GatewayConfig, String> {
+    if srv.domain.is_empty() {
+        return Ok(cfg);
+    }
+    let found = discover(srv, "etcdmain/gateway.go").await?;
+    if !found.is_empty() {
+        cfg.endpoints = found.iter().map(|e| strip_scheme(e)).collect();
+    }
+    check_not_self(&cfg.listen_addr, &cfg.endpoints)?;
+    Ok(cfg)
+}
+
+fn serve(cfg: GatewayConfig, srv: Srv) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -123,6 +139,13 @@ fn serve(cfg: GatewayConfig) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("oxcd gateway: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let cfg = match rt.block_on(discovered(cfg, &srv)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
             return ExitCode::from(1);
         }
     };
@@ -164,11 +187,12 @@ mod tests {
             "--retry-delay=5s",
         ]))
         .unwrap()
-        .unwrap();
+        .unwrap()
+        .0;
         assert_eq!(cfg.endpoints, ["127.0.0.1:1", "127.0.0.1:2"]);
         assert_eq!(cfg.listen_addr, "127.0.0.1:9");
         assert_eq!(cfg.retry_delay, Duration::from_secs(5));
-        let d = parse(&args(&["start"])).unwrap().unwrap();
+        let d = parse(&args(&["start"])).unwrap().unwrap().0;
         assert_eq!(d.endpoints, ["127.0.0.1:2379"]);
         assert_eq!(d.listen_addr, "127.0.0.1:23790");
         assert_eq!(d.retry_delay, Duration::from_secs(60));
@@ -177,8 +201,10 @@ mod tests {
 
     #[test]
     fn refusals() {
-        let err = parse(&args(&["start", "--discovery-srv", "example.com"])).unwrap_err();
-        assert!(err.contains("not supported"), "{err}");
+        let (_, srv) = parse(&args(&["start", "--discovery-srv", "example.com"]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(srv.domain, "example.com");
         let err = parse(&args(&["start", "--bogus"])).unwrap_err();
         assert!(err.contains("unknown flag"), "{err}");
         let err = parse(&args(&[

@@ -2,9 +2,9 @@
 //! checked as etcd checks them, then the L7 proxy of `oxcd-proxy`.
 //!
 //! Flags that cannot act here say so on stderr instead of being ignored:
-//! DNS SRV discovery is refused; the experimental ordering and leasing
-//! flags, `--debug`, and the client CA and CRL (etcd's proxy does not ask
-//! clients for certificates either) warn.
+//! the experimental ordering and leasing flags, `--debug`, and the client
+//! CA and CRL (etcd's proxy does not ask clients for certificates either)
+//! warn. `--discovery-srv` takes the endpoints from DNS SRV records.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,6 +14,7 @@ use oxcd_proxy::grpc_proxy::{self, GrpcProxyConfig};
 use oxcd_server::serve::tls::{self, TlsSettings};
 
 use crate::proxy_flags::{boolean, list, scan};
+use crate::srv_discovery::{discover, system_ca_bundle, Srv};
 
 const USAGE: &str = "usage: oxcd grpc-proxy start [--endpoints host:port,...] [--listen-addr 127.0.0.1:23790] [flags]";
 
@@ -78,6 +79,8 @@ struct Flags {
     auto_tls: bool,
     client_crl_file: String,
     max_concurrent_streams: u32,
+    /// `--discovery-srv`, `--discovery-srv-name`, `--insecure-discovery`.
+    srv: Srv,
     /// Lines to print on stderr: flags that cannot act.
     warnings: Vec<String>,
 }
@@ -108,6 +111,7 @@ impl Default for Flags {
             auto_tls: false,
             client_crl_file: String::new(),
             max_concurrent_streams: u32::MAX,
+            srv: Srv::default(),
             warnings: Vec::new(),
         }
     }
@@ -142,6 +146,18 @@ pub fn main(args: &[String]) -> ExitCode {
     // The config is built inside the runtime: the pprof routes and the
     // proxy's tasks need one.
     rt.block_on(async move {
+        let mut flags = flags;
+        if !flags.srv.domain.is_empty() {
+            flags.srv.ca = opt(&flags.cacert).map(Path::to_path_buf);
+            match discover(&flags.srv, "etcdmain/grpc_proxy.go").await {
+                Ok(found) if !found.is_empty() => flags.endpoints = found,
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
         let cfg = match config(flags) {
             Ok(c) => c,
             Err(e) => {
@@ -177,8 +193,6 @@ async fn terminated() {
 fn parse(args: &[String]) -> Result<Option<Flags>, String> {
     let scanned = scan(args, VALUED, BOOLS)?;
     let mut f = Flags::default();
-    let mut srv = String::new();
-    let mut only_with_srv = Vec::new();
     let number = |name: &str, v: &str| -> Result<i64, String> {
         v.parse::<i64>()
             .map_err(|_| format!("invalid argument {v:?} for \"--{name}\" flag: strconv.ParseInt: parsing {v:?}: invalid syntax"))
@@ -210,8 +224,9 @@ fn parse(args: &[String]) -> Result<Option<Flags>, String> {
                 f.max_concurrent_streams = u32::try_from(number(&name, &v)?)
                     .map_err(|_| format!("invalid argument {v:?} for \"--{name}\" flag"))?
             }
-            "discovery-srv" => srv = v,
-            "discovery-srv-name" | "insecure-discovery" => only_with_srv.push(name),
+            "discovery-srv" => f.srv.domain = v,
+            "discovery-srv-name" => f.srv.name = v,
+            "insecure-discovery" => f.srv.insecure = boolean(&name, &v)?,
             "experimental-serializable-ordering" => {
                 if boolean(&name, &v)? {
                     f.warnings.push("--experimental-serializable-ordering is not supported; serializable reads are not held to increasing revisions across endpoint switches".into());
@@ -233,13 +248,8 @@ fn parse(args: &[String]) -> Result<Option<Flags>, String> {
     if !scanned.start {
         return Ok(None);
     }
-    if !srv.is_empty() {
-        return Err("--discovery-srv is not supported by this version of oxcd grpc-proxy; list the members with --endpoints".into());
-    }
-    for flag in only_with_srv {
-        f.warnings.push(format!(
-            "--{flag} only applies with --discovery-srv; it has no effect here"
-        ));
+    if f.srv.domain.is_empty() && (!f.srv.name.is_empty() || f.srv.insecure) {
+        f.warnings.push("--discovery-srv-name and --insecure-discovery only apply with --discovery-srv; they have no effect here".into());
     }
     // etcd's checkArgs.
     if !f.resolver_prefix.is_empty() && f.resolver_ttl < 1 {
@@ -335,17 +345,11 @@ fn client_tls(f: &Flags) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
         (None, None) => None,
         _ => return Err("--cert and --key must be given together".into()),
     };
-    let ca = opt(&f.cacert).map(Path::to_path_buf).or_else(|| {
-        // No --cacert with an https endpoint: the system's CA bundle, as
-        // Go's TLS uses.
-        [
-            "/etc/ssl/certs/ca-certificates.crt",
-            "/etc/pki/tls/certs/ca-bundle.crt",
-        ]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-    });
+    // No --cacert with an https endpoint: the system's CA bundle, as Go's
+    // TLS uses.
+    let ca = opt(&f.cacert)
+        .map(Path::to_path_buf)
+        .or_else(system_ca_bundle);
     if f.insecure_skip_tls_verify {
         eprintln!("oxcd grpc-proxy: --insecure-skip-tls-verify was given, this grpc proxy process skips authentication of etcd server TLS certificates. This option should be enabled only for testing purposes.");
     }
@@ -443,8 +447,14 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(e.contains("invalid advertise-client-url"), "{e}");
-        let e = parse(&args(&["start", "--discovery-srv=x"])).unwrap_err();
-        assert!(e.contains("not supported"), "{e}");
+        let f = parse(&args(&[
+            "start",
+            "--discovery-srv=x",
+            "--insecure-discovery",
+        ]))
+        .unwrap()
+        .unwrap();
+        assert!(f.srv.insecure && f.srv.domain == "x");
         let f = parse(&args(&[
             "start",
             "--experimental-leasing-prefix=l",

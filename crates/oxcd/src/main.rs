@@ -11,6 +11,7 @@ mod help;
 mod logging;
 mod offline;
 mod proxy_flags;
+mod srv_discovery;
 
 use oxcd_server::config::Config;
 use std::process::ExitCode;
