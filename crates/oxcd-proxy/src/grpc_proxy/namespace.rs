@@ -77,16 +77,21 @@ impl Namespace {
         self.strip(&mut kv.key);
     }
 
-    /// A range request on its way up.
-    pub fn range_req(&self, r: &mut RangeRequest) -> Result<(), Status> {
+    /// `[key, end)` inside the namespace, refusing an empty key alone.
+    fn checked_interval(&self, key: &mut Bytes, end: &mut Bytes) -> Result<(), Status> {
         if self.is_empty() {
             return Ok(());
         }
-        if r.key.is_empty() && r.range_end.is_empty() {
+        if key.is_empty() && end.is_empty() {
             return Err(empty_key());
         }
-        self.interval(&mut r.key, &mut r.range_end);
+        self.interval(key, end);
         Ok(())
+    }
+
+    /// A range request on its way up.
+    pub fn range_req(&self, r: &mut RangeRequest) -> Result<(), Status> {
+        self.checked_interval(&mut r.key, &mut r.range_end)
     }
 
     /// A range response on its way down.
@@ -118,14 +123,7 @@ impl Namespace {
 
     /// A delete on its way up.
     pub fn delete_req(&self, r: &mut DeleteRangeRequest) -> Result<(), Status> {
-        if self.is_empty() {
-            return Ok(());
-        }
-        if r.key.is_empty() && r.range_end.is_empty() {
-            return Err(empty_key());
-        }
-        self.interval(&mut r.key, &mut r.range_end);
-        Ok(())
+        self.checked_interval(&mut r.key, &mut r.range_end)
     }
 
     /// A delete's answer on its way down.

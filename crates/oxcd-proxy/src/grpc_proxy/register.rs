@@ -28,8 +28,13 @@ pub fn hostname() -> String {
 
 /// The registration record's value.
 fn record(addr: &str) -> String {
+    // Written by hand to keep etcd's field order (a JSON map would sort).
     let meta = serde_json::json!({ "name": hostname() }).to_string();
-    serde_json::json!({ "Op": 0, "Addr": addr, "Metadata": meta }).to_string()
+    format!(
+        r#"{{"Op":0,"Addr":{},"Metadata":{}}}"#,
+        serde_json::Value::from(addr),
+        serde_json::Value::from(meta)
+    )
 }
 
 /// Keeps `addr` registered under `prefix` with a `ttl`-second lease until
@@ -157,7 +162,12 @@ mod tests {
 
     #[test]
     fn record_is_etcds_endpoint_update() {
-        let v: serde_json::Value = serde_json::from_str(&record("127.0.0.1:23790")).unwrap();
+        let r = record("127.0.0.1:23790");
+        assert!(
+            r.starts_with(r#"{"Op":0,"Addr":"127.0.0.1:23790","Metadata":"{\"name\":"#),
+            "{r}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&r).unwrap();
         assert_eq!(v["Op"], 0);
         assert_eq!(v["Addr"], "127.0.0.1:23790");
         let meta: serde_json::Value =

@@ -6,8 +6,10 @@
 //!   has not reached yet, joins it at once: 10 000 clients watching 100
 //!   keys cost the cluster 100 watches.
 //! - A watch from an older revision gets a *catch-up* broadcast of its own,
-//!   which hands its watchers to the live one as soon as it has delivered
-//!   everything the live one has, then ends.
+//!   which hands its watchers to the live one as soon as it is known to
+//!   have delivered everything the live one has (its events reach the live
+//!   one's position, or a periodic progress notification says it is
+//!   synced), then ends.
 //! - Every watcher keeps the next revision it may receive, so an event is
 //!   delivered once, in order, whatever broadcast carries it — across a
 //!   hand-off and across the loss of a member: a broken upstream watch is
@@ -388,13 +390,15 @@ async fn create(
     mut cr: WatchCreateRequest,
 ) -> Option<Arc<WatcherState>> {
     let valid = cr.range_end.is_empty() || cr.range_end.as_ref() == [0] || cr.range_end > cr.key;
+    // Refusals carry etcd's invalid watch ID (-1), as etcd's proxy and
+    // members answer; the ID is not used up.
     if !valid {
-        client.deliver(refused(id, ""));
+        client.deliver(refused(-1, ""));
         return None;
     }
     hub.ns.watch_create(&mut cr);
     if let Err(e) = check_permission(hub, client, &cr).await {
-        client.deliver(refused(id, e.message()));
+        client.deliver(refused(-1, e.message()));
         return None;
     }
     let state = Arc::new(WatcherState {
@@ -492,9 +496,6 @@ struct Broadcast {
     metadata: MetadataMap,
     /// What this broadcast adds to `watchers_coalescing` now.
     counted: i64,
-    /// When a catch-up broadcast last asked upstream for a progress
-    /// notification (to learn it has caught up) and got none yet.
-    progress_asked: Option<std::time::Instant>,
 }
 
 /// Why a broadcast's upstream stream ended.
@@ -537,7 +538,6 @@ impl Broadcast {
             watchers: Vec::new(),
             pending: vec![first],
             counted: 0,
-            progress_asked: None,
         };
         tokio::spawn(b.run());
         Handle {
@@ -644,9 +644,10 @@ impl Broadcast {
                 ..Default::default()
             })),
         };
-        let (tx, rx) = mpsc::channel(2);
+        // The sender stays open for the stream's life: dropping it would
+        // half-close the upstream stream.
+        let (tx, rx) = mpsc::channel(1);
         let _ = tx.try_send(create);
-        self.progress_asked = None;
         let mut req = Request::new(ReceiverStream::new(rx));
         *req.metadata_mut() = self.metadata.clone();
         let mut upstream = match WatchClient::new(ch)
@@ -657,10 +658,8 @@ impl Broadcast {
             Ok(s) => s.into_inner(),
             Err(e) => return self.failure(i, e),
         };
-        let mut ask_again = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = ask_again.tick(), if !self.live => self.ask_progress(&tx),
                 c = self.cmds.recv() => {
                     let Some(c) = c else { return Ended::Empty };
                     self.command(c);
@@ -677,7 +676,6 @@ impl Broadcast {
                             if let Some(end) = self.try_hand_off().await {
                                 return end;
                             }
-                            self.ask_progress(&tx);
                         }
                         if self.all_gone() {
                             return Ended::Empty;
@@ -810,10 +808,15 @@ impl Broadcast {
         }
         self.last_header = header.clone();
         if resp.events.is_empty() {
-            // A progress notification: the upstream watch is synced (the
-            // server sends them to no other), so nothing at or below the
-            // header revision is still to come.
-            self.progress_asked = None;
+            // A progress notification. Only the periodic ones (carrying the
+            // watch's own ID) say the watch is synced — the server sends
+            // them to no other — so nothing at or below the header
+            // revision is still to come. The answer to a progress *request*
+            // (ID -1) says no such thing: etcd 3.4 answers at once, even
+            // while the watch still catches up. The proxy asks none.
+            if resp.watch_id < 0 {
+                return None;
+            }
             self.advance(header.revision + 1);
             for w in &mut self.watchers {
                 w.next = w.next.max(header.revision + 1);
@@ -848,29 +851,6 @@ impl Broadcast {
             self.hub.metrics.events_coalescing.inc_by(delivered - 1);
         }
         None
-    }
-
-    /// Asks upstream for a progress notification, which comes once the
-    /// watch is synced: that is how a catch-up broadcast learns it has
-    /// caught up when no event says so. One question at a time (asked
-    /// again after a second without an answer: a server may stay silent
-    /// while the watch is behind).
-    fn ask_progress(&mut self, tx: &mpsc::Sender<WatchRequest>) {
-        if !self.created {
-            return;
-        }
-        if self
-            .progress_asked
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
-        {
-            return;
-        }
-        let ask = WatchRequest {
-            request_union: Some(RequestUnion::ProgressRequest(Default::default())),
-        };
-        if tx.try_send(ask).is_ok() {
-            self.progress_asked = Some(std::time::Instant::now());
-        }
     }
 
     /// A catch-up broadcast hands its watchers to the live one once it is
