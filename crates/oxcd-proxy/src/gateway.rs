@@ -8,7 +8,7 @@
 //! set active when they answer. A client connection for which no endpoint
 //! answers is closed. Log lines are etcd 3.4's gateway's (zap JSON on
 //! stderr): `ready to proxy client requests`, `deactivated endpoint`,
-//! `activated endpoint`.
+//! `activated`.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -170,6 +170,18 @@ fn deactivate(r: &Remote, error: &str, retry_delay: Duration) {
     }
 }
 
+fn still_inactive(r: &Remote, retry_delay: Duration, error: &str) {
+    log(
+        "warn",
+        "failed to activate endpoint (stay inactive for another interval)",
+        serde_json::json!({
+            "address": r.addr,
+            "interval": format!("{retry_delay:?}"),
+            "error": error,
+        }),
+    );
+}
+
 /// Every `retry_delay`, dials the inactive endpoints and reactivates those
 /// that answer (etcd's `runMonitor`).
 async fn monitor(remotes: Arc<Remotes>, retry_delay: Duration) {
@@ -187,15 +199,12 @@ async fn monitor(remotes: Arc<Remotes>, retry_delay: Duration) {
                     r.inactive.store(false, Ordering::Relaxed);
                     log(
                         "info",
-                        "activated endpoint",
-                        serde_json::json!({ "address": r.addr, "interval": format!("{retry_delay:?}") }),
+                        "activated",
+                        serde_json::json!({ "address": r.addr }),
                     );
                 }
-                _ => log(
-                    "warn",
-                    "failed to activate endpoint (stay inactive for another interval)",
-                    serde_json::json!({ "address": r.addr, "interval": format!("{retry_delay:?}") }),
-                ),
+                Ok(Err(e)) => still_inactive(r, retry_delay, &e.to_string()),
+                Err(_) => still_inactive(r, retry_delay, "dial timed out"),
             }
         }
     }

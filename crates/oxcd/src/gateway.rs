@@ -74,9 +74,6 @@ fn parse(args: &[String]) -> Result<Option<(GatewayConfig, Srv)>, String> {
     let nanos = oxcd_server::config::duration::parse_go_duration(&retry)
         .map_err(|e| format!("invalid argument {retry:?} for \"--retry-delay\" flag: {e}"))?;
     let retry_delay = Duration::from_nanos(u64::try_from(nanos).unwrap_or(0));
-    if srv.domain.is_empty() {
-        check_not_self(&listen, &endpoints)?;
-    }
     Ok(Some((
         GatewayConfig {
             listen_addr: listen,
@@ -127,7 +124,6 @@ async fn discovered(mut cfg: GatewayConfig, srv: &Srv) -> Result<GatewayConfig, 
     if !found.is_empty() {
         cfg.endpoints = found.iter().map(|e| strip_scheme(e)).collect();
     }
-    check_not_self(&cfg.listen_addr, &cfg.endpoints)?;
     Ok(cfg)
 }
 
@@ -149,6 +145,11 @@ fn serve(cfg: GatewayConfig, srv: Srv) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // etcd prints this one on stdout.
+    if let Err(e) = check_not_self(&cfg.listen_addr, &cfg.endpoints) {
+        println!("{e}");
+        return ExitCode::from(1);
+    }
     let result = rt.block_on(gateway::run(cfg, async {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -207,12 +208,7 @@ mod tests {
         assert_eq!(srv.domain, "example.com");
         let err = parse(&args(&["start", "--bogus"])).unwrap_err();
         assert!(err.contains("unknown flag"), "{err}");
-        let err = parse(&args(&[
-            "start",
-            "--listen-addr=127.0.0.1:23790",
-            "--endpoints=127.0.0.1:23790",
-        ]))
-        .unwrap_err();
+        let err = check_not_self("127.0.0.1:23790", &["127.0.0.1:23790".into()]).unwrap_err();
         assert!(err.contains("should not resolve to the gateway"), "{err}");
         let err = parse(&args(&["start", "--retry-delay=5"])).unwrap_err();
         assert!(err.contains("missing unit"), "{err}");
