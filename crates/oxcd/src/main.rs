@@ -29,6 +29,7 @@ fn main() -> ExitCode {
     // kernel's page-zeroing for them also showed in the put profile. Best
     // effort: a kernel without the prctl just keeps its default.
     let _ = rustix::thread::disable_transparent_huge_pages(true);
+    raise_fd_limit();
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("snapshot") => return offline::snapshot(&args[2..]),
@@ -110,6 +111,23 @@ fn die_by(signal: Option<libc::c_int>) -> ExitCode {
     }
     // Only reached if the signal did not end the process.
     ExitCode::from(u8::try_from(128 + sig).unwrap_or(1))
+}
+
+/// Raises the soft limit on open files to the hard one, as Go's runtime
+/// does for etcd at start: with the usual soft limit of 1024 a member or
+/// a proxy would refuse clients long before etcd does. Best effort.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let _ = setrlimit(
+            Resource::Nofile,
+            rustix::process::Rlimit {
+                current: limit.maximum,
+                maximum: limit.maximum,
+            },
+        );
+    }
 }
 
 /// Returns what start-up freed to the OS. Recovery (index rebuild, WAL
