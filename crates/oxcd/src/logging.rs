@@ -38,7 +38,15 @@ pub fn init(cfg: &Config) -> Result<(), String> {
     } else {
         &cfg.log_outputs
     };
-    let outputs = Outputs::open(names)?;
+    let rotation = if cfg.enable_log_rotation {
+        crate::log_rotation::check_outputs(names)?;
+        Some(crate::log_rotation::RotationConfig::parse(
+            &cfg.log_rotation_config_json,
+        )?)
+    } else {
+        None
+    };
+    let outputs = Outputs::open(names, rotation)?;
     let format = match cfg.logger.as_str() {
         "zap" => Style::Zap,
         "capnslog" | "" => Style::Capnslog,
@@ -62,15 +70,26 @@ enum Sink {
     Stderr,
     Stdout,
     File(Mutex<File>),
+    /// The one file of `--enable-log-rotation`.
+    Rotating(Mutex<crate::log_rotation::Rotating>),
 }
 
 impl Outputs {
-    fn open(names: &[String]) -> Result<Outputs, String> {
+    fn open(
+        names: &[String],
+        rotation: Option<crate::log_rotation::RotationConfig>,
+    ) -> Result<Outputs, String> {
         let mut sinks = Vec::new();
         for name in names {
             sinks.push(match name.as_str() {
                 "default" | "stderr" => Sink::Stderr,
                 "stdout" => Sink::Stdout,
+                path if rotation.is_some() => {
+                    let cfg = rotation.unwrap_or_default();
+                    let r = crate::log_rotation::Rotating::open(std::path::Path::new(path), cfg)
+                        .map_err(|e| format!("cannot open log output {path}: {e}"))?;
+                    Sink::Rotating(Mutex::new(r))
+                }
                 path => {
                     let f = OpenOptions::new()
                         .create(true)
@@ -113,6 +132,10 @@ impl Write for Tee {
                 Sink::Stderr => io::stderr().write_all(buf),
                 Sink::Stdout => io::stdout().write_all(buf),
                 Sink::File(f) => f
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .write_all(buf),
+                Sink::Rotating(f) => f
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .write_all(buf),

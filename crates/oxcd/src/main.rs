@@ -8,6 +8,7 @@ mod flags;
 mod gateway;
 mod grpc_proxy;
 mod help;
+mod log_rotation;
 mod logging;
 mod offline;
 mod proxy_flags;

@@ -42,9 +42,6 @@ const NOT_ACTED_ON: &[(&str, Differs)] = &[
     ("log-package-levels", |c, d| {
         c.log_package_levels != d.log_package_levels
     }),
-    ("enable-log-rotation", |c, d| {
-        c.enable_log_rotation != d.enable_log_rotation
-    }),
     ("experimental-backend-bbolt-freelist-type", |c, d| {
         c.experimental_backend_bbolt_freelist_type != d.experimental_backend_bbolt_freelist_type
     }),
@@ -134,8 +131,9 @@ const NOT_ACTED_ON: &[(&str, Differs)] = &[
     ("discovery-fallback", |c, d| {
         c.discovery_fallback != d.discovery_fallback
     }),
+    // Acts only with --enable-log-rotation.
     ("log-rotation-config-json", |c, d| {
-        c.log_rotation_config_json != d.log_rotation_config_json
+        !c.enable_log_rotation && c.log_rotation_config_json != d.log_rotation_config_json
     }),
     ("experimental-stop-grpc-service-on-defrag", |c, d| {
         c.experimental_stop_grpc_service_on_defrag != d.experimental_stop_grpc_service_on_defrag

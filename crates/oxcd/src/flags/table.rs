@@ -432,6 +432,7 @@ mod tests {
         "auth-token",
         "auth-token-ttl",
         "backend-batch-limit",
+        "enable-log-rotation",
         "bcrypt-cost",
         "cert-file",
         "cipher-suites",
