@@ -24,6 +24,7 @@
 //! levels and the root bucket after each bucket, the meta pages last, so
 //! memory holds one page plus the first key of every page.
 
+use std::cell::Cell;
 use std::io::{Seek, SeekFrom, Write};
 
 /// bbolt's magic number.
@@ -489,12 +490,15 @@ fn visit_pages<P: Pages + ?Sized>(
         data,
         page_size: meta.page_size,
         high_water: meta.high_water,
+        pages_left: Cell::new(meta.high_water),
     };
+    let mut budget = Budget(data.len()?.saturating_mul(2));
     let mut roots = Vec::new();
     r.walk(meta.root, 0, &mut |flags, k, v| {
         if flags & BUCKET_LEAF == 0 {
             return Err(BoltError::Invalid("a plain key in the root bucket".into()));
         }
+        budget.charge(k, v)?;
         roots.push((k.to_vec(), v.to_vec()));
         Ok(())
     })?;
@@ -507,6 +511,7 @@ fn visit_pages<P: Pages + ?Sized>(
                     "nested buckets are not supported".into(),
                 ));
             }
+            budget.charge(k, v)?;
             f(Item::Row(k, v))
         };
         if root == 0 {
@@ -519,6 +524,24 @@ fn visit_pages<P: Pages + ?Sized>(
         }
     }
     Ok(meta.high_water * meta.page_size as u64)
+}
+
+/// Bytes the walk may still hand out. In a valid file every element, key
+/// and value has bytes of its own, and an inline bucket's rows lie inside
+/// its value in the root bucket, so a walk hands out at most twice the
+/// file. A crafted file can point any number of elements at the same bytes
+/// (one big value, one inline bucket); past this bound it is refused
+/// rather than read out again and again.
+struct Budget(u64);
+
+impl Budget {
+    fn charge(&mut self, k: &[u8], v: &[u8]) -> Result<()> {
+        let cost = (ELEMENT + k.len() + v.len()) as u64;
+        self.0 = self.0.checked_sub(cost).ok_or_else(|| {
+            BoltError::Invalid("elements share bytes: more data than the file holds".into())
+        })?;
+        Ok(())
+    }
 }
 
 struct Meta {
@@ -594,6 +617,13 @@ fn best_meta<P: Pages + ?Sized>(data: &P) -> Result<Meta> {
         (Ok(a), Err(_)) | (Err(_), Ok(a)) => a,
         (Err(e), Err(_)) => return Err(e),
     };
+    // The second meta page was found at `size`, so it must say `size` too.
+    if best.page_size != size {
+        return Err(BoltError::Invalid(format!(
+            "meta page says page size {}, found at {size}",
+            best.page_size
+        )));
+    }
     let len = data.len()?;
     if best.high_water.saturating_mul(best.page_size as u64) > len {
         return Err(BoltError::Invalid(format!(
@@ -608,6 +638,12 @@ struct Reader<'a, P: Pages + ?Sized> {
     data: &'a P,
     page_size: usize,
     high_water: u64,
+    /// Pages the walk may still read. The trees of a valid file share no
+    /// page, so all of them fit in the high-water mark; a crafted file
+    /// whose branches point at one page many times over (a DAG, not a
+    /// cycle: the depth limit does not catch it) would otherwise take
+    /// time exponential in its size.
+    pages_left: Cell<u64>,
 }
 
 type Visit<'v> = dyn FnMut(u32, &[u8], &[u8]) -> Result<()> + 'v;
@@ -621,6 +657,16 @@ impl<P: Pages + ?Sized> Reader<'_, P> {
         let start = id * self.page_size as u64;
         let head = self.data.read(start, HEADER)?.ok_or_else(beyond)?;
         let overflow = le_u32(&head, 12)? as usize;
+        let left = self
+            .pages_left
+            .get()
+            .checked_sub(overflow as u64 + 1)
+            .ok_or_else(|| {
+                BoltError::Invalid(format!(
+                    "page {id} reached after every page in use was read (two parents?)"
+                ))
+            })?;
+        self.pages_left.set(left);
         let len = overflow
             .checked_add(1)
             .and_then(|n| n.checked_mul(self.page_size))

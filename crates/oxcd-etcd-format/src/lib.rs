@@ -10,6 +10,8 @@
 #![warn(missing_docs)]
 
 pub mod bolt;
+#[cfg(test)]
+mod damage;
 pub mod membership;
 pub mod snap;
 pub mod wal;

@@ -294,6 +294,8 @@ impl ConfChange {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::damage::{damaged, damages};
+    use proptest::prelude::*;
 
     /// Shaped as the v2 store in the snap file of a real etcd 3.4 member.
     const STORE: &str = r#"{"Root":{"Path":"/","Value":"","Children":{"0":{"Path":"/0","Children":{
@@ -370,5 +372,108 @@ mod tests {
         let back = V2Cluster::from_store_json(&json).unwrap();
         assert_eq!(back.members, members);
         assert_eq!(back.removed, vec![0x99]);
+    }
+
+    /// Any JSON value, a few levels deep.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "[0-9a-fA-Z\\\"{}:]{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("Root".to_string()),
+                        Just("Children".to_string()),
+                        Just("0".to_string()),
+                        Just("members".to_string()),
+                        Just("removed_members".to_string()),
+                        Just("raftAttributes".to_string()),
+                        Just("attributes".to_string()),
+                        Just("Value".to_string()),
+                        "[0-9a-f]{1,18}",
+                    ],
+                    inner,
+                    0..4
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn member() -> impl Strategy<Value = EtcdMember> {
+        (
+            any::<u64>(),
+            prop::collection::vec("[a-z:/.0-9]{0,12}", 0..3),
+            any::<bool>(),
+            "[a-z0-9]{0,6}",
+            prop::collection::vec("[a-z:/.0-9]{0,12}", 0..3),
+        )
+            .prop_map(
+                |(id, peer_urls, is_learner, name, client_urls)| EtcdMember {
+                    id,
+                    peer_urls,
+                    is_learner,
+                    name,
+                    client_urls,
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Bytes from a snap file or a WAL entry, whatever they are:
+        /// decoded or a typed error.
+        #[test]
+        fn arbitrary_bytes_decode_or_fail(raw in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = V2Cluster::from_store_json(&raw);
+            let _ = EtcdMember::from_json(&raw);
+            if let Ok(cc) = ConfChange::decode(raw.as_slice()) {
+                let _ = cc.kind();
+            }
+        }
+
+        /// Any JSON shape where the members are looked for.
+        #[test]
+        fn arbitrary_json_decodes_or_fails(root in json(), zero in json(), members in json()) {
+            let mut store = serde_json::json!({ "Root": root });
+            let _ = V2Cluster::from_store_json(store.to_string().as_bytes());
+            store = serde_json::json!({
+                "Root": { "Children": { "0": { "Children": {
+                    "members": { "Children": members },
+                    "removed_members": { "Children": zero },
+                } } } }
+            });
+            let _ = V2Cluster::from_store_json(store.to_string().as_bytes());
+        }
+
+        /// A store as etcd writes it reads back; damaged, it is read or
+        /// refused.
+        #[test]
+        fn damaged_stores_decode_or_fail(
+            members in prop::collection::vec(member(), 0..4),
+            removed in prop::collection::vec(any::<u64>(), 0..3),
+            damage in damages(4),
+        ) {
+            let json = v2_store_json(&members, &removed, "3.4.0");
+            let back = V2Cluster::from_store_json(&json).unwrap();
+            prop_assert_eq!(back.members.len(), members.iter().map(|m| m.id).collect::<std::collections::BTreeSet<_>>().len());
+            let _ = V2Cluster::from_store_json(&damaged(json, &damage));
+        }
+
+        /// Nesting far past any real store is refused, not a stack overflow.
+        #[test]
+        fn deep_nesting_is_refused(depth in 1usize..20_000) {
+            let json = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            let r = V2Cluster::from_store_json(json.as_bytes());
+            prop_assert!(r.is_ok() || depth > 100);
+            prop_assert!(EtcdMember::from_json(json.as_bytes()).is_err());
+        }
     }
 }

@@ -115,15 +115,21 @@ fn parse_name(name: &str) -> Option<(u64, u64)> {
 /// that does not decode, a CRC mismatch, or metadata that disagrees with
 /// the file's name.
 pub fn read(path: &Path) -> Result<EtcdSnapshot, SnapError> {
-    let bad = |what: String| SnapError::Invalid {
-        path: path.to_path_buf(),
-        what,
-    };
     let raw = std::fs::read(path).map_err(|source| SnapError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let file = SnapFile::decode(raw.as_slice()).map_err(|e| bad(format!("record: {e}")))?;
+    decode(path, &raw)
+}
+
+/// Checks and decodes the bytes `raw` of the snap file at `path` (whose
+/// name must agree with what it holds).
+fn decode(path: &Path, raw: &[u8]) -> Result<EtcdSnapshot, SnapError> {
+    let bad = |what: String| SnapError::Invalid {
+        path: path.to_path_buf(),
+        what,
+    };
+    let file = SnapFile::decode(raw).map_err(|e| bad(format!("record: {e}")))?;
     if file.data.is_empty() || file.crc == 0 {
         return Err(bad("empty snapshot".into()));
     }
@@ -237,6 +243,8 @@ pub fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::damage::{damaged, damages};
+    use proptest::prelude::*;
 
     fn file(index: u64, term: u64, voters: Vec<u64>, data: &[u8]) -> Vec<u8> {
         let body = RaftSnapshot {
@@ -300,6 +308,49 @@ mod tests {
         assert!(read(&p).unwrap_err().to_string().contains("empty"));
         std::fs::write(&p, file(6, 1, vec![1], b"x")).unwrap();
         assert!(read(&p).unwrap_err().to_string().contains("name"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_are_read_or_refused(
+            raw in prop::collection::vec(any::<u8>(), 0..256),
+        ) {
+            if let Err(e) = decode(Path::new("x.snap"), &raw) {
+                prop_assert!(matches!(e, SnapError::Invalid { .. }), "{e}");
+            }
+        }
+
+        /// A valid file, damaged (the CRC is recomputed half the time, so
+        /// the damage also reaches the decoder behind it): read or refused.
+        #[test]
+        fn damaged_files_are_read_or_refused(
+            index in any::<u64>(),
+            term in any::<u64>(),
+            voters in prop::collection::vec(any::<u64>(), 0..4),
+            data in prop::collection::vec(any::<u8>(), 0..64),
+            damage in damages(4),
+            fix_crc in any::<bool>(),
+        ) {
+            let name = format!("{term:016x}-{index:016x}.snap");
+            let path = Path::new(&name);
+            let good = file(index, term, voters, &data);
+            let s = decode(path, &good).unwrap();
+            prop_assert_eq!((s.index, s.term), (index, term));
+            let raw = if fix_crc {
+                let body = damaged(
+                    SnapFile::decode(good.as_slice()).unwrap().data,
+                    &damage,
+                );
+                SnapFile { crc: crc32c::crc32c(&body), data: body }.encode_to_vec()
+            } else {
+                damaged(good, &damage)
+            };
+            if let Err(e) = decode(path, &raw) {
+                prop_assert!(matches!(e, SnapError::Invalid { .. }), "{e}");
+            }
+        }
     }
 
     #[test]

@@ -96,7 +96,9 @@ impl KeyIndex {
             g.created = rev;
         }
         g.revs.push(rev);
-        g.ver += 1;
+        // Saturating: a version read back from a damaged backend may
+        // start anywhere (it never gets near the limit otherwise).
+        g.ver = g.ver.saturating_add(1);
         self.modified = rev;
     }
 

@@ -54,6 +54,8 @@ mod alarm_table;
 mod auth_table;
 pub mod backend;
 mod compact;
+#[cfg(test)]
+mod damage;
 mod defrag;
 pub mod error;
 mod events;

@@ -74,7 +74,7 @@ fn scan_index(backend: &Backend) -> Result<(TreeIndex, i64, crate::kvstore::Leas
         .open_table(KEY_TABLE)
         .map_err(|e| MvccError::backend("open key table", e))?;
     let mut index = TreeIndex::default();
-    let mut last_main = 0;
+    let mut last: Option<Revision> = None;
     let mut leases: std::collections::HashMap<Vec<u8>, i64> = Default::default();
     let iter = table
         .iter()
@@ -82,8 +82,24 @@ fn scan_index(backend: &Backend) -> Result<(TreeIndex, i64, crate::kvstore::Leas
     for entry in iter {
         let (k, v) = entry.map_err(|e| MvccError::backend("scan key table", e))?;
         let (rev, tombstone) = Revision::from_key(k.value())?;
+        // Byte order is revision order, so only a revision stored both as
+        // a put and as a tombstone (17 and 18 bytes) can come again.
+        if let Some(prev) = last.filter(|prev| rev <= *prev) {
+            return Err(MvccError::Corrupt(format!(
+                "revision {rev} stored after revision {prev}"
+            )));
+        }
+        last = Some(rev);
         let kv = KeyValue::decode(v.value())
             .map_err(|e| MvccError::Corrupt(format!("KeyValue at revision {rev}: {e}")))?;
+        // A put's version counts from 1; the index computes versions from
+        // it by subtraction.
+        if !tombstone && kv.version < 1 {
+            return Err(MvccError::Corrupt(format!(
+                "KeyValue at revision {rev}: version {}",
+                kv.version
+            )));
+        }
         // Records come in revision order, so the last one of a key wins.
         if tombstone || kv.lease == 0 {
             leases.remove(kv.key.as_ref());
@@ -91,8 +107,8 @@ fn scan_index(backend: &Backend) -> Result<(TreeIndex, i64, crate::kvstore::Leas
             leases.insert(kv.key.to_vec(), kv.lease);
         }
         apply_record(&mut index, rev, tombstone, kv);
-        last_main = rev.main;
     }
+    let last_main = last.map_or(0, |r| r.main);
     Ok((index, last_main, leases.into_iter().collect()))
 }
 

@@ -277,7 +277,7 @@ impl WriteTxn {
         // etcd: the previous value is read by callers that ask for it.
         let prev = self.shared.state_mut().index.get_and_put(key, rev);
         let (create_revision, version) = match prev {
-            Some(f) => (f.created.main, f.version + 1),
+            Some(f) => (f.created.main, f.version.saturating_add(1)),
             None => (main, 1),
         };
         self.changes.push(Change {

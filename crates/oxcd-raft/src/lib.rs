@@ -26,6 +26,8 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(test)]
+pub(crate) mod damage;
 pub mod error;
 pub mod fs;
 pub mod log_store;

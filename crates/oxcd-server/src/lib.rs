@@ -34,6 +34,8 @@ pub mod concurrency;
 pub mod config;
 pub mod core;
 pub mod corrupt;
+#[cfg(test)]
+mod damage;
 pub mod disk_guard;
 pub mod embed;
 pub mod etcd_files;

@@ -573,4 +573,61 @@ mod tests {
         ));
         assert!(InitialCluster::parse("nourl").is_err());
     }
+
+    mod fuzz {
+        use super::*;
+        use crate::damage::{damaged, damages};
+        use proptest::prelude::*;
+
+        fn member() -> impl Strategy<Value = Member> {
+            (
+                any::<u64>(),
+                "[a-z0-9]{0,6}",
+                prop::collection::vec("[a-z:/.0-9]{0,12}", 0..3),
+                any::<bool>(),
+            )
+                .prop_map(|(id, name, peer_urls, is_learner)| Member {
+                    id,
+                    name,
+                    peer_urls: peer_urls.clone(),
+                    client_urls: peer_urls,
+                    is_learner,
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            /// A conf change context (from a committed entry) and a
+            /// snapshot's member list, arbitrary or damaged: decoded, or
+            /// refused with nothing changed.
+            #[test]
+            fn member_records_decode_or_fail(
+                first in member(),
+                more in prop::collection::vec(member(), 0..3),
+                removed in prop::collection::vec(any::<u64>(), 0..3),
+                raw in prop::collection::vec(any::<u8>(), 0..128),
+                damage in damages(4),
+            ) {
+                let ctx = ConfContext::new("add", &first).encode();
+                let mut members = more;
+                members.push(first);
+                members.sort_by_key(|m| m.id);
+                members.dedup_by_key(|m| m.id);
+                for bytes in [raw.clone(), damaged(ctx, &damage)] {
+                    let _ = ConfContext::decode(&bytes);
+                }
+                let data = snapshot_data_of(members.clone(), removed);
+                let target = Members::new(Vec::new());
+                target.restore_snapshot(&data).unwrap();
+                prop_assert_eq!(target.list().len(), members.len());
+                for bytes in [raw, damaged(data, &damage)] {
+                    let before = (target.list(), target.removed_ids());
+                    if target.restore_snapshot(&bytes).is_err() {
+                        prop_assert_eq!((target.list(), target.removed_ids()), before);
+                    }
+                }
+            }
+        }
+    }
 }

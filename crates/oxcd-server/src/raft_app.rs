@@ -204,3 +204,45 @@ pub fn removed_exit() {
             std::process::exit(0);
         });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::damage::{damaged, damages};
+    use oxcd_api::etcdserverpb::{PutRequest, RequestHeader};
+    use proptest::prelude::*;
+    use protobuf::Message as _;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// A committed entry's bytes, arbitrary or damaged: the request,
+        /// the conf change and its context decode or fail, never panic.
+        #[test]
+        fn committed_entries_decode_or_fail(
+            key in prop::collection::vec(any::<u8>(), 0..16),
+            raw in prop::collection::vec(any::<u8>(), 0..128),
+            damage in damages(4),
+        ) {
+            let req = InternalRaftRequest {
+                header: Some(RequestHeader { id: 7, username: "u".into(), auth_revision: 3 }),
+                put: Some(PutRequest { key: key.into(), ..PutRequest::default() }),
+                ..InternalRaftRequest::default()
+            }
+            .encode_to_vec();
+            let cc = ConfChange {
+                node_id: 9,
+                context: b"{\"op\":\"add\",\"id\":\"9\"}".to_vec().into(),
+                ..Default::default()
+            }
+            .write_to_bytes()
+            .unwrap();
+            for bytes in [raw, damaged(req, &damage), damaged(cc, &damage)] {
+                let _ = InternalRaftRequest::decode(bytes.as_slice());
+                if let Ok(cc) = ConfChange::parse_from_bytes(&bytes) {
+                    let _ = ConfContext::decode(&cc.context);
+                }
+            }
+        }
+    }
+}

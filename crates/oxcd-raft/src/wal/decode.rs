@@ -155,7 +155,9 @@ pub(crate) fn scan(bytes: &[u8], crc: &mut Option<u32>, last: bool) -> Result<Sc
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wal::record::Entry;
+    use crate::damage::{damaged, damages, edge_value};
+    use crate::wal::record::{Entry, HardState, SnapshotMarker};
+    use proptest::prelude::*;
 
     fn segment(n: u64) -> (Vec<u8>, Vec<usize>) {
         let mut buf = Vec::new();
@@ -247,5 +249,115 @@ mod tests {
             (s.records.len(), s.valid_end, s.torn, s.dirty),
             (1, big as u64, true, true)
         );
+    }
+
+    fn record() -> impl Strategy<Value = Record> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..24).prop_map(Record::Metadata),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                prop::collection::vec(any::<u8>(), 0..80)
+            )
+                .prop_map(|(index, term, data)| Record::Entry(Entry {
+                    index,
+                    term,
+                    data
+                })),
+            (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(term, vote, commit)| {
+                Record::HardState(HardState { term, vote, commit })
+            }),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(index, term)| Record::Snapshot(SnapshotMarker { index, term })),
+        ]
+    }
+
+    /// A segment as the WAL writes it: a crc record, `records`, then
+    /// `zeros` bytes of preallocated space; with the frame offsets.
+    fn encoded(records: &[Record], zeros: usize) -> (Vec<u8>, Vec<usize>) {
+        let mut buf = Vec::new();
+        let mut crc = 0;
+        let mut offsets = Vec::new();
+        for rec in std::iter::once(&Record::Crc(0)).chain(records) {
+            offsets.push(buf.len());
+            rec.encode(&mut buf, &mut crc).unwrap();
+        }
+        buf.resize(buf.len() + zeros, 0);
+        (buf, offsets)
+    }
+
+    /// What holds of any scan that does not refuse.
+    fn check(bytes: &[u8], s: &Scan) -> Result<(), TestCaseError> {
+        let end = usize::try_from(s.valid_end).unwrap();
+        prop_assert!(end <= bytes.len());
+        prop_assert_eq!(end % 8, 0);
+        prop_assert_eq!(s.dirty, !all_zero(&bytes[end..]));
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_scan_or_refuse(
+            bytes in prop::collection::vec(any::<u8>(), 0..600),
+            crc in prop::option::of(any::<u32>()),
+            last in any::<bool>(),
+        ) {
+            let mut crc = crc;
+            match scan(&bytes, &mut crc, last) {
+                Ok(s) => check(&bytes, &s)?,
+                Err(b) => prop_assert!(usize::try_from(b.offset).unwrap() < bytes.len()),
+            }
+        }
+
+        /// A segment the WAL wrote, damaged: scanned or refused at a frame
+        /// boundary the scan reached, never a panic.
+        #[test]
+        fn damaged_segments_scan_or_refuse(
+            records in prop::collection::vec(record(), 0..8),
+            zeros in prop_oneof![Just(0usize), 1usize..1100],
+            damage in damages(4),
+            last in any::<bool>(),
+        ) {
+            let (good, _) = encoded(&records, zeros);
+            let s = scan(&good, &mut None, true).unwrap();
+            prop_assert_eq!(s.records.len(), records.len() + 1);
+            let bad = damaged(good, &damage);
+            match scan(&bad, &mut None, last) {
+                Ok(s) => check(&bad, &s)?,
+                Err(b) => prop_assert!(usize::try_from(b.offset).unwrap() < bad.len()),
+            }
+        }
+
+        /// A length word blown up (past the file, or past the 4 GiB a
+        /// record may have): the frame is refused where it starts, or
+        /// dropped as a torn tail of the last segment, and nothing of the
+        /// size it claims is read or allocated.
+        #[test]
+        fn a_length_word_past_the_end_is_refused_or_torn(
+            records in prop::collection::vec(record(), 1..8),
+            which in any::<prop::sample::Index>(),
+            len in prop_oneof![edge_value(), 1u64 << 20..1 << 40],
+            zeros in 0usize..64,
+            last in any::<bool>(),
+        ) {
+            let (mut bytes, offsets) = encoded(&records, zeros);
+            let k = which.index(offsets.len());
+            let at = offsets[k];
+            prop_assume!(len > (bytes.len() - at) as u64);
+            bytes[at..at + LEN_WORD].copy_from_slice(&len.to_le_bytes());
+            match scan(&bytes, &mut None, last) {
+                Ok(s) => {
+                    prop_assert!(last && s.torn);
+                    prop_assert_eq!(s.records.len(), k);
+                    prop_assert_eq!(s.valid_end, at as u64);
+                }
+                Err(b) => {
+                    prop_assert_eq!(b.offset, at as u64);
+                    prop_assert!(matches!(b.reason, Corruption::BadFrame(_)), "{}", b.reason);
+                }
+            }
+        }
     }
 }

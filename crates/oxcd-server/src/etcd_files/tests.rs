@@ -165,3 +165,70 @@ fn an_etcd_3_6_backend_is_refused_before_anything_is_used() {
         "{err}"
     );
 }
+
+mod fuzz {
+    use super::*;
+    use crate::damage::{damaged, damages};
+    use oxcd_etcd_format::wal::Entry as EtcdEntry;
+    use proptest::prelude::*;
+
+    /// Data of an etcd entry: a conf change, a member attribute update
+    /// through the v2 store, an InternalRaftRequest.
+    fn data() -> impl Strategy<Value = (i32, Vec<u8>)> {
+        prop_oneof![
+            (
+                0i32..5,
+                1u64..4,
+                prop::sample::select(vec![
+                    r#"{"id":2,"peerURLs":["http://a:1"],"name":"n"}"#,
+                    r#"{"isLearner":true}"#,
+                    "",
+                    "{",
+                ])
+            )
+                .prop_map(|(t, id, ctx)| (1, etcd_cc(t, id, ctx))),
+            (
+                1u64..4,
+                prop::sample::select(vec![r#"{"name":"n","clientURLs":["http://c:1"]}"#, "[", ""])
+            )
+                .prop_map(|(id, val)| (
+                    0,
+                    V2Request {
+                        method: Some("PUT".into()),
+                        path: Some(format!("/0/members/{id:x}/attributes")),
+                        val: Some(val.into()),
+                        ..V2Request::default()
+                    }
+                    .encode_to_vec()
+                )),
+            Just((0, InternalRaftRequest::default().encode_to_vec())),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// The entries of an etcd WAL, arbitrary or damaged: converted
+        /// into oxcd's, or refused with a message; never a panic.
+        #[test]
+        fn etcd_entries_convert_or_fail(
+            entries in prop::collection::vec((data(), prop::option::of(damages(3))), 1..6),
+            raw in prop::collection::vec(any::<u8>(), 0..64),
+            kind in 0i32..3,
+        ) {
+            let mut roster = roster_of(&[(1, false), (2, true)]);
+            let mut all: Vec<(i32, Vec<u8>)> = entries
+                .into_iter()
+                .map(|((kind, data), d)| (kind, d.map_or(data.clone(), |d| damaged(data, &d))))
+                .collect();
+            all.push((kind, raw));
+            for (i, (kind, data)) in all.into_iter().enumerate() {
+                let e = EtcdEntry { kind, term: 2, index: i as u64 + 1, data };
+                let _ = convert_entry(&e, &mut roster);
+                let _ = convert_normal(&e.data, &mut roster);
+                let _ = convert_conf_change(&e.data, &mut roster);
+            }
+            let _ = roster.members();
+        }
+    }
+}

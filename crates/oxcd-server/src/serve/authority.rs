@@ -63,6 +63,11 @@ const MAX_FRAME_SIZE: usize = 16_384;
 /// The most header-block bytes held back at once. Far above hyper's 16 KiB
 /// header list limit, so a block this large is refused by hyper anyway.
 const MAX_BLOCK: usize = 1 << 20;
+/// The most decoded header-list bytes (RFC 7541 sizes: name, value and 32
+/// per field) taken from one block; a larger list is given up on. HPACK
+/// lets one byte name a 4 KiB table entry, so a 1 MiB block could decode
+/// to 4 GiB; hyper refuses any list past 16 KiB anyway.
+const MAX_HEADER_LIST: usize = 1 << 20;
 /// A frame hyper rejects with a connection-level `PROTOCOL_ERROR`: HEADERS
 /// with END_HEADERS on stream 0.
 const POISON: [u8; FRAME_HEADER_LEN] = [0, 0, 0, HEADERS, END_HEADERS, 0, 0, 0, 0];
@@ -439,10 +444,16 @@ impl Framer {
     /// Decides on or rewrites one complete header block.
     fn on_block(&mut self, block: Block, out: &mut Vec<u8>) -> Step {
         let mut fields = Vec::new();
+        let mut size = 0usize;
         let decoded = self.decoder.decode_with_cb(&block.fragment, |name, value| {
-            fields.push((name.into_owned(), value.into_owned()));
+            // Decoding goes on to the end of the block (the client's table
+            // follows it), but nothing more is kept past the limit.
+            size = size.saturating_add(name.len() + value.len() + 32);
+            if size <= MAX_HEADER_LIST {
+                fields.push((name.into_owned(), value.into_owned()));
+            }
         });
-        if decoded.is_err() {
+        if decoded.is_err() || size > MAX_HEADER_LIST {
             return self.give_up(out);
         }
         let mut fixed = false;

@@ -476,4 +476,27 @@ mod tests {
         assert_eq!(m.feed(&stream[..2]), 0);
         assert_eq!(m.feed(&stream[2..]), 4);
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        /// Any stream, cut anywhere: the same count as in one piece, and
+        /// never more messages than 5-byte prefixes fit.
+        #[test]
+        fn any_stream_counts_the_same_however_cut(
+            stream in prop::collection::vec(any::<u8>(), 0..300),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..10),
+        ) {
+            let whole = Messages::default().feed(&stream);
+            prop_assert!(whole <= stream.len() as u64 / 5 + 1);
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
+            points.extend([0, stream.len()]);
+            points.sort_unstable();
+            let mut m = Messages::default();
+            let pieces: u64 = points.windows(2).map(|w| m.feed(&stream[w[0]..w[1]])).sum();
+            prop_assert_eq!(pieces, whole);
+        }
+    }
 }

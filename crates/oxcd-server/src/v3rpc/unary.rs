@@ -371,4 +371,161 @@ mod tests {
         let f = encode(&r).unwrap();
         assert_eq!(&f[..], &framed(&r.encode_to_vec())[..]);
     }
+
+    mod fuzz {
+        use super::*;
+        use crate::damage::{damaged, damages};
+        use oxcd_api::etcdserverpb::{
+            compare, request_op, Compare, DeleteRangeRequest, RangeRequest, RequestOp, TxnRequest,
+        };
+        use proptest::prelude::*;
+
+        fn read(chunks: &[Vec<u8>], max: usize) -> Result<Bytes, Status> {
+            let body = Chunks(chunks.iter().map(|c| Bytes::copy_from_slice(c)).collect());
+            futures::executor::block_on(read_message(body, max))
+        }
+
+        /// Decodes `msg` as each of the four requests, as `call` does.
+        fn decode_all(msg: &[u8]) {
+            let _ = RangeRequest::decode(msg);
+            let _ = PutRequest::decode(msg);
+            let _ = DeleteRangeRequest::decode(msg);
+            let _ = TxnRequest::decode(msg);
+        }
+
+        /// A Txn holding `depth` levels of nested Txns.
+        fn nested_txn(depth: usize) -> TxnRequest {
+            let mut t = TxnRequest::default();
+            for _ in 0..depth {
+                t = TxnRequest {
+                    compare: vec![Compare {
+                        key: b"k".to_vec().into(),
+                        target_union: Some(compare::TargetUnion::Version(1)),
+                        ..Compare::default()
+                    }],
+                    success: vec![RequestOp {
+                        request: Some(request_op::Request::RequestTxn(t)),
+                    }],
+                    failure: Vec::new(),
+                };
+            }
+            t
+        }
+
+        fn request() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                (
+                    prop::collection::vec(any::<u8>(), 0..16),
+                    any::<i64>(),
+                    any::<bool>()
+                )
+                    .prop_map(|(key, lease, prev_kv)| PutRequest {
+                        key: key.into(),
+                        value: vec![7; 40].into(),
+                        lease,
+                        prev_kv,
+                        ..PutRequest::default()
+                    }
+                    .encode_to_vec()),
+                (any::<i64>(), any::<i64>()).prop_map(|(limit, revision)| RangeRequest {
+                    key: b"a".to_vec().into(),
+                    range_end: b"\0".to_vec().into(),
+                    limit,
+                    revision,
+                    ..RangeRequest::default()
+                }
+                .encode_to_vec()),
+                (0usize..4).prop_map(|d| nested_txn(d).encode_to_vec()),
+            ]
+        }
+
+        /// The wire bytes of `msg` behind its prefix.
+        fn framed_with(flag: u8, len: u32, msg: &[u8]) -> Vec<u8> {
+            let mut v = vec![flag];
+            v.extend_from_slice(&len.to_be_bytes());
+            v.extend_from_slice(msg);
+            v
+        }
+
+        /// Cuts `bytes` at the given points.
+        fn cut(bytes: &[u8], at: &[prop::sample::Index]) -> Vec<Vec<u8>> {
+            let mut points: Vec<usize> = at.iter().map(|i| i.index(bytes.len() + 1)).collect();
+            points.extend([0, bytes.len()]);
+            points.sort_unstable();
+            points
+                .windows(2)
+                .map(|w| bytes[w[0]..w[1]].to_vec())
+                .collect()
+        }
+
+        /// Nesting past what prost takes (100 messages: 50 Txns, each a
+        /// TxnRequest in a RequestOp) is an error, not a stack overflow,
+        /// on a test thread's 2 MiB stack.
+        #[test]
+        fn deeply_nested_txns_are_refused() {
+            let deep = nested_txn(150).encode_to_vec();
+            assert!(TxnRequest::decode(deep.as_slice()).is_err());
+            let ok = nested_txn(45).encode_to_vec();
+            assert!(TxnRequest::decode(ok.as_slice()).is_ok());
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+            /// Any bytes in any chunks: a message within the limit, or a
+            /// gRPC error.
+            #[test]
+            fn arbitrary_bodies_read_or_refuse(
+                chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..6),
+                max in 0usize..200,
+            ) {
+                match read(&chunks, max) {
+                    Ok(msg) => {
+                        prop_assert!(msg.len() <= max);
+                        decode_all(&msg);
+                    }
+                    Err(s) => prop_assert!(
+                        matches!(s.code(), tonic::Code::Internal | tonic::Code::ResourceExhausted),
+                        "{s:?}"
+                    ),
+                }
+            }
+
+            /// A request framed as a client sends it, cut anywhere, maybe
+            /// damaged: read back whole, or refused; what is read decodes
+            /// or fails without a panic.
+            #[test]
+            fn framed_requests_read_or_refuse(
+                req in request(),
+                at in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+                damage in prop::option::of(damages(3)),
+            ) {
+                let wire = framed(&req);
+                prop_assert_eq!(read(&cut(&wire, &at), 1 << 20).unwrap(), Bytes::from(req.clone()));
+                if let Some(d) = damage {
+                    let bad = damaged(wire, &d);
+                    if let Ok(msg) = read(&cut(&bad, &at), 1 << 20) {
+                        decode_all(&msg);
+                    }
+                    decode_all(&damaged(req, &d));
+                }
+            }
+
+            /// A declared length past the limit is refused from the prefix
+            /// alone, before the body is waited for or buffered.
+            #[test]
+            fn a_length_past_the_limit_is_refused_at_once(
+                len in 101u32..,
+                body in prop::collection::vec(any::<u8>(), 0..8),
+            ) {
+                let wire = framed_with(0, len, &body);
+                let e = read(&[wire[..PREFIX_LEN].to_vec(), body], 100).unwrap_err();
+                prop_assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+                prop_assert_eq!(
+                    e.message(),
+                    format!("grpc: received message larger than max ({len} vs. 100)")
+                );
+            }
+        }
+    }
 }

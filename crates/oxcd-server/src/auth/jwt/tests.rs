@@ -219,3 +219,85 @@ fn option_errors_are_etcds() {
     let j = jwt("jwt,sign-method=HS256,priv-key=hmac.key,bogus=1").unwrap();
     assert_eq!(j.ttl, Duration::from_secs(300));
 }
+
+mod fuzz {
+    use super::*;
+    use crate::damage::{damaged, damages};
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            "[a-z0-9]{0,8}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop::collection::btree_map(
+                prop::sample::select(vec![
+                    "alg", "typ", "exp", "iat", "nbf", "username", "revision", "x",
+                ]),
+                inner,
+                0..6,
+            )
+            .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
+        })
+    }
+
+    /// `header.claims` signed with `j`'s key: what a holder of the key
+    /// could send, whatever the JSON says.
+    fn signed(j: &Jwt, header: &[u8], claims: &[u8]) -> String {
+        let input = format!("{}.{}", B64.encode(header), B64.encode(claims));
+        let signature = sign(j.method, j.signer.as_ref().unwrap(), input.as_bytes()).unwrap();
+        format!("{input}.{}", B64.encode(signature))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// What a client puts in its `token` metadata: text, dotted parts
+        /// of any bytes, a real token damaged. Refused or read, never a
+        /// panic.
+        #[test]
+        fn arbitrary_tokens_are_refused(
+            text in "[A-Za-z0-9_.=-]{0,120}",
+            parts in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..48), 0..5),
+            damage in damages(3),
+        ) {
+            let hs = jwt("jwt,sign-method=HS256,priv-key=hmac.key").unwrap();
+            let es = jwt("jwt,sign-method=ES256,priv-key=ec256.pem").unwrap();
+            let dotted = parts.iter().map(|p| B64.encode(p)).collect::<Vec<_>>().join(".");
+            for j in [&hs, &es] {
+                let real = j.sign("alice", 7).unwrap();
+                let bad = String::from_utf8_lossy(&damaged(real.into_bytes(), &damage)).into_owned();
+                for token in [&text, &dotted, &bad] {
+                    let _ = j.verify(token);
+                }
+            }
+        }
+
+        /// Correctly signed tokens whose header and claims are any JSON
+        /// (or not JSON): an identity only with a string username and a
+        /// revision in range.
+        #[test]
+        fn signed_claims_of_any_shape_are_checked(
+            header in json(),
+            claims in json(),
+            raw in prop::option::of(prop::collection::vec(any::<u8>(), 0..32)),
+        ) {
+            let hs = jwt("jwt,sign-method=HS256,priv-key=hmac.key").unwrap();
+            let claims = raw.unwrap_or_else(|| claims.to_string().into_bytes());
+            let header = header.to_string();
+            for h in [header.as_bytes(), br#"{"alg":"HS256"}"#] {
+                if let Some(who) = hs.verify(&signed(&hs, h, &claims)) {
+                    let c: Value = serde_json::from_slice(&claims).unwrap();
+                    prop_assert_eq!(c["username"].as_str(), Some(who.username.as_str()));
+                }
+            }
+        }
+    }
+}

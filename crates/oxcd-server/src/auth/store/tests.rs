@@ -541,3 +541,83 @@ mod sequences {
         }
     }
 }
+
+mod fuzz {
+    use super::*;
+    use crate::auth::permissions::Access;
+    use crate::damage::{damaged, damages};
+    use oxcd_api::authpb::UserAddOptions;
+    use proptest::prelude::*;
+
+    fn user() -> impl Strategy<Value = Vec<u8>> {
+        (prop::collection::vec("[a-z]{0,3}", 0..3), any::<bool>()).prop_map(|(roles, no_pw)| {
+            User {
+                name: b"u".to_vec().into(),
+                roles,
+                options: Some(UserAddOptions { no_password: no_pw }),
+                ..User::default()
+            }
+            .encode_to_vec()
+        })
+    }
+
+    fn role() -> impl Strategy<Value = Vec<u8>> {
+        let perm = (
+            0i32..4,
+            prop::collection::vec(any::<u8>(), 0..3),
+            prop::collection::vec(any::<u8>(), 0..3),
+        )
+            .prop_map(|(t, key, range_end)| Permission {
+                perm_type: t,
+                key: key.into(),
+                range_end: range_end.into(),
+            });
+        prop::collection::vec(perm, 0..4).prop_map(|key_permission| {
+            Role {
+                name: b"r".to_vec().into(),
+                key_permission,
+            }
+            .encode_to_vec()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// The auth tables as a damaged backend may hold them: decoded or
+        /// refused as corrupt; what decodes builds a view that answers
+        /// permission checks.
+        #[test]
+        fn damaged_auth_records_decode_or_fail(
+            enabled in prop::collection::vec(any::<u8>(), 0..3),
+            revision in prop::collection::vec(any::<u8>(), 0..10),
+            users in prop::collection::vec(("[a-z]{0,3}", user(), prop::option::of(damages(2))), 0..4),
+            roles in prop::collection::vec(("[a-z]{0,3}", role(), prop::option::of(damages(2))), 0..4),
+            key in prop::collection::vec(any::<u8>(), 0..3),
+            end in prop::collection::vec(any::<u8>(), 0..3),
+        ) {
+            let rows = |v: Vec<(String, Vec<u8>, Option<Vec<crate::damage::Damage>>)>| -> Vec<(Vec<u8>, Vec<u8>)> {
+                v.into_iter()
+                    .map(|(k, v, d)| (k.into_bytes(), d.map_or(v.clone(), |d| damaged(v, &d))))
+                    .collect()
+            };
+            let records = AuthRecords {
+                auth: vec![(ENABLED_KEY.to_vec(), enabled), (REVISION_KEY.to_vec(), revision)],
+                users: rows(users),
+                roles: rows(roles),
+            };
+            match decode(records) {
+                Ok(state) => {
+                    let view = AuthView::build(&state);
+                    for name in state.users.keys() {
+                        let who = Identity { username: name.clone(), revision: state.revision.max(1) };
+                        for access in [Access::Read, Access::Write] {
+                            let _ = view.check_key(&who, access, &key, &end);
+                        }
+                    }
+                }
+                Err(e) => prop_assert!(matches!(e, MvccError::Corrupt(_)), "{e}"),
+            }
+        }
+    }
+}

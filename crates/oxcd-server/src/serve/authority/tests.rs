@@ -591,3 +591,154 @@ async fn hyper_follows_our_dynamic_table_through_evictions() {
         assert_eq!(String::from_utf8_lossy(&answer.body), want);
     }
 }
+
+/// An HPACK integer with an `n`-bit prefix under `flags` (RFC 7541 §5.1).
+fn hpack_int(flags: u8, n: u32, mut value: usize, out: &mut Vec<u8>) {
+    let max = (1usize << n) - 1;
+    if value < max {
+        out.push(flags | value as u8);
+        return;
+    }
+    out.push(flags | max as u8);
+    value -= max;
+    while value >= 0x80 {
+        out.push(0x80 | (value & 0x7f) as u8);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// A literal field with incremental indexing and a new name.
+fn indexed_literal(name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    out.push(0x40);
+    for s in [name, value] {
+        hpack_int(0, 7, s.len(), out);
+        out.extend_from_slice(s);
+    }
+}
+
+/// A header block that adds a `size`-byte header to the dynamic table and
+/// then names it `copies` times, one byte each (index 62 is the newest
+/// entry): a block of `size + copies` bytes decoding to
+/// `copies × (size + 33)`.
+fn hpack_bomb(authority: &str, size: usize, copies: usize) -> Vec<u8> {
+    let mut block = Vec::new();
+    indexed_literal(b":authority", authority.as_bytes(), &mut block);
+    indexed_literal(b"x", &vec![b'a'; size], &mut block);
+    block.extend(std::iter::repeat_n(0x80 | 62, copies));
+    block
+}
+
+/// Minimized by `oversized_header_lists_are_given_up_on`: a 2.6 KB block
+/// whose header list decodes to just over 1 MiB was decoded whole into
+/// owned fields (a 1 MiB block of one-byte references: over 4 GiB, and the
+/// process aborts on the failed allocation).
+#[test]
+fn hpack_bombs_are_given_up_on() {
+    let bomb = frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &hpack_bomb("http://x:1", 2036, 506),
+    );
+    // As the first block: released unchanged, for hyper to refuse.
+    let input = [opening(), bomb.clone()].concat();
+    assert_eq!(rewrite(&input, input.len()), input);
+    // Once rewriting: poisoned.
+    let mut input = three_requests("http://localhost:2379");
+    input.extend(&bomb);
+    let out = rewrite(&input, input.len());
+    assert!(out.ends_with(&[&POISON[..], &bomb].concat()));
+    assert!(out.len() < input.len() + 1000);
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Bytes out for bytes in: at most the input plus, per header block,
+    /// a re-encoded list (literals: each field at most its RFC size) and
+    /// its frame headers.
+    fn bound(input: &[u8], blocks: usize) -> usize {
+        let per_block = MAX_HEADER_LIST + FRAME_HEADER_LEN * (MAX_HEADER_LIST / MAX_FRAME_SIZE + 2);
+        input.len() + blocks * per_block + POISON.len()
+    }
+
+    /// A frame: a request's header block (URL authority or not), a piece
+    /// of one, or anything.
+    fn frame_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let kind = prop_oneof![
+            Just(HEADERS),
+            Just(CONTINUATION),
+            Just(DATA),
+            Just(SETTINGS),
+            any::<u8>()
+        ];
+        let payload = prop_oneof![
+            (any::<bool>(), 0usize..3).prop_map(|(url, i)| {
+                let authority = if url {
+                    "http://localhost:2379"
+                } else {
+                    "localhost:2379"
+                };
+                encode(&mut Encoder::new(), &request(authority, &format!("/p{i}")))
+            }),
+            prop::collection::vec(any::<u8>(), 0..40),
+        ];
+        (kind, any::<u8>(), 0u32..4, payload)
+            .prop_map(|(kind, flags, stream, payload)| frame(kind, flags, stream, &payload))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+        /// Any frames after the preface: the same bytes out however the
+        /// input is cut, within the bound.
+        #[test]
+        fn arbitrary_frames_are_passed_or_rewritten(
+            frames in prop::collection::vec(frame_bytes(), 0..6),
+            tail in prop::collection::vec(any::<u8>(), 0..20),
+            chunk in 1usize..64,
+        ) {
+            let input = [opening(), frames.concat(), tail].concat();
+            let whole = rewrite(&input, input.len());
+            prop_assert_eq!(rewrite(&input, chunk), whole.clone());
+            prop_assert!(whole.len() <= bound(&input, frames.len()));
+        }
+
+        /// Blocks that name one big table entry many times: a list past
+        /// the limit is given up on (released unchanged as the first
+        /// block, poisoned once rewriting), one within it handled as any.
+        #[test]
+        fn oversized_header_lists_are_given_up_on(
+            url in any::<bool>(),
+            size in 1usize..4000,
+            copies in 0usize..1000,
+            after_requests in any::<bool>(),
+        ) {
+            let authority = if url { "http://x:1" } else { "x:1" };
+            let block = hpack_bomb(authority, size, copies);
+            let listed = (10 + authority.len() + 32) + (copies + 1) * (1 + size + 32);
+            let mut bomb = Vec::new();
+            for (i, bytes) in block.chunks(MAX_FRAME_SIZE).enumerate() {
+                let last = (i + 1) * MAX_FRAME_SIZE >= block.len();
+                let kind = if i == 0 { HEADERS } else { CONTINUATION };
+                bomb.extend(frame(kind, if last { END_HEADERS } else { 0 }, 9, bytes));
+            }
+            let before = if after_requests {
+                three_requests("http://localhost:2379")
+            } else {
+                opening()
+            };
+            let input = [before.clone(), bomb.clone()].concat();
+            let out = rewrite(&input, input.len());
+            let poisoned = out.ends_with(&[&POISON[..], &bomb].concat());
+            match (listed > MAX_HEADER_LIST, after_requests) {
+                (true, false) => prop_assert!(out == input, "{} bytes out of {}", out.len(), input.len()),
+                (true, true) => prop_assert!(poisoned),
+                (false, false) => prop_assert_eq!(out == input, !url, "{} bytes out of {}", out.len(), input.len()),
+                (false, true) => prop_assert!(!poisoned),
+            }
+        }
+    }
+}

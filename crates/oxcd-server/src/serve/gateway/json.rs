@@ -164,4 +164,229 @@ mod tests {
             "{\"error\":{\"grpc_code\":14,\"http_code\":503,\"message\":\"no leader\",\"http_status\":\"Service Unavailable\"}}"
         );
     }
+
+    mod fuzz {
+        use crate::damage::{damaged, damages};
+        use crate::serve::gateway::route;
+        use proptest::prelude::*;
+        use serde_json::Value;
+        use tonic::Code;
+
+        /// Every route below `/v3/`.
+        const METHODS: &[&str] = &[
+            "kv/range",
+            "kv/put",
+            "kv/deleterange",
+            "kv/txn",
+            "kv/compaction",
+            "watch",
+            "lease/grant",
+            "lease/revoke",
+            "lease/keepalive",
+            "lease/timetolive",
+            "lease/leases",
+            "cluster/member/add",
+            "cluster/member/remove",
+            "cluster/member/update",
+            "cluster/member/list",
+            "cluster/member/promote",
+            "maintenance/alarm",
+            "maintenance/status",
+            "maintenance/defragment",
+            "maintenance/hash",
+            "maintenance/hashkv",
+            "maintenance/snapshot",
+            "maintenance/transfer-leadership",
+            "maintenance/downgrade",
+            "auth/enable",
+            "auth/disable",
+            "auth/status",
+            "auth/authenticate",
+            "auth/user/add",
+            "auth/user/get",
+            "auth/user/list",
+            "auth/user/delete",
+            "auth/user/changepw",
+            "auth/user/grant",
+            "auth/user/revoke",
+            "auth/role/add",
+            "auth/role/get",
+            "auth/role/list",
+            "auth/role/delete",
+            "auth/role/grant",
+            "auth/role/revoke",
+            "lock/lock",
+            "lock/unlock",
+            "election/campaign",
+            "election/proclaim",
+            "election/leader",
+            "election/observe",
+            "election/resign",
+        ];
+
+        /// Field names of the client API's requests, in both spellings.
+        const FIELDS: &[&str] = &[
+            "key",
+            "range_end",
+            "rangeEnd",
+            "value",
+            "lease",
+            "prev_kv",
+            "limit",
+            "revision",
+            "sort_order",
+            "sortOrder",
+            "sort_target",
+            "serializable",
+            "keys_only",
+            "count_only",
+            "min_mod_revision",
+            "compare",
+            "success",
+            "failure",
+            "request_range",
+            "request_put",
+            "request_delete_range",
+            "request_txn",
+            "requestTxn",
+            "result",
+            "target",
+            "version",
+            "create_revision",
+            "mod_revision",
+            "create_request",
+            "cancel_request",
+            "progress_request",
+            "start_revision",
+            "filters",
+            "watch_id",
+            "fragment",
+            "ID",
+            "TTL",
+            "keys",
+            "peerURLs",
+            "peer_urls",
+            "isLearner",
+            "alarm",
+            "action",
+            "memberID",
+            "name",
+            "password",
+            "options",
+            "no_password",
+            "user",
+            "role",
+            "perm",
+            "permType",
+            "perm_type",
+            "physical",
+            "leader",
+            "header",
+            "targetID",
+        ];
+
+        fn scalar() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                any::<u64>().prop_map(Value::from),
+                any::<f64>().prop_map(
+                    |f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+                ),
+                prop::sample::select(vec![
+                    "",
+                    "Zm9v",
+                    "AA==",
+                    "!!",
+                    "9223372036854775807",
+                    "9223372036854775808",
+                    "-9223372036854775809",
+                    "18446744073709551616",
+                    "1e400",
+                    "-1",
+                    "NaN",
+                    "EQUAL",
+                    "PUT",
+                    "DELETE",
+                    "NOSPACE",
+                    "ACTIVATE",
+                    "READWRITE",
+                    "99",
+                ])
+                .prop_map(Value::from),
+            ]
+        }
+
+        /// JSON with the API's field names, a few levels deep.
+        fn json() -> impl Strategy<Value = Value> {
+            scalar().prop_recursive(5, 48, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                    prop::collection::btree_map(prop::sample::select(FIELDS), inner, 0..5)
+                        .prop_map(|m| Value::Object(
+                            m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+                        )),
+                ]
+            })
+        }
+
+        /// A Txn holding `depth` levels of nested Txns, as JSON.
+        fn nested_txn(depth: usize) -> Value {
+            let mut t = serde_json::json!({ "success": [] });
+            for _ in 0..depth {
+                t = serde_json::json!({ "success": [{ "request_txn": t }] });
+            }
+            t
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            /// Any body, to every route: the encoded request, or
+            /// InvalidArgument.
+            #[test]
+            fn arbitrary_bodies_convert_or_refuse(raw in prop::collection::vec(any::<u8>(), 0..64)) {
+                for m in METHODS {
+                    let r = route(m).unwrap();
+                    if let Err(s) = (r.request)(&raw) {
+                        prop_assert_eq!(s.code(), Code::InvalidArgument);
+                    }
+                    let _ = (r.response)(&raw);
+                }
+            }
+
+            /// JSON of any shape with the API's field names, as is and
+            /// damaged, to every route.
+            #[test]
+            fn api_shaped_json_converts_or_refuses(body in json(), damage in damages(3)) {
+                let text = body.to_string().into_bytes();
+                for bytes in [text.clone(), damaged(text, &damage)] {
+                    for m in METHODS {
+                        if let Err(s) = (route(m).unwrap().request)(&bytes) {
+                            prop_assert_eq!(s.code(), Code::InvalidArgument);
+                        }
+                    }
+                }
+            }
+        }
+
+        /// Txns nested as deep as JSON allows convert (and encode); past
+        /// serde_json's 128 levels they are refused; nothing overflows the
+        /// stack.
+        #[test]
+        fn nested_txns_convert_or_refuse() {
+            let txn = route("kv/txn").unwrap().request;
+            for depth in (0..=45).chain([100, 127, 128, 129, 200]) {
+                let r = txn(nested_txn(depth).to_string().as_bytes());
+                match r {
+                    Ok(_) => assert!(depth <= 42, "{depth}"),
+                    Err(s) => {
+                        assert!(depth > 40, "{depth}: {s:?}");
+                        assert_eq!(s.code(), Code::InvalidArgument);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -507,8 +507,7 @@ async fn pump(
     bad: tokio::sync::oneshot::Sender<tonic::Status>,
 ) {
     let mut bad = Some(bad);
-    let mut buf: Vec<u8> = Vec::new();
-    let mut scan = objects::Objects::default();
+    let mut objects = objects::Splitter::new(max);
     // Dropped (closing the call's send side) once nothing more is sent.
     let mut tx = Some(tx);
     loop {
@@ -526,46 +525,40 @@ async fn pump(
         let Some(sender) = &tx else {
             continue;
         };
-        buf.extend_from_slice(&data);
-        let mut used = 0;
+        objects.push(&data);
         let mut stop = false;
         while !stop {
-            match scan.next(&buf) {
-                objects::Found::Object { start, end } => {
-                    used = end;
-                    match (route.request)(&buf[start..end]) {
-                        Ok(msg) => {
-                            bad = None;
-                            stop = sender.send(call::frame(&msg)).await.is_err();
-                        }
-                        Err(s) => {
-                            tracing::debug!(error = %s, "gateway stream request does not decode");
-                            if let Some(first) = bad.take() {
-                                let _ = first.send(tonic::Status::unknown(s.message()));
-                            }
-                            stop = true;
-                        }
+            match objects.next() {
+                objects::Next::Object(object) => match (route.request)(object) {
+                    Ok(msg) => {
+                        bad = None;
+                        stop = sender.send(call::frame(&msg)).await.is_err();
                     }
-                }
-                objects::Found::Incomplete => break,
-                objects::Found::NotAnObject => {
+                    Err(s) => {
+                        tracing::debug!(error = %s, "gateway stream request does not decode");
+                        if let Some(first) = bad.take() {
+                            let _ = first.send(tonic::Status::unknown(s.message()));
+                        }
+                        stop = true;
+                    }
+                },
+                objects::Next::Incomplete => break,
+                objects::Next::NotAnObject => {
                     tracing::debug!("gateway stream request is not a JSON object");
                     if let Some(first) = bad.take() {
                         let _ = first.send(tonic::Status::unknown("request is not a JSON object"));
                     }
                     stop = true;
                 }
+                objects::Next::TooLarge => {
+                    tracing::debug!("gateway stream request object too large");
+                    stop = true;
+                }
             }
-        }
-        buf.drain(..used);
-        scan.consumed(used);
-        if scan.pending(buf.len()) > max {
-            tracing::debug!("gateway stream request object too large");
-            stop = true;
         }
         if stop {
             tx = None;
-            buf = Vec::new();
+            objects = objects::Splitter::new(max);
         }
     }
 }
