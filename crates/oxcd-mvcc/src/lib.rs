@@ -55,6 +55,7 @@ mod auth_table;
 pub mod backend;
 mod compact;
 #[cfg(test)]
+#[path = "../../oxcd-etcd-format/src/damage.rs"]
 mod damage;
 mod defrag;
 pub mod error;

@@ -8,7 +8,7 @@
 //! fresh file with some of them changed (the same way [`BackendImport`]
 //! copies an etcd backend's buckets).
 
-#[path = "../src/damage.rs"]
+#[path = "../../oxcd-etcd-format/src/damage.rs"]
 #[allow(dead_code)]
 mod damage;
 

@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 #[cfg(test)]
+#[path = "../../oxcd-etcd-format/src/damage.rs"]
 pub(crate) mod damage;
 pub mod error;
 pub mod fs;

@@ -4,7 +4,7 @@
 //! (The frame scanner and the snapshot file format have their own
 //! properties next to them, in `wal/decode.rs` and `snap.rs`.)
 
-#[path = "../src/damage.rs"]
+#[path = "../../oxcd-etcd-format/src/damage.rs"]
 #[allow(dead_code)]
 mod damage;
 

@@ -35,6 +35,7 @@ pub mod config;
 pub mod core;
 pub mod corrupt;
 #[cfg(test)]
+#[path = "../../oxcd-etcd-format/src/damage.rs"]
 mod damage;
 pub mod disk_guard;
 pub mod embed;
