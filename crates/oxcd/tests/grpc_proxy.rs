@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bounded, free_port, http_get, server_binary, Cluster, CtlOutput, ETCDCTL};
+use common::{bounded, free_port, http_get, server_binary, Cluster, CtlOutput};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
     LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse,
@@ -181,28 +181,7 @@ impl Drop for GrpcProxy {
 
 /// Runs etcdctl (v3 API) against `endpoint` alone, bounded in time.
 async fn etcdctl_at(endpoint: &str, args: &[&str]) -> CtlOutput {
-    let mut cmd = tokio::process::Command::new(ETCDCTL);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("ETCDCTL_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
-        .args(["--dial-timeout=3s", "--command-timeout=8s"])
-        .args(args)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("etcdctl {args:?} took longer than 20 s"))
-        .expect("run etcdctl");
-    CtlOutput {
-        success: out.status.success(),
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    common::run_etcdctl(endpoint, args, "").await
 }
 
 /// The value of `key`, if any.

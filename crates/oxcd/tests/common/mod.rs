@@ -457,7 +457,9 @@ impl CtlOutput {
     }
 }
 
-async fn run_etcdctl(endpoint: &str, args: &[&str], stdin: &str) -> CtlOutput {
+/// Runs etcdctl (v3 API) against `endpoint` alone, feeding `stdin`,
+/// bounded by [`ETCDCTL_DEADLINE`].
+pub async fn run_etcdctl(endpoint: &str, args: &[&str], stdin: &str) -> CtlOutput {
     let mut cmd = tokio::process::Command::new(ETCDCTL);
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("ETCDCTL_") {
