@@ -527,7 +527,9 @@ impl Backend {
         .map_err(|e| MvccError::backend("set durability", e))?;
         self.put_consistent_index(&tx)?;
         let started = std::time::Instant::now();
+        oxcd_failpoint::failpoint!("backendBeforeCommit");
         tx.commit().map_err(|e| MvccError::backend("commit", e))?;
+        oxcd_failpoint::failpoint!("backendAfterCommit");
         if durable {
             crate::metrics::get()
                 .backend_commit

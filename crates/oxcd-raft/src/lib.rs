@@ -14,7 +14,8 @@
 //!   (`oxcdpeerpb.Peer`), never blocking the raft loop.
 //! - [`tls_error`]: TLS failures in Go's `crypto/tls` wording, for logs.
 //! - [`node`]: the raft loop around raft-rs's `RawNode`: one thread that
-//!   persists each `Ready` to the WAL with one fsync, sends, and applies.
+//!   persists each `Ready` to the WAL with one fsync, sends, and hands
+//!   what committed to the apply stage over a channel.
 //!
 //! - [`log_store`]: the in-memory raft log raft-rs reads, with the newest
 //!   snapshot and compaction.

@@ -1,5 +1,5 @@
 //! The raft loop: one thread owns the raft-rs `RawNode`, the WAL and the
-//! in-memory log, and turns every `Ready` into persist / send / apply
+//! in-memory log, and turns every `Ready` into persist / send / hand over to the apply
 //! (etcd's `etcdserver/raft.go`, raft-rs's async-ready recipe).
 //!
 //! Inputs arrive on one bounded channel ([`Input`]): proposals, messages
@@ -10,22 +10,28 @@
 //! 1. note leadership changes (soft state);
 //! 2. send `messages()` at once (a leader may send before it persists,
 //!    raft thesis 10.2.1);
-//! 3. apply `committed_entries()`;
-//! 4. hand `read_states()` to the application;
+//! 3. hand `committed_entries()` to the apply stage (conf changes are
+//!    applied to raft itself first);
+//! 4. hand `read_states()` to the apply stage;
 //! 5. append `entries()` and the hard state to the WAL with ONE fdatasync,
 //!    then to the in-memory log;
 //! 6. send `persisted_messages()` (votes and appends acknowledged only
 //!    after the fsync);
-//! 7. `advance`, then send and apply what the light ready holds.
+//! 7. `advance`, then send and hand over what the light ready holds.
 //!
 //! A failed WAL write or fsync is fatal: the process exits, as etcd does,
 //! because what reached the disk is unknown.
 //!
-//! The application (the server's applier) sees committed normal entries in
-//! log order exactly once per process run, and conf changes always: on
-//! restart the log after the newest snapshot is replayed, and the
-//! application skips the KV part of entries its backend already holds (its
-//! consistent index), but conf changes must be applied to raft again.
+//! Applying is not done here: everything for the apply stage (committed
+//! entries, read states, leader changes, snapshot requests) goes one way
+//! over a channel ([`ToApply`]), so a slow apply — a big txn, a watch
+//! fan-out, a backend commit — never delays ticks, heartbeats or votes,
+//! and group N is applied while group N+1 is being fsynced. The apply
+//! stage sees committed normal entries in log order exactly once per
+//! process run, and conf changes always: on restart the log after the
+//! newest snapshot is replayed, and the apply stage skips the KV part of
+//! entries its backend already holds (its consistent index), but conf
+//! changes must be applied to raft again.
 //!
 //! Snapshots (taking them every `--snapshot-count` entries, compaction,
 //! purging, sending and installing them) are in the `snapshot` submodule.
@@ -51,7 +57,6 @@ use raft::prelude::{
 use raft::{Config, RawNode, StateRole};
 use snapshot::SnapshotState;
 use std::ops::ControlFlow;
-use std::path::Path;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,8 +79,8 @@ pub enum Input {
     ProposeConfChange(ConfChange),
     /// A message from a peer.
     Step(Message),
-    /// Ask for a read index; answered through [`Application::on_read_index`]
-    /// with the same context.
+    /// Ask for a read index; answered with [`ToApply::ReadIndex`] carrying
+    /// the same context.
     ReadIndex(Vec<u8>),
     /// Hand leadership to another voter.
     TransferLeader(u64),
@@ -98,7 +103,8 @@ pub struct Status {
     pub term: u64,
     /// The highest committed index.
     pub commit: u64,
-    /// The highest applied index.
+    /// The highest index handed to the apply stage (which publishes what
+    /// it has applied itself).
     pub applied: u64,
 }
 
@@ -109,32 +115,92 @@ impl Status {
     }
 }
 
-/// What the raft loop calls back into; runs on the raft thread.
-pub trait Application: Send + 'static {
-    /// Applies one committed normal entry (never an empty one).
-    fn apply_entry(&mut self, index: u64, term: u64, data: &[u8]);
-    /// A committed conf change was applied to raft; `cs` is the new config.
-    fn apply_conf_change(&mut self, index: u64, cc: &ConfChange, cs: &ConfState);
+/// What the raft loop hands to the apply stage: one way, in log order,
+/// over the channel [`start`] returns. The raft loop never waits for the
+/// apply stage except to install a leader's snapshot; it goes on
+/// persisting and sending the next `Ready` while the last is applied.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ToApply {
+    /// One `Ready`'s committed entries (empty ones left out); `last` is the
+    /// index of the last entry of the group, empty or not.
+    Committed {
+        /// The entries to apply, in log order.
+        entries: Vec<Committed>,
+        /// The applied index once they are.
+        last: u64,
+    },
     /// A read index request with `ctx` may be served once applied ≥ `index`.
-    fn on_read_index(&mut self, ctx: &[u8], index: u64);
-    /// Called after each group of applied entries, with the applied index.
-    fn on_applied(&mut self, applied: u64);
+    ReadIndex {
+        /// The request context the reader chose.
+        ctx: Vec<u8>,
+        /// The index the leader confirmed.
+        index: u64,
+    },
     /// The leader changed (`leader` 0: no leader).
-    fn on_leader_change(&mut self, leader: u64, term: u64);
-    /// For a raft snapshot at `index` (everything up to it applied): makes
-    /// the backend durable up to at least `index`, since the WAL behind the
-    /// snapshot is released next, and returns the state that lives outside
-    /// the backend (etcd's v2 store: the member list), stored as the
-    /// snapshot's data. An error is fatal.
-    fn snapshot_data(&mut self, index: u64) -> Result<Vec<u8>, AppError>;
-    /// Replaces the application's state with a snapshot from the leader:
-    /// `db` is the backend file it sent (raft index `index`, or later),
-    /// `data` what its [`Application::snapshot_data`] returned. The entries
-    /// after `index` are applied next. An error is fatal.
-    fn restore_snapshot(&mut self, index: u64, db: &Path, data: &[u8]) -> Result<(), AppError>;
+    LeaderChange {
+        /// The new leader.
+        leader: u64,
+        /// Its term.
+        term: u64,
+    },
+    /// Everything up to `index` was handed over before this message: make
+    /// the backend durable up to at least `index` (the WAL behind the
+    /// snapshot is released next) and reply with the state that lives
+    /// outside the backend (etcd's v2 store: the member list), which
+    /// becomes the raft snapshot's data. An error is fatal.
+    SnapshotData {
+        /// The snapshot's index.
+        index: u64,
+        /// Where the data goes; the loop may have stopped waiting.
+        reply: SyncSender<Result<Vec<u8>, AppError>>,
+    },
+    /// Replace the state with a snapshot from the leader: `db` is the
+    /// backend file it sent (raft index `index`, or later), `data` what its
+    /// apply stage answered to [`ToApply::SnapshotData`]. The raft loop
+    /// waits for the reply before it records the snapshot; the entries
+    /// after `index` come next. An error is fatal.
+    Restore {
+        /// The snapshot's index.
+        index: u64,
+        /// The received backend file.
+        db: std::path::PathBuf,
+        /// The snapshot's data.
+        data: Bytes,
+        /// Done (or why not).
+        reply: SyncSender<Result<(), AppError>>,
+    },
 }
 
-/// Why the application could not take or restore a snapshot.
+/// One committed entry for the apply stage.
+#[derive(Debug)]
+pub enum Committed {
+    /// An application entry (an encoded request).
+    Normal {
+        /// Its log index.
+        index: u64,
+        /// Its term.
+        term: u64,
+        /// Its payload, never empty.
+        data: Bytes,
+    },
+    /// A membership change raft has already applied to itself.
+    ConfChange {
+        /// Its log index.
+        index: u64,
+        /// The change.
+        cc: ConfChange,
+        /// The configuration after it.
+        cs: ConfState,
+    },
+}
+
+/// Messages queued to the apply stage before the raft loop waits for it.
+/// Each is a whole `Ready` group at most, so this only binds when applying
+/// is far behind (proposals are refused long before: `too many requests`).
+const APPLY_DEPTH: usize = 4096;
+
+/// Why the apply stage could not take or restore a snapshot.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct AppError(pub String);
@@ -225,14 +291,14 @@ pub struct Restored {
     pub snapshot: Option<Snapshot>,
 }
 
-/// Starts the raft loop on its own thread over the restored log.
-pub fn start<A: Application>(
+/// Starts the raft loop on its own thread over the restored log; what it
+/// commits comes out of the returned receiver, for the apply stage.
+pub fn start(
     cfg: NodeConfig,
     restored: Restored,
     snaps: SnapshotSettings,
     transport: Arc<Transport>,
-    app: A,
-) -> Result<NodeHandle, StartError> {
+) -> Result<(NodeHandle, Receiver<ToApply>), StartError> {
     let Restored {
         wal,
         replayed,
@@ -271,6 +337,7 @@ pub fn start<A: Application>(
     let logger = slog::Logger::root(slog::Discard, slog::o!());
     let raw = RawNode::new(&raft_cfg, storage, &logger).map_err(StartError::Raft)?;
     let (tx, rx) = std::sync::mpsc::sync_channel(INPUT_DEPTH);
+    let (apply, applied) = std::sync::mpsc::sync_channel(APPLY_DEPTH);
     let (status_tx, status) = watch::channel(Status {
         id: cfg.id,
         ..Default::default()
@@ -279,7 +346,7 @@ pub fn start<A: Application>(
         raw,
         wal,
         transport,
-        app,
+        apply,
         rx,
         status_tx,
         tick: cfg.tick,
@@ -300,7 +367,7 @@ pub fn start<A: Application>(
         .name("oxcd-raft".into())
         .spawn(move || lp.run())
         .map_err(StartError::Thread)?;
-    Ok(NodeHandle { tx, status })
+    Ok((NodeHandle { tx, status }, applied))
 }
 
 /// Why the raft loop could not start.
@@ -318,11 +385,12 @@ pub enum StartError {
     Thread(std::io::Error),
 }
 
-struct RaftLoop<A> {
+struct RaftLoop {
     raw: RawNode<LogStore>,
     wal: Wal,
     transport: Arc<Transport>,
-    app: A,
+    /// To the apply stage.
+    apply: SyncSender<ToApply>,
     rx: Receiver<Input>,
     status_tx: watch::Sender<Status>,
     tick: Duration,
@@ -336,7 +404,7 @@ struct RaftLoop<A> {
     snaps: SnapshotState,
 }
 
-impl<A: Application> RaftLoop<A> {
+impl RaftLoop {
     fn run(&mut self) {
         if std::mem::take(&mut self.campaign_alone) {
             if let Err(err) = self.raw.campaign() {
@@ -371,6 +439,7 @@ impl<A: Application> RaftLoop<A> {
             }
             self.drain_snapshot_reports();
             self.handle_ready();
+            self.maybe_snapshot();
         }
     }
 
@@ -449,9 +518,12 @@ impl<A: Application> RaftLoop<A> {
         if !rd.snapshot().is_empty() {
             self.install_snapshot(rd.snapshot().clone());
         }
-        self.apply(rd.take_committed_entries());
+        self.hand_over(rd.take_committed_entries());
         for rs in rd.take_read_states() {
-            self.app.on_read_index(&rs.request_ctx, rs.index);
+            self.to_apply(ToApply::ReadIndex {
+                ctx: rs.request_ctx,
+                index: rs.index,
+            });
         }
         self.persist(rd.entries(), rd.hs());
         self.send(rd.take_persisted_messages());
@@ -460,9 +532,8 @@ impl<A: Application> RaftLoop<A> {
             self.raw.mut_store().set_commit(commit);
         }
         self.send(light.take_messages());
-        self.apply(light.take_committed_entries());
+        self.hand_over(light.take_committed_entries());
         self.raw.advance_apply();
-        self.maybe_snapshot();
         if std::mem::take(&mut self.campaign_alone) {
             if let Err(err) = self.raw.campaign() {
                 tracing::warn!(error = %err, "campaign failed");
@@ -488,7 +559,7 @@ impl<A: Application> RaftLoop<A> {
                 );
             }
             self.leader = leader;
-            self.app.on_leader_change(leader, term);
+            self.to_apply(ToApply::LeaderChange { leader, term });
         }
         let _ = role;
     }
@@ -540,9 +611,11 @@ impl<A: Application> RaftLoop<A> {
                 }
             }
         };
+        oxcd_failpoint::failpoint!("raftBeforeSave");
         if let Err(e) = self.wal.save(&state, &wal_entries) {
             fatal(&format!("failed to write the WAL: {e}"));
         }
+        oxcd_failpoint::failpoint!("raftAfterSave");
         if let Err(e) = store.append(entries) {
             fatal(&format!("raft log append failed: {e}"));
         }
@@ -551,17 +624,37 @@ impl<A: Application> RaftLoop<A> {
         }
     }
 
-    fn apply(&mut self, entries: Vec<Entry>) {
+    /// Queues `m` for the apply stage (waiting only when it is
+    /// [`APPLY_DEPTH`] messages behind).
+    fn to_apply(&self, m: ToApply) {
+        if self.apply.send(m).is_err() {
+            fatal("the apply stage stopped");
+        }
+    }
+
+    /// Hands one group of committed entries to the apply stage. Conf
+    /// changes are applied to raft here, in log order, before the group
+    /// leaves: raft's view of the configuration is then the one as of the
+    /// last index handed over, which is what a snapshot taken at that
+    /// index records.
+    fn hand_over(&mut self, entries: Vec<Entry>) {
         let Some(last) = entries.last().map(|e| e.index) else {
             return;
         };
-        for e in entries {
+        let mut group = Vec::with_capacity(entries.len());
+        for mut e in entries {
             match e.get_entry_type() {
-                EntryType::EntryNormal if !e.data.is_empty() => {
-                    self.app.apply_entry(e.index, e.term, &e.data)
-                }
+                EntryType::EntryNormal if !e.data.is_empty() => group.push(Committed::Normal {
+                    index: e.index,
+                    term: e.term,
+                    data: std::mem::take(&mut e.data),
+                }),
                 EntryType::EntryNormal => {}
-                EntryType::EntryConfChange => self.apply_conf_change(&e),
+                EntryType::EntryConfChange => {
+                    if let Some(c) = self.apply_conf_change(&e) {
+                        group.push(c);
+                    }
+                }
                 EntryType::EntryConfChangeV2 => {
                     tracing::error!(
                         index = e.index,
@@ -570,10 +663,13 @@ impl<A: Application> RaftLoop<A> {
                 }
             }
         }
-        self.app.on_applied(last);
+        self.to_apply(ToApply::Committed {
+            entries: group,
+            last,
+        });
     }
 
-    fn apply_conf_change(&mut self, e: &Entry) {
+    fn apply_conf_change(&mut self, e: &Entry) -> Option<Committed> {
         let cc = match ConfChange::parse_from_bytes(&e.data) {
             Ok(cc) => cc,
             Err(err) => fatal(&format!("corrupt conf change at {}: {err}", e.index)),
@@ -581,14 +677,21 @@ impl<A: Application> RaftLoop<A> {
         match self.raw.apply_conf_change(&cc) {
             Ok(cs) => {
                 self.raw.mut_store().set_conf_state(cs.clone());
-                self.app.apply_conf_change(e.index, &cc, &cs);
                 // A lone voter need not wait an election timeout to lead;
                 // raft refuses to campaign until the change is applied, so
                 // this happens after `advance_apply`.
                 self.campaign_alone =
                     cs.voters == [self.raw.raft.id] && self.raw.raft.state != StateRole::Leader;
+                Some(Committed::ConfChange {
+                    index: e.index,
+                    cc,
+                    cs,
+                })
             }
-            Err(err) => tracing::warn!(index = e.index, error = %err, "conf change rejected"),
+            Err(err) => {
+                tracing::warn!(index = e.index, error = %err, "conf change rejected");
+                None
+            }
         }
     }
 

@@ -110,7 +110,7 @@ pub struct Transport {
     /// Fires when a peer says this member was removed from the cluster.
     removed: Arc<tokio::sync::Notify>,
     /// Links are spawned here, so peers can be added from any thread (the
-    /// raft thread applies membership changes).
+    /// apply stage applies membership changes).
     runtime: tokio::runtime::Handle,
 }
 

@@ -4,38 +4,38 @@
 
 use oxcd_api::oxcdpeerpb::peer_server::PeerServer;
 use oxcd_raft::fs::OsFs;
-use oxcd_raft::node::{self, Application, Input, NodeConfig, NodeHandle, NodeInbox};
+use oxcd_raft::node::{self, Committed, Input, NodeConfig, NodeHandle, NodeInbox, ToApply};
 use oxcd_raft::transport::{PeerService, PeerTls, Transport};
 use oxcd_raft::wal::{SnapshotMarker, Wal, WalOptions};
 use prost::bytes::Bytes;
-use raft::prelude::{ConfChange, ConfState};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Records what the loop applies.
-struct Recorder(mpsc::UnboundedSender<(u64, Vec<u8>)>);
-
-impl Application for Recorder {
-    fn apply_entry(&mut self, index: u64, _term: u64, data: &[u8]) {
-        let _ = self.0.send((index, data.to_vec()));
-    }
-    fn apply_conf_change(&mut self, _index: u64, _cc: &ConfChange, _cs: &ConfState) {}
-    fn on_read_index(&mut self, _ctx: &[u8], _index: u64) {}
-    fn on_applied(&mut self, _applied: u64) {}
-    fn on_leader_change(&mut self, _leader: u64, _term: u64) {}
-    fn snapshot_data(&mut self, _index: u64) -> Result<Vec<u8>, node::AppError> {
-        Ok(Vec::new())
-    }
-    fn restore_snapshot(
-        &mut self,
-        _index: u64,
-        _db: &Path,
-        _data: &[u8],
-    ) -> Result<(), node::AppError> {
-        Err(node::AppError("this test takes no snapshots".into()))
-    }
+/// A stand-in apply stage: records the normal entries the loop commits,
+/// in order, on its own thread (as the server's apply stage runs).
+fn record(rx: std::sync::mpsc::Receiver<ToApply>, tx: mpsc::UnboundedSender<(u64, Vec<u8>)>) {
+    std::thread::spawn(move || {
+        while let Ok(m) = rx.recv() {
+            match m {
+                ToApply::Committed { entries, .. } => {
+                    for e in entries {
+                        if let Committed::Normal { index, data, .. } = e {
+                            let _ = tx.send((index, data.to_vec()));
+                        }
+                    }
+                }
+                ToApply::SnapshotData { reply, .. } => {
+                    let _ = reply.send(Ok(Vec::new()));
+                }
+                ToApply::Restore { reply, .. } => {
+                    let _ = reply.send(Err(node::AppError("this test takes no snapshots".into())));
+                }
+                _ => {}
+            }
+        }
+    });
 }
 
 /// A backend with nothing to export (these tests never snapshot).
@@ -107,7 +107,8 @@ async fn start_member(
         replayed: contents,
         snapshot: None,
     };
-    let handle = node::start(cfg, restored, snaps, transport.clone(), Recorder(tx)).expect("start");
+    let (handle, to_apply) = node::start(cfg, restored, snaps, transport.clone()).expect("start");
+    record(to_apply, tx);
     let svc = PeerService::new(id, 1, Arc::new(NodeInbox(handle.clone())));
     tokio::spawn(
         tonic::transport::Server::builder()

@@ -8,8 +8,8 @@
 //! 5. become ready: log etcd's readiness lines, then serve.
 //!
 //! [`Etcd::close`] stops in the reverse order: stop accepting, let
-//! in-flight connections finish (bounded), and drop the write path, whose
-//! apply thread ends after its last batch is durable.
+//! in-flight connections finish (bounded), stop the raft loop, let the
+//! apply stage finish what it was handed, and make the backend durable.
 
 use crate::auth::tokens::SimpleTokens;
 use crate::auth::TokenProvider;
@@ -78,6 +78,8 @@ pub struct Etcd {
     transport: Arc<oxcd_raft::transport::Transport>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// Joined at close, after the raft loop stopped.
+    apply_stage: std::thread::JoinHandle<()>,
 }
 
 /// The token provider `--auth-token` asks for.
@@ -106,6 +108,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
     for flag in cfg.unimplemented_flags_set() {
         tracing::warn!("--{flag} is accepted but not acted on by this version of oxcd");
     }
+    oxcd_failpoint::init_from_env();
     // etcd's files become oxcd's before anything opens them.
     let import_cfg = cfg.clone();
     tokio::task::spawn_blocking(move || crate::etcd_files::import_if_etcd(&import_cfg))
@@ -185,6 +188,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         transport: raft.transport,
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
+        apply_stage: raft.apply_stage,
     };
     crate::v3rpc::metrics::init_with(cfg.metrics == "extensive");
     crate::metrics::init();
@@ -217,7 +221,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
     etcd.tasks.spawn(async move {
         // Ends with the member: close waits for every tracked task.
         tokio::select! {
-            _ = transport.removed() => crate::raft_app::removed_exit(),
+            _ = transport.removed() => crate::apply::stage::removed_exit(),
             _ = shutdown.cancelled() => {}
         }
     });
@@ -390,7 +394,7 @@ impl Etcd {
     /// 1. end watch streams (they never end on their own);
     /// 2. stop accepting and let connections finish (bounded);
     /// 3. stop the peer links and the raft loop, which closes the WAL;
-    /// 4. commit the backend durably.
+    /// 4. wait for the apply stage to end, then commit the backend durably.
     pub async fn close(self) {
         self.core.watchable.close();
         self.shutdown.cancel();
@@ -403,13 +407,23 @@ impl Etcd {
         }
         self.transport.stop();
         let node = self.core.writes.node();
-        if node.send(oxcd_raft::node::Input::Stop).is_ok() {
-            let _ = tokio::time::timeout(CLOSE_GRACE, node.stopped()).await;
-        }
-        // Nothing applies any more: make the backend durable, so that the
-        // next start finds it current instead of replaying the WAL.
+        let stopped = node.send(oxcd_raft::node::Input::Stop).is_ok()
+            && tokio::time::timeout(CLOSE_GRACE, node.stopped())
+                .await
+                .is_ok();
+        // The apply stage ends once it has applied what the stopped loop
+        // handed over; then nothing applies any more: make the backend
+        // durable, so that the next start finds it current instead of
+        // replaying the WAL.
         let store = self.core.store.clone();
-        match tokio::task::spawn_blocking(move || store.sync()).await {
+        let apply_stage = self.apply_stage;
+        let finish = move || {
+            if stopped && apply_stage.join().is_err() {
+                tracing::warn!("the apply stage panicked");
+            }
+            store.sync()
+        };
+        match tokio::task::spawn_blocking(finish).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "final backend commit failed"),
             Err(e) => tracing::warn!(error = %e, "final backend commit did not run"),

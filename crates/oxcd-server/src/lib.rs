@@ -16,8 +16,9 @@
 //! - [`compactor`]: auto-compaction, periodic or by revisions;
 //! - [`corrupt`]: HashKV comparisons with the peers, at start and periodic;
 //! - [`disk_guard`]: stops writes before the disk fills up;
-//! - [`raft_boot`], [`raft_app`], [`raft_snapshot`]: starting raft, applying
-//!   committed entries, taking and installing raft snapshots;
+//! - [`raft_boot`], [`raft_snapshot`]: starting raft and the apply stage
+//!   ([`apply::stage`], its own thread fed one way by the raft loop),
+//!   taking and installing raft snapshots;
 //! - [`core`]: the handles every service shares;
 //! - [`v3rpc`]: the gRPC services;
 //! - [`v3lock`], [`v3election`]: the Lock and Election services, on
@@ -46,7 +47,6 @@ pub mod membership;
 pub mod metrics;
 pub mod propose;
 pub mod publish;
-pub mod raft_app;
 pub mod raft_boot;
 pub mod raft_snapshot;
 pub mod read_index;

@@ -155,7 +155,7 @@ impl WritePath {
 
     /// Proposes `req` as is: the steps listed in the module docs.
     async fn submit(&self, req: Request, who: &Identity) -> Result<Response, EtcdError> {
-        let status = self.node.status();
+        let status = self.status();
         if status.commit > status.applied + MAX_APPLY_LAG {
             return Err(EtcdError::TooManyRequests);
         }
@@ -279,7 +279,12 @@ impl WritePath {
 
     /// The raft loop's latest status (leader, term, commit, applied).
     pub fn status(&self) -> Status {
-        self.node.status()
+        // The raft loop knows what it handed over; the apply stage
+        // publishes what it has applied.
+        Status {
+            applied: self.applied_index(),
+            ..self.node.status()
+        }
     }
 
     /// Whether this member currently leads.

@@ -8,10 +8,12 @@
 //!   and opens the WAL there, so only the entries after it are replayed;
 //!   the applier skips what the backend already holds (its consistent
 //!   index);
-//! - then the peer transport, the apply side and the raft loop start, and
-//!   the write path is assembled around them.
+//! - then the peer transport, the raft loop and the apply stage (its own
+//!   thread, fed by the loop over a channel) start, and the write path is
+//!   assembled around them.
 
 use crate::apply::quota::Quota;
+use crate::apply::stage::ApplyStage;
 use crate::apply::Applier;
 use crate::bootstrap::{Identity, Layout};
 use crate::config::{ClusterState, Config, TlsInfo};
@@ -19,7 +21,6 @@ use crate::embed::StartError;
 use crate::lessor::Lessor;
 use crate::membership::{ConfContext, Members};
 use crate::propose::{WritePath, WritePathParts};
-use crate::raft_app::ServerApp;
 use crate::read_index::ReadIndex;
 use crate::wait::Waiters;
 use oxcd_api::oxcdpeerpb::peer_server::PeerServer;
@@ -67,6 +68,9 @@ pub struct Raft {
     pub transport: Arc<Transport>,
     /// Free space of the WAL's and the backend's file systems.
     pub disk: crate::disk_guard::DiskGuard,
+    /// The apply stage's thread; it ends after the raft loop, once it has
+    /// applied everything the loop handed over.
+    pub apply_stage: std::thread::JoinHandle<()>,
 }
 
 /// etcd's request timeout: 5 s plus two election timeouts.
@@ -109,7 +113,7 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
     let (applied_tx, applied_rx) = watch::channel(0);
     let quota = Quota::new(cfg.quota_backend_bytes, b.store.clone());
     let (over_quota_tx, over_quota_rx) = tokio::sync::mpsc::unbounded_channel();
-    let app = ServerApp {
+    let app = ApplyStage {
         applier: Applier::new(b.store.clone(), b.lessor.clone())
             .with_alarms(b.alarms.clone(), quota.clone())
             .with_auth(b.auth, b.tokens),
@@ -154,8 +158,11 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
         vec![wal_dir(cfg, b.layout), snap_dir(b.layout)],
         wal_options().segment_size,
     );
-    let node = node::start(node_cfg, restored, snaps, transport.clone(), app)
+    let (node, to_apply) = node::start(node_cfg, restored, snaps, transport.clone())
         .map_err(|e| StartError::Raft(e.to_string()))?;
+    let apply_stage = app
+        .spawn(to_apply)
+        .map_err(|e| StartError::Raft(format!("cannot start the apply stage: {e}")))?;
     reads.set_node(node.clone());
     let writes = WritePath::new(WritePathParts {
         node,
@@ -178,6 +185,7 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
         writes,
         transport,
         disk,
+        apply_stage,
     })
 }
 

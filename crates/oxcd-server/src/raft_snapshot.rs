@@ -13,8 +13,8 @@
 //!   peer links follow the snapshot, and replay resumes after the new
 //!   consistent index.
 
+use crate::apply::stage::ApplyStage;
 use crate::membership::Members;
-use crate::raft_app::ServerApp;
 use oxcd_mvcc::{KvStore, WatchableStore};
 use oxcd_raft::node::AppError;
 use oxcd_raft::transport::BackendSource;
@@ -37,8 +37,8 @@ impl BackendSource for StoreExporter {
     }
 }
 
-/// See [`oxcd_raft::node::Application::snapshot_data`].
-pub(crate) fn snapshot_data(app: &ServerApp, index: u64) -> Result<Vec<u8>, AppError> {
+/// Answers [`oxcd_raft::node::ToApply::SnapshotData`].
+pub(crate) fn snapshot_data(app: &ApplyStage, index: u64) -> Result<Vec<u8>, AppError> {
     app.snap
         .store
         .sync()
@@ -46,9 +46,9 @@ pub(crate) fn snapshot_data(app: &ServerApp, index: u64) -> Result<Vec<u8>, AppE
     Ok(app.members.snapshot_data())
 }
 
-/// See [`oxcd_raft::node::Application::restore_snapshot`].
+/// Carries out [`oxcd_raft::node::ToApply::Restore`].
 pub(crate) fn restore(
-    app: &mut ServerApp,
+    app: &mut ApplyStage,
     index: u64,
     db: &Path,
     data: &[u8],
@@ -60,7 +60,7 @@ pub(crate) fn restore(
     result
 }
 
-fn restore_inner(app: &mut ServerApp, index: u64, db: &Path, data: &[u8]) -> Result<(), AppError> {
+fn restore_inner(app: &mut ApplyStage, index: u64, db: &Path, data: &[u8]) -> Result<(), AppError> {
     let err = |what: &str, e: &dyn std::fmt::Display| AppError(format!("{what}: {e}"));
     if !db.exists() {
         return Err(AppError(format!(

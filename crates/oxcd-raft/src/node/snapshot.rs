@@ -2,11 +2,13 @@
 //! `triggerSnapshot`, `snapshot`, `applySnapshot` and `purgeFile`;
 //! `etcdserver/snapshot_merge.go`).
 //!
-//! - **Creating.** Once more than `count` entries were applied since the
-//!   last snapshot (`--snapshot-count`): the application makes its backend
-//!   durable up to the applied index and returns the state that lives
-//!   outside the backend (the member list, etcd's v2 store snapshot); the
-//!   raft snapshot (index, term, conf state, that data) is written to
+//! - **Creating.** Once more than `count` entries were handed to the apply
+//!   stage since the last snapshot (`--snapshot-count`): the loop asks the
+//!   apply stage (a request queued behind those entries, answered while
+//!   the loop goes on) to make its backend durable up to that index and
+//!   return the state that lives outside the backend (the member list,
+//!   etcd's v2 store snapshot); with the answer, the raft snapshot (index,
+//!   term and conf state as of the request, that data) is written to
 //!   `member/snap/<term>-<index>.snap`, then recorded in the WAL; the
 //!   in-memory log is compacted, keeping `catch_up_entries` behind the
 //!   snapshot for slow followers; WAL segments wholly before the snapshot
@@ -19,14 +21,15 @@
 //!   the outcome is reported back to raft on the next pass.
 //! - **Receiving.** The transport saves the file as
 //!   `member/snap/<index>.snap.db` before the message reaches raft. When a
-//!   `Ready` carries the snapshot, the application first swaps in that
-//!   backend and restores its state, then the snapshot file and WAL marker
+//!   `Ready` carries the snapshot, the apply stage first swaps in that
+//!   backend and restores its state (the loop waits for it: raft must not
+//!   go on before the snapshot is recorded), then the snapshot file and WAL marker
 //!   are written, then the log is replaced. Backend first: a crash in
 //!   between leaves a backend ahead of the log, which replay handles (its
 //!   consistent index skips entries), and the leader simply resends; the
 //!   other order could leave a log that claims entries the backend lacks.
 
-use super::{fatal, Application, RaftLoop};
+use super::{fatal, RaftLoop, ToApply};
 use crate::fs::Fs;
 use crate::snap::{self, Snapshotter};
 use crate::transport::{BackendSource, SnapshotJob, SnapshotReport};
@@ -35,7 +38,7 @@ use protobuf::Message as _;
 use raft::prelude::{Message, Snapshot, SnapshotMetadata};
 use raft::{SnapshotStatus, Storage};
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 
 /// etcd's `snapshotCatchUpEntries`: entries kept behind a snapshot so that
@@ -125,11 +128,21 @@ impl SnapshotReport for Reports {
     }
 }
 
+/// A snapshot the apply stage is preparing the data of.
+pub(super) struct Pending {
+    /// Its metadata, as of the request.
+    meta: SnapshotMetadata,
+    /// The apply stage's answer.
+    reply: Receiver<Result<Vec<u8>, crate::node::AppError>>,
+}
+
 /// The snapshot half of the raft loop's state.
 pub(super) struct SnapshotState {
     pub settings: SnapshotSettings,
     /// Index of the newest snapshot (0: none).
     pub index: u64,
+    /// The snapshot being created, if any.
+    pub pending: Option<Pending>,
     pub reports: Arc<Reports>,
     pub report_rx: Receiver<(u64, bool)>,
 }
@@ -140,6 +153,7 @@ impl SnapshotState {
         SnapshotState {
             settings,
             index,
+            pending: None,
             reports: Arc::new(Reports { tx: Mutex::new(tx) }),
             report_rx,
         }
@@ -153,16 +167,29 @@ impl SnapshotState {
     }
 }
 
-impl<A: Application> RaftLoop<A> {
-    /// Takes a snapshot if enough entries were applied since the last one.
+impl RaftLoop {
+    /// Finishes the snapshot being prepared once its data is there, or
+    /// starts one if enough entries were handed over since the last.
     pub(super) fn maybe_snapshot(&mut self) {
+        if let Some(p) = &self.snaps.pending {
+            match p.reply.try_recv() {
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => fatal("the apply stage stopped"),
+                Ok(Err(e)) => fatal(&format!("cannot snapshot the application state: {e}")),
+                Ok(Ok(data)) => {
+                    if let Some(p) = self.snaps.pending.take() {
+                        self.finish_snapshot(p.meta, data);
+                    }
+                }
+            }
+        }
         let count = self.snaps.settings.count;
         let applied = self.raw.raft.raft_log.applied;
         let wanted = self.raw.store().take_snapshot_wanted();
         if (count != 0 && applied > self.snaps.index + count)
             || (wanted && applied > self.snaps.index)
         {
-            self.create_snapshot(applied);
+            self.request_snapshot(applied);
             return;
         }
         self.bound_memory(applied);
@@ -190,7 +217,9 @@ impl<A: Application> RaftLoop<A> {
         }
     }
 
-    fn create_snapshot(&mut self, index: u64) {
+    /// Asks the apply stage for the data of a snapshot at `index`, the last
+    /// index handed over; term and conf state are taken now, as of it.
+    fn request_snapshot(&mut self, index: u64) {
         let term = match self.raw.store().term(index) {
             Ok(t) => t,
             Err(e) => {
@@ -198,17 +227,13 @@ impl<A: Application> RaftLoop<A> {
                 return;
             }
         };
-        let data = match self.app.snapshot_data(index) {
-            Ok(d) => d,
-            Err(e) => fatal(&format!("cannot snapshot the application state: {e}")),
-        };
         let mut meta = SnapshotMetadata {
             index,
             term,
             ..Default::default()
         };
-        // The stored conf state is updated as each conf change is applied,
-        // so it is the configuration as of `index`.
+        // The stored conf state is updated as each conf change is handed
+        // over, so it is the configuration as of `index`.
         match self.raw.store().initial_state() {
             Ok(rs) => meta.set_conf_state(rs.conf_state),
             Err(e) => {
@@ -216,6 +241,13 @@ impl<A: Application> RaftLoop<A> {
                 return;
             }
         }
+        let (reply, rx): (SyncSender<_>, _) = std::sync::mpsc::sync_channel(1);
+        self.to_apply(ToApply::SnapshotData { index, reply });
+        self.snaps.pending = Some(Pending { meta, reply: rx });
+    }
+
+    fn finish_snapshot(&mut self, meta: SnapshotMetadata, data: Vec<u8>) {
+        let index = meta.index;
         let mut snap = Snapshot::default();
         snap.set_metadata(meta);
         snap.data = data.into();
@@ -239,12 +271,14 @@ impl<A: Application> RaftLoop<A> {
             Ok(f) => f,
             Err(e) => fatal(&format!("cannot encode snapshot: {e}")),
         };
+        oxcd_failpoint::failpoint!("raftBeforeSaveSnap");
         if let Err(e) = self.snaps.settings.snapshotter.save(&file) {
             fatal(&format!("failed to save snapshot: {e}"));
         }
         if let Err(e) = self.wal.save_snapshot(file.marker()) {
             fatal(&format!("failed to record snapshot in the WAL: {e}"));
         }
+        oxcd_failpoint::failpoint!("raftAfterSaveSnap");
         self.snaps.index = file.index;
     }
 
@@ -282,8 +316,19 @@ impl<A: Application> RaftLoop<A> {
             "applying snapshot at index {index} (term {})",
             snap.get_metadata().term
         );
-        if let Err(e) = self.app.restore_snapshot(index, &db, &snap.data) {
-            fatal(&format!("failed to restore snapshot at index {index}: {e}"));
+        // A snapshot still being prepared would be older than this one.
+        self.snaps.pending = None;
+        let (reply, done) = std::sync::mpsc::sync_channel(1);
+        self.to_apply(ToApply::Restore {
+            index,
+            db: db.clone(),
+            data: snap.data.clone(),
+            reply,
+        });
+        match done.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => fatal(&format!("failed to restore snapshot at index {index}: {e}")),
+            Err(_) => fatal("the apply stage stopped"),
         }
         if let Err(e) = std::fs::remove_file(&db) {
             tracing::warn!(file = %db.display(), error = %e, "cannot remove applied snapshot db");
@@ -293,8 +338,6 @@ impl<A: Application> RaftLoop<A> {
             fatal(&format!("raft refused snapshot at index {index}: {e}"));
         }
         tracing::info!("applied snapshot at index {index}");
-        // Readers waiting for an index the snapshot covers may go ahead.
-        self.app.on_applied(index);
         self.release_and_purge(index);
     }
 

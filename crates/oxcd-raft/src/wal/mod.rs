@@ -371,6 +371,7 @@ impl Wal {
         if !self.unsynced {
             return Ok(());
         }
+        oxcd_failpoint::failpoint!("walBeforeSync");
         let tail = self.tail_mut();
         let started = std::time::Instant::now();
         let res = tail.file.sync_data().map_err(sync_err(&tail.path));
@@ -379,6 +380,7 @@ impl Wal {
             .observe(started.elapsed().as_secs_f64());
         self.poison_on_err(res)?;
         self.unsynced = false;
+        oxcd_failpoint::failpoint!("walAfterSync");
         Ok(())
     }
 

@@ -9,6 +9,7 @@ pub mod alarm;
 mod lease;
 pub mod quota;
 pub mod range;
+pub mod stage;
 pub mod txn;
 
 use crate::auth::checks;

@@ -199,10 +199,12 @@ fn switch(dirs: &Dirs, move_source: bool) -> Result<(), ImportError> {
             .and_then(|d| d.sync_all())
             .map_err(|e| write_err(&dirs.data, e))
     };
+    oxcd_failpoint::failpoint!("importBeforeSwitch");
     if move_source {
         fs::rename(&dirs.member, &dirs.kept).map_err(|e| write_err(&dirs.kept, e))?;
         sync_data()?;
     }
+    oxcd_failpoint::failpoint!("importBetweenRenames");
     fs::rename(&dirs.work, &dirs.member).map_err(|e| write_err(&dirs.member, e))?;
     sync_data()?;
     let _ = fs::remove_file(dirs.member.join(DONE));

@@ -23,7 +23,9 @@ struct Endpoints {
 
 /// Routes for the HTTP/1 endpoints.
 pub fn routes(core: Arc<Core>, scrape: Arc<Scrape>) -> Router {
-    metrics_routes(core, scrape).route("/version", any(version))
+    metrics_routes(core, scrape)
+        .route("/version", any(version))
+        .merge(super::failpoints::routes())
 }
 
 /// What a `--listen-metrics-urls` listener serves: `/metrics`, `/health`

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod authority;
+pub mod failpoints;
 pub mod gateway;
 pub mod http;
 pub mod listener;

@@ -403,6 +403,33 @@ impl Member {
         }
     }
 
+    /// Waits (bounded, polling) until the member exits on its own, e.g. at
+    /// a crash failpoint, and reaps it; it can be restarted afterwards.
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let until = Instant::now() + within;
+        loop {
+            if let Some(status) = self.try_exit_status() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < until,
+                "member did not exit within {within:?}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Sets (or with `None` removes) an environment variable for the
+    /// member's next starts.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.envs.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.envs.push((key.to_string(), v.to_string()));
+        }
+    }
+
     /// Runs etcdctl against this member.
     pub async fn etcdctl(&self, args: &[&str]) -> CtlOutput {
         self.etcdctl_stdin(args, "").await
@@ -903,6 +930,11 @@ impl Cluster {
         }
     }
 
+    /// Member `i`, to change how it is started next.
+    pub fn member_mut(&mut self, i: usize) -> &mut Member {
+        &mut self.members[i]
+    }
+
     /// SIGKILL member `i` (by pid) and reap it.
     pub fn kill9(&mut self, i: usize) {
         self.members[i].kill9();
@@ -1201,12 +1233,21 @@ pub async fn local_dump(
 /// A plain HTTP/1.1 GET of `path` on `client_url` (`http://host:port`):
 /// the status code and the body. Bounded by [`ETCDCTL_DEADLINE`].
 pub async fn http_get(client_url: &str, path: &str) -> (u16, String) {
+    http_request(client_url, "GET", path, "").await
+}
+
+/// A plain HTTP/1.1 request with a text body, as [`http_get`].
+pub async fn http_request(client_url: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     use tokio::io::AsyncReadExt;
     let addr = client_url
         .strip_prefix("http://")
         .unwrap_or_else(|| panic!("not an http URL: {client_url}"))
         .to_string();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     let exchange = async move {
         let mut s = tokio::net::TcpStream::connect(&addr)
             .await
@@ -1218,7 +1259,7 @@ pub async fn http_get(client_url: &str, path: &str) -> (u16, String) {
     };
     let raw = tokio::time::timeout(ETCDCTL_DEADLINE, exchange)
         .await
-        .unwrap_or_else(|_| panic!("GET {path} exceeded {ETCDCTL_DEADLINE:?}"));
+        .unwrap_or_else(|_| panic!("{method} {path} exceeded {ETCDCTL_DEADLINE:?}"));
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let code = head

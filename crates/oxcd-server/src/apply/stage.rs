@@ -1,7 +1,13 @@
-//! The server side of the raft loop: what happens to a committed entry
-//! (etcd's `applyAll` / `applyEntryNormal` / `applyConfChange`).
+//! The apply stage: what happens to a committed entry (etcd's `applyAll` /
+//! `applyEntryNormal` / `applyConfChange`).
 //!
-//! Runs on the raft thread. For each committed normal entry, in log order:
+//! Runs on a thread of its own (`oxcd-apply`), fed one way by the raft
+//! loop ([`ToApply`]), so applying never delays raft's ticks, heartbeats
+//! and votes, and group N is applied while raft fsyncs group N+1. It owns
+//! what applying changes: the applier (store, lessor, auth, alarms), the
+//! member list, the proposers' waiters and the watch fan-out's input.
+//!
+//! For each committed normal entry, in log order:
 //! decode the `InternalRaftRequest`; member attributes update the member
 //! list; everything else goes to the [`Applier`] unless the backend already
 //! holds it (index ≤ the consistent index the store had at start, or got
@@ -9,9 +15,10 @@
 //! snapshot on restart, the backend kept a prefix). After
 //! each group: watchers get the group's events, then the proposers their
 //! answers, then the applied index is published (which releases
-//! linearizable reads waiting for it). Conf changes are always re-applied
-//! to raft by the loop; here they are only logged until runtime membership
-//! changes land.
+//! linearizable reads waiting for it). Conf changes are applied to raft by
+//! the loop (on replay too); here the member list and peer links follow
+//! them. Read states are resolved in order with the entries; snapshot
+//! requests are answered once everything before them is applied.
 
 use crate::apply::{Applier, Request};
 use crate::auth::Identity;
@@ -22,16 +29,16 @@ use crate::read_index::ReadIndex;
 use crate::wait::{Outcome, Waiters};
 use oxcd_api::etcdserverpb::InternalRaftRequest;
 use oxcd_api::mvccpb::Event;
-use oxcd_raft::node::{AppError, Application};
+use oxcd_failpoint::failpoint;
+use oxcd_raft::node::{Committed, ToApply};
 use prost::Message;
 use raft::prelude::{ConfChange, ConfState};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Everything the apply side needs, owned by the raft thread.
-pub struct ServerApp {
+/// Everything the apply stage needs; it owns it on its thread.
+pub struct ApplyStage {
     /// Runs requests against the store.
     pub applier: Applier,
     /// The backend's consistent index at start: entries up to it are
@@ -69,8 +76,67 @@ pub struct ServerApp {
     pub over_quota: tokio::sync::mpsc::UnboundedSender<(u64, Outcome)>,
 }
 
-impl Application for ServerApp {
-    fn apply_entry(&mut self, index: u64, _term: u64, data: &[u8]) {
+impl ApplyStage {
+    /// Starts the stage on its own thread; it ends when the raft loop does.
+    ///
+    /// # Errors
+    /// The thread could not be spawned.
+    pub fn spawn(
+        mut self,
+        rx: std::sync::mpsc::Receiver<ToApply>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("oxcd-apply".into())
+            .spawn(move || {
+                while let Ok(m) = rx.recv() {
+                    self.handle(m);
+                }
+            })
+    }
+
+    fn handle(&mut self, m: ToApply) {
+        match m {
+            ToApply::Committed { entries, last } => {
+                for e in entries {
+                    match e {
+                        Committed::Normal { index, data, .. } => {
+                            failpoint!("applyBeforeEntry");
+                            self.apply_entry(index, &data);
+                        }
+                        Committed::ConfChange { index, cc, cs } => {
+                            self.apply_conf_change(index, &cc, &cs)
+                        }
+                    }
+                }
+                self.on_applied(last);
+            }
+            ToApply::ReadIndex { ctx, index } => self.reads.resolve(&ctx, index),
+            ToApply::LeaderChange { leader, .. } => self.on_leader_change(leader),
+            ToApply::SnapshotData { index, reply } => {
+                // The raft loop may have moved on (a newer snapshot arrived).
+                let _ = reply.send(crate::raft_snapshot::snapshot_data(self, index));
+            }
+            ToApply::Restore {
+                index,
+                db,
+                data,
+                reply,
+            } => {
+                failpoint!("applyBeforeRestore");
+                let r = crate::raft_snapshot::restore(self, index, &db, &data);
+                if r.is_ok() {
+                    failpoint!("applyAfterRestore");
+                    // Readers waiting for an index the snapshot covers may
+                    // go ahead.
+                    self.on_applied(index);
+                }
+                let _ = reply.send(r);
+            }
+            _ => tracing::warn!("apply stage: unknown message from the raft loop"),
+        }
+    }
+
+    fn apply_entry(&mut self, index: u64, data: &[u8]) {
         let r = match InternalRaftRequest::decode(data) {
             Ok(r) => r,
             Err(e) => {
@@ -153,16 +219,14 @@ impl Application for ServerApp {
         }
     }
 
-    fn on_read_index(&mut self, ctx: &[u8], index: u64) {
-        self.reads.resolve(ctx, index);
-    }
-
     fn on_applied(&mut self, applied: u64) {
         // Readers, watchers and proposers learn of the group only once the
         // store has committed and published it.
         if self.batch_open {
             self.batch_open = false;
+            failpoint!("applyBeforePublish");
             self.applier.store().end_batch();
+            failpoint!("applyAfterPublish");
         }
         if !self.events.is_empty() {
             self.sink.publish(std::mem::take(&mut self.events));
@@ -173,15 +237,7 @@ impl Application for ServerApp {
         self.applied.send_replace(applied);
     }
 
-    fn snapshot_data(&mut self, index: u64) -> Result<Vec<u8>, AppError> {
-        crate::raft_snapshot::snapshot_data(self, index)
-    }
-
-    fn restore_snapshot(&mut self, index: u64, db: &Path, data: &[u8]) -> Result<(), AppError> {
-        crate::raft_snapshot::restore(self, index, db, data)
-    }
-
-    fn on_leader_change(&mut self, leader: u64, _term: u64) {
+    fn on_leader_change(&mut self, leader: u64) {
         if leader != 0 {
             crate::metrics::counters().leader_changes.inc();
         }
