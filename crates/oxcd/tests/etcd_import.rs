@@ -98,8 +98,14 @@ impl Proc {
 
     /// Runs to completion (a start that must fail); returns its output.
     fn run_expecting_exit(&self) -> String {
+        self.run_expecting_exit_with(&[])
+    }
+
+    /// [`Proc::run_expecting_exit`] with environment variables set.
+    fn run_expecting_exit_with(&self, env: &[(&str, &str)]) -> String {
         let mut child = std::process::Command::new(&self.bin)
             .args(self.args(&[]))
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -721,6 +727,43 @@ async fn an_import_cut_short_is_redone_and_a_switch_cut_short_is_finished() {
         assert_eq!(c.get("b", None).await.unwrap().kvs()[0].value(), b"2");
         assert!(data.join("member.etcd").exists());
         assert!(!work.exists());
+    })
+    .await;
+}
+
+/// The same two windows reached for real: oxcd crashes at the import's
+/// failpoints (debug builds), and the next start finishes the import.
+#[tokio::test]
+async fn a_crash_at_each_import_failpoint_is_recovered() {
+    if !have_etcd() || server_binary() != Path::new(env!("CARGO_BIN_EXE_oxcd")) {
+        return;
+    }
+    bounded(async {
+        for point in ["importBeforeSwitch", "importBetweenRenames"] {
+            let dir = tempfile::tempdir().unwrap();
+            let data = dir.path().join("m.etcd");
+            let mut etcd = single(Path::new(ETCD), &data);
+            etcd.spawn(&[]);
+            let mut c = etcd.client().await;
+            c.put("a", "1", None).await.unwrap();
+            etcd.stop().await;
+            let mut ox = etcd.as_run_by(&server_binary());
+            let out = ox.run_expecting_exit_with(&[("OXCD_FAILPOINTS", &format!("{point}=crash"))]);
+            assert!(
+                out.contains(&format!("failpoint {point}: crashing")),
+                "{out}"
+            );
+            ox.spawn(&[]);
+            let mut c = ox.client().await;
+            assert_eq!(
+                c.get("a", None).await.unwrap().kvs()[0].value(),
+                b"1",
+                "{point}"
+            );
+            ox.stop().await;
+            assert!(data.join("member.etcd").exists(), "{point}");
+            assert!(!data.join("member.oxcd-import").exists(), "{point}");
+        }
     })
     .await;
 }
