@@ -150,8 +150,16 @@ fn table() -> &'static Mutex<HashMap<&'static str, Armed>> {
 }
 
 /// Arms the failpoints `OXCD_FAILPOINTS` names (call it once at start:
-/// until then they stay inert); warns when the build has no failpoints.
+/// until then they stay inert) and reads `OXCD_BROKEN`; warns when the
+/// build has neither.
 pub fn init_from_env() {
+    if std::env::var_os("OXCD_BROKEN").is_some() {
+        if cfg!(debug_assertions) {
+            let _ = broken("");
+        } else {
+            tracing::warn!("OXCD_BROKEN is set, but this build has no broken behaviours (debug builds only); ignored");
+        }
+    }
     if std::env::var_os("OXCD_FAILPOINTS").is_none() {
         return;
     }
@@ -270,6 +278,44 @@ pub fn hit(name: &'static str) {
         }
         Action::Panic => panic!("failpoint {name}"),
     }
+}
+
+/// Deliberately broken behaviours, to show that the robustness checker
+/// (`oxcd-check`) catches what it must: `OXCD_BROKEN` lists them, comma
+/// separated. Debug builds only; a release build answers `false` always.
+///
+/// - `local-reads`: linearizable reads are served from the local store
+///   without a ReadIndex round (stale reads from a partitioned member);
+/// - `wal-in-memory`: the WAL keeps entries in memory only, so writes are
+///   acknowledged without being durable (lost on a crash).
+pub const BROKEN: &[&str] = &["local-reads", "wal-in-memory"];
+
+/// Whether `OXCD_BROKEN` asks for the broken behaviour `what` (one of
+/// [`BROKEN`]).
+pub fn broken(what: &str) -> bool {
+    if !cfg!(debug_assertions) {
+        return false;
+    }
+    static ASKED: OnceLock<Vec<String>> = OnceLock::new();
+    ASKED
+        .get_or_init(|| {
+            let asked: Vec<String> = std::env::var("OXCD_BROKEN")
+                .unwrap_or_default()
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            for a in &asked {
+                if BROKEN.contains(&a.as_str()) {
+                    tracing::warn!("OXCD_BROKEN: deliberately broken: {a}");
+                } else {
+                    tracing::warn!("OXCD_BROKEN: unknown behaviour {a:?}; ignored");
+                }
+            }
+            asked
+        })
+        .iter()
+        .any(|a| a == what)
 }
 
 #[cfg(test)]

@@ -328,6 +328,18 @@ impl Wal {
         if !hard_state.is_empty() {
             Record::HardState(*hard_state).encode(&mut buf, &mut crc)?;
         }
+        if oxcd_failpoint::broken("wal-in-memory") {
+            // Deliberately broken (checker validation): nothing reaches
+            // the file, yet the caller is told it is durable.
+            self.buf = buf;
+            if let Some(last) = entries.last() {
+                self.last_index = last.index;
+            }
+            if !hard_state.is_empty() {
+                self.state = *hard_state;
+            }
+            return Ok(());
+        }
         let result = self.append(&buf, crc);
         self.buf = buf;
         result?;
