@@ -7,7 +7,9 @@
 //! through [`set`] (the server's `/debug/failpoints` route, see
 //! `OXCD_FAILPOINTS_HTTP`). A term is `off`, `sleep(MS)`, `crash` (the
 //! process exits at once, as after kill -9: nothing is flushed or
-//! closed) or `panic`, optionally prefixed `N*` to fire at most N times.
+//! closed), `panic`, or `error` (an I/O error at the points marked with
+//! [`failpoint_error!`], which return it as the real call would; elsewhere
+//! it does nothing), optionally prefixed `N*` to fire at most N times.
 //!
 //! The names are listed in [`NAMES`]; tests crash at each and check
 //! recovery. A crate of its own so that every room (the WAL in
@@ -27,7 +29,7 @@ pub const NAMES: &[(&str, &str)] = &[
     ),
     (
         "walBeforeSync",
-        "WAL: records written, before the fdatasync",
+        "WAL: records written, before the fdatasync (error: the fdatasync fails)",
     ),
     ("walAfterSync", "WAL: after the fdatasync"),
     (
@@ -54,6 +56,11 @@ pub const NAMES: &[(&str, &str)] = &[
         "applyAfterPublish",
         "apply stage: group visible to readers, before the answers",
     ),
+    (
+        "backendWrite",
+        "backend file: each write or resize (error: EIO)",
+    ),
+    ("backendSync", "backend file: each fdatasync (error: EIO)"),
     (
         "backendBeforeCommit",
         "backend: before a batch transaction commits",
@@ -89,7 +96,25 @@ macro_rules! failpoint {
     ($name:literal) => {
         #[cfg(debug_assertions)]
         {
-            $crate::hit($name);
+            let _ = $crate::hit($name);
+        }
+    };
+}
+
+/// Marks a failpoint that can also fail an I/O call: `Err` (an injected
+/// `EIO`) when it is armed with `error`; `Ok` otherwise and always in
+/// release builds. Other actions run as with [`failpoint!`].
+#[macro_export]
+macro_rules! failpoint_error {
+    ($name:literal) => {
+        if cfg!(debug_assertions) && $crate::hit($name) {
+            Err(std::io::Error::other(concat!(
+                "injected I/O error (failpoint ",
+                $name,
+                ")"
+            )))
+        } else {
+            Ok(())
         }
     };
 }
@@ -103,6 +128,8 @@ pub enum Action {
     Crash,
     /// Panics in the calling thread.
     Panic,
+    /// Fails the I/O call (see [`failpoint_error!`]).
+    Error,
 }
 
 /// An armed failpoint: its action and how many more times it fires.
@@ -191,6 +218,7 @@ fn parse(name: &str, term: &str) -> Result<(&'static str, Option<Armed>), TermEr
         "off" => return Ok((name, None)),
         "crash" => Action::Crash,
         "panic" => Action::Panic,
+        "error" => Action::Error,
         s => {
             let ms = s
                 .strip_prefix("sleep(")
@@ -233,6 +261,7 @@ pub fn list() -> String {
                 Action::Sleep(d) => format!("sleep({})", d.as_millis()),
                 Action::Crash => "crash".into(),
                 Action::Panic => "panic".into(),
+                Action::Error => "error".into(),
             };
             format!("{n}={count}{action}\n")
         })
@@ -241,21 +270,22 @@ pub fn list() -> String {
     lines.concat()
 }
 
-/// Runs failpoint `name`'s action if it is armed (see [`failpoint!`]).
-pub fn hit(name: &'static str) {
+/// Runs failpoint `name`'s action if it is armed (see [`failpoint!`]);
+/// true when that action is `error`, for [`failpoint_error!`].
+pub fn hit(name: &'static str) -> bool {
     if !ANY.load(Ordering::Acquire) {
-        return;
+        return false;
     }
     let action = {
         let mut t = table().lock().unwrap_or_else(|e| e.into_inner());
         let Some(armed) = t.get_mut(name) else {
-            return;
+            return false;
         };
         let action = armed.action;
         match &mut armed.remaining {
             Some(0) => {
                 t.remove(name);
-                return;
+                return false;
             }
             Some(n) => {
                 *n -= 1;
@@ -277,7 +307,12 @@ pub fn hit(name: &'static str) {
             std::process::exit(CRASH_STATUS);
         }
         Action::Panic => panic!("failpoint {name}"),
+        Action::Error => {
+            tracing::warn!("failpoint {name}: failing the call");
+            return true;
+        }
     }
+    false
 }
 
 /// Deliberately broken behaviours, to show that the robustness checker

@@ -691,7 +691,7 @@ fn open_database(path: &Path) -> Result<Database> {
         Database::builder()
             .set_cache_size(CACHE_SIZE)
             .set_check_integrity_on_open(true)
-            .create(path)
+            .create_with_backend(crate::backend_file::BackendFile::open(path)?)
     };
     let open_error = |e: redb::DatabaseError| MvccError::Open {
         path: path.to_path_buf(),

@@ -92,8 +92,10 @@ impl KvStore {
             self.shared.rewrites.load(Ordering::SeqCst)
         };
         remove_if_present(scratch)?;
+        let file = crate::backend_file::BackendFile::open(scratch)
+            .map_err(|e| MvccError::backend("create defragment file", e))?;
         let next = Database::builder()
-            .create(scratch)
+            .create_with_backend(file)
             .map_err(|e| MvccError::backend("create defragment file", e))?;
         // The new file replaces the old one: same permissions.
         let io = |path: &Path| {

@@ -53,6 +53,7 @@
 mod alarm_table;
 mod auth_table;
 pub mod backend;
+mod backend_file;
 mod compact;
 #[cfg(test)]
 #[path = "../../oxcd-etcd-format/src/damage.rs"]

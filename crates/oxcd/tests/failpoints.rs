@@ -206,9 +206,16 @@ async fn check_survivors(
     }
 }
 
-/// Crashes a single member at `point` (armed after `warmup` puts), then
+/// Crashes a single member at `point` (armed after five puts), then
 /// restarts it and checks the survivors; it must take new writes after.
 async fn crash_single_member_at(point: &str, flags: &[&str]) {
+    fail_single_member_at(point, "crash", CRASH_STATUS, "crashing", flags).await;
+}
+
+/// Arms `point` with `term` after five puts, puts until the member exits
+/// with `status` having logged `failpoint <point>: <says>`, then restarts
+/// it and checks the survivors; it must take new writes after.
+async fn fail_single_member_at(point: &str, term: &str, status: i32, says: &str, flags: &[&str]) {
     let mut c = Cluster::builder(1)
         .env("OXCD_FAILPOINTS_HTTP", "1")
         .flags(flags)
@@ -218,18 +225,18 @@ async fn crash_single_member_at(point: &str, flags: &[&str]) {
     let mut client = c.client_of(0).await;
     let (mut acked, _) = put_until_crash(&mut client, "a/", 5).await;
     assert_eq!(acked.len(), 5);
-    arm(&url, point, "crash").await;
+    arm(&url, point, term).await;
     let (more, doubt) = put_until_crash(&mut client, "b/", 50).await;
     acked.extend(more);
-    let status = c.member_mut(0).wait_exit(CRASH_BOUND).await;
+    let exit = c.member_mut(0).wait_exit(CRASH_BOUND).await;
     assert_eq!(
-        status.code(),
-        Some(CRASH_STATUS),
-        "{point}: exit {status:?}\n{}",
+        exit.code(),
+        Some(status),
+        "{point}: exit {exit:?}\n{}",
         c.logs()
     );
     assert!(
-        c.logs().contains(&format!("failpoint {point}: crashing")),
+        c.logs().contains(&format!("failpoint {point}: {says}")),
         "{point} did not fire"
     );
     c.restart(0).await;
@@ -265,6 +272,56 @@ crash_tests! {
     crash_after_backend_commit: "backendAfterCommit";
     crash_before_snapshot_file: "raftBeforeSaveSnap", "--snapshot-count", "8";
     crash_after_snapshot_file: "raftAfterSaveSnap", "--snapshot-count", "8";
+}
+
+/// A WAL fsync that fails stops the member (etcd exits too: what reached
+/// the disk is unknown); the restart replays what was durable.
+#[tokio::test(flavor = "multi_thread")]
+async fn wal_fsync_failure_stops_the_member_and_loses_nothing() {
+    if !is_oxcd() {
+        return;
+    }
+    bounded(fail_single_member_at(
+        "walBeforeSync",
+        "1*error",
+        1,
+        "failing the call",
+        &[],
+    ))
+    .await;
+}
+
+/// A backend file fsync that fails stops the member (etcd: "failed to
+/// commit tx"); the restart replays the WAL over the backend.
+#[tokio::test(flavor = "multi_thread")]
+async fn backend_fsync_failure_stops_the_member_and_loses_nothing() {
+    if !is_oxcd() {
+        return;
+    }
+    bounded(fail_single_member_at(
+        "backendSync",
+        "1*error",
+        1,
+        "failing the call",
+        &[],
+    ))
+    .await;
+}
+
+/// A backend file write that fails, the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn backend_write_failure_stops_the_member_and_loses_nothing() {
+    if !is_oxcd() {
+        return;
+    }
+    bounded(fail_single_member_at(
+        "backendWrite",
+        "1*error",
+        1,
+        "failing the call",
+        &[],
+    ))
+    .await;
 }
 
 /// Waits until member `i` holds exactly what member `j` holds under

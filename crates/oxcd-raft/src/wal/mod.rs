@@ -383,10 +383,13 @@ impl Wal {
         if !self.unsynced {
             return Ok(());
         }
-        oxcd_failpoint::failpoint!("walBeforeSync");
+        // `error` here fails the fsync (as a disk would: fatal, see `save`).
+        let injected = oxcd_failpoint::failpoint_error!("walBeforeSync");
         let tail = self.tail_mut();
         let started = std::time::Instant::now();
-        let res = tail.file.sync_data().map_err(sync_err(&tail.path));
+        let res = injected
+            .and_then(|()| tail.file.sync_data())
+            .map_err(sync_err(&tail.path));
         crate::metrics::get()
             .wal_fsync
             .observe(started.elapsed().as_secs_f64());
