@@ -5,8 +5,8 @@
 //! write path by its apply thread; `Core` only hands out handles.
 
 use crate::auth::{Credentials, Identity};
+use crate::cluster::membership::{Member, Members};
 use crate::lessor::Lessor;
-use crate::membership::{Member, Members};
 use crate::propose::WritePath;
 use oxcd_api::etcdserverpb::ResponseHeader;
 use oxcd_api::EtcdError;
@@ -31,9 +31,9 @@ pub struct Core {
     /// `--max-txn-ops`.
     pub max_txn_ops: usize,
     /// Safety checks on membership changes (`--strict-reconfig-check`).
-    pub reconfig: crate::reconfig::ReconfigCheck,
+    pub reconfig: crate::cluster::reconfig::ReconfigCheck,
     /// Sends what only the leader can answer to the leader.
-    pub forwarder: crate::forward::Forwarder,
+    pub forwarder: crate::cluster::forward::Forwarder,
     /// The raised alarms (changed only by the applier).
     pub alarms: crate::apply::alarm::Alarms,
     /// Users, roles and permissions as applied, and the bcrypt pool.

@@ -13,18 +13,18 @@
 
 use crate::auth::tokens::SimpleTokens;
 use crate::auth::TokenProvider;
-use crate::bootstrap;
+use crate::cluster::bootstrap;
+use crate::cluster::forward::Forwarder;
+use crate::cluster::membership::{cluster_id, InitialCluster, Member, Members};
+use crate::cluster::reconfig::ReconfigCheck;
 use crate::config::{url_string, ClusterState, Config, TlsInfo};
 use crate::core::Core;
-use crate::forward::Forwarder;
 use crate::lessor::{self, Lessor};
-use crate::membership::{cluster_id, InitialCluster, Member, Members};
-use crate::reconfig::ReconfigCheck;
+use crate::raft::{boot as raft_boot, publish};
 use crate::serve::listener::{self, Bound};
 use crate::serve::tls::suites::TlsPolicy;
 use crate::serve::tls::{self, TlsSettings};
 use crate::v3rpc::{self, GrpcLimits};
-use crate::{publish, raft_boot};
 use oxcd_mvcc::{BackendConfig, KvStore, WatchableStore};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,7 +43,7 @@ pub enum StartError {
     DataDir(#[from] bootstrap::BootstrapError),
     /// The initial cluster or this member's place in it is wrong.
     #[error("{0}")]
-    Membership(#[from] crate::membership::MembershipError),
+    Membership(#[from] crate::cluster::membership::MembershipError),
     /// The backend would not open.
     #[error("cannot open backend: {0}")]
     Backend(#[from] oxcd_mvcc::MvccError),
@@ -204,7 +204,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         core.cluster_id,
         &layout,
     )
-    .merge(crate::forward::routes(core.clone()))
+    .merge(crate::cluster::forward::routes(core.clone()))
     .merge(crate::serve::http::routes(core.clone(), scrape.clone()))
     .fallback(crate::serve::fallback);
     let peer_router = crate::serve::Dispatch::router(peer_router);
@@ -561,9 +561,11 @@ fn initial_identity(cfg: &Config) -> Result<bootstrap::Identity, StartError> {
             m.name.clear();
         }
     }
-    let member = own.ok_or_else(|| crate::membership::MembershipError::NameNotFound {
-        name: cfg.name.clone(),
-    })?;
+    let member = own.ok_or_else(
+        || crate::cluster::membership::MembershipError::NameNotFound {
+            name: cfg.name.clone(),
+        },
+    )?;
     Ok(bootstrap::Identity {
         member,
         members,

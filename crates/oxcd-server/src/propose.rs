@@ -22,7 +22,7 @@ use crate::apply::alarm::nospace_request;
 use crate::apply::quota::{self, Quota};
 use crate::apply::{Request, Response};
 use crate::auth::Identity;
-use crate::read_index::ReadIndex;
+use crate::raft::read_index::ReadIndex;
 use crate::wait::Waiters;
 use oxcd_api::mvccpb::Event;
 use oxcd_api::EtcdError;
@@ -196,7 +196,7 @@ impl WritePath {
         change: raft::prelude::ConfChangeType,
         node_id: u64,
         context: Vec<u8>,
-    ) -> Result<Vec<crate::membership::Member>, EtcdError> {
+    ) -> Result<Vec<crate::cluster::membership::Member>, EtcdError> {
         let id = self.next_request_id();
         let mut cc = raft::prelude::ConfChange::default();
         cc.set_change_type(change);

@@ -143,7 +143,7 @@ pub enum Response {
     /// Answer to [`Request::Alarm`].
     Alarm(AlarmResponse),
     /// Answer to a membership change: the members after it.
-    Members(Vec<crate::membership::Member>),
+    Members(Vec<crate::cluster::membership::Member>),
     /// Answer to [`Request::Auth`], with the key space's revision.
     Auth(AuthReply, i64),
 }

@@ -22,10 +22,10 @@
 
 use crate::apply::{Applier, Request};
 use crate::auth::Identity;
+use crate::cluster::membership::{ConfApplied, ConfContext, Members};
 use crate::lessor::Lessor;
-use crate::membership::{ConfApplied, ConfContext, Members};
 use crate::propose::EventSink;
-use crate::read_index::ReadIndex;
+use crate::raft::read_index::ReadIndex;
 use crate::wait::{Outcome, Waiters};
 use oxcd_api::etcdserverpb::InternalRaftRequest;
 use oxcd_api::mvccpb::Event;
@@ -69,7 +69,7 @@ pub struct ApplyStage {
     /// Whether the store has a batch open for this group.
     pub batch_open: bool,
     /// What raft snapshots read and replace (`raft_snapshot`).
-    pub snap: crate::raft_snapshot::SnapshotParts,
+    pub snap: crate::raft::snapshot::SnapshotParts,
     /// Answers of writes that went over the quota at apply while no
     /// NOSPACE alarm was raised: the alarm is raised before they are
     /// delivered (etcd's `applyEntryNormal`).
@@ -114,7 +114,7 @@ impl ApplyStage {
             ToApply::LeaderChange { leader, .. } => self.on_leader_change(leader),
             ToApply::SnapshotData { index, reply } => {
                 // The raft loop may have moved on (a newer snapshot arrived).
-                let _ = reply.send(crate::raft_snapshot::snapshot_data(self, index));
+                let _ = reply.send(crate::raft::snapshot::snapshot_data(self, index));
             }
             ToApply::Restore {
                 index,
@@ -123,7 +123,7 @@ impl ApplyStage {
                 reply,
             } => {
                 failpoint!("applyBeforeRestore");
-                let r = crate::raft_snapshot::restore(self, index, &db, &data);
+                let r = crate::raft::snapshot::restore(self, index, &db, &data);
                 if r.is_ok() {
                     failpoint!("applyAfterRestore");
                     // Readers waiting for an index the snapshot covers may

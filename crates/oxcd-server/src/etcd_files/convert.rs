@@ -10,7 +10,7 @@ use prost::Message as _;
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeType, Entry, EntryType};
 
-use crate::membership::{ConfContext, Member};
+use crate::cluster::membership::{ConfContext, Member};
 
 /// The members as the log goes on: from the snapshot's v2 store (or,
 /// without one, the backend's `members` bucket for names), changed by

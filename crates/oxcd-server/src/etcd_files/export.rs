@@ -33,7 +33,7 @@ use prost::Message as _;
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, Entry, EntryType};
 
-use crate::membership::{ConfContext, Members};
+use crate::cluster::membership::{ConfContext, Members};
 
 /// The cluster version the exported files record.
 const CLUSTER_VERSION: &str = "3.4.0";
@@ -90,12 +90,12 @@ pub fn export(
     let snap_dir = member.join("snap");
     let wal_dir = wal_dir.map_or_else(|| member.join("wal"), Path::to_path_buf);
     let identity_path = snap_dir.join("identity.json");
-    let identity =
-        crate::bootstrap::read_identity(&identity_path).map_err(|e| fail(&identity_path, e))?;
+    let identity = crate::cluster::bootstrap::read_identity(&identity_path)
+        .map_err(|e| fail(&identity_path, e))?;
 
     let fs_: Arc<dyn Fs> = Arc::new(OsFs);
     let snapshotter = Snapshotter::new(fs_.clone(), &snap_dir);
-    let snapshot = crate::raft_boot::load_snapshot(&fs_, &wal_dir, &snapshotter)
+    let snapshot = crate::raft::boot::load_snapshot(&fs_, &wal_dir, &snapshotter)
         .map_err(|e| fail(&snap_dir, e))?;
     let marker = snapshot
         .as_ref()
@@ -104,7 +104,7 @@ pub fn export(
             term: s.get_metadata().term,
         });
     let (w, log) =
-        Wal::open(fs_, &wal_dir, marker, crate::raft_boot::wal_options()).map_err(|e| {
+        Wal::open(fs_, &wal_dir, marker, crate::raft::boot::wal_options()).map_err(|e| {
             fail(
                 &wal_dir,
                 format!("{e} (is oxcd still running on this data directory?)"),
@@ -231,5 +231,5 @@ pub fn export(
 }
 
 fn create_private_dir(d: &Path) -> Result<(), ExportError> {
-    crate::bootstrap::create_private_dir(d).map_err(|e| fail(d, e))
+    crate::cluster::bootstrap::create_private_dir(d).map_err(|e| fail(d, e))
 }

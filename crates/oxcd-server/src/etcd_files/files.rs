@@ -14,12 +14,12 @@ use oxcd_raft::wal::{self, SnapshotMarker, Wal};
 use raft::prelude::{ConfState, Snapshot};
 
 use super::{source, write_err, ImportError, META_KEYS};
-use crate::bootstrap::Identity;
-use crate::membership::Member;
+use crate::cluster::bootstrap::Identity;
+use crate::cluster::membership::Member;
 use crate::v3rpc::snapshot::TABLES;
 
 pub(super) fn create_private_dir(d: &Path) -> Result<(), ImportError> {
-    crate::bootstrap::create_private_dir(d).map_err(|e| write_err(d, e))
+    crate::cluster::bootstrap::create_private_dir(d).map_err(|e| write_err(d, e))
 }
 
 /// What the backend copy found on the way.
@@ -160,7 +160,7 @@ pub(super) fn write_raft_files(
         members: r.members,
         cluster_id: r.cluster_id,
     };
-    crate::bootstrap::write_identity(&snap_dir.join("identity.json"), &identity)
+    crate::cluster::bootstrap::write_identity(&snap_dir.join("identity.json"), &identity)
         .map_err(|e| write_err(snap_dir, e))?;
     let fs_: Arc<dyn Fs> = Arc::new(OsFs);
     let marker = match r.snapshot {
@@ -178,7 +178,7 @@ pub(super) fn write_raft_files(
         fs_,
         wal_dir,
         meta.as_bytes(),
-        crate::raft_boot::wal_options(),
+        crate::raft::boot::wal_options(),
     )
     .map_err(|e| write_err(wal_dir, e))?;
     if marker.index > 0 {
@@ -209,7 +209,7 @@ fn write_snapshot(
         ..ConfState::default()
     };
     let mut rs = Snapshot {
-        data: crate::membership::snapshot_data_of(members, removed.to_vec()).into(),
+        data: crate::cluster::membership::snapshot_data_of(members, removed.to_vec()).into(),
         ..Snapshot::default()
     };
     let meta = rs.mut_metadata();

@@ -25,7 +25,7 @@ use oxcd_raft::wal::{self, SnapshotMarker};
 
 use super::files::{copy_file, create_private_dir, write_raft_files, RaftFiles};
 use super::{source, write_err, ImportError};
-use crate::membership::{cluster_id, InitialCluster};
+use crate::cluster::membership::{cluster_id, InitialCluster};
 
 /// The flags of `etcdctl snapshot restore`.
 #[derive(Debug, Clone)]
@@ -196,7 +196,7 @@ fn build(
     scratch: &Path,
     me: u64,
     cid: u64,
-    members: &[crate::membership::Member],
+    members: &[crate::cluster::membership::Member],
 ) -> Result<u64, ImportError> {
     let snap_dir = scratch.join("member").join("snap");
     create_private_dir(&snap_dir)?;

@@ -2,7 +2,7 @@
 
 use super::convert::*;
 use super::files::copy_backend;
-use crate::membership::ConfContext;
+use crate::cluster::membership::ConfContext;
 use oxcd_api::etcdserverpb::{InternalRaftRequest, Request as V2Request};
 use oxcd_etcd_format::bolt;
 use oxcd_etcd_format::membership::{ConfChange as EtcdConfChange, EtcdMember, V2Cluster};

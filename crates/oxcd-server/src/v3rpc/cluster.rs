@@ -2,12 +2,12 @@
 //! changes are raft conf changes, answered once applied.
 //!
 //! Before proposing, add, remove and promote pass etcd's safety checks
-//! ([`crate::reconfig`]). Promote needs the leader's view of the learner's
+//! ([`crate::cluster::reconfig`]). Promote needs the leader's view of the learner's
 //! progress, so a member that is not the leader forwards it
-//! ([`crate::forward`]), as etcd's `PromoteMember` does.
+//! ([`crate::cluster::forward`]), as etcd's `PromoteMember` does.
 
+use crate::cluster::membership::{ConfContext, Member as OxMember};
 use crate::core::Core;
-use crate::membership::{ConfContext, Member as OxMember};
 use oxcd_api::etcdserverpb::cluster_server::Cluster;
 use oxcd_api::etcdserverpb::*;
 use oxcd_api::EtcdError;
@@ -98,7 +98,7 @@ impl Cluster for ClusterService {
         }
         self.check_urls_free(&r.peer_ur_ls, 0)?;
         let m = OxMember {
-            id: crate::membership::new_member_id(&r.peer_ur_ls),
+            id: crate::cluster::membership::new_member_id(&r.peer_ur_ls),
             name: String::new(),
             peer_urls: r.peer_ur_ls.clone(),
             client_urls: Vec::new(),

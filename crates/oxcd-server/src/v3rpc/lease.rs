@@ -4,7 +4,7 @@
 //! Grant and Revoke go through the write path. KeepAlive and TimeToLive
 //! are answered by the leader's lessor, which alone tracks expiry:
 //! renewals are not replicated, so any other member forwards them to the
-//! leader ([`crate::forward`]), as etcd's `LeaseRenew` and
+//! leader ([`crate::cluster::forward`]), as etcd's `LeaseRenew` and
 //! `LeaseTimeToLive` do. Leases lists the local lessor, as etcd does.
 
 use crate::apply::{Request, Response};

@@ -1,12 +1,15 @@
 //! The gRPC services of the client port (etcd's `etcdserver/api/v3rpc`).
-//! Lock and Election live in [`crate::v3lock`] and [`crate::v3election`]
+//! Lock and Election live in [`crate::v3rpc::lock`] and [`crate::v3rpc::election`]
 //! (etcd keeps them in `api/v3lock` and `api/v3election`).
 
 pub mod auth;
 pub mod cluster;
+pub mod concurrency;
+pub mod election;
 pub mod health;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub(crate) mod metrics;
 pub(crate) mod snapshot;
@@ -63,8 +66,8 @@ pub struct GrpcRouter {
     watch: WatchServer<watch::WatchService>,
     cluster: ClusterServer<cluster::ClusterService>,
     auth: AuthServer<auth::AuthService>,
-    lock: LockServer<crate::v3lock::LockService>,
-    election: ElectionServer<crate::v3election::ElectionService>,
+    lock: LockServer<crate::v3rpc::lock::LockService>,
+    election: ElectionServer<crate::v3rpc::election::ElectionService>,
     health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
     health_reporter: tonic_health::server::HealthReporter,
 }
@@ -91,10 +94,10 @@ pub fn routes(core: Arc<Core>, limits: GrpcLimits) -> GrpcRouter {
     ))
     .max_decoding_message_size(limits.max_recv_bytes)
     .max_encoding_message_size(usize::MAX);
-    let lock = LockServer::new(crate::v3lock::LockService::new(core.clone()))
+    let lock = LockServer::new(crate::v3rpc::lock::LockService::new(core.clone()))
         .max_decoding_message_size(limits.max_recv_bytes)
         .max_encoding_message_size(usize::MAX);
-    let election = ElectionServer::new(crate::v3election::ElectionService::new(core.clone()))
+    let election = ElectionServer::new(crate::v3rpc::election::ElectionService::new(core.clone()))
         .max_decoding_message_size(limits.max_recv_bytes)
         .max_encoding_message_size(usize::MAX);
     let cluster = ClusterServer::new(cluster::ClusterService::new(core.clone()))

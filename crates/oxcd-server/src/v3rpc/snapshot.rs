@@ -25,8 +25,8 @@ use oxcd_mvcc::ExportView;
 use tokio::sync::mpsc;
 use tonic::Status;
 
+use crate::cluster::membership::Member;
 use crate::core::Core;
-use crate::membership::Member;
 
 /// etcd's chunk size.
 const CHUNK: usize = 32 * 1024;

@@ -15,13 +15,13 @@
 use crate::apply::quota::Quota;
 use crate::apply::stage::ApplyStage;
 use crate::apply::Applier;
-use crate::bootstrap::{Identity, Layout};
+use crate::cluster::bootstrap::{Identity, Layout};
+use crate::cluster::membership::{ConfContext, Members};
 use crate::config::{ClusterState, Config, TlsInfo};
 use crate::embed::StartError;
 use crate::lessor::Lessor;
-use crate::membership::{ConfContext, Members};
 use crate::propose::{WritePath, WritePathParts};
-use crate::read_index::ReadIndex;
+use crate::raft::read_index::ReadIndex;
 use crate::wait::Waiters;
 use oxcd_api::oxcdpeerpb::peer_server::PeerServer;
 use oxcd_mvcc::{KvStore, WatchableStore};
@@ -130,7 +130,7 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
         events: Vec::new(),
         done: Vec::new(),
         batch_open: false,
-        snap: crate::raft_snapshot::SnapshotParts {
+        snap: crate::raft::snapshot::SnapshotParts {
             store: b.store.clone(),
             watchable: b.watchable.clone(),
         },
@@ -145,7 +145,7 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
         max_wals: usize::try_from(cfg.max_wals).unwrap_or(usize::MAX),
         snapshotter,
         fs,
-        backend: Arc::new(crate::raft_snapshot::StoreExporter(b.store.clone())),
+        backend: Arc::new(crate::raft::snapshot::StoreExporter(b.store.clone())),
     };
     let node_cfg = NodeConfig {
         id: me,

@@ -12,12 +12,12 @@
 
 use crate::apply::Request;
 use crate::auth::Identity;
-use crate::concurrency;
-use crate::concurrency::{
+use crate::core::Core;
+use crate::v3rpc::concurrency;
+use crate::v3rpc::concurrency::{
     created_at, first_created, get_op, put_op, range_kvs, range_op, session_lease, to_status,
     wait_deletes, Cleanup,
 };
-use crate::core::Core;
 use bytes::Bytes;
 use oxcd_api::etcdserverpb::{DeleteRangeRequest, ResponseHeader, TxnRequest};
 use oxcd_api::v3lockpb::lock_server::Lock;

@@ -15,7 +15,7 @@
 //! (temp file, fsync, rename, fsync dir) and read back on every restart, so
 //! a restarted member ignores `--initial-cluster` exactly as etcd does.
 
-use crate::membership::Member;
+use crate::cluster::membership::Member;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::Write;

@@ -11,7 +11,7 @@
 //! the request, as etcd's do, except the learner catch-up rule, which only
 //! the leader can decide.
 
-use crate::membership::Member;
+use crate::cluster::membership::Member;
 use oxcd_api::EtcdError;
 use oxcd_raft::transport::Transport;
 use std::collections::HashMap;

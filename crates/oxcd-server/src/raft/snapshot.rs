@@ -14,7 +14,7 @@
 //!   consistent index.
 
 use crate::apply::stage::ApplyStage;
-use crate::membership::Members;
+use crate::cluster::membership::Members;
 use oxcd_mvcc::{KvStore, WatchableStore};
 use oxcd_raft::node::AppError;
 use oxcd_raft::transport::BackendSource;

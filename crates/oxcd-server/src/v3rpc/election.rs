@@ -13,11 +13,11 @@
 
 use crate::apply::Request;
 use crate::auth::Identity;
-use crate::concurrency::{
+use crate::core::Core;
+use crate::v3rpc::concurrency::{
     self, created_at, delete_op, first_created, get_op, is_delete, put_op, range_kvs,
     session_lease, to_status, wait_deletes, Cleanup, KeyWatch,
 };
-use crate::core::Core;
 use bytes::Bytes;
 use futures::Stream;
 use oxcd_api::etcdserverpb::{ResponseHeader, TxnRequest};
