@@ -20,7 +20,7 @@
 
 use crate::apply::alarm::nospace_request;
 use crate::apply::quota::{self, Quota};
-use crate::apply::{Request, Response};
+use crate::apply::{Proposal, Request, Response};
 use crate::auth::Identity;
 use crate::raft::read_index::ReadIndex;
 use crate::wait::Waiters;
@@ -119,13 +119,29 @@ impl WritePath {
     ///
     /// Cancel-safe: dropping the future abandons the wait, but a proposal
     /// already handed to raft may still be applied (as in etcd).
-    pub async fn propose(&self, req: Request) -> Result<Response, EtcdError> {
+    pub async fn propose<P: Proposal>(&self, req: P) -> Result<P::Answer, EtcdError> {
         self.propose_as(req, &Identity::none()).await
     }
 
     /// Proposes `req` on behalf of `who` (its user and auth revision travel
-    /// in the entry's header and are checked again at apply).
-    pub async fn propose_as(&self, req: Request, who: &Identity) -> Result<Response, EtcdError> {
+    /// in the entry's header and are checked again at apply); answers with
+    /// the response type of the request's kind.
+    pub async fn propose_as<P: Proposal>(
+        &self,
+        req: P,
+        who: &Identity,
+    ) -> Result<P::Answer, EtcdError> {
+        let answer = self.propose_request_as(req.into_request(), who).await?;
+        P::answer(answer).ok_or_else(|| {
+            EtcdError::Unknown("oxcd: write path answered with the wrong response type".into())
+        })
+    }
+
+    async fn propose_request_as(
+        &self,
+        req: Request,
+        who: &Identity,
+    ) -> Result<Response, EtcdError> {
         // etcd's quotaKVServer / quotaLeaseServer: a request that would
         // take the backend past its quota raises NOSPACE and is refused.
         if quota::cost(&req) > 0 {

@@ -148,6 +148,72 @@ pub enum Response {
     Auth(AuthReply, i64),
 }
 
+/// A request the write path carries and the answer its apply gives, so a
+/// caller proposes a `PutRequest` and gets a `PutResponse` back; the one
+/// mismatch that cannot happen is handled once, in `WritePath::propose_as`.
+pub trait Proposal {
+    /// The answer's type.
+    type Answer;
+    /// The request as the apply stage takes it.
+    fn into_request(self) -> Request;
+    /// The answer, if `r` is of this request's kind.
+    fn answer(r: Response) -> Option<Self::Answer>;
+}
+
+macro_rules! proposals {
+    ($($req:ty => $variant:ident($answer:ty)),* $(,)?) => {$(
+        impl Proposal for $req {
+            type Answer = $answer;
+            fn into_request(self) -> Request {
+                Request::$variant(self)
+            }
+            fn answer(r: Response) -> Option<$answer> {
+                match r {
+                    Response::$variant(a) => Some(a),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+
+proposals! {
+    PutRequest => Put(PutResponse),
+    DeleteRangeRequest => DeleteRange(DeleteRangeResponse),
+    TxnRequest => Txn(TxnResponse),
+    CompactionRequest => Compaction(CompactionResponse),
+    LeaseGrantRequest => LeaseGrant(LeaseGrantResponse),
+    LeaseRevokeRequest => LeaseRevoke(LeaseRevokeResponse),
+    LeaseCheckpointRequest => LeaseCheckpoint(LeaseCheckpointResponse),
+    AlarmRequest => Alarm(AlarmResponse),
+}
+
+/// An auth request answers with its reply and the key space's revision.
+impl Proposal for AuthRequest {
+    type Answer = (AuthReply, i64);
+    fn into_request(self) -> Request {
+        Request::Auth(self)
+    }
+    fn answer(r: Response) -> Option<(AuthReply, i64)> {
+        match r {
+            Response::Auth(reply, rev) => Some((reply, rev)),
+            _ => None,
+        }
+    }
+}
+
+/// Any request, answered untyped (for callers that hold requests of
+/// several kinds).
+impl Proposal for Request {
+    type Answer = Response;
+    fn into_request(self) -> Request {
+        self
+    }
+    fn answer(r: Response) -> Option<Response> {
+        Some(r)
+    }
+}
+
 /// Maps store errors to etcd's wire errors.
 pub fn mvcc_error(e: MvccError) -> EtcdError {
     match e {

@@ -6,7 +6,6 @@
 //! service only hashes passwords before proposing (so no password reaches
 //! the log) and shapes the answer.
 
-use crate::apply::{Request as Apply, Response as Applied};
 use crate::auth::store::{AuthReply, AuthRequest};
 use crate::auth::tokens::SimpleTokens;
 use crate::auth::{Identity, TokenProvider};
@@ -34,10 +33,8 @@ impl AuthService {
         who: &Identity,
         req: AuthRequest,
     ) -> Result<(AuthReply, Option<ResponseHeader>), Status> {
-        match self.core.writes.propose_as(Apply::Auth(req), who).await? {
-            Applied::Auth(reply, rev) => Ok((reply, Some(self.core.header(rev)))),
-            _ => Err(Status::internal("unexpected answer to an auth request")),
-        }
+        let (reply, rev) = self.core.writes.propose_as(req, who).await?;
+        Ok((reply, Some(self.core.header(rev))))
     }
 
     /// Refuses a caller the admin rule would refuse at apply before

@@ -13,7 +13,7 @@
 //!
 //! [`WritePath::propose`]: crate::propose::WritePath::propose
 
-use crate::apply::{self, Request, Response};
+use crate::apply::{self, Request};
 use crate::auth::Identity;
 use crate::core::Core;
 use bytes::Bytes;
@@ -66,14 +66,7 @@ pub async fn session_lease(core: &Core, who: &Identity, lease: i64) -> Result<i6
         ttl: DEFAULT_SESSION_TTL,
         id,
     };
-    match core
-        .writes
-        .propose_as(Request::LeaseGrant(grant), who)
-        .await?
-    {
-        Response::LeaseGrant(r) => Ok(r.id),
-        _ => Err(unexpected()),
-    }
+    Ok(core.writes.propose_as(grant, who).await?.id)
 }
 
 /// The key of one waiter or candidate: `prefix` followed by the lease ID
@@ -195,36 +188,22 @@ pub fn range_kvs(resp: &TxnResponse, i: usize) -> Result<&[KeyValue], EtcdError>
 pub async fn txn(core: &Core, who: &Identity, r: TxnRequest) -> Result<TxnResponse, EtcdError> {
     apply::txn::check_txn_request(&r, core.max_txn_ops)?;
     apply::txn::check_duplicates(&r)?;
-    match core.writes.propose_as(Request::Txn(r), who).await? {
-        Response::Txn(mut resp) => {
-            core.stamp(&mut resp.header);
-            Ok(resp)
-        }
-        _ => Err(unexpected()),
-    }
+    let mut resp = core.writes.propose_as(r, who).await?;
+    core.stamp(&mut resp.header);
+    Ok(resp)
 }
 
-/// A linearizable Range: a read-only txn through the write path.
+/// A linearizable Range, as the KV service serves one (ReadIndex, then the
+/// local store), with the caller's read permission.
 ///
 /// # Errors
-/// The range's error (e.g. compacted).
+/// The range's error (e.g. compacted, permission denied).
 pub async fn range(
     core: &Core,
     who: &Identity,
     r: RangeRequest,
 ) -> Result<RangeResponse, EtcdError> {
-    let t = TxnRequest {
-        success: vec![range_op(r)],
-        ..Default::default()
-    };
-    let mut resp = txn(core, who, t).await?;
-    match resp.responses.pop().and_then(|r| r.response) {
-        Some(response_op::Response::ResponseRange(mut r)) => {
-            r.header = resp.header;
-            Ok(r)
-        }
-        _ => Err(unexpected()),
-    }
+    crate::v3rpc::kv::range(core, who, &r).await
 }
 
 /// Deletes the single key `key` (clientv3 `Delete`).
@@ -243,17 +222,9 @@ pub async fn delete(
         key: key.clone(),
         ..Default::default()
     };
-    match core
-        .writes
-        .propose_as(Request::DeleteRange(del), who)
-        .await?
-    {
-        Response::DeleteRange(mut resp) => {
-            core.stamp(&mut resp.header);
-            Ok(resp)
-        }
-        _ => Err(unexpected()),
-    }
+    let mut resp = core.writes.propose_as(del, who).await?;
+    core.stamp(&mut resp.header);
+    Ok(resp)
 }
 
 /// Waits until every key under `prefix` created at or before

@@ -1,7 +1,7 @@
 //! The `etcdserverpb.KV` service. Each method validates, calls the read or
 //! write path, and stamps the header (etcd's `v3rpc/key.go`).
 
-use crate::apply::{self, txn, Request, Response};
+use crate::apply::{self, txn, Proposal};
 use crate::auth::permissions::AuthView;
 use crate::auth::{checks, Identity};
 use crate::core::Core;
@@ -26,52 +26,71 @@ impl KvService {
     }
 
     /// Proposes `req` as its sender; permissions are checked at apply.
-    async fn write(&self, who: &Identity, req: Request) -> Result<Response, Status> {
+    async fn write<P: Proposal>(&self, who: &Identity, req: P) -> Result<P::Answer, Status> {
         Ok(self.core.writes.propose_as(req, who).await?)
-    }
-
-    /// Checks a read with `check` against the auth state after the read
-    /// barrier (so a denied read still went through consensus, which
-    /// `etcdctl endpoint health` relies on).
-    fn permit_read(
-        &self,
-        who: &Identity,
-        check: impl FnOnce(&AuthView, &Identity) -> Result<(), EtcdError>,
-    ) -> Result<(), Status> {
-        let view = self.core.auth_view();
-        Ok(check(&view, who)?)
-    }
-
-    /// After reading: a permission revoked while the read ran makes the
-    /// identity stale (etcd checks the auth revision again after the read).
-    fn still_current(&self, who: &Identity) -> Result<(), Status> {
-        // Without an identity there is nothing that could have gone stale
-        // (and no view to fetch on the hot path with auth off).
-        if !who.is_some() {
-            return Ok(());
-        }
-        let view = self.core.auth_view();
-        if view.enabled() && who.revision != view.revision() {
-            return Err(EtcdError::AuthOldRevision.into());
-        }
-        Ok(())
-    }
-
-    /// Before a linearizable read: a ReadIndex round and the wait until it
-    /// is applied, so the read sees every write acknowledged before it.
-    async fn barrier(&self, serializable: bool) -> Result<(), Status> {
-        if !serializable && self.core.is_learner() {
-            return Err(EtcdError::NotSupportedForLearner.into());
-        }
-        if !serializable {
-            self.core.writes.linearizable_barrier().await?;
-        }
-        Ok(())
     }
 }
 
-fn unexpected() -> Status {
-    Status::internal("oxcd: write path answered with the wrong response type")
+/// Checks a read with `check` against the auth state after the read
+/// barrier (so a denied read still went through consensus, which `etcdctl
+/// endpoint health` relies on).
+fn permit_read(
+    core: &Core,
+    who: &Identity,
+    check: impl FnOnce(&AuthView, &Identity) -> Result<(), EtcdError>,
+) -> Result<(), EtcdError> {
+    check(&core.auth_view(), who)
+}
+
+/// After reading: a permission revoked while the read ran makes the
+/// identity stale (etcd checks the auth revision again after the read).
+fn still_current(core: &Core, who: &Identity) -> Result<(), EtcdError> {
+    // Without an identity there is nothing that could have gone stale
+    // (and no view to fetch on the hot path with auth off).
+    if !who.is_some() {
+        return Ok(());
+    }
+    let view = core.auth_view();
+    if view.enabled() && who.revision != view.revision() {
+        return Err(EtcdError::AuthOldRevision);
+    }
+    Ok(())
+}
+
+/// Before a linearizable read: a ReadIndex round and the wait until it is
+/// applied, so the read sees every write acknowledged before it.
+async fn barrier(core: &Core, serializable: bool) -> Result<(), EtcdError> {
+    if !serializable && core.is_learner() {
+        return Err(EtcdError::NotSupportedForLearner);
+    }
+    if !serializable {
+        core.writes.linearizable_barrier().await?;
+    }
+    Ok(())
+}
+
+/// A Range as `who` (the KV service's, and Lock's and Election's reads):
+/// the barrier unless serializable, the permission check, the read from
+/// the local store; the header stamped with this member's fields.
+///
+/// # Errors
+/// etcd's errors for an empty key, a learner, a denied or stale identity,
+/// a compacted or future revision, or a barrier that timed out.
+pub async fn range(
+    core: &Core,
+    who: &Identity,
+    r: &RangeRequest,
+) -> Result<RangeResponse, EtcdError> {
+    if r.key.is_empty() {
+        return Err(EtcdError::EmptyKey);
+    }
+    barrier(core, r.serializable).await?;
+    permit_read(core, who, |v, w| checks::range(v, w, r))?;
+    let mut read = core.store.read().map_err(apply::mvcc_error)?;
+    let mut resp = apply::read_range(&mut read, r)?;
+    still_current(core, who)?;
+    core.stamp(&mut resp.header);
+    Ok(resp)
 }
 
 #[tonic::async_trait]
@@ -81,16 +100,7 @@ impl Kv for KvService {
         request: GrpcRequest<RangeRequest>,
     ) -> Result<GrpcResponse<RangeResponse>, Status> {
         let who = self.core.who_of(&request).await?;
-        let r = request.into_inner();
-        if r.key.is_empty() {
-            return Err(EtcdError::EmptyKey.into());
-        }
-        self.barrier(r.serializable).await?;
-        self.permit_read(&who, |v, w| checks::range(v, w, &r))?;
-        let mut read = self.core.store.read().map_err(apply::mvcc_error)?;
-        let mut resp = apply::read_range(&mut read, &r)?;
-        self.still_current(&who)?;
-        self.core.stamp(&mut resp.header);
+        let resp = range(&self.core, &who, request.get_ref()).await?;
         Ok(GrpcResponse::new(resp))
     }
 
@@ -101,9 +111,7 @@ impl Kv for KvService {
         apply::check_put(request.get_ref())?;
         let who = self.core.who_of(&request).await?;
         let r = request.into_inner();
-        let Response::Put(mut resp) = self.write(&who, Request::Put(r)).await? else {
-            return Err(unexpected());
-        };
+        let mut resp = self.write(&who, r).await?;
         self.core.stamp(&mut resp.header);
         Ok(GrpcResponse::new(resp))
     }
@@ -117,10 +125,7 @@ impl Kv for KvService {
         }
         let who = self.core.who_of(&request).await?;
         let r = request.into_inner();
-        let Response::DeleteRange(mut resp) = self.write(&who, Request::DeleteRange(r)).await?
-        else {
-            return Err(unexpected());
-        };
+        let mut resp = self.write(&who, r).await?;
         self.core.stamp(&mut resp.header);
         Ok(GrpcResponse::new(resp))
     }
@@ -134,18 +139,15 @@ impl Kv for KvService {
         txn::check_txn_request(&r, self.core.max_txn_ops)?;
         txn::check_duplicates(&r)?;
         let mut resp = if txn::is_read_only(&r) {
-            self.barrier(all_serializable(&r)).await?;
-            self.permit_read(&who, |v, w| checks::txn(v, w, &r))?;
+            barrier(&self.core, all_serializable(&r)).await?;
+            permit_read(&self.core, &who, |v, w| checks::txn(v, w, &r))?;
             let mut read = self.core.store.read().map_err(apply::mvcc_error)?;
             let rev = read.rev();
             let resp = apply::read_only_txn(&mut read, rev, &r)?;
-            self.still_current(&who)?;
+            still_current(&self.core, &who)?;
             resp
         } else {
-            let Response::Txn(resp) = self.write(&who, Request::Txn(r)).await? else {
-                return Err(unexpected());
-            };
-            resp
+            self.write(&who, r).await?
         };
         self.core.stamp(&mut resp.header);
         Ok(GrpcResponse::new(resp))
@@ -157,9 +159,7 @@ impl Kv for KvService {
     ) -> Result<GrpcResponse<CompactionResponse>, Status> {
         let who = self.core.who_of(&request).await?;
         let r = request.into_inner();
-        let Response::Compaction(mut resp) = self.write(&who, Request::Compaction(r)).await? else {
-            return Err(unexpected());
-        };
+        let mut resp = self.write(&who, r).await?;
         self.core.stamp(&mut resp.header);
         Ok(GrpcResponse::new(resp))
     }

@@ -7,7 +7,6 @@
 //! leader ([`crate::cluster::forward`]), as etcd's `LeaseRenew` and
 //! `LeaseTimeToLive` do. Leases lists the local lessor, as etcd does.
 
-use crate::apply::{Request, Response};
 use crate::core::Core;
 use crate::lessor;
 use futures::Stream;
@@ -84,10 +83,6 @@ impl LeaseService {
     }
 }
 
-fn unexpected() -> Status {
-    Status::internal("oxcd: write path answered with the wrong response type")
-}
-
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(
@@ -99,14 +94,7 @@ impl Lease for LeaseService {
         if r.id == 0 {
             r.id = self.new_lease_id();
         }
-        let Response::LeaseGrant(mut resp) = self
-            .core
-            .writes
-            .propose_as(Request::LeaseGrant(r), &who)
-            .await?
-        else {
-            return Err(unexpected());
-        };
+        let mut resp = self.core.writes.propose_as(r, &who).await?;
         self.core.stamp(&mut resp.header);
         Ok(GrpcResponse::new(resp))
     }
@@ -117,14 +105,7 @@ impl Lease for LeaseService {
     ) -> Result<GrpcResponse<LeaseRevokeResponse>, Status> {
         let who = self.core.who_of(&request).await?;
         let r = request.into_inner();
-        let Response::LeaseRevoke(mut resp) = self
-            .core
-            .writes
-            .propose_as(Request::LeaseRevoke(r), &who)
-            .await?
-        else {
-            return Err(unexpected());
-        };
+        let mut resp = self.core.writes.propose_as(r, &who).await?;
         self.core.stamp(&mut resp.header);
         Ok(GrpcResponse::new(resp))
     }
