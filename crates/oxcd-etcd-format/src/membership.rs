@@ -44,6 +44,11 @@ impl EtcdMember {
     /// # Errors
     /// The JSON error.
     pub fn from_json(b: &[u8]) -> Result<EtcdMember, serde_json::Error> {
+        // Go's decoder takes only an object for a struct; serde would also
+        // take an array of the fields in order.
+        if b.iter().find(|c| !c.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(serde::de::Error::custom("a member is a JSON object"));
+        }
         serde_json::from_slice(b)
     }
 }

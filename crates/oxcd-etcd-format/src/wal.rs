@@ -118,6 +118,10 @@ pub struct EtcdWal {
     /// The log: a later entry at an index replaces the earlier one and
     /// everything after it, as etcd's reader does.
     pub entries: Vec<Entry>,
+    /// Where the last file ends in a torn record (file, offset), if it
+    /// does: a write cut short by a crash. Reading stopped there, as
+    /// etcd's repair truncates there.
+    pub torn: Option<(PathBuf, usize)>,
 }
 
 const METADATA: i64 = 1;
@@ -151,10 +155,16 @@ pub fn wal_files(dir: &Path) -> Result<Vec<PathBuf>, WalError> {
 
 /// Reads every WAL file of `dir` (etcd's `member/wal`).
 ///
+/// A torn record at the end of the last file — cut short, or with a CRC
+/// or encoding that fails and a 512-byte sector of zeros in it, what a
+/// crash mid-write leaves — ends the log there, as etcd's `ReadAll`
+/// reports `ErrUnexpectedEOF` and its repair truncates there
+/// ([`EtcdWal::torn`] says where). Anywhere else it is corruption.
+///
 /// # Errors
 /// No files, an unreadable file, a frame or record that does not decode,
-/// or a CRC that does not match (etcd refuses those too; a torn last
-/// record is not tolerated here, as a cleanly stopped member has none).
+/// or a CRC that does not match, unless torn as above (etcd refuses those
+/// too).
 pub fn read_dir(dir: &Path) -> Result<EtcdWal, WalError> {
     let files = wal_files(dir)?;
     if files.is_empty() {
@@ -162,17 +172,43 @@ pub fn read_dir(dir: &Path) -> Result<EtcdWal, WalError> {
     }
     let mut wal = EtcdWal::default();
     let mut crc = 0u32;
-    for path in files {
+    let count = files.len();
+    for (i, path) in files.into_iter().enumerate() {
         let data = std::fs::read(&path).map_err(|source| WalError::Io {
             path: path.clone(),
             source,
         })?;
-        read_file(&path, &data, &mut crc, &mut wal)?;
+        read_file(&path, &data, &mut crc, &mut wal, i + 1 == count)?;
     }
     Ok(wal)
 }
 
-fn read_file(path: &Path, data: &[u8], crc: &mut u32, wal: &mut EtcdWal) -> Result<(), WalError> {
+/// etcd's sector size for torn-write detection (`minSectorSize`).
+const SECTOR: usize = 512;
+
+/// etcd's `isTornEntry`: whether any sector-aligned piece of the frame at
+/// `data[start..end]` (clipped to the file) is all zeros.
+fn is_torn(data: &[u8], start: usize, end: usize) -> bool {
+    let end = end.min(data.len());
+    let mut at = start;
+    while at < end {
+        let next = ((at / SECTOR) + 1) * SECTOR;
+        let piece = &data[at..next.min(end)];
+        if piece.iter().all(|b| *b == 0) {
+            return true;
+        }
+        at = next;
+    }
+    false
+}
+
+fn read_file(
+    path: &Path,
+    data: &[u8],
+    crc: &mut u32,
+    wal: &mut EtcdWal,
+    last: bool,
+) -> Result<(), WalError> {
     let bad = |offset: usize, what: String| WalError::Invalid {
         path: path.to_path_buf(),
         offset,
@@ -193,10 +229,36 @@ fn read_file(path: &Path, data: &[u8], crc: &mut u32, wal: &mut EtcdWal) -> Resu
             0
         };
         let start = at + 8;
-        let body = data
-            .get(start..start + size)
-            .ok_or_else(|| bad(at, format!("record of {size} bytes runs past the end")))?;
-        let rec = Record::decode(body).map_err(|e| bad(at, format!("record: {e}")))?;
+        let frame_end = start.saturating_add(size).saturating_add(pad);
+        // A torn last record ends the log (see `read_dir`).
+        let torn = |what: String| {
+            if last && is_torn(data, start, frame_end) {
+                Ok(())
+            } else {
+                Err(bad(at, what))
+            }
+        };
+        let Some(body) = data.get(start..start.saturating_add(size)) else {
+            if last {
+                wal.torn = Some((path.to_path_buf(), at));
+                return Ok(());
+            }
+            return Err(bad(at, format!("record of {size} bytes runs past the end")));
+        };
+        let rec = match Record::decode(body) {
+            Ok(rec) => rec,
+            Err(e) => {
+                torn(format!("record: {e}"))?;
+                wal.torn = Some((path.to_path_buf(), at));
+                return Ok(());
+            }
+        };
+        let want = crc32c::crc32c_append(*crc, &rec.data);
+        if rec.kind != CRC && want != rec.crc {
+            torn(format!("crc mismatch: {:08x} vs {want:08x}", rec.crc))?;
+            wal.torn = Some((path.to_path_buf(), at));
+            return Ok(());
+        }
         if rec.kind == CRC {
             if *crc != 0 && rec.crc != *crc {
                 return Err(bad(
@@ -206,13 +268,8 @@ fn read_file(path: &Path, data: &[u8], crc: &mut u32, wal: &mut EtcdWal) -> Resu
             }
             *crc = rec.crc;
         } else {
-            *crc = crc32c::crc32c_append(*crc, &rec.data);
-            if rec.crc != *crc {
-                return Err(bad(
-                    at,
-                    format!("crc mismatch: {:08x} vs {:08x}", rec.crc, *crc),
-                ));
-            }
+            // Checked above.
+            *crc = rec.crc;
         }
         match rec.kind {
             METADATA => {
@@ -425,6 +482,54 @@ mod tests {
             .contains("crc chain"));
     }
 
+    /// What a crash mid-write leaves: the last record's tail still zeros
+    /// (a 512-byte sector never written). In the last file the log ends
+    /// before it, as etcd's repair truncates; in an earlier file, or with
+    /// garbage instead of zeros, it is corruption.
+    #[test]
+    fn a_torn_last_record_ends_the_log_like_etcds_repair() {
+        let big = vec![7u8; 1500];
+        let (good, _) = encode(
+            &[
+                (CRC, vec![]),
+                (ENTRY, entry(1, 1, b"kept")),
+                (ENTRY, entry(2, 1, &big)),
+            ],
+            0,
+        );
+        let second = frame_starts(&good)[2];
+        let mut torn = good.clone();
+        // Zero the sector holding the record's last bytes.
+        let end = good.len();
+        let sector_start = ((end - 1) / SECTOR) * SECTOR;
+        torn[sector_start..end].fill(0);
+        assert!(sector_start > second + 8, "the sector is inside the record");
+        let mut wal = EtcdWal::default();
+        read_file(Path::new("w.wal"), &torn, &mut 0, &mut wal, true).unwrap();
+        assert_eq!(wal.entries.iter().map(|e| e.index).collect::<Vec<_>>(), [1]);
+        assert_eq!(wal.torn.as_ref().map(|(_, at)| *at), Some(second));
+        // Not the last file: refused.
+        let err = read_file(
+            Path::new("w.wal"),
+            &torn,
+            &mut 0,
+            &mut EtcdWal::default(),
+            false,
+        );
+        assert!(matches!(err, Err(WalError::Invalid { offset, .. }) if offset == second));
+        // Garbage, not zeros: refused even in the last file.
+        let mut garbage = good.clone();
+        garbage[end - 3] ^= 0x55;
+        let err = read_file(
+            Path::new("w.wal"),
+            &garbage,
+            &mut 0,
+            &mut EtcdWal::default(),
+            true,
+        );
+        assert!(matches!(err, Err(WalError::Invalid { .. })), "{err:?}");
+    }
+
     #[test]
     fn damaged_records_are_refused_with_their_place() {
         let dir = tempfile::tempdir().unwrap();
@@ -440,12 +545,15 @@ mod tests {
         std::fs::write(&path, &flipped).unwrap();
         let e = read_dir(dir.path()).unwrap_err().to_string();
         assert!(e.contains("0000000000000000-0000000000000000.wal"), "{e}");
-        // A frame running past the end.
+        // A frame running past the end of the last file: torn, the log
+        // ends before it (etcd repairs there).
         std::fs::write(&path, &good[..good.len() - 4]).unwrap();
-        assert!(read_dir(dir.path())
-            .unwrap_err()
-            .to_string()
-            .contains("past the end"));
+        let wal = read_dir(dir.path()).unwrap();
+        assert!(wal.entries.is_empty());
+        assert_eq!(
+            wal.torn.map(|(_, at)| at),
+            frame_starts(&good).get(1).copied()
+        );
         // No files at all.
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(read_dir(dir.path()), Err(WalError::Empty(_))));
@@ -508,7 +616,7 @@ mod tests {
     fn read_bytes(data: &[u8], crc: u32) -> Result<EtcdWal, WalError> {
         let mut wal = EtcdWal::default();
         let mut crc = crc;
-        read_file(Path::new("w.wal"), data, &mut crc, &mut wal).map(|()| wal)
+        read_file(Path::new("w.wal"), data, &mut crc, &mut wal, false).map(|()| wal)
     }
 
     proptest! {

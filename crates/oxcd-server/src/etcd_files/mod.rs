@@ -231,6 +231,14 @@ fn build(dirs: &Dirs, db: &Path) -> Result<Summary, ImportError> {
     }
     let wal_dir = dirs.member.join("wal");
     let log = etcd_wal::read_dir(&wal_dir).map_err(|e| source(&wal_dir, e))?;
+    if let Some((file, offset)) = &log.torn {
+        // etcd repairs this on its next start: truncates there.
+        tracing::warn!(
+            file = %file.display(),
+            offset,
+            "etcd's WAL ends in a torn record (a write cut short by a crash); importing the entries before it, as etcd's repair would keep"
+        );
+    }
     let snap_dir = dirs.member.join("snap");
     let snapshot =
         snap::newest_available(&snap_dir, &log.snapshots).map_err(|e| source(&snap_dir, e))?;
