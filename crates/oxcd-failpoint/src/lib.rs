@@ -82,6 +82,10 @@ pub const NAMES: &[(&str, &str)] = &[
         "etcd import: converted, before the etcd files are set aside",
     ),
     (
+        "importAfterWalSwitch",
+        "etcd import with --wal-dir: the WAL switched, member/ not yet",
+    ),
+    (
         "importBetweenRenames",
         "etcd import: etcd files set aside, the new ones not yet in place",
     ),

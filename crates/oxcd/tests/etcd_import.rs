@@ -98,13 +98,14 @@ impl Proc {
 
     /// Runs to completion (a start that must fail); returns its output.
     fn run_expecting_exit(&self) -> String {
-        self.run_expecting_exit_with(&[])
+        self.run_expecting_exit_with(&[], &[])
     }
 
-    /// [`Proc::run_expecting_exit`] with environment variables set.
-    fn run_expecting_exit_with(&self, env: &[(&str, &str)]) -> String {
+    /// [`Proc::run_expecting_exit`] with environment variables set and
+    /// `extra` flags.
+    fn run_expecting_exit_with(&self, env: &[(&str, &str)], extra: &[&str]) -> String {
         let mut child = std::process::Command::new(&self.bin)
-            .args(self.args(&[]))
+            .args(self.args(extra))
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -812,39 +813,115 @@ async fn imports_an_etcd_wal_with_a_torn_tail_as_etcd_repairs_it() {
     .await;
 }
 
-/// The same two windows reached for real: oxcd crashes at the import's
-/// failpoints (debug builds), and the next start finishes the import.
+/// The import's crash windows reached for real: oxcd crashes at each of
+/// the import's failpoints (debug builds), with the WAL in `member/wal` and
+/// with `--wal-dir`, and the next start finishes the import.
 #[tokio::test]
 async fn a_crash_at_each_import_failpoint_is_recovered() {
     if !have_etcd() || server_binary() != Path::new(env!("CARGO_BIN_EXE_oxcd")) {
         return;
     }
     bounded(async {
-        for point in ["importBeforeSwitch", "importBetweenRenames"] {
+        let cases = [
+            ("importBeforeSwitch", false),
+            ("importBetweenRenames", false),
+            ("importBeforeSwitch", true),
+            ("importAfterWalSwitch", true),
+            ("importBetweenRenames", true),
+        ];
+        for (point, own_wal_dir) in cases {
             let dir = tempfile::tempdir().unwrap();
             let data = dir.path().join("m.etcd");
+            let wal = dir.path().join("wal");
+            let wal_flag = wal.to_str().unwrap().to_string();
+            let extra: Vec<&str> = if own_wal_dir {
+                vec!["--wal-dir", &wal_flag]
+            } else {
+                Vec::new()
+            };
             let mut etcd = single(Path::new(ETCD), &data);
-            etcd.spawn(&[]);
+            etcd.spawn(&extra);
             let mut c = etcd.client().await;
             c.put("a", "1", None).await.unwrap();
             etcd.stop().await;
             let mut ox = etcd.as_run_by(&server_binary());
-            let out = ox.run_expecting_exit_with(&[("OXCD_FAILPOINTS", &format!("{point}=crash"))]);
+            let out = ox
+                .run_expecting_exit_with(&[("OXCD_FAILPOINTS", &format!("{point}=crash"))], &extra);
             assert!(
                 out.contains(&format!("failpoint {point}: crashing")),
                 "{out}"
             );
-            ox.spawn(&[]);
+            ox.spawn(&extra);
             let mut c = ox.client().await;
+            let what = format!("{point}, --wal-dir: {own_wal_dir}");
             assert_eq!(
                 c.get("a", None).await.unwrap().kvs()[0].value(),
                 b"1",
-                "{point}"
+                "{what}"
             );
+            c.put("b", "2", None).await.unwrap();
             ox.stop().await;
-            assert!(data.join("member.etcd").exists(), "{point}");
-            assert!(!data.join("member.oxcd-import").exists(), "{point}");
+            assert!(data.join("member.etcd").exists(), "{what}");
+            assert!(!data.join("member.oxcd-import").exists(), "{what}");
+            if own_wal_dir {
+                assert!(dir.path().join("wal.etcd").exists(), "{what}");
+                assert!(!dir.path().join("wal.oxcd-import").exists(), "{what}");
+            }
+            // oxcd runs on its own files from here on.
+            ox.spawn(&extra);
+            let mut c = ox.client().await;
+            assert_eq!(
+                c.get("b", None).await.unwrap().kvs()[0].value(),
+                b"2",
+                "{what}"
+            );
+            assert!(!ox.log_text().contains("importing"), "{what}");
+            ox.stop().await;
         }
+    })
+    .await;
+}
+
+/// An etcd member with its WAL on a dedicated directory (`--wal-dir`, the
+/// usual production setup) is imported: etcd's WAL is kept as
+/// `<wal-dir>.etcd`, oxcd's WAL takes `<wal-dir>`.
+#[tokio::test]
+async fn imports_an_etcd_member_with_a_dedicated_wal_dir() {
+    if !have_etcd() {
+        return;
+    }
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("m.etcd");
+        let wal = dir.path().join("fast-disk").join("wal");
+        let wal_flag = wal.to_str().unwrap().to_string();
+        let mut etcd = single(Path::new(ETCD), &data);
+        etcd.spawn(&["--wal-dir", &wal_flag, "--snapshot-count", "20"]);
+        let mut c = etcd.client().await;
+        let compact = make_history(&mut c).await;
+        let before = observe(&mut c, compact).await;
+        etcd.stop().await;
+        let etcd_wal = tree(&wal);
+        assert!(!data.join("member").join("wal").exists());
+
+        let mut ox = etcd.as_run_by(&server_binary());
+        ox.spawn(&["--wal-dir", &wal_flag]);
+        let mut c = ox.client().await;
+        let after = observe(&mut c, compact).await;
+        assert_eq!(after.kvs, before.kvs);
+        assert_eq!(after.revision, before.revision);
+        assert_eq!(after.members, before.members);
+        assert_eq!(
+            tree(&wal.with_extension("etcd")),
+            etcd_wal,
+            "etcd's WAL kept as it was"
+        );
+        c.put("k1", "new", None).await.unwrap();
+        ox.stop().await;
+        ox.spawn(&["--wal-dir", &wal_flag]);
+        let mut c = ox.client().await;
+        assert_eq!(c.get("k1", None).await.unwrap().kvs()[0].value(), b"new");
+        ox.stop().await;
     })
     .await;
 }

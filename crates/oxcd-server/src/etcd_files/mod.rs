@@ -26,10 +26,11 @@
 //! Safety: the source is only read, with bbolt's lock taken (a running
 //! etcd holds it). The new files are built in `member.oxcd-import/` and
 //! marked complete; then `member/` is renamed `member.etcd/` and the new
-//! directory takes its place. A start that finds an unmarked build
-//! redoes it; one that finds the marked build but no `member/` finishes
-//! the switch. So a half-finished import is never used, and etcd's files
-//! stay as they were, beside oxcd's, for going back.
+//! directory takes its place. With `--wal-dir W`, etcd's WAL is read from
+//! `W`, oxcd's is built in `W.oxcd-import` and etcd's kept as `W.etcd`.
+//! A start that finds an unmarked build redoes it; one that finds the
+//! marked build finishes the switch. So a half-finished import is never
+//! used, and etcd's files stay as they were, beside oxcd's, for going back.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -101,20 +102,53 @@ fn write_err(path: &Path, what: impl ToString) -> ImportError {
 
 /// Where the pieces are.
 struct Dirs {
-    data: PathBuf,
     member: PathBuf,
+    kept: PathBuf,
+    work: PathBuf,
+    /// The WAL when it lives outside `member/` (`--wal-dir`).
+    wal: Option<WalDirs>,
+}
+
+/// A `--wal-dir` WAL: etcd's files there are set aside as `<dir>.etcd`,
+/// oxcd's are built in `<dir>.oxcd-import` and renamed into place.
+struct WalDirs {
+    dir: PathBuf,
     kept: PathBuf,
     work: PathBuf,
 }
 
 impl Dirs {
-    fn new(data_dir: &Path) -> Dirs {
+    fn new(data_dir: &Path, wal_dir: &Path) -> Dirs {
+        let beside = |dir: &Path, suffix: &str| {
+            let mut name = dir.as_os_str().to_os_string();
+            name.push(suffix);
+            PathBuf::from(name)
+        };
+        let wal_dir = wal_dir.components().collect::<PathBuf>();
         Dirs {
-            data: data_dir.to_path_buf(),
             member: data_dir.join("member"),
             kept: data_dir.join("member.etcd"),
             work: data_dir.join("member.oxcd-import"),
+            wal: (!wal_dir.as_os_str().is_empty()).then(|| WalDirs {
+                kept: beside(&wal_dir, ".etcd"),
+                work: beside(&wal_dir, ".oxcd-import"),
+                dir: wal_dir,
+            }),
         }
+    }
+
+    /// Where etcd's WAL is read from.
+    fn etcd_wal(&self) -> PathBuf {
+        self.wal
+            .as_ref()
+            .map_or_else(|| self.member.join("wal"), |w| w.dir.clone())
+    }
+
+    /// Where oxcd's WAL is built.
+    fn new_wal(&self) -> PathBuf {
+        self.wal
+            .as_ref()
+            .map_or_else(|| self.work.join("wal"), |w| w.work.clone())
     }
 }
 
@@ -124,26 +158,23 @@ impl Dirs {
 /// # Errors
 /// [`ImportError`]; nothing in etcd's files has been modified then.
 pub fn import_if_etcd(cfg: &Config) -> Result<(), ImportError> {
-    let dirs = Dirs::new(&cfg.data_dir);
-    if !dirs.member.exists() && dirs.kept.exists() && dirs.work.join(DONE).exists() {
-        return switch(&dirs, false);
+    let dirs = Dirs::new(&cfg.data_dir, &cfg.wal_dir);
+    if dirs.work.join(DONE).exists() {
+        // A finished build whose switch was cut short: finish it.
+        return switch(&dirs);
     }
     let db = dirs.member.join("snap").join("db");
     if !is_bolt(&db) {
         refuse_v2_only(&dirs)?;
         return Ok(());
     }
-    if !cfg.wal_dir.as_os_str().is_empty() {
-        return Err(source(
-            &cfg.wal_dir,
-            "importing an etcd member whose WAL is outside member/wal (--wal-dir) is not supported; move it to member/wal and start without --wal-dir",
-        ));
-    }
-    if dirs.kept.exists() {
-        return Err(source(
-            &dirs.kept,
-            "already exists (etcd files kept by an earlier import); move it away to import member/ again",
-        ));
+    for kept in std::iter::once(&dirs.kept).chain(dirs.wal.as_ref().map(|w| &w.kept)) {
+        if kept.exists() {
+            return Err(source(
+                kept,
+                "already exists (etcd files kept by an earlier import); move it away to import again",
+            ));
+        }
     }
     tracing::info!(
         "found an etcd data directory at {}: importing it",
@@ -152,8 +183,9 @@ pub fn import_if_etcd(cfg: &Config) -> Result<(), ImportError> {
     let started = std::time::Instant::now();
     let summary = build(&dirs, &db).inspect_err(|_| {
         let _ = fs::remove_dir_all(&dirs.work);
+        let _ = fs::remove_dir_all(dirs.new_wal());
     })?;
-    switch(&dirs, true)?;
+    switch(&dirs)?;
     tracing::info!(
         rows = summary.rows,
         consistent_index = summary.consistent_index,
@@ -191,22 +223,45 @@ fn refuse_v2_only(dirs: &Dirs) -> Result<(), ImportError> {
     Ok(())
 }
 
-/// Renames `member/` aside (unless `move_source` is false: already done)
-/// and the finished build into its place.
-fn switch(dirs: &Dirs, move_source: bool) -> Result<(), ImportError> {
-    let sync_data = || {
-        fs::File::open(&dirs.data)
+/// Puts the finished build in place of etcd's files, which are renamed
+/// aside: the `--wal-dir` WAL first (if any), then `member/`. Each step is
+/// skipped when a start cut short already did it, so a crash anywhere in
+/// here is finished by the next start; while `member.oxcd-import/` exists,
+/// a `member/` beside it is still etcd's.
+fn switch(dirs: &Dirs) -> Result<(), ImportError> {
+    let sync_parent = |p: &Path| {
+        let parent = p.parent().unwrap_or(Path::new("."));
+        fs::File::open(parent)
             .and_then(|d| d.sync_all())
-            .map_err(|e| write_err(&dirs.data, e))
+            .map_err(|e| write_err(parent, e))
+    };
+    let set_aside = |from: &Path, to: &Path| {
+        if to.exists() {
+            return Err(source(
+                to,
+                "already exists (etcd files kept by an earlier import); move it away to import again",
+            ));
+        }
+        fs::rename(from, to).map_err(|e| write_err(to, e))?;
+        sync_parent(to)
     };
     oxcd_failpoint::failpoint!("importBeforeSwitch");
-    if move_source {
-        fs::rename(&dirs.member, &dirs.kept).map_err(|e| write_err(&dirs.kept, e))?;
-        sync_data()?;
+    if let Some(w) = &dirs.wal {
+        if w.work.exists() {
+            if w.dir.exists() {
+                set_aside(&w.dir, &w.kept)?;
+            }
+            fs::rename(&w.work, &w.dir).map_err(|e| write_err(&w.dir, e))?;
+            sync_parent(&w.dir)?;
+        }
+        oxcd_failpoint::failpoint!("importAfterWalSwitch");
+    }
+    if dirs.member.exists() {
+        set_aside(&dirs.member, &dirs.kept)?;
     }
     oxcd_failpoint::failpoint!("importBetweenRenames");
     fs::rename(&dirs.work, &dirs.member).map_err(|e| write_err(&dirs.member, e))?;
-    sync_data()?;
+    sync_parent(&dirs.member)?;
     let _ = fs::remove_file(dirs.member.join(DONE));
     Ok(())
 }
@@ -229,7 +284,7 @@ fn build(dirs: &Dirs, db: &Path) -> Result<Summary, ImportError> {
         Err(fs::TryLockError::WouldBlock) => return Err(ImportError::Locked(db.to_path_buf())),
         Err(fs::TryLockError::Error(e)) => return Err(source(db, e)),
     }
-    let wal_dir = dirs.member.join("wal");
+    let wal_dir = dirs.etcd_wal();
     let log = etcd_wal::read_dir(&wal_dir).map_err(|e| source(&wal_dir, e))?;
     if let Some((file, offset)) = &log.torn {
         // etcd repairs this on its next start: truncates there.
@@ -247,9 +302,11 @@ fn build(dirs: &Dirs, db: &Path) -> Result<Summary, ImportError> {
         None => V2Cluster::default(),
     };
 
-    if dirs.work.exists() {
-        // An earlier import stopped before it was marked done.
-        fs::remove_dir_all(&dirs.work).map_err(|e| write_err(&dirs.work, e))?;
+    for stale in [dirs.work.clone(), dirs.new_wal()] {
+        if stale.exists() {
+            // An earlier import stopped before it was marked done.
+            fs::remove_dir_all(&stale).map_err(|e| write_err(&stale, e))?;
+        }
     }
     create_private_dir(&dirs.work.join("snap"))?;
     let backend = copy_backend(db, &dirs.work.join("snap").join("db"))?;
@@ -309,7 +366,7 @@ fn build(dirs: &Dirs, db: &Path) -> Result<Summary, ImportError> {
         });
     let hs = log.hard_state.unwrap_or_default();
     let entries_written = entries.len();
-    let wal_out = dirs.work.join("wal");
+    let wal_out = dirs.new_wal();
     files::write_raft_files(
         &dirs.work.join("snap"),
         &wal_out,
@@ -334,6 +391,12 @@ fn build(dirs: &Dirs, db: &Path) -> Result<Summary, ImportError> {
         },
     )?;
 
+    if let Some(parent) = dirs.wal.as_ref().and_then(|w| w.work.parent()) {
+        // The WAL built outside member/ must be there before the mark.
+        fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| write_err(parent, e))?;
+    }
     let done = dirs.work.join(DONE);
     fs::write(&done, b"").map_err(|e| write_err(&done, e))?;
     fs::File::open(&dirs.work)
