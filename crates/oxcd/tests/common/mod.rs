@@ -355,19 +355,7 @@ impl Member {
             .status()
             .expect("run kill -TERM");
         assert!(sent.success(), "kill -TERM {pid} failed");
-        let until = Instant::now() + deadline;
-        loop {
-            if let Some(status) = self.try_exit_status() {
-                self.child = None;
-                return status;
-            }
-            assert!(
-                Instant::now() < until,
-                "server did not exit within {deadline:?} of SIGTERM\n{}",
-                self.log()
-            );
-            tokio::time::sleep(POLL).await;
-        }
+        self.wait_exit(deadline).await
     }
 
     /// Starts the member again on the same data dir and ports.
