@@ -12,9 +12,11 @@
 use std::time::Duration;
 
 use oxcd_api::etcdserverpb::{
-    compare, kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
-    request_op, response_op, Compare, DeleteRangeRequest, LeaseGrantRequest, PutRequest,
-    RangeRequest, RangeResponse, RequestOp, StatusRequest, StatusResponse, TxnRequest,
+    cluster_client::ClusterClient, compare, kv_client::KvClient, lease_client::LeaseClient,
+    maintenance_client::MaintenanceClient, request_op, response_op, CompactionRequest, Compare,
+    DefragmentRequest, DeleteRangeRequest, LeaseGrantRequest, Member, MemberAddRequest,
+    MemberAddResponse, MemberListRequest, MemberRemoveRequest, PutRequest, RangeRequest,
+    RangeResponse, RequestOp, StatusRequest, StatusResponse, TxnRequest,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
@@ -196,6 +198,97 @@ impl MemberClient {
     pub async fn status(&self) -> Result<StatusResponse, tonic::Status> {
         Ok(MaintenanceClient::new(self.channel())
             .status(StatusRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// A raft entry that changes nothing: a txn whose compare (version 1
+    /// of a key never written) fails, with an empty else branch. It goes
+    /// through raft (its then branch writes) but creates no revision, so
+    /// it lengthens the log without touching the checked history.
+    ///
+    /// # Errors
+    /// The gRPC status of a failed call.
+    pub async fn filler(&self) -> Result<(), tonic::Status> {
+        let key: prost::bytes::Bytes = b"oxcd-check-filler-never-written".to_vec().into();
+        let req = TxnRequest {
+            compare: vec![Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Version as i32,
+                key: key.clone(),
+                range_end: Default::default(),
+                target_union: Some(compare::TargetUnion::Version(1)),
+            }],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key,
+                    ..Default::default()
+                })),
+            }],
+            failure: Vec::new(),
+        };
+        KvClient::new(self.channel()).txn(req).await?;
+        Ok(())
+    }
+
+    /// Compacts the key space up to `revision` (logical only: the
+    /// nemesis wants compaction during load, not a wait for the disk).
+    ///
+    /// # Errors
+    /// The gRPC status of a failed call.
+    pub async fn compact(&self, revision: i64) -> Result<(), tonic::Status> {
+        let req = CompactionRequest {
+            revision,
+            physical: false,
+        };
+        KvClient::new(self.channel()).compact(req).await?;
+        Ok(())
+    }
+
+    /// Defragments this member's backend.
+    ///
+    /// # Errors
+    /// The gRPC status of a failed call.
+    pub async fn defragment(&self) -> Result<(), tonic::Status> {
+        MaintenanceClient::new(self.channel())
+            .defragment(DefragmentRequest {})
+            .await?;
+        Ok(())
+    }
+
+    /// The cluster's members as this member knows them (linearizable).
+    ///
+    /// # Errors
+    /// The gRPC status of a failed call.
+    pub async fn member_list(&self) -> Result<Vec<Member>, tonic::Status> {
+        Ok(ClusterClient::new(self.channel())
+            .member_list(MemberListRequest { linearizable: true })
+            .await?
+            .into_inner()
+            .members)
+    }
+
+    /// Removes member `id` from the cluster.
+    ///
+    /// # Errors
+    /// The gRPC status of a failed call.
+    pub async fn member_remove(&self, id: u64) -> Result<(), tonic::Status> {
+        ClusterClient::new(self.channel())
+            .member_remove(MemberRemoveRequest { id })
+            .await?;
+        Ok(())
+    }
+
+    /// Adds a voting member with `peer_url`.
+    ///
+    /// # Errors
+    /// The gRPC status of a failed call.
+    pub async fn member_add(&self, peer_url: &str) -> Result<MemberAddResponse, tonic::Status> {
+        Ok(ClusterClient::new(self.channel())
+            .member_add(MemberAddRequest {
+                peer_ur_ls: vec![peer_url.to_string()],
+                is_learner: false,
+            })
             .await?
             .into_inner())
     }

@@ -30,6 +30,48 @@ const POLL: Duration = Duration::from_millis(50);
 /// etcd's defaults are 100 ms and 1000 ms.
 const FAST_RAFT: [&str; 4] = ["--heartbeat-interval", "50", "--election-timeout", "500"];
 
+/// What every member of a started cluster gets besides the flags the
+/// checker always sets: extra flags (e.g. `--snapshot-count`) and
+/// environment (e.g. `OXCD_FAILPOINTS_HTTP=1` for the disk nemesis).
+#[derive(Clone, Debug, Default)]
+pub struct StartOptions {
+    /// Extra command-line flags.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+/// Whether `binary` is oxcd (its `--version` says `oxcd`), asked once with
+/// a bounded wait; anything else (etcd, no answer) is `false`.
+pub fn is_oxcd(binary: &Path) -> bool {
+    let Ok(mut child) = Command::new(binary)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(POLL),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+        }
+    }
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
+    }
+    out.contains("oxcd")
+}
+
 /// One member process started by the checker.
 #[derive(Debug)]
 pub struct Member {
@@ -44,8 +86,10 @@ pub struct Member {
     data_dir: PathBuf,
     log_dir: PathBuf,
     binary: PathBuf,
-    /// `--initial-cluster ...` and the rest, the same on every start.
+    /// `--initial-cluster ...` and the rest, the same on every start
+    /// (until the membership nemesis re-adds the member).
     cluster_args: Vec<String>,
+    options: StartOptions,
     child: Option<Child>,
     paused: bool,
     incarnation: u32,
@@ -57,7 +101,8 @@ impl Member {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
-    fn advertised_peer_url(&self) -> String {
+    /// The peer URL the member advertises (its proxy's).
+    pub fn advertised_peer_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.proxy.port())
     }
 
@@ -79,6 +124,11 @@ impl Member {
     fn log_path(&self) -> PathBuf {
         self.log_dir
             .join(format!("{}.{}.log", self.name, self.incarnation))
+    }
+
+    /// How many times `needle` occurs in the current incarnation's log.
+    pub fn log_count(&self, needle: &str) -> usize {
+        std::fs::read_to_string(self.log_path()).map_or(0, |t| t.matches(needle).count())
     }
 
     /// The last `lines` lines of the current incarnation's log.
@@ -116,6 +166,8 @@ impl Member {
             .arg(self.advertised_peer_url())
             .args(&self.cluster_args)
             .args(FAST_RAFT)
+            .args(&self.options.args)
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
@@ -128,8 +180,9 @@ impl Member {
         Ok(())
     }
 
-    /// `Some(status text)` if the process has exited.
-    fn exited(&mut self) -> Option<String> {
+    /// `Some(status text)` if the process has exited (it is reaped then,
+    /// and counts as not running).
+    pub fn exited(&mut self) -> Option<String> {
         let child = self.child.as_mut()?;
         match child.try_wait() {
             Ok(Some(status)) => {
@@ -139,6 +192,53 @@ impl Member {
             Ok(None) => None,
             Err(e) => Some(format!("wait failed: {e}")),
         }
+    }
+
+    /// Polls until the process exits on its own, at most `within`;
+    /// `Some(status text)` if it did.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if !self.is_running() || Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Removes the data dir (the member must not be running): the
+    /// membership nemesis re-adds it as a new, empty member.
+    ///
+    /// # Errors
+    /// The member runs, or the removal fails.
+    pub fn wipe_data(&mut self) -> Result<(), String> {
+        if self.is_running() {
+            return Err(format!("{} is running; not wiping its data", self.name));
+        }
+        match std::fs::remove_dir_all(&self.data_dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("remove {}: {e}", self.data_dir.display())),
+        }
+    }
+
+    /// Starts the member (again) as a new member of an existing cluster
+    /// whose members are `initial_cluster` (`name=peer-url,...`); later
+    /// restarts keep these flags (they are ignored once data exists).
+    ///
+    /// # Errors
+    /// It cannot be started.
+    pub fn spawn_joining(&mut self, initial_cluster: String) -> Result<(), Error> {
+        self.cluster_args = vec![
+            "--initial-cluster".into(),
+            initial_cluster,
+            "--initial-cluster-state".into(),
+            "existing".into(),
+        ];
+        self.spawn()
     }
 
     /// SIGKILL and reap. No-op if not running.
@@ -169,7 +269,10 @@ impl Member {
     }
 
     /// Polls until the member answers `Status` and a linearizable range.
-    async fn wait_ready(&mut self, within: Duration) -> Result<(), Error> {
+    ///
+    /// # Errors
+    /// [`Error::NotReady`] with the log tail: it exited or timed out.
+    pub async fn wait_ready(&mut self, within: Duration) -> Result<(), Error> {
         let client =
             MemberClient::new(&self.client_url(), Duration::from_secs(1)).map_err(Error::Config)?;
         let deadline = Instant::now() + within;
@@ -241,14 +344,19 @@ impl Cluster {
     ///
     /// # Errors
     /// The binary cannot be started, or members do not become ready.
-    pub async fn start(binary: &Path, size: usize, dir: &Path) -> Result<Cluster, Error> {
+    pub async fn start(
+        binary: &Path,
+        size: usize,
+        dir: &Path,
+        options: &StartOptions,
+    ) -> Result<Cluster, Error> {
         if size == 0 {
             return Err(Error::Config("a cluster needs at least one member".into()));
         }
         let mut last = None;
         for attempt in 0..3 {
             let base = dir.join(format!("attempt{attempt}"));
-            let mut cluster = Cluster::spawn_all(binary, size, &base)?;
+            let mut cluster = Cluster::spawn_all(binary, size, &base, options)?;
             match cluster.wait_all_ready().await {
                 Ok(()) => return Ok(cluster),
                 Err(e) if e.to_string().contains("address already in use") => last = Some(e),
@@ -258,7 +366,12 @@ impl Cluster {
         Err(last.unwrap_or_else(|| Error::NotReady("ports kept being taken".into())))
     }
 
-    fn spawn_all(binary: &Path, size: usize, base: &Path) -> Result<Cluster, Error> {
+    fn spawn_all(
+        binary: &Path,
+        size: usize,
+        base: &Path,
+        options: &StartOptions,
+    ) -> Result<Cluster, Error> {
         let log_dir = base.join("logs");
         std::fs::create_dir_all(&log_dir)
             .map_err(|e| Error::io(format!("create {}", log_dir.display()), e))?;
@@ -280,6 +393,7 @@ impl Cluster {
                 log_dir: log_dir.clone(),
                 binary: binary.to_path_buf(),
                 cluster_args: Vec::new(),
+                options: options.clone(),
                 child: None,
                 paused: false,
                 incarnation: 0,
@@ -329,6 +443,18 @@ impl Cluster {
     /// SIGKILL member `i`.
     pub fn kill9(&mut self, i: usize) {
         self.members[i].kill9();
+    }
+
+    /// Starts member `i` again on its data dir, without waiting.
+    ///
+    /// # Errors
+    /// It cannot be started.
+    pub fn spawn(&mut self, i: usize) -> Result<(), Error> {
+        let m = &mut self.members[i];
+        if m.is_running() {
+            return Ok(());
+        }
+        m.spawn()
     }
 
     /// Starts member `i` again on its data dir and waits until it serves.

@@ -256,6 +256,12 @@ pub struct WatchLog {
     pub connects: Vec<(u64, usize, i64)>,
     /// Errors and cancellations seen, with time.
     pub errors: Vec<(u64, String)>,
+    /// Each watch refused because its start revision was compacted:
+    /// (requested start revision, compact revision). The watcher resumes
+    /// at the compact revision, so the events from the requested start up
+    /// to it are an allowed gap.
+    #[serde(default)]
+    pub compacted: Vec<(i64, i64)>,
 }
 
 impl WatchLog {

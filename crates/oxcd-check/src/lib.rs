@@ -12,7 +12,10 @@
 //!   peer listener, which the partition nemesis uses.
 //! - [`workload`]: the clients (put, get, delete, txn, lease) and watchers.
 //! - [`history`]: what was recorded: operations, outcomes, watch events.
-//! - [`nemesis`]: the faults (kill, kill-leader, pause, partition, mixed).
+//! - [`nemesis`]: the faults (kill, kill-leader, pause, partition, disk,
+//!   membership, snapshot-kill, compact-defrag, mixed).
+//! - [`failpoint`]: oxcd's `/debug/failpoints` over HTTP, for the disk
+//!   nemesis.
 //! - [`scan`]: the final state: every revision of the key space rebuilt
 //!   from ranged reads at each revision.
 //! - [`check`]: the verdicts: linearizability, lost writes, watch, revision
@@ -35,6 +38,7 @@ pub mod check;
 pub mod client;
 pub mod cluster;
 pub mod error;
+pub mod failpoint;
 pub mod history;
 pub mod nemesis;
 pub mod proxy;

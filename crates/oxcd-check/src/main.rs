@@ -1,5 +1,21 @@
 //! `oxcd-check`: flags to a [`run::Config`], run, print, exit with the
 //! verdict (0 PASS, 1 FAIL, 2 UNKNOWN, 3 the run could not be carried out).
+//!
+//! # Release check (long mode)
+//!
+//! Before a release, run each nemesis for 10 minutes on a 3-member oxcd
+//! cluster (`--long` is `--duration 600`); every run must print PASS
+//! (linearizable, 0 lost acknowledged writes, valid watches, monotonic
+//! revisions, every fault recovered), and the op counts and verdicts go
+//! into the release note:
+//! ```text
+//! for n in kill pause partition disk membership; do
+//!   oxcd-check --server target/debug/oxcd --nemesis $n --long --seed 1 --out /tmp/long-$n
+//! done
+//! ```
+//! `disk` needs a debug build (failpoints); the others also run against
+//! etcd (`--server /usr/bin/etcd`), which must pass too. `snapshot-kill`
+//! and `compact-defrag` are worth a long run as well.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,13 +51,21 @@ struct Args {
     /// Keys in the key set (few keys, so histories interleave).
     #[arg(long, default_value_t = 12)]
     keys: usize,
-    /// Workload duration in seconds.
-    #[arg(long, default_value_t = 30.0)]
-    duration: f64,
+    /// Workload duration in seconds (default 30, or 600 with --long).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// The release-check long mode: a 600 s workload (see the crate doc).
+    #[arg(long)]
+    long: bool,
+    /// `--snapshot-count` of the members started (default: the server's,
+    /// 200 under --nemesis snapshot-kill).
+    #[arg(long)]
+    snapshot_count: Option<u64>,
     /// Seed of every random choice (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
-    /// none, kill, kill-leader, pause, partition or mixed.
+    /// none, kill, kill-leader, pause, partition, disk (oxcd debug builds),
+    /// membership, snapshot-kill, compact-defrag or mixed.
     #[arg(long, default_value = "none")]
     nemesis: Nemesis,
     /// Timeout of each client operation, in seconds.
@@ -108,12 +132,17 @@ fn config(args: &Args) -> Result<Config, String> {
         clients: args.clients,
         watchers: args.watchers,
         keys: args.keys,
-        duration: seconds(args.duration, "duration")?,
+        duration: seconds(
+            args.duration
+                .unwrap_or(if args.long { 600.0 } else { 30.0 }),
+            "duration",
+        )?,
         seed,
         nemesis: args.nemesis,
         op_timeout: seconds(args.op_timeout, "op-timeout")?,
         check_timeout: seconds(args.check_timeout, "check-timeout")?,
         selftest_stale_reads: args.selftest_stale_reads,
+        snapshot_count: args.snapshot_count,
     })
 }
 

@@ -7,9 +7,20 @@
 //! event at that revision (a key whose `mod_revision` is the revision was
 //! put, a key that vanished was deleted). This does not use the watch
 //! implementation, so the watch checker can compare watchers against it.
-//! The checker never compacts, so every revision is still readable (on a
-//! user's cluster with auto-compaction, a compacted revision makes the
-//! scan fail and the checkers that need it say "unknown").
+//!
+//! Compaction (the compact-defrag nemesis) makes the revisions below the
+//! last compact revision `C` unreadable. The scan then reads from `C + 1`
+//! (the state at `C` is still readable) and [`complete_from_watches`]
+//! rebuilds `from..=C` from the watchers' events: a watcher that started
+//! at `from` before any compaction received every event of that range.
+//! The rebuilt part is checked, not trusted: watchers must agree on every
+//! revision, every revision must be there (in a cluster only the checker
+//! writes to, each revision is exactly one event under the prefix), and
+//! replaying it from the empty prefix must give the state read at `C`. A
+//! part that cannot be rebuilt leaves the scan [`Scan::incomplete`], and
+//! the checkers that need it say UNKNOWN rather than PASS. (On a user's
+//! cluster with auto-compaction, a compacted revision makes the scan fail
+//! and the checkers that need it say "unknown".)
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,7 +28,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use crate::client::{prefix_end, MemberClient};
-use crate::history::{Event, EventKind, Kv};
+use crate::history::{Event, EventKind, Kv, WatchLog};
 
 /// Revisions read concurrently.
 const PARALLEL: usize = 32;
@@ -31,6 +42,14 @@ pub struct Scan {
     pub final_revision: i64,
     /// Every event under the prefix in `from..=final_revision`, in order.
     pub events: Vec<Event>,
+    /// The first revision read by ranges; below it (down to `from`) the
+    /// events come from the watchers.
+    pub scanned_from: i64,
+    /// The state at `scanned_from - 1`, read by a range.
+    pub boundary: BTreeMap<String, Kv>,
+    /// Why the events below `scanned_from` are not known completely; the
+    /// checkers that need the whole history cannot decide then.
+    pub incomplete: Option<String>,
     /// The final values (from the final linearizable range).
     pub final_kvs: BTreeMap<String, Kv>,
     /// Contradictions found while rebuilding (a key changed at a revision
@@ -41,12 +60,19 @@ pub struct Scan {
 
 type State = BTreeMap<String, Kv>;
 
-/// Reads the final state and every revision from `from` on.
+/// Reads the final state and every revision from `from` on, or from
+/// `compacted + 1` when the key space was compacted at `compacted` (then
+/// call [`complete_from_watches`]).
 ///
 /// # Errors
 /// A read that keeps failing (after retries on every member), e.g. a
 /// compacted revision.
-pub async fn scan(urls: &[String], prefix: &str, from: i64) -> Result<Scan, String> {
+pub async fn scan(
+    urls: &[String],
+    prefix: &str,
+    from: i64,
+    compacted: Option<i64>,
+) -> Result<Scan, String> {
     let clients: Vec<MemberClient> = urls
         .iter()
         .map(|u| MemberClient::new(u, Duration::from_secs(5)))
@@ -54,18 +80,21 @@ pub async fn scan(urls: &[String], prefix: &str, from: i64) -> Result<Scan, Stri
     let key = prefix.as_bytes().to_vec();
     let end = prefix_end(&key);
     let (final_revision, final_kvs) = read_at(&clients, 0, &key, &end, 0).await?;
+    let scanned_from = compacted.map_or(from, |c| (c + 1).max(from));
     let mut scan = Scan {
         from,
+        scanned_from,
         final_revision,
         final_kvs,
         ..Scan::default()
     };
-    let mut prev = if from > 1 {
-        read_at(&clients, 0, &key, &end, from - 1).await?.1
+    let mut prev = if scanned_from > 1 {
+        read_at(&clients, 0, &key, &end, scanned_from - 1).await?.1
     } else {
         State::new()
     };
-    let mut rev = from;
+    scan.boundary = prev.clone();
+    let mut rev = scanned_from;
     while rev <= final_revision {
         let last = (rev + PARALLEL as i64 - 1).min(final_revision);
         let mut set = JoinSet::new();
@@ -85,7 +114,7 @@ pub async fn scan(urls: &[String], prefix: &str, from: i64) -> Result<Scan, Stri
         }
         rev = last + 1;
     }
-    if prev != scan.final_kvs && final_revision >= from {
+    if prev != scan.final_kvs && final_revision >= scanned_from {
         scan.anomalies.push(format!(
             "the final linearizable range differs from the range at its own revision \
              {final_revision}: {:?} vs {:?}",
@@ -93,6 +122,75 @@ pub async fn scan(urls: &[String], prefix: &str, from: i64) -> Result<Scan, Stri
         ));
     }
     Ok(scan)
+}
+
+/// Fills `scan.from..scan.scanned_from` (revisions compacted away) from
+/// the watchers' events, checking them as the module doc says: a
+/// disagreement is an anomaly (a FAIL), a revision no watcher saw makes
+/// the scan [`Scan::incomplete`].
+pub fn complete_from_watches(scan: &mut Scan, watches: &[WatchLog]) {
+    if scan.scanned_from <= scan.from {
+        return;
+    }
+    let (from, to) = (scan.from, scan.scanned_from);
+    let mut by_rev: BTreeMap<i64, Event> = BTreeMap::new();
+    for w in watches {
+        for (_, e) in &w.events {
+            if e.revision < from || e.revision >= to {
+                continue;
+            }
+            match by_rev.get(&e.revision) {
+                None => {
+                    by_rev.insert(e.revision, e.clone());
+                }
+                Some(seen) if seen != e => scan.anomalies.push(format!(
+                    "watchers disagree at compacted revision {}: {seen:?} vs {e:?} (watcher {})",
+                    e.revision, w.watcher
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    let missing: Vec<i64> = (from..to).filter(|r| !by_rev.contains_key(r)).collect();
+    if !missing.is_empty() {
+        scan.incomplete = Some(format!(
+            "{} of the revisions {from}..{to} (compacted away, at {}) were received by no \
+             watcher, e.g. {:?}",
+            missing.len(),
+            to - 1,
+            &missing[..missing.len().min(5)]
+        ));
+    } else {
+        // The prefix is unique to the run: empty before `from`.
+        let mut state = State::new();
+        for e in by_rev.values() {
+            match e.kind {
+                EventKind::Put => {
+                    state.insert(
+                        e.key.clone(),
+                        Kv {
+                            value: e.value.clone(),
+                            mod_revision: e.revision,
+                        },
+                    );
+                }
+                EventKind::Delete => {
+                    state.remove(&e.key);
+                }
+            }
+        }
+        if state != scan.boundary {
+            scan.anomalies.push(format!(
+                "the watchers' events replayed up to revision {} give {state:?}, but a range at \
+                 that revision reads {:?}",
+                to - 1,
+                scan.boundary
+            ));
+        }
+    }
+    let mut events: Vec<Event> = by_rev.into_values().collect();
+    events.append(&mut scan.events);
+    scan.events = events;
 }
 
 /// Appends the events that turn `prev` into `next` at revision `r`.
@@ -165,4 +263,80 @@ async fn read_at(
         }
     }
     Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(rev: i64, key: &str, value: &str) -> Event {
+        Event {
+            revision: rev,
+            key: key.into(),
+            kind: EventKind::Put,
+            value: value.into(),
+        }
+    }
+
+    fn watcher(id: usize, events: &[Event]) -> WatchLog {
+        WatchLog {
+            watcher: id,
+            start_revision: 2,
+            events: events.iter().cloned().map(|e| (0, e)).collect(),
+            ..WatchLog::default()
+        }
+    }
+
+    /// Compacted at 3: revisions 2..=3 come from the watchers, 4 was read.
+    fn compacted_scan() -> Scan {
+        let mut boundary = State::new();
+        boundary.insert(
+            "a".into(),
+            Kv {
+                value: "x".into(),
+                mod_revision: 2,
+            },
+        );
+        boundary.insert(
+            "b".into(),
+            Kv {
+                value: "y".into(),
+                mod_revision: 3,
+            },
+        );
+        Scan {
+            from: 2,
+            scanned_from: 4,
+            boundary,
+            final_revision: 4,
+            events: vec![put(4, "a", "z")],
+            ..Scan::default()
+        }
+    }
+
+    #[test]
+    fn compacted_revisions_are_rebuilt_and_checked() {
+        let full = [put(2, "a", "x"), put(3, "b", "y"), put(4, "a", "z")];
+        let mut s = compacted_scan();
+        complete_from_watches(&mut s, &[watcher(0, &full), watcher(1, &full[1..])]);
+        assert!(s.incomplete.is_none() && s.anomalies.is_empty(), "{s:?}");
+        assert_eq!(s.events, full.to_vec());
+    }
+
+    #[test]
+    fn a_revision_no_watcher_saw_makes_the_history_incomplete() {
+        let mut s = compacted_scan();
+        complete_from_watches(&mut s, &[watcher(0, &[put(3, "b", "y")])]);
+        assert!(s.incomplete.is_some(), "{s:?}");
+    }
+
+    #[test]
+    fn watchers_contradicting_the_state_at_the_compaction_fail() {
+        let mut s = compacted_scan();
+        complete_from_watches(
+            &mut s,
+            &[watcher(0, &[put(2, "a", "x"), put(3, "b", "WRONG")])],
+        );
+        assert!(!s.anomalies.is_empty(), "{s:?}");
+    }
 }

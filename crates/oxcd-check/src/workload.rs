@@ -260,9 +260,19 @@ pub struct WatcherHandle {
     pub progress: tokio::sync::watch::Receiver<i64>,
 }
 
+/// Why a watch stream ended.
+enum WatchEnd {
+    /// The start revision was compacted; resume at this revision.
+    Compacted(i64),
+    /// Anything else; resume after the last event received.
+    Error(String),
+}
+
 /// Starts watcher `id` on the key prefix from `start_revision`; it
 /// reconnects (to the next member) after any error, from the revision after
-/// the last event it got, until `stop` fires.
+/// the last event it got, until `stop` fires. A watch refused because that
+/// revision was compacted is recorded in [`WatchLog::compacted`] and
+/// resumed at the compact revision (as etcd's clients do).
 pub fn spawn_watcher(
     cfg: Arc<WorkloadConfig>,
     id: usize,
@@ -290,12 +300,25 @@ pub fn spawn_watcher(
                 r = watch_once(url, &cfg.prefix, next, &log, &tx, clock) => r,
                 () = stop.cancelled() => return,
             };
-            if let Err(e) = result {
-                lock(&log)
-                    .errors
-                    .push((clock.now(), format!("member {member}: {e}")));
+            let resume_after = tx.borrow().max(start_revision - 1) + 1;
+            match result {
+                Ok(()) => next = resume_after,
+                Err(WatchEnd::Error(e)) => {
+                    lock(&log)
+                        .errors
+                        .push((clock.now(), format!("member {member}: {e}")));
+                    next = resume_after;
+                }
+                Err(WatchEnd::Compacted(rev)) => {
+                    let mut guard = lock(&log);
+                    guard.errors.push((
+                        clock.now(),
+                        format!("member {member}: revision {next} compacted at {rev}"),
+                    ));
+                    guard.compacted.push((next, rev));
+                    next = rev.max(resume_after);
+                }
             }
-            next = tx.borrow().max(start_revision - 1) + 1;
             member = (member + 1) % cfg.urls.len().max(1);
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -318,8 +341,8 @@ async fn watch_once(
     log: &Mutex<WatchLog>,
     progress: &tokio::sync::watch::Sender<i64>,
     clock: Clock,
-) -> Result<(), String> {
-    let client = MemberClient::new(url, Duration::from_secs(3600))?;
+) -> Result<(), WatchEnd> {
+    let client = MemberClient::new(url, Duration::from_secs(3600)).map_err(WatchEnd::Error)?;
     let create = WatchRequest {
         request_union: Some(watch_request::RequestUnion::CreateRequest(
             WatchCreateRequest {
@@ -342,20 +365,23 @@ async fn watch_once(
     let connect = watch_client.watch(req);
     let mut stream = tokio::time::timeout(Duration::from_secs(5), connect)
         .await
-        .map_err(|_| "watch open timed out".to_string())?
-        .map_err(|e| format!("watch open: {e}"))?
+        .map_err(|_| WatchEnd::Error("watch open timed out".into()))?
+        .map_err(|e| WatchEnd::Error(format!("watch open: {e}")))?
         .into_inner();
     loop {
         let resp: WatchResponse = match stream.message().await {
             Ok(Some(r)) => r,
-            Ok(None) => return Err("stream ended".into()),
-            Err(e) => return Err(format!("stream: {e}")),
+            Ok(None) => return Err(WatchEnd::Error("stream ended".into())),
+            Err(e) => return Err(WatchEnd::Error(format!("stream: {e}"))),
         };
+        if resp.compact_revision > 0 {
+            return Err(WatchEnd::Compacted(resp.compact_revision));
+        }
         if resp.canceled {
-            return Err(format!(
+            return Err(WatchEnd::Error(format!(
                 "canceled (compact_revision {}): {}",
                 resp.compact_revision, resp.cancel_reason
-            ));
+            )));
         }
         let now = clock.now();
         let mut guard = lock(log);

@@ -17,6 +17,12 @@ pub fn check(ops: &[Op], scan: Option<&Scan>) -> (Verdict, String) {
             String::new(),
         );
     };
+    if let Some(why) = &scan.incomplete {
+        return (
+            Verdict::Unknown(format!("the revision history is incomplete: {why}")),
+            String::new(),
+        );
+    }
     let mut at: HashMap<i64, Vec<&Event>> = HashMap::new();
     for e in &scan.events {
         at.entry(e.revision).or_default().push(e);
@@ -84,13 +90,20 @@ pub fn check(ops: &[Op], scan: Option<&Scan>) -> (Verdict, String) {
         };
         violations.extend(found);
     }
-    let summary = format!(
+    let mut summary = format!(
         "{writes} acknowledged writes and {reads} read values checked against {} events \
          (revisions {}..={})",
         scan.events.len(),
         scan.from,
         scan.final_revision
     );
+    if scan.scanned_from > scan.from {
+        summary.push_str(&format!(
+            "; {}..={} compacted, rebuilt from the watchers",
+            scan.from,
+            scan.scanned_from - 1
+        ));
+    }
     (Verdict::from_violations(violations), summary)
 }
 

@@ -2,7 +2,9 @@
 //! events arrive in strictly increasing revision order, without
 //! duplicates, without gaps against the final revision history from the
 //! watcher's start revision to the end, and each matches the history
-//! (same key, type and value at that revision).
+//! (same key, type and value at that revision). A watch refused because
+//! its start revision was compacted resumes at the compact revision; the
+//! events it skipped that way are an allowed gap, not a violation.
 
 use std::collections::{HashMap, HashSet};
 
@@ -21,6 +23,12 @@ pub fn check(watches: &[WatchLog], scan: Option<&Scan>) -> (Verdict, String) {
             String::new(),
         );
     };
+    if let Some(why) = &scan.incomplete {
+        return (
+            Verdict::Unknown(format!("the revision history is incomplete: {why}")),
+            String::new(),
+        );
+    }
     let mut violations = Vec::new();
     let mut total = 0usize;
     for w in watches {
@@ -81,8 +89,13 @@ fn check_one(w: &WatchLog, scan: &Scan) -> Vec<String> {
     }
     let from = w.start_revision.max(scan.from);
     let mut missing = Vec::new();
+    let excused = |rev: i64| {
+        w.compacted
+            .iter()
+            .any(|&(asked, compact)| asked <= rev && rev < compact)
+    };
     for e in scan.events.iter().filter(|e| e.revision >= from) {
-        if !received.contains(&(e.revision, e.key.as_str())) {
+        if !received.contains(&(e.revision, e.key.as_str())) && !excused(e.revision) {
             missing.push(e);
         }
     }
@@ -154,5 +167,24 @@ mod tests {
         assert!(matches!(check(&[dup], Some(&scan())).0, Verdict::Fail(_)));
         let wrong = log(vec![ev(2, "a", "x"), ev(3, "b", "Q"), ev(4, "a", "z")]);
         assert!(matches!(check(&[wrong], Some(&scan())).0, Verdict::Fail(_)));
+    }
+
+    #[test]
+    fn gap_before_a_compaction_is_allowed_and_recorded() {
+        let mut w = log(vec![ev(3, "b", "y"), ev(4, "a", "z")]);
+        assert!(matches!(
+            check(&[w.clone()], Some(&scan())).0,
+            Verdict::Fail(_)
+        ));
+        w.compacted.push((2, 3));
+        assert_eq!(check(&[w], Some(&scan())).0, Verdict::Pass);
+    }
+
+    #[test]
+    fn incomplete_history_is_unknown() {
+        let mut s = scan();
+        s.incomplete = Some("no watcher saw revision 2".into());
+        let w = log(s.events.clone());
+        assert!(matches!(check(&[w], Some(&s)).0, Verdict::Unknown(_)));
     }
 }
