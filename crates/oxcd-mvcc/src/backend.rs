@@ -97,7 +97,7 @@ impl Default for BackendConfig {
 /// with pages the kernel's page cache already holds; a small cache keeps
 /// the resident set small (the key index, not the cache, makes reads
 /// fast: values are fetched by revision, one point lookup each).
-const CACHE_SIZE: usize = 8 << 20;
+pub(crate) const CACHE_SIZE: usize = 8 << 20;
 
 /// What the `meta` table says.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -36,10 +36,13 @@ impl KvStore {
     /// corruption errors.
     pub fn hash_kv(&self, rev: i64) -> Result<HashKv> {
         let _timer = crate::metrics::get().hash_rev.start_timer();
-        // The hash reads the file: commit what the open batch holds.
-        self.shared.backend.commit_open()?;
         let (rev, keep, tx, current_rev, compact_rev) = {
+            // The revision first, then the commit: with the state held no
+            // revision is published in between, so every row up to it is
+            // in the committed file the hash reads (the other order could
+            // publish a group that is only staged, and hash too little).
             let st = self.shared.state();
+            self.shared.backend.commit_open()?;
             if rev > 0 && rev <= st.compact_rev {
                 return Err(MvccError::Compacted {
                     requested: rev,
@@ -95,9 +98,11 @@ impl KvStore {
     /// Backend errors.
     pub fn hash(&self) -> Result<(u32, i64)> {
         let _timer = crate::metrics::get().hash.start_timer();
-        self.shared.backend.commit_open()?;
         let (tx, rev) = {
+            // As in `hash_kv`: no revision published between the commit
+            // and the read view.
             let st = self.shared.state();
+            self.shared.backend.commit_open()?;
             (self.shared.backend.begin_read()?, st.current_rev)
         };
         let mut names: Vec<String> = tx

@@ -38,6 +38,10 @@ pub(crate) struct Shared {
     pub state: RwLock<State>,
     pub writer: WriterLock,
     pub compaction: Mutex<()>,
+    /// Held for a whole defragment: two at once would share the scratch
+    /// file, and the first one's switch would rename the second's partial
+    /// copy over the live file.
+    pub defragmenting: Mutex<()>,
     /// Bumped (under `compaction`) whenever rows may be deleted or
     /// replaced anywhere in the `key` table: a compaction starting, a
     /// snapshot install. An online defragment copying rows compares it.
@@ -158,6 +162,7 @@ impl KvStore {
                 state: RwLock::new(restored.state),
                 writer: WriterLock::default(),
                 compaction: Mutex::new(()),
+                defragmenting: Mutex::new(()),
                 rewrites: std::sync::atomic::AtomicU64::new(0),
                 handles: AtomicUsize::new(1),
                 flusher,

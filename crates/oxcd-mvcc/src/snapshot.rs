@@ -104,7 +104,8 @@ impl KvStore {
     /// the key index, current and compact revisions and consistent index
     /// from it. Blocks until no write transaction or compaction runs, so
     /// call it from the applier's thread between apply groups. Readers see
-    /// either the old or the new contents. Watchers and leases must be
+    /// either the old or the new contents: they wait while the swap runs
+    /// (a full scan of the new file to rebuild the key index). Watchers and leases must be
     /// re-synced by the caller (see `WatchableStore::restore`).
     ///
     /// # Errors
@@ -126,8 +127,13 @@ impl KvStore {
             .map_err(|e| MvccError::backend("begin read", e))?;
         let ci = read_consistent_index(&from)?;
         let backend = &self.shared.backend;
-        backend.reset_consistent_index(ci);
+        // Readers wait until the new contents and their index are both in
+        // place, so none pairs the old index with the new file.
+        let mut state = self.shared.state_mut();
         backend.commit(true, |tx| {
+            // Under `open`, with the rows: no flusher commit in between can
+            // label the old contents with the snapshot's index.
+            backend.reset_consistent_index(ci);
             let live: Vec<String> = tx
                 .list_tables()
                 .map_err(|e| MvccError::backend("list tables", e))?
@@ -142,7 +148,8 @@ impl KvStore {
         drop(from);
         drop(other);
         let restored = crate::restore::restore(backend)?;
-        *self.shared.state_mut() = restored.state;
+        *state = restored.state;
+        drop(state);
         if let Some(rev) = restored.resume_compaction {
             self.finish_scheduled_compaction(rev)?;
         }
