@@ -12,9 +12,10 @@
 //! | `meta` | `scheduledCompactRev` | 17-byte revision `(C, 0)`: a compaction at C was started |
 //! | `meta` | `finishedCompactRev` | 17-byte revision `(C, 0)`: the compaction at C deleted everything it had to |
 //! | `lease` | 8-byte BE lease ID | protobuf `leasepb.Lease` — see `lease_table` (created on first use) |
+//! | `alarm` | protobuf `etcdserverpb.AlarmMember` | empty — see `alarm_table` |
+//! | `auth`, `authUsers`, `authRoles` | etcd's keys | etcd's values — see `auth_table` |
 //!
-//! Other rooms (auth, members, …) will add their own tables to this
-//! file under etcd's bucket names.
+//! The full table list and the design are in `docs/design/backend.md`.
 //!
 //! # Commit policy (group commit)
 //!
@@ -23,10 +24,12 @@
 //!   not on disk yet.
 //! - A durable commit ([`redb::Durability::Immediate`], one fsync) persists
 //!   every earlier non-durable commit. It happens when the server calls
-//!   `KvStore::sync` (once per group of applied entries, before replying),
-//!   when `batch_limit` non-durable commits have piled up, every
-//!   `batch_interval` from a background flusher thread if anything is
-//!   pending, and for the compaction markers.
+//!   `KvStore::sync` (before a raft snapshot releases the WAL behind it,
+//!   and at close), when `batch_limit` non-durable commits have piled up,
+//!   every `batch_interval` from a background flusher thread if anything
+//!   is pending, and for the compaction markers. Acknowledgements never
+//!   wait for it: the raft WAL makes a write durable, and replay from the
+//!   consistent index re-applies what the backend lost.
 //! - In batch mode ([`Backend::enable_batching`], which the server turns on
 //!   for good when it starts applying raft entries) write transactions do
 //!   not commit at all: they share ONE redb transaction, kept open and
@@ -70,9 +73,9 @@ pub(crate) const CONSISTENT_INDEX_KEY: &[u8] = b"consistent_index";
 pub(crate) const SCHEDULED_COMPACT_KEY: &[u8] = b"scheduledCompactRev";
 pub(crate) const FINISHED_COMPACT_KEY: &[u8] = b"finishedCompactRev";
 
-/// How often the backend makes pending writes durable on its own. The
-/// server's explicit `sync` calls are what acknowledgements rely on; these
-/// bounds only limit how much work a crash can force the WAL to replay.
+/// How often the backend makes pending writes durable on its own.
+/// Acknowledgements rely on the raft WAL, not on these: they only bound how
+/// much work a crash can force the WAL to replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendConfig {
     /// A background thread makes pending writes durable this often
@@ -329,22 +332,26 @@ impl Backend {
         f: impl FnOnce(&WriteTransaction) -> Result<()>,
     ) -> Result<()> {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let batching = open.batching;
         let tx = match open.tx.take() {
             Some(tx) => tx,
             None => self
                 .db()
                 .begin_write()
+                // No batch open: nothing is lost yet.
                 .map_err(|e| MvccError::backend("begin write", e))?,
         };
-        self.insert_deferred(&mut open.deferred, &tx)?;
-        f(&tx)?;
+        self.insert_deferred(&mut open.deferred, &tx)
+            .and_then(|()| f(&tx))
+            .or_else(|e| lost_if(batching, e))?;
         self.pending.fetch_add(1, Ordering::SeqCst);
         let limit_reached = self.pending.load(Ordering::SeqCst) >= self.cfg.batch_limit;
-        if open.batching && !force_durable && !limit_reached {
+        if batching && !force_durable && !limit_reached {
             open.tx = Some(tx);
             return Ok(());
         }
         self.finish(tx, force_durable)
+            .or_else(|e| lost_if(batching, e))
     }
 
     /// Commits the `key` table records of one MVCC write transaction
@@ -389,7 +396,7 @@ impl Backend {
                 .begin_write()
                 .map_err(|e| MvccError::backend("begin write", e))?,
         };
-        also(&tx)?;
+        also(&tx).or_else(|e| lost_if(true, e))?;
         open.tx = Some(tx);
         {
             let staged = self.staged();
@@ -407,8 +414,9 @@ impl Backend {
         self.pending.fetch_add(1, Ordering::SeqCst);
         if self.pending.load(Ordering::SeqCst) >= self.cfg.batch_limit {
             if let Some(tx) = open.tx.take() {
-                self.insert_deferred(&mut open.deferred, &tx)?;
-                self.finish(tx, false)?;
+                self.insert_deferred(&mut open.deferred, &tx)
+                    .and_then(|()| self.finish(tx, false))
+                    .or_else(|e| lost_if(true, e))?;
             }
         }
         Ok(())
@@ -447,7 +455,9 @@ impl Backend {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let open = &mut *open;
         match &open.tx {
-            Some(tx) => self.insert_deferred(&mut open.deferred, tx),
+            Some(tx) => self
+                .insert_deferred(&mut open.deferred, tx)
+                .or_else(|e| lost_if(true, e)),
             None => Ok(()),
         }
     }
@@ -475,10 +485,10 @@ impl Backend {
     pub fn commit_open(&self) -> Result<()> {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         match open.tx.take() {
-            Some(tx) => {
-                self.insert_deferred(&mut open.deferred, &tx)?;
-                self.finish(tx, false)
-            }
+            Some(tx) => self
+                .insert_deferred(&mut open.deferred, &tx)
+                .and_then(|()| self.finish(tx, false))
+                .or_else(|e| lost_if(true, e)),
             None => Ok(()),
         }
     }
@@ -875,6 +885,21 @@ impl Flusher {
             }
         }
     }
+}
+
+/// In batch mode a failure anywhere in committing the batch transaction
+/// loses it, and with it every write applied since the last commit, while
+/// the consistent index has already moved past them: the next commit would
+/// record entries whose rows are gone. So, like etcd ("failed to commit
+/// tx" is fatal there), the process exits and the restart replays the WAL
+/// from the last durable consistent index. Without batching the one
+/// transaction is undone and the error returned.
+fn lost_if<T>(batching: bool, e: MvccError) -> Result<T> {
+    if !batching {
+        return Err(e);
+    }
+    tracing::error!(error = %e, "backend commit failed; exiting");
+    std::process::exit(1);
 }
 
 fn flush_loop(backend: Weak<Backend>, interval: Duration, stop: mpsc::Receiver<()>) {

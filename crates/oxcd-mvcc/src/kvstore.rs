@@ -11,8 +11,10 @@
 //!   and has no lifetime.
 //! - A write transaction's index entries carry main revision
 //!   `current + 1`; readers only ask for revisions `<= current`, so they
-//!   never see an uncommitted change. `current` is bumped after the redb
-//!   commit, so every revision a reader can ask for is in its snapshot.
+//!   never see an unpublished change. Without batching `current` is bumped
+//!   after the redb commit; with it (the server's mode) by `end_batch`,
+//!   and readers find the rows not yet committed in the staged buffer
+//!   (see `docs/design/backend.md`).
 //! - `compaction` serialises compactions (their backend deletion runs
 //!   outside the writer lock, in batches).
 
@@ -246,8 +248,8 @@ impl KvStore {
     pub fn end_batch(&self) {
         let _writer = WriterGuard::new(&self.shared.writer);
         if let Err(e) = self.shared.backend.flush_deferred() {
-            // The records stay staged and deferred; the next commit of
-            // the open transaction inserts them or fails the same way.
+            // Not in batch mode (a failure in it exits, see `Backend`):
+            // the records stay staged and deferred for the next commit.
             tracing::error!(error = %e, "cannot insert the batch into the backend");
         }
         let mut st = self.shared.state_mut();
@@ -265,8 +267,9 @@ impl KvStore {
     }
 
     /// Makes every committed write durable (one fsync), together with the
-    /// consistent index. The server calls it once per group of applied
-    /// entries before acknowledging them.
+    /// consistent index. The server calls it before a raft snapshot lets
+    /// the WAL behind it go, and at close; acknowledgements rely on the
+    /// WAL, not on this.
     ///
     /// # Errors
     /// Backend errors; a failed sync should be treated as fatal.

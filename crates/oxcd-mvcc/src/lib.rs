@@ -41,7 +41,7 @@
 //! let mut txn = store.write();
 //! txn.put(b"foo", b"bar", 0)?;
 //! let outcome = txn.end(Some(42))?; // raft index 42 applied
-//! store.sync()?; // durable before acknowledging
+//! store.sync()?; // on disk (the server relies on its WAL instead)
 //! let r = store.read()?.range(b"foo", b"", RangeOptions::default())?;
 //! assert_eq!(r.kvs[0].mod_revision, outcome.rev);
 //! # Ok(()) }

@@ -330,16 +330,20 @@ impl WriteTxn {
         Ok(deleted)
     }
 
-    /// Commits the changes atomically in one redb transaction, together
-    /// with `consistent_index` (the raft index of the applied entry) when
-    /// given, and publishes the new revision. A transaction without key
-    /// changes makes no revision: its lease-, alarm- and auth-table changes, if any, are
-    /// committed (with the consistent index), otherwise it commits nothing
-    /// and its consistent index is persisted by the next commit.
+    /// Commits the changes atomically, together with `consistent_index`
+    /// (the raft index of the applied entry) when given: in one redb
+    /// transaction of its own, or, in batch mode, into the open batch
+    /// transaction (staged for readers; published by `end_batch`). Without
+    /// batching it publishes the new revision itself. A transaction
+    /// without key changes makes no revision: its lease-, alarm- and
+    /// auth-table changes, if any, are committed (with the consistent
+    /// index), otherwise it commits nothing and its consistent index is
+    /// persisted by the next commit.
     ///
     /// # Errors
-    /// Backend errors; the changes are then undone and the store is
-    /// unchanged (the server should treat this as fatal).
+    /// Backend errors. Without batching the changes are then undone; in
+    /// batch mode the whole open batch transaction is lost with them, so
+    /// the server must treat this as fatal (it exits).
     pub fn end(mut self, consistent_index: Option<u64>) -> Result<TxnOutcome> {
         self.ended = true;
         let table_ops =
@@ -393,8 +397,9 @@ impl WriteTxn {
             })
     }
 
-    /// Values for index entries: own changes from memory, the rest from a
-    /// snapshot of the committed state.
+    /// Values for index entries: own changes from memory, the rest through
+    /// the open batch transaction, or a snapshot of the committed state
+    /// when none is open (`Backend::read_latest`).
     fn fetch(&mut self, entries: &[(Vec<u8>, Found)]) -> Result<Vec<KeyValue>> {
         let main = self.begin_rev + 1;
         let changes = &self.changes;

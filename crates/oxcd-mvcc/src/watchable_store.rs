@@ -27,10 +27,11 @@
 //!
 //! # Published revision
 //!
-//! The store only tells watchers about writes that are durable: the
+//! The store only tells watchers about writes that are applied and
+//! published (committed in raft, so durable in the WAL of a quorum): the
 //! revision watchers see (`rev`) is the last one handed to `notify`, which
-//! the server calls after each group commit. New watchers start after it,
-//! and catch-up reads stop at it.
+//! the server's apply stage calls after each group is published. New
+//! watchers start after it, and catch-up reads stop at it.
 
 use crate::id_hash::IdMap;
 use std::collections::BTreeSet;
@@ -81,7 +82,7 @@ struct Inner {
 /// Everything the groups are made of, under one lock.
 #[derive(Default)]
 struct HubState {
-    /// The last revision handed to `notify` (durable).
+    /// The last revision handed to `notify` (published).
     rev: i64,
     watchers: IdMap<WatcherKey, Watcher>,
     synced: WatcherGroup,
@@ -166,7 +167,7 @@ impl WatchableStore {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The revision watchers have been told about: the last durable
+    /// The revision watchers have been told about: the last published
     /// revision handed to [`WatchableStore::notify`].
     pub fn rev(&self) -> i64 {
         self.state().rev
@@ -207,7 +208,7 @@ impl WatchableStore {
         (st.synced.len(), st.unsynced.len(), st.victims.len())
     }
 
-    /// Publishes the events of one durable group of writes, in revision
+    /// Publishes the events of one published group of writes, in revision
     /// order (etcd `notify`, once per group rather than per revision).
     /// Synced watchers get their share at once; a watcher whose channel is
     /// full becomes a victim. Never blocks on a stream.

@@ -325,7 +325,8 @@ impl Applier {
 
     /// Applies one committed request at log position `index`. A request that
     /// fails leaves the store untouched. The events of a successful write
-    /// are returned for the watchers, to publish once they are durable.
+    /// are returned for the watchers, to publish once its group is
+    /// published in the store.
     pub fn apply(&self, req: &Request, index: u64) -> Applied {
         self.apply_as(req, &Identity::none(), index)
     }

@@ -221,7 +221,8 @@ impl ApplyStage {
 
     fn on_applied(&mut self, applied: u64) {
         // Readers, watchers and proposers learn of the group only once the
-        // store has committed and published it.
+        // store has published it (`end_batch`: staged, not yet committed to
+        // the backend file; the WAL holds it).
         if self.batch_open {
             self.batch_open = false;
             failpoint!("applyBeforePublish");

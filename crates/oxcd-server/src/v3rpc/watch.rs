@@ -44,8 +44,8 @@ const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
 /// The shortest progress-notify interval etcd accepts.
 const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
-/// The watchable store receives each durable group's events from the
-/// apply thread.
+/// The watchable store receives each published group's events from the
+/// apply stage.
 impl EventSink for WatchableStore {
     fn publish(&self, events: Vec<Event>) {
         self.notify(events);
