@@ -108,6 +108,14 @@ fn config(args: &Args) -> Result<Config, String> {
             .work_dir
             .clone()
             .or_else(|| args.out.as_ref().map(|o| o.join("cluster")));
+        // Members started on an earlier run's data would not form a new
+        // cluster (and would mix two histories): refuse, never reuse.
+        if let Some(d) = dir.as_ref().filter(|d| d.exists()) {
+            return Err(format!(
+                "{} exists (an earlier run's data dirs); give an empty --out or --work-dir",
+                d.display()
+            ));
+        }
         Target::Spawn {
             binary: args.server.clone().unwrap_or_else(default_server),
             members: args.members,

@@ -296,6 +296,19 @@ fn writes_acknowledged_before_durable_are_caught() {
     assert!(r.stdout.contains("kill: SIGKILL"), "{}", r.explain());
 }
 
+/// An `--out` that already holds a run's data dirs is refused: members
+/// started on them would not form a new cluster.
+#[test]
+fn reused_out_dir_is_refused() {
+    let out = tempfile::tempdir().expect("temp out dir");
+    std::fs::create_dir(out.path().join("cluster")).expect("cluster dir");
+    let dir = out.path().to_string_lossy().into_owned();
+    let output = run_checker(&["--out", &dir, "--duration", "1"]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "stderr: {stderr}");
+    assert!(stderr.contains("exists"), "stderr: {stderr}");
+}
+
 /// An existing cluster that does not answer is refused, not checked.
 #[test]
 fn unreachable_cluster_is_refused() {
