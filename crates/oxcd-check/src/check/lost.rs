@@ -11,18 +11,10 @@ use crate::scan::Scan;
 
 /// Checks `ops` against the final revision history.
 pub fn check(ops: &[Op], scan: Option<&Scan>) -> (Verdict, String) {
-    let Some(scan) = scan else {
-        return (
-            Verdict::Unknown("the final revision history could not be read".into()),
-            String::new(),
-        );
+    let scan = match super::usable_scan(scan) {
+        Ok(scan) => scan,
+        Err(unknown) => return (unknown, String::new()),
     };
-    if let Some(why) = &scan.incomplete {
-        return (
-            Verdict::Unknown(format!("the revision history is incomplete: {why}")),
-            String::new(),
-        );
-    }
     let mut at: HashMap<i64, Vec<&Event>> = HashMap::new();
     for e in &scan.events {
         at.entry(e.revision).or_default().push(e);

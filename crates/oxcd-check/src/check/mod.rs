@@ -64,6 +64,22 @@ impl Verdict {
     }
 }
 
+/// The final revision history, if the checkers that need it can use it;
+/// otherwise the UNKNOWN verdict they give.
+pub(crate) fn usable_scan(scan: Option<&crate::scan::Scan>) -> Result<&crate::scan::Scan, Verdict> {
+    let Some(scan) = scan else {
+        return Err(Verdict::Unknown(
+            "the final revision history could not be read".into(),
+        ));
+    };
+    if let Some(why) = &scan.incomplete {
+        return Err(Verdict::Unknown(format!(
+            "the revision history is incomplete: {why}"
+        )));
+    }
+    Ok(scan)
+}
+
 impl fmt::Display for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

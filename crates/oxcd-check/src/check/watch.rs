@@ -17,18 +17,10 @@ const LIST: usize = 10;
 
 /// Checks every watcher's log.
 pub fn check(watches: &[WatchLog], scan: Option<&Scan>) -> (Verdict, String) {
-    let Some(scan) = scan else {
-        return (
-            Verdict::Unknown("the final revision history could not be read".into()),
-            String::new(),
-        );
+    let scan = match super::usable_scan(scan) {
+        Ok(scan) => scan,
+        Err(unknown) => return (unknown, String::new()),
     };
-    if let Some(why) = &scan.incomplete {
-        return (
-            Verdict::Unknown(format!("the revision history is incomplete: {why}")),
-            String::new(),
-        );
-    }
     let mut violations = Vec::new();
     let mut total = 0usize;
     for w in watches {
