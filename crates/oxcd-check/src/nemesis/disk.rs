@@ -126,6 +126,16 @@ async fn one_shot(
         (m.name.clone(), m.client_url())
     };
     if let Err(e) = failpoint::arm(&url, point, term).await {
+        // Under load the point can fire before the member answers the PUT:
+        // then it is gone, and this round's fault happened after all.
+        let m = &mut cluster.members[victim];
+        if let Some(status) = m.wait_exit(ARM_RACE).await {
+            log.note(
+                ctx.clock,
+                format!("disk: {name} {point}={term}; exited ({status}) before answering the arm"),
+            );
+            return restart_after(cluster, victim, point, term, ctx, log).await;
+        }
         log.note(ctx.clock, format!("disk: {name}: {e}; round skipped"));
         return;
     }
@@ -154,6 +164,23 @@ async fn one_shot(
         ctx.clock,
         format!("disk: {name} exited ({status}) at injected {point}={term}; restart"),
     );
+    restart_after(cluster, victim, point, term, ctx, log).await;
+}
+
+/// How long a member whose arm request failed may take to turn out to
+/// have exited at the point it was arming.
+const ARM_RACE: Duration = Duration::from_secs(3);
+
+/// Restarts a member that exited at an injected fault.
+async fn restart_after(
+    cluster: &mut Cluster,
+    victim: usize,
+    point: &str,
+    term: &str,
+    ctx: &Ctx<'_>,
+    log: &mut NemesisLog,
+) {
+    let name = cluster.members[victim].name.clone();
     match cluster.restart(victim).await {
         Ok(()) => log.note(ctx.clock, format!("disk: {name} ready")),
         Err(e) => log.failures.push(format!(
