@@ -12,6 +12,8 @@
 //!
 //! - [`transport`]: raft messages between members over the peer URLs
 //!   (`oxcdpeerpb.Peer`), never blocking the raft loop.
+//! - [`rafthttp`]: etcd's peer protocol, for clusters mixing oxcd and
+//!   etcd members.
 //! - [`tls_error`]: TLS failures in Go's `crypto/tls` wording, for logs.
 //! - [`node`]: the raft loop around raft-rs's `RawNode`: one thread that
 //!   persists each `Ready` to the WAL with one fsync, sends, and hands
@@ -35,6 +37,7 @@ pub mod fs;
 pub mod log_store;
 pub mod metrics;
 pub mod node;
+pub mod rafthttp;
 pub mod snap;
 pub mod snapshot_transfer;
 pub mod tls_error;

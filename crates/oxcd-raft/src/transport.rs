@@ -23,6 +23,7 @@
 //! [`KEEPALIVE_TIMEOUT`], close to etcd's 5 s stream read timeout; the
 //! strict reconfiguration checks rely on that.
 
+use crate::rafthttp;
 pub use crate::snapshot_transfer::{BackendSource, SnapshotJob, SnapshotReport};
 use crate::tls_error::{self, Side};
 use oxcd_api::oxcdpeerpb::peer_client::PeerClient;
@@ -33,7 +34,7 @@ use oxcd_api::oxcdpeerpb::{
 };
 use prost::bytes::Bytes;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -56,6 +57,8 @@ const UNHEALTHY_LOG_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// ...and closed if the ping is not answered within this.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long the greeting of oxcd's protocol may take.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the round trip to a connected peer is measured.
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -79,6 +82,8 @@ pub enum SendError {
 
 struct PeerHandle {
     queue: mpsc::Sender<Bytes>,
+    /// Streams an etcd member dialled to receive this member's messages.
+    attached: Arc<rafthttp::Attached>,
     urls: Vec<String>,
     active: Arc<Activity>,
     stop: CancellationToken,
@@ -112,6 +117,9 @@ pub struct Transport {
     /// Links are spawned here, so peers can be added from any thread (the
     /// apply stage applies membership changes).
     runtime: tokio::runtime::Handle,
+    /// Where links to etcd members deliver what they read (the raft loop
+    /// exists only after the links are started).
+    inbox: Arc<OnceLock<Arc<dyn Inbox>>>,
 }
 
 impl Transport {
@@ -126,7 +134,30 @@ impl Transport {
             peers: Mutex::new(HashMap::new()),
             removed: Arc::new(tokio::sync::Notify::new()),
             runtime: tokio::runtime::Handle::current(),
+            inbox: Arc::new(OnceLock::new()),
         })
+    }
+
+    /// This member's ID.
+    pub fn local_id(&self) -> u64 {
+        self.local_id
+    }
+
+    /// The cluster's ID.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    /// Sets where links to etcd members deliver received messages; the
+    /// first call wins.
+    pub fn set_inbox(&self, inbox: Arc<dyn Inbox>) {
+        let _ = self.inbox.set(inbox);
+    }
+
+    /// The stream slots of member `id`, for etcd's stream handler; `None`
+    /// for a member this transport does not know.
+    pub fn attached(&self, id: u64) -> Option<Arc<rafthttp::Attached>> {
+        self.lock().get(&id).map(|p| p.attached.clone())
     }
 
     /// Starts talking to member `id` at `urls` (replacing an earlier entry).
@@ -134,7 +165,10 @@ impl Transport {
         let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
         let active = Arc::new(Activity::default());
         let stop = CancellationToken::new();
+        let attached = Arc::new(rafthttp::Attached::default());
         let link = Link {
+            attached: attached.clone(),
+            inbox: self.inbox.clone(),
             from: self.local_id,
             to: id,
             cluster_id: self.cluster_id,
@@ -148,6 +182,7 @@ impl Transport {
             id,
             PeerHandle {
                 queue,
+                attached,
                 urls,
                 active,
                 stop,
@@ -172,6 +207,7 @@ impl Transport {
     pub fn remove_peer(&self, id: u64) {
         if let Some(p) = self.lock().remove(&id) {
             p.stop.cancel();
+            p.attached.detach_all();
         }
     }
 
@@ -262,6 +298,8 @@ struct Link {
     tls: PeerTls,
     active: Arc<Activity>,
     removed: Arc<tokio::sync::Notify>,
+    attached: Arc<rafthttp::Attached>,
+    inbox: Arc<OnceLock<Arc<dyn Inbox>>>,
 }
 
 impl Link {
@@ -288,6 +326,8 @@ impl Link {
         // The last TLS failure of this streak: when the server refuses the
         // handshake, a request may only see "connection closed".
         let mut tls_cause: Option<String> = None;
+        // Whether the peer last spoke etcd's protocol rather than oxcd's.
+        let mut etcd = false;
         loop {
             let url = &self.urls[attempt % self.urls.len().max(1)];
             attempt += 1;
@@ -298,7 +338,7 @@ impl Link {
                     }
                     return;
                 }
-                r = self.stream_once(url, &mut rx) => r,
+                r = self.session(url, &mut rx, &mut etcd) => r,
             };
             if self.active.set(false) {
                 self.count_disconnect();
@@ -340,6 +380,73 @@ impl Link {
         }
     }
 
+    /// One connection to the peer at `url`: oxcd's protocol, or etcd's
+    /// when the peer does not speak oxcd's (an etcd member). `etcd` keeps
+    /// which one worked last, to try it first next time.
+    async fn session(
+        &self,
+        url: &str,
+        rx: &mut mpsc::Receiver<Bytes>,
+        etcd: &mut bool,
+    ) -> Result<(), Status> {
+        if !*etcd {
+            let r = self.stream_once(url, rx).await;
+            if r.is_ok() || self.active.since().is_some() {
+                return r;
+            }
+            // Never got through oxcd's greeting: maybe an etcd member.
+            let r2 = self.etcd_once(url, rx).await;
+            let removed = matches!(&r2, Err(e) if e.message() == REMOVED_MESSAGE);
+            if self.active.since().is_some() || removed {
+                *etcd = true;
+                return r2;
+            }
+            return r;
+        }
+        let r = self.etcd_once(url, rx).await;
+        if r.is_err() && self.active.since().is_none() {
+            *etcd = false;
+        }
+        r
+    }
+
+    /// etcd's protocol: dials the peer's message stream to receive, and
+    /// sends over what the peer attached here (or the pipeline) until the
+    /// stream it sends on fails.
+    async fn etcd_once(&self, url: &str, rx: &mut mpsc::Receiver<Bytes>) -> Result<(), Status> {
+        let Some(inbox) = self.inbox.get().cloned() else {
+            return Err(Status::unavailable("raft loop not started"));
+        };
+        let id = rafthttp::dial::Identity {
+            from: self.from,
+            to: self.to,
+            cluster_id: self.cluster_id,
+            peer_urls: Vec::new(),
+        };
+        let status = |e: rafthttp::link::LinkError| match e {
+            rafthttp::link::LinkError::Removed => Status::permission_denied(REMOVED_MESSAGE),
+            other => Status::unavailable(other.to_string()),
+        };
+        let body = rafthttp::link::dial_stream(url, &self.tls, &id)
+            .await
+            .map_err(status)?;
+        if !self.active.set(true) {
+            tracing::info!(
+                local = %format!("{:x}", self.from),
+                remote = %format!("{:x}", self.to),
+                "established a stream to an etcd peer (etcd's peer protocol)"
+            );
+        }
+        crate::metrics::get()
+            .active_peers
+            .with_label_values(&self.link_labels())
+            .set(1);
+        tokio::select! {
+            e = rafthttp::link::receive(body, self.to, inbox.as_ref()) => Err(status(e)),
+            () = rafthttp::link::send(url, &self.tls, &id, &self.attached, rx) => Ok(()),
+        }
+    }
+
     /// Connects to `url` and forwards queued messages until the stream or
     /// the queue ends.
     async fn stream_once(&self, url: &str, rx: &mut mpsc::Receiver<Bytes>) -> Result<(), Status> {
@@ -362,7 +469,10 @@ impl Link {
             .peer_round_trip
             .with_label_values(&[format!("{:x}", self.to).as_str()]);
         let started = Instant::now();
-        client.hello(hello.clone()).await?;
+        // An etcd member may never answer oxcd's greeting.
+        tokio::time::timeout(HELLO_TIMEOUT, client.hello(hello.clone()))
+            .await
+            .map_err(|_| Status::unavailable("peer did not answer oxcd's greeting"))??;
         rtt.observe(started.elapsed().as_secs_f64());
         // etcd's prober: the round trip to the peer, measured every few
         // seconds while the link is up (`etcd_network_peer_round_trip_time_seconds`).

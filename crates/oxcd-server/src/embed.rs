@@ -197,16 +197,10 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
         crate::apply::quota::effective_bytes(cfg.quota_backend_bytes),
     ));
     // Peers first: the other members need this one to elect a leader.
-    let peer_router = raft_boot::peer_routes(
-        &core.writes,
-        &core.members,
-        core.member.id,
-        core.cluster_id,
-        &layout,
-    )
-    .merge(crate::cluster::forward::routes(core.clone()))
-    .merge(crate::serve::http::routes(core.clone(), scrape.clone()))
-    .fallback(crate::serve::fallback);
+    let peer_router = raft_boot::peer_routes(&core.writes, &core.members, &etcd.transport, &layout)
+        .merge(crate::cluster::forward::routes(core.clone()))
+        .merge(crate::serve::http::routes(core.clone(), scrape.clone()))
+        .fallback(crate::serve::fallback);
     let peer_router = crate::serve::Dispatch::router(peer_router);
     for b in peers {
         etcd.spawn_serve(b, peer_router.clone(), "peer");

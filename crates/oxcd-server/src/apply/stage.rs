@@ -8,8 +8,9 @@
 //! member list, the proposers' waiters and the watch fan-out's input.
 //!
 //! For each committed normal entry, in log order:
-//! decode the `InternalRaftRequest`; member attributes update the member
-//! list; everything else goes to the [`Applier`] unless the backend already
+//! decode the `InternalRaftRequest` (or etcd 3.4's bare v2 request, see
+//! [`crate::cluster::v2`]); member attributes update the member list;
+//! everything else goes to the [`Applier`] unless the backend already
 //! holds it (index ≤ the consistent index the store had at start, or got
 //! from an installed snapshot: the WAL replays the log after the newest
 //! snapshot on restart, the backend kept a prefix). After
@@ -23,15 +24,15 @@
 use crate::apply::{Applier, Request};
 use crate::auth::Identity;
 use crate::cluster::membership::{ConfApplied, ConfContext, Members};
+use crate::cluster::v2::{EntryRequest, V2Change};
 use crate::lessor::Lessor;
 use crate::propose::EventSink;
 use crate::raft::read_index::ReadIndex;
 use crate::wait::{Outcome, Waiters};
-use oxcd_api::etcdserverpb::InternalRaftRequest;
+use oxcd_api::etcdserverpb::Request as V2Request;
 use oxcd_api::mvccpb::Event;
 use oxcd_failpoint::failpoint;
 use oxcd_raft::node::{Committed, ToApply};
-use prost::Message;
 use raft::prelude::{ConfChange, ConfState};
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,10 +138,11 @@ impl ApplyStage {
     }
 
     fn apply_entry(&mut self, index: u64, data: &[u8]) {
-        let r = match InternalRaftRequest::decode(data) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(index, error = %e, "undecodable raft entry; skipped");
+        let r = match crate::cluster::v2::decode_entry(data) {
+            Some(EntryRequest::V3(r)) => *r,
+            Some(EntryRequest::V2(v2)) => return self.apply_v2(index, &v2),
+            None => {
+                tracing::error!(index, "undecodable raft entry; skipped");
                 return;
             }
         };
@@ -182,6 +184,26 @@ impl ApplyStage {
             return;
         }
         self.done.push((id, applied.result));
+    }
+
+    /// The v2 requests etcd 3.4 members replicate, applied to what oxcd
+    /// keeps: member attributes (the cluster version is etcd 3.4's own).
+    fn apply_v2(&mut self, index: u64, v2: &V2Request) {
+        match crate::cluster::v2::change(v2) {
+            Ok(V2Change::Attributes {
+                id,
+                name,
+                client_urls,
+            }) => self.members.set_attributes(id, name, client_urls),
+            Ok(V2Change::ClusterVersion(v)) => {
+                tracing::info!(
+                    index,
+                    "etcdserver/membership: the leader set the cluster version to {v}"
+                );
+            }
+            Ok(V2Change::Other) => tracing::debug!(index, "v2 request: nothing to apply"),
+            Err(e) => tracing::warn!(index, error = %e, "bad member attributes; skipped"),
+        }
     }
 
     fn apply_conf_change(&mut self, index: u64, cc: &ConfChange, cs: &ConfState) {
@@ -266,8 +288,9 @@ pub fn removed_exit() {
 mod tests {
     use super::*;
     use crate::damage::{damaged, damages};
-    use oxcd_api::etcdserverpb::{PutRequest, RequestHeader};
+    use oxcd_api::etcdserverpb::{InternalRaftRequest, PutRequest, RequestHeader};
     use proptest::prelude::*;
+    use prost::Message;
     use protobuf::Message as _;
 
     proptest! {
@@ -295,7 +318,11 @@ mod tests {
             .write_to_bytes()
             .unwrap();
             for bytes in [raw, damaged(req, &damage), damaged(cc, &damage)] {
-                let _ = InternalRaftRequest::decode(bytes.as_slice());
+                if let Some(crate::cluster::v2::EntryRequest::V2(v2)) =
+                    crate::cluster::v2::decode_entry(&bytes)
+                {
+                    let _ = crate::cluster::v2::change(&v2);
+                }
                 if let Ok(cc) = ConfChange::parse_from_bytes(&bytes) {
                     let _ = ConfContext::decode(&cc.context);
                 }

@@ -1,8 +1,6 @@
 //! etcd's raft entries as oxcd proposes the same things (see `mod.rs`),
 //! and the member list they build up as the log goes on.
 
-use oxcd_api::etcdserverpb::{InternalRaftRequest, Request as V2Request};
-use oxcd_api::membershippb::{Attributes, ClusterMemberAttrSetRequest};
 use oxcd_etcd_format::membership::{ConfChangeKind, EtcdMember, V2Cluster};
 use oxcd_etcd_format::wal as etcd_wal;
 use oxcd_raft::wal;
@@ -96,44 +94,31 @@ pub(super) fn convert_normal(data: &[u8], roster: &mut Roster) -> Result<Vec<u8>
     if data.is_empty() {
         return Ok(Vec::new());
     }
-    let v2 = match InternalRaftRequest::decode(data) {
-        Ok(r) => match r.v2 {
-            Some(v2) => v2,
-            None => {
-                if let Some(a) = &r.cluster_member_attr_set {
-                    let attrs = a.member_attributes.clone().unwrap_or_default();
-                    roster.set_attributes(a.member_id, attrs.name, attrs.client_urls);
-                }
-                return Ok(data.to_vec());
+    use crate::cluster::v2::{change, decode_entry, EntryRequest, V2Change};
+    let v2 = match decode_entry(data) {
+        Some(EntryRequest::V3(r)) => {
+            if let Some(a) = &r.cluster_member_attr_set {
+                let attrs = a.member_attributes.clone().unwrap_or_default();
+                roster.set_attributes(a.member_id, attrs.name, attrs.client_urls);
             }
-        },
-        Err(_) => V2Request::decode(data).map_err(|e| format!("undecodable request: {e}"))?,
+            return Ok(data.to_vec());
+        }
+        Some(EntryRequest::V2(v2)) => v2,
+        None => return Err("undecodable request".into()),
     };
-    let path = v2.path.clone().unwrap_or_default();
-    let attrs = path
-        .strip_prefix("/0/members/")
-        .and_then(|rest| rest.strip_suffix("/attributes"))
-        .and_then(|id| u64::from_str_radix(id, 16).ok());
-    match (v2.method.as_deref(), attrs) {
-        (Some("PUT"), Some(member_id)) => {
-            let m = EtcdMember::from_json(v2.val.as_deref().unwrap_or("{}").as_bytes())
-                .map_err(|e| format!("member attributes: {e}"))?;
-            roster.set_attributes(member_id, m.name.clone(), m.client_urls.clone());
-            Ok(InternalRaftRequest {
-                cluster_member_attr_set: Some(ClusterMemberAttrSetRequest {
-                    member_id,
-                    member_attributes: Some(Attributes {
-                        name: m.name,
-                        client_urls: m.client_urls,
-                    }),
-                }),
-                ..InternalRaftRequest::default()
-            }
-            .encode_to_vec())
+    match change(&v2).map_err(|e| format!("member attributes: {e}"))? {
+        // Kept as etcd wrote it: oxcd applies etcd's v2 publish too.
+        V2Change::Attributes {
+            id,
+            name,
+            client_urls,
+        } => {
+            roster.set_attributes(id, name, client_urls);
+            Ok(data.to_vec())
         }
         // The cluster version and anything else of the v2 store: oxcd
         // keeps no v2 store.
-        _ => Ok(Vec::new()),
+        V2Change::ClusterVersion(_) | V2Change::Other => Ok(Vec::new()),
     }
 }
 

@@ -22,14 +22,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use oxcd_api::etcdserverpb::InternalRaftRequest;
 use oxcd_etcd_format::membership::{v2_store_json, EtcdMember};
 use oxcd_etcd_format::{snap, wal as etcd_wal};
 use oxcd_mvcc::{BackendConfig, KvStore};
 use oxcd_raft::fs::{Fs, OsFs};
 use oxcd_raft::snap::Snapshotter;
 use oxcd_raft::wal::{SnapshotMarker, Wal};
-use prost::Message as _;
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, Entry, EntryType};
 
@@ -144,11 +142,25 @@ pub fn export(
                 members.apply_conf_change(cc.get_change_type(), cc.node_id, ctx.as_ref());
             }
             EntryType::EntryNormal if !e.data.is_empty() => {
-                if let Ok(r) = InternalRaftRequest::decode(e.data.as_ref()) {
-                    if let Some(a) = r.cluster_member_attr_set {
-                        let attrs = a.member_attributes.unwrap_or_default();
-                        members.set_attributes(a.member_id, attrs.name, attrs.client_urls);
+                use crate::cluster::v2::{change, decode_entry, EntryRequest, V2Change};
+                match decode_entry(e.data.as_ref()) {
+                    Some(EntryRequest::V3(r)) => {
+                        if let Some(a) = r.cluster_member_attr_set {
+                            let attrs = a.member_attributes.unwrap_or_default();
+                            members.set_attributes(a.member_id, attrs.name, attrs.client_urls);
+                        }
                     }
+                    Some(EntryRequest::V2(v2)) => {
+                        if let Ok(V2Change::Attributes {
+                            id,
+                            name,
+                            client_urls,
+                        }) = change(&v2)
+                        {
+                            members.set_attributes(id, name, client_urls);
+                        }
+                    }
+                    None => {}
                 }
             }
             _ => {}

@@ -160,6 +160,7 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
     );
     let (node, to_apply) = node::start(node_cfg, restored, snaps, transport.clone())
         .map_err(|e| StartError::Raft(e.to_string()))?;
+    transport.set_inbox(Arc::new(NodeInbox(node.clone())));
     let apply_stage = app
         .spawn(to_apply)
         .map_err(|e| StartError::Raft(format!("cannot start the apply stage: {e}")))?;
@@ -398,23 +399,30 @@ pub(crate) fn peer_client_tls(
     })
 }
 
-/// The gRPC routes of the peer port: oxcd's peer protocol. Received
-/// backend snapshots are saved in `layout`'s `member/snap`.
+/// The raft routes of the peer port: oxcd's peer protocol (gRPC) and
+/// etcd's (`rafthttp`, HTTP/1.1). Received backend snapshots are saved in
+/// `layout`'s `member/snap`.
 pub fn peer_routes(
     writes: &WritePath,
     members: &Members,
-    member_id: u64,
-    cluster_id: u64,
+    transport: &Arc<Transport>,
     layout: &Layout,
 ) -> axum::Router {
     let inbox = Arc::new(NodeInbox(writes.node().clone()));
-    let svc = PeerService::new(member_id, cluster_id, inbox)
+    let etcd = oxcd_raft::rafthttp::serve::routes(
+        transport.clone(),
+        inbox.clone(),
+        Arc::new(members.clone()),
+    );
+    let svc = PeerService::new(transport.local_id(), transport.cluster_id(), inbox)
         .with_directory(Arc::new(members.clone()))
         .with_snap_dir(snap_dir(layout));
-    tonic::service::Routes::new(
-        PeerServer::new(svc)
-            .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024),
+    etcd.merge(
+        tonic::service::Routes::new(
+            PeerServer::new(svc)
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024),
+        )
+        .into_axum_router(),
     )
-    .into_axum_router()
 }

@@ -5,9 +5,6 @@
 
 use crate::core::Core;
 use crate::version::API_VERSION;
-use oxcd_api::etcdserverpb::{InternalRaftRequest, RequestHeader};
-use oxcd_api::membershippb::{Attributes, ClusterMemberAttrSetRequest};
-use prost::Message;
 use std::time::Duration;
 
 /// How long one publish attempt waits to see itself applied.
@@ -24,21 +21,14 @@ pub async fn become_ready(core: &Core) -> bool {
     tracing::info!("etcdserver/api: enabled capabilities for version {API_VERSION}");
     let me = core.member.clone();
     loop {
-        let req = InternalRaftRequest {
-            header: Some(RequestHeader {
-                id: core.writes.next_request_id(),
-                ..Default::default()
-            }),
-            cluster_member_attr_set: Some(ClusterMemberAttrSetRequest {
-                member_id: me.id,
-                member_attributes: Some(Attributes {
-                    name: me.name.clone(),
-                    client_urls: me.client_urls.clone(),
-                }),
-            }),
-            ..Default::default()
-        };
-        if let Err(e) = core.writes.propose_raw(req.encode_to_vec()) {
+        // etcd 3.4's form, which etcd members of a mixed cluster apply.
+        let req = crate::cluster::v2::publish_entry(
+            core.writes.next_request_id(),
+            me.id,
+            &me.name,
+            &me.client_urls,
+        );
+        if let Err(e) = core.writes.propose_raw(req) {
             tracing::warn!(error = %e, "could not publish member attributes; retrying");
         }
         let published = core

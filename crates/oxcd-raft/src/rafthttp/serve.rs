@@ -1,0 +1,278 @@
+//! The receiving side of etcd's peer protocol on the peer listener:
+//! etcd members dial streams here to receive this member's messages, and
+//! post messages through the pipeline.
+
+use super::codec::{self, LINK_HEARTBEAT};
+use super::{headers, StreamKind, CONN_READ_TIMEOUT};
+use crate::transport::{Directory, Inbox, Transport};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// A pipeline request's largest body (etcd's `connReadLimitByte`).
+const PIPELINE_LIMIT: usize = 64 * 1024;
+
+/// What the handlers need.
+#[derive(Clone)]
+struct Peers {
+    local_id: u64,
+    cluster_id: u64,
+    transport: Arc<Transport>,
+    inbox: Arc<dyn Inbox>,
+    directory: Arc<dyn Directory>,
+}
+
+/// The routes of etcd's peer protocol, for the peer listener's router.
+pub fn routes(
+    transport: Arc<Transport>,
+    inbox: Arc<dyn Inbox>,
+    directory: Arc<dyn Directory>,
+) -> Router {
+    let state = Peers {
+        local_id: transport.local_id(),
+        cluster_id: transport.cluster_id(),
+        transport,
+        inbox,
+        directory,
+    };
+    Router::new()
+        .route("/raft", any(pipeline))
+        .route("/raft/stream/message/{from}", any(stream_message))
+        .route("/raft/stream/msgapp/{from}", any(stream_msgapp))
+        .route("/raft/probing", get(probing))
+        .route("/raft/snapshot", any(snapshot))
+        .with_state(state)
+}
+
+/// etcd's `http.Error`: the text and a newline, as plain text.
+fn error(status: StatusCode, text: &str) -> Response {
+    let mut r = (status, format!("{text}\n")).into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut().insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+fn method_not_allowed(allow: &'static str) -> Response {
+    let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+    r.headers_mut()
+        .insert(axum::http::header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+impl Peers {
+    /// etcd's `checkClusterCompatibilityFromHeader`: versions, then the
+    /// cluster ID; a failure is 412 with etcd's text.
+    fn check(&self, h: &HeaderMap) -> Result<(), Response> {
+        if !super::versions_compatible(
+            header(h, headers::SERVER_VERSION),
+            header(h, headers::MIN_CLUSTER_VERSION),
+        ) {
+            tracing::warn!(
+                remote = header(h, headers::FROM).unwrap_or_default(),
+                remote_version = header(h, headers::SERVER_VERSION).unwrap_or_default(),
+                "failed to check version compatibility"
+            );
+            return Err(error(
+                StatusCode::PRECONDITION_FAILED,
+                "incompatible version",
+            ));
+        }
+        if header(h, headers::CLUSTER_ID) != Some(format!("{:x}", self.cluster_id).as_str()) {
+            tracing::warn!(
+                remote = header(h, headers::FROM).unwrap_or_default(),
+                remote_cluster_id = header(h, headers::CLUSTER_ID).unwrap_or_default(),
+                local_cluster_id = %format!("{:x}", self.cluster_id),
+                "request cluster ID mismatch"
+            );
+            return Err(error(
+                StatusCode::PRECONDITION_FAILED,
+                "cluster ID mismatch",
+            ));
+        }
+        Ok(())
+    }
+
+    fn cluster_header(&self, r: &mut Response) {
+        if let Ok(v) = HeaderValue::from_str(&format!("{:x}", self.cluster_id)) {
+            r.headers_mut().insert(headers::CLUSTER_ID, v);
+        }
+    }
+}
+
+/// `POST /raft`: one message.
+async fn pipeline(State(p): State<Peers>, method: Method, h: HeaderMap, body: Body) -> Response {
+    if method != Method::POST {
+        return method_not_allowed("POST");
+    }
+    let mut r = match p.check(&h) {
+        Err(r) => r,
+        Ok(()) => match axum::body::to_bytes(body, PIPELINE_LIMIT).await {
+            Err(_) => error(StatusCode::BAD_REQUEST, "error reading raft message"),
+            Ok(b) => {
+                use protobuf::Message as _;
+                match raft::eraftpb::Message::parse_from_bytes(&b) {
+                    Err(_) => error(StatusCode::BAD_REQUEST, "error unmarshalling raft message"),
+                    Ok(m) => {
+                        crate::metrics::get()
+                            .peer_received_bytes
+                            .with_label_values(&[format!("{:x}", m.from).as_str()])
+                            .inc_by(b.len() as u64);
+                        p.inbox.deliver(m.from, vec![b]);
+                        StatusCode::NO_CONTENT.into_response()
+                    }
+                }
+            }
+        },
+    };
+    p.cluster_header(&mut r);
+    r
+}
+
+async fn stream_message(
+    State(p): State<Peers>,
+    method: Method,
+    h: HeaderMap,
+    Path(from): Path<String>,
+) -> Response {
+    stream(p, method, h, from, StreamKind::Message)
+}
+
+async fn stream_msgapp(
+    State(p): State<Peers>,
+    method: Method,
+    h: HeaderMap,
+    Path(from): Path<String>,
+) -> Response {
+    stream(p, method, h, from, StreamKind::MsgApp)
+}
+
+/// `GET /raft/stream/{message,msgapp}/<from>`: member `from` wants this
+/// member's messages; they are written into the response until a newer
+/// stream of the same kind replaces this one or the peer goes away.
+fn stream(p: Peers, method: Method, h: HeaderMap, from: String, kind: StreamKind) -> Response {
+    if method != Method::GET {
+        return method_not_allowed("GET");
+    }
+    let mut r = stream_checked(&p, &h, &from, kind);
+    r.headers_mut().insert(
+        headers::SERVER_VERSION,
+        HeaderValue::from_static(super::SERVER_VERSION),
+    );
+    p.cluster_header(&mut r);
+    r
+}
+
+fn stream_checked(p: &Peers, h: &HeaderMap, from: &str, kind: StreamKind) -> Response {
+    if let Err(r) = p.check(h) {
+        return r;
+    }
+    let Ok(from) = u64::from_str_radix(from, 16) else {
+        return error(StatusCode::NOT_FOUND, "invalid from");
+    };
+    if p.directory.is_removed(from) {
+        return error(StatusCode::GONE, "removed member");
+    }
+    let Some(attached) = p.transport.attached(from) else {
+        return error(StatusCode::NOT_FOUND, "error sender not found");
+    };
+    if header(h, headers::TO) != Some(format!("{:x}", p.local_id).as_str()) {
+        return error(StatusCode::PRECONDITION_FAILED, "to field mismatch");
+    }
+    tracing::info!(
+        local = %format!("{:x}", p.local_id),
+        remote = %format!("{from:x}"),
+        stream = ?kind,
+        "established TCP streaming connection with remote peer"
+    );
+    let rx = attached.attach(kind);
+    let mut ticks = tokio::time::interval(CONN_READ_TIMEOUT / 3);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Ends when the queue ends (a newer stream replaced this one, or the
+    // link stopped); the link heartbeats alone never keep it open.
+    let body = futures::stream::unfold((rx, ticks), move |(mut rx, mut ticks)| async move {
+        let chunk = tokio::select! {
+            biased;
+            m = rx.recv() => {
+                let m = m?;
+                // Whatever else is queued goes out in the same write.
+                let mut out = frame(kind, &m).to_vec();
+                while out.len() < 1024 * 1024 {
+                    match rx.try_recv() {
+                        Ok(m) => out.extend_from_slice(&frame(kind, &m)),
+                        Err(_) => break,
+                    }
+                }
+                Bytes::from(out)
+            }
+            _ = ticks.tick() => beat_frame(kind),
+        };
+        Some((Ok::<Bytes, std::convert::Infallible>(chunk), (rx, ticks)))
+    });
+    let mut r = Response::new(Body::from_stream(body));
+    *r.status_mut() = StatusCode::OK;
+    r
+}
+
+fn frame(kind: StreamKind, m: &[u8]) -> Bytes {
+    match kind {
+        StreamKind::Message => codec::message_frame(m),
+        StreamKind::MsgApp => codec::msgapp_frame(m),
+    }
+}
+
+fn beat_frame(kind: StreamKind) -> Bytes {
+    match kind {
+        StreamKind::Message => codec::message_frame(LINK_HEARTBEAT),
+        StreamKind::MsgApp => codec::msgapp_heartbeat(),
+    }
+}
+
+/// `GET /raft/probing`: etcd's prober reads `{"OK":true,"Now":...}`.
+async fn probing() -> Response {
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let mut r = format!("{{\"OK\":true,\"Now\":\"{now}\"}}\n").into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// `POST /raft/snapshot`: not taken yet; etcd's sender retries and reports
+/// the failure to raft, which keeps probing.
+async fn snapshot(State(p): State<Peers>, method: Method, h: HeaderMap) -> Response {
+    if method != Method::POST {
+        return method_not_allowed("POST");
+    }
+    let mut r = match p.check(&h) {
+        Err(r) => r,
+        Ok(()) => {
+            tracing::warn!(
+                "an etcd peer sent a database snapshot; oxcd does not take etcd snapshots yet"
+            );
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "failed to save KV snapshot (receiving etcd snapshots is not supported by oxcd yet)",
+            )
+        }
+    };
+    p.cluster_header(&mut r);
+    r
+}
