@@ -34,6 +34,7 @@ use oxcd_api::oxcdpeerpb::{
 };
 use prost::bytes::Bytes;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -84,6 +85,8 @@ struct PeerHandle {
     queue: mpsc::Sender<Bytes>,
     /// Streams an etcd member dialled to receive this member's messages.
     attached: Arc<rafthttp::Attached>,
+    /// Whether the link last spoke etcd's protocol (the peer is etcd).
+    etcd: Arc<AtomicBool>,
     urls: Vec<String>,
     active: Arc<Activity>,
     stop: CancellationToken,
@@ -154,6 +157,46 @@ impl Transport {
         let _ = self.inbox.set(inbox);
     }
 
+    /// Whether member `id` speaks only etcd's peer protocol (an etcd
+    /// member), as its link last found.
+    pub fn speaks_etcd(&self, id: u64) -> bool {
+        self.lock()
+            .get(&id)
+            .is_some_and(|p| p.etcd.load(Ordering::Relaxed))
+    }
+
+    /// Posts `body` to `path` at a peer URL over etcd's HTTP/1.1 peer
+    /// protocol (etcd's lease forwarding); the answer's status and body.
+    ///
+    /// # Errors
+    /// The request could not be made or the answer not read.
+    pub async fn post(
+        &self,
+        url: &str,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(http::StatusCode, Bytes), String> {
+        use http_body_util::BodyExt;
+        let id = rafthttp::dial::Identity {
+            from: self.local_id,
+            to: 0,
+            cluster_id: self.cluster_id,
+            peer_urls: Vec::new(),
+        };
+        let req = rafthttp::dial::request(http::Method::POST, path, &id, body);
+        let resp = rafthttp::dial::send(url, &self.tls, req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, body))
+    }
+
     /// The stream slots of member `id`, for etcd's stream handler; `None`
     /// for a member this transport does not know.
     pub fn attached(&self, id: u64) -> Option<Arc<rafthttp::Attached>> {
@@ -166,8 +209,10 @@ impl Transport {
         let active = Arc::new(Activity::default());
         let stop = CancellationToken::new();
         let attached = Arc::new(rafthttp::Attached::default());
+        let etcd = Arc::new(AtomicBool::new(false));
         let link = Link {
             attached: attached.clone(),
+            etcd: etcd.clone(),
             inbox: self.inbox.clone(),
             from: self.local_id,
             to: id,
@@ -183,6 +228,7 @@ impl Transport {
             PeerHandle {
                 queue,
                 attached,
+                etcd,
                 urls,
                 active,
                 stop,
@@ -299,6 +345,7 @@ struct Link {
     active: Arc<Activity>,
     removed: Arc<tokio::sync::Notify>,
     attached: Arc<rafthttp::Attached>,
+    etcd: Arc<AtomicBool>,
     inbox: Arc<OnceLock<Arc<dyn Inbox>>>,
 }
 
@@ -430,6 +477,7 @@ impl Link {
         let body = rafthttp::link::dial_stream(url, &self.tls, &id)
             .await
             .map_err(status)?;
+        self.etcd.store(true, Ordering::Relaxed);
         if !self.active.set(true) {
             tracing::info!(
                 local = %format!("{:x}", self.from),
@@ -473,6 +521,7 @@ impl Link {
         tokio::time::timeout(HELLO_TIMEOUT, client.hello(hello.clone()))
             .await
             .map_err(|_| Status::unavailable("peer did not answer oxcd's greeting"))??;
+        self.etcd.store(false, Ordering::Relaxed);
         rtt.observe(started.elapsed().as_secs_f64());
         // etcd's prober: the round trip to the peer, measured every few
         // seconds while the link is up (`etcd_network_peer_round_trip_time_seconds`).

@@ -199,6 +199,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
     // Peers first: the other members need this one to elect a leader.
     let peer_router = raft_boot::peer_routes(&core.writes, &core.members, &etcd.transport, &layout)
         .merge(crate::cluster::forward::routes(core.clone()))
+        .merge(crate::cluster::lease_http::routes(core.clone()))
         .merge(crate::serve::http::routes(core.clone(), scrape.clone()))
         .fallback(crate::serve::fallback);
     let peer_router = crate::serve::Dispatch::router(peer_router);

@@ -138,11 +138,12 @@ mod tests {
         m.from = 1;
         m.term = 3;
         m.index = index;
-        let mut e = Entry::default();
-        e.index = index + 1;
-        e.term = 3;
-        e.data = vec![7; 100].into();
-        m.entries.push(e);
+        m.entries.push(Entry {
+            index: index + 1,
+            term: 3,
+            data: vec![7; 100].into(),
+            ..Default::default()
+        });
         m.write_to_bytes().unwrap()
     }
 

@@ -70,6 +70,15 @@ fn method_not_allowed(allow: &'static str) -> Response {
     r
 }
 
+/// A request refused by [`Peers::check`]: 412 with this text.
+struct Refusal(&'static str);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(StatusCode::PRECONDITION_FAILED, self.0)
+    }
+}
+
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
@@ -77,7 +86,7 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 impl Peers {
     /// etcd's `checkClusterCompatibilityFromHeader`: versions, then the
     /// cluster ID; a failure is 412 with etcd's text.
-    fn check(&self, h: &HeaderMap) -> Result<(), Response> {
+    fn check(&self, h: &HeaderMap) -> Result<(), Refusal> {
         if !super::versions_compatible(
             header(h, headers::SERVER_VERSION),
             header(h, headers::MIN_CLUSTER_VERSION),
@@ -87,10 +96,7 @@ impl Peers {
                 remote_version = header(h, headers::SERVER_VERSION).unwrap_or_default(),
                 "failed to check version compatibility"
             );
-            return Err(error(
-                StatusCode::PRECONDITION_FAILED,
-                "incompatible version",
-            ));
+            return Err(Refusal("incompatible version"));
         }
         if header(h, headers::CLUSTER_ID) != Some(format!("{:x}", self.cluster_id).as_str()) {
             tracing::warn!(
@@ -99,10 +105,7 @@ impl Peers {
                 local_cluster_id = %format!("{:x}", self.cluster_id),
                 "request cluster ID mismatch"
             );
-            return Err(error(
-                StatusCode::PRECONDITION_FAILED,
-                "cluster ID mismatch",
-            ));
+            return Err(Refusal("cluster ID mismatch"));
         }
         Ok(())
     }
@@ -120,7 +123,7 @@ async fn pipeline(State(p): State<Peers>, method: Method, h: HeaderMap, body: Bo
         return method_not_allowed("POST");
     }
     let mut r = match p.check(&h) {
-        Err(r) => r,
+        Err(r) => r.into_response(),
         Ok(()) => match axum::body::to_bytes(body, PIPELINE_LIMIT).await {
             Err(_) => error(StatusCode::BAD_REQUEST, "error reading raft message"),
             Ok(b) => {
@@ -179,7 +182,7 @@ fn stream(p: Peers, method: Method, h: HeaderMap, from: String, kind: StreamKind
 
 fn stream_checked(p: &Peers, h: &HeaderMap, from: &str, kind: StreamKind) -> Response {
     if let Err(r) = p.check(h) {
-        return r;
+        return r.into_response();
     }
     let Ok(from) = u64::from_str_radix(from, 16) else {
         return error(StatusCode::NOT_FOUND, "invalid from");
@@ -262,7 +265,7 @@ async fn snapshot(State(p): State<Peers>, method: Method, h: HeaderMap) -> Respo
         return method_not_allowed("POST");
     }
     let mut r = match p.check(&h) {
-        Err(r) => r,
+        Err(r) => r.into_response(),
         Ok(()) => {
             tracing::warn!(
                 "an etcd peer sent a database snapshot; oxcd does not take etcd snapshots yet"

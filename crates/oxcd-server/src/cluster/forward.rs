@@ -39,6 +39,17 @@ enum Tried<T> {
     Unanswered(Option<EtcdError>),
 }
 
+/// A forwarded request as etcd's peer protocol carries it: a protobuf
+/// body posted to `path`, and how to read the answer.
+pub struct HttpCall<T> {
+    /// `/leases` or `/leases/internal`.
+    pub path: &'static str,
+    /// The encoded request.
+    pub body: bytes::Bytes,
+    /// Reads the answer from its status and body.
+    pub decode: fn(http::StatusCode, &[u8]) -> Result<T, EtcdError>,
+}
+
 /// Pause before asking again when no leader URL answered.
 const RETRY: Duration = Duration::from_millis(50);
 
@@ -81,6 +92,22 @@ impl Forwarder {
         F: Fn(ForwardClient<Channel>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        self.to_leader_or_etcd(core, call, None, is_final).await
+    }
+
+    /// [`Self::to_leader`], with `http` as the request when the leader is
+    /// an etcd member (etcd's `/leases` endpoints on its peer URLs).
+    pub async fn to_leader_or_etcd<T, F, Fut>(
+        &self,
+        core: &Core,
+        call: F,
+        http: Option<&HttpCall<T>>,
+        is_final: fn(&EtcdError) -> bool,
+    ) -> Result<T, EtcdError>
+    where
+        F: Fn(ForwardClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
         let deadline = Instant::now() + self.timeout;
         loop {
             let leader = wait_leader(core, deadline).await?;
@@ -89,7 +116,11 @@ impl Forwarder {
                 .get(leader)
                 .map(|m| m.peer_urls)
                 .unwrap_or_default();
-            if let Tried::Answered(r) = self.try_urls(urls, deadline, &call, is_final).await {
+            let tried = match http.filter(|_| self.transport.speaks_etcd(leader)) {
+                Some(http) => self.try_urls_http(urls, deadline, http, is_final).await,
+                None => self.try_urls(urls, deadline, &call, is_final).await,
+            };
+            if let Tried::Answered(r) = tried {
                 return r;
             }
             if Instant::now() + RETRY >= deadline {
@@ -159,6 +190,30 @@ impl Forwarder {
                     last = Some(e);
                 }
                 Ok(None) => {}
+            }
+        }
+        Tried::Unanswered(last)
+    }
+
+    /// [`Self::try_urls`] over etcd's HTTP peer endpoints.
+    async fn try_urls_http<T>(
+        &self,
+        urls: Vec<String>,
+        deadline: Instant,
+        http: &HttpCall<T>,
+        is_final: impl Fn(&EtcdError) -> bool,
+    ) -> Tried<T> {
+        let mut last = None;
+        for url in urls {
+            let attempt = self.transport.post(&url, http.path, http.body.clone());
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Err(_) => return Tried::Answered(Err(EtcdError::Timeout)),
+                Ok(Err(_)) => {}
+                Ok(Ok((status, body))) => match (http.decode)(status, &body) {
+                    Ok(v) => return Tried::Answered(Ok(v)),
+                    Err(e) if is_final(&e) => return Tried::Answered(Err(e)),
+                    Err(e) => last = Some(e),
+                },
             }
         }
         Tried::Unanswered(last)

@@ -148,13 +148,14 @@ impl Lease for LeaseService {
         let answer = if self.core.writes.is_leader() {
             time_to_live_as_leader(&self.core, r).await
         } else {
+            let http = crate::cluster::lease_http::time_to_live_call(r);
             let call = |mut c: ForwardClient<_>| async move {
                 Ok(c.lease_time_to_live(r).await?.into_inner())
             };
             let is_final = |e: &EtcdError| *e == EtcdError::LeaseNotFound;
             self.core
                 .forwarder
-                .to_leader(&self.core, call, is_final)
+                .to_leader_or_etcd(&self.core, call, Some(&http), is_final)
                 .await
         };
         let header = Some(self.core.header(self.core.store.rev()));
@@ -204,7 +205,10 @@ async fn keep_alive_once(core: &Core, id: i64) -> Result<LeaseKeepAliveResponse,
                 .ttl)
         };
         let is_final = |e: &EtcdError| *e == EtcdError::LeaseNotFound;
-        core.forwarder.to_leader(core, call, is_final).await
+        let http = crate::cluster::lease_http::renew_call(id);
+        core.forwarder
+            .to_leader_or_etcd(core, call, Some(&http), is_final)
+            .await
     };
     let ttl = match renewed {
         Ok(ttl) => ttl,

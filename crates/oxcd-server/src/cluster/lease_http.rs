@@ -1,0 +1,173 @@
+//! etcd's lease forwarding over the peer URLs (`lease/leasehttp`): an etcd
+//! follower posts a `LeaseKeepAliveRequest` to the leader's `/leases`, or
+//! a `LeaseInternalRequest` to `/leases/internal` for a TimeToLive, and
+//! reads the protobuf answer; errors are plain-text HTTP statuses. oxcd
+//! serves both for etcd followers, and uses them toward an etcd leader
+//! (oxcd members forward to each other over `oxcdpeerpb.Forward`).
+
+use super::forward::HttpCall;
+use crate::core::Core;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use oxcd_api::etcdserverpb::{
+    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
+use oxcd_api::EtcdError;
+use prost::Message;
+use std::sync::Arc;
+
+/// etcd's `leasepb.LeaseInternalRequest`.
+#[derive(Clone, PartialEq, Message)]
+pub struct LeaseInternalRequest {
+    /// The TimeToLive asked for.
+    #[prost(message, optional, tag = "1")]
+    pub lease_time_to_live_request: Option<LeaseTimeToLiveRequest>,
+}
+
+/// etcd's `leasepb.LeaseInternalResponse`.
+#[derive(Clone, PartialEq, Message)]
+pub struct LeaseInternalResponse {
+    /// The leader's answer.
+    #[prost(message, optional, tag = "1")]
+    pub lease_time_to_live_response: Option<LeaseTimeToLiveResponse>,
+}
+
+/// etcd's lessor errors as its handler writes them.
+const LEASE_NOT_FOUND: &str = "lease not found";
+const NOT_PRIMARY: &str = "not a primary lessor";
+const APPLY_TIMEOUT: &str = "waiting for node to catch up its applied index has timed out";
+
+/// `/leases` and `/leases/internal`, for the peer listener.
+pub fn routes(core: Arc<Core>) -> axum::Router {
+    axum::Router::new()
+        .route("/leases", any(renew))
+        .route("/leases/internal", any(time_to_live))
+        .with_state(core)
+}
+
+fn text(status: StatusCode, t: &str) -> Response {
+    let mut r = (status, format!("{t}\n")).into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn protobuf(body: Vec<u8>) -> Response {
+    let mut r = body.into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/protobuf"),
+    );
+    r
+}
+
+/// An error as etcd's handler answers it.
+fn refusal(e: &EtcdError) -> Response {
+    match e {
+        EtcdError::LeaseNotFound => text(StatusCode::NOT_FOUND, LEASE_NOT_FOUND),
+        EtcdError::TimeoutWaitAppliedIndex => text(StatusCode::REQUEST_TIMEOUT, APPLY_TIMEOUT),
+        EtcdError::NotLeader => text(StatusCode::BAD_REQUEST, NOT_PRIMARY),
+        other => text(StatusCode::BAD_REQUEST, other.message()),
+    }
+}
+
+async fn renew(State(core): State<Arc<Core>>, method: Method, body: Bytes) -> Response {
+    if method != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+    }
+    let Ok(req) = LeaseKeepAliveRequest::decode(body) else {
+        return text(StatusCode::BAD_REQUEST, "error unmarshalling request");
+    };
+    if !core.writes.is_leader() {
+        return refusal(&EtcdError::NotLeader);
+    }
+    match crate::v3rpc::lease::renew_as_leader(&core, req.id).await {
+        Ok(ttl) => protobuf(
+            LeaseKeepAliveResponse {
+                header: None,
+                id: req.id,
+                ttl,
+            }
+            .encode_to_vec(),
+        ),
+        Err(e) => refusal(&e),
+    }
+}
+
+async fn time_to_live(State(core): State<Arc<Core>>, method: Method, body: Bytes) -> Response {
+    if method != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+    }
+    let Ok(req) = LeaseInternalRequest::decode(body) else {
+        return text(StatusCode::BAD_REQUEST, "error unmarshalling request");
+    };
+    let req = req.lease_time_to_live_request.unwrap_or_default();
+    if !core.writes.is_leader() {
+        return refusal(&EtcdError::NotLeader);
+    }
+    match crate::v3rpc::lease::time_to_live_as_leader(&core, req).await {
+        Ok(r) => protobuf(
+            LeaseInternalResponse {
+                lease_time_to_live_response: Some(LeaseTimeToLiveResponse {
+                    header: Some(Default::default()),
+                    ..r
+                }),
+            }
+            .encode_to_vec(),
+        ),
+        Err(e) => refusal(&e),
+    }
+}
+
+/// An answer's error, as etcd's `RenewHTTP` / `TimeToLiveHTTP` read it.
+fn answer_error(status: StatusCode, body: &[u8]) -> EtcdError {
+    match status {
+        StatusCode::NOT_FOUND => EtcdError::LeaseNotFound,
+        StatusCode::REQUEST_TIMEOUT => EtcdError::TimeoutWaitAppliedIndex,
+        _ => EtcdError::Unknown(format!(
+            "lease: unknown error({})",
+            String::from_utf8_lossy(body).trim_end()
+        )),
+    }
+}
+
+/// A renewal of lease `id` posted to an etcd leader; answers the TTL.
+pub fn renew_call(id: i64) -> HttpCall<i64> {
+    HttpCall {
+        path: "/leases",
+        body: LeaseKeepAliveRequest { id }.encode_to_vec().into(),
+        decode: |status, body| {
+            if status != StatusCode::OK {
+                return Err(answer_error(status, body));
+            }
+            LeaseKeepAliveResponse::decode(body)
+                .map(|r| r.ttl)
+                .map_err(|e| EtcdError::Unknown(format!("lease: {e}")))
+        },
+    }
+}
+
+/// A TimeToLive posted to an etcd leader's `/leases/internal`.
+pub fn time_to_live_call(req: LeaseTimeToLiveRequest) -> HttpCall<LeaseTimeToLiveResponse> {
+    HttpCall {
+        path: "/leases/internal",
+        body: LeaseInternalRequest {
+            lease_time_to_live_request: Some(req),
+        }
+        .encode_to_vec()
+        .into(),
+        decode: |status, body| {
+            if status != StatusCode::OK {
+                return Err(answer_error(status, body));
+            }
+            LeaseInternalResponse::decode(body)
+                .map(|r| r.lease_time_to_live_response.unwrap_or_default())
+                .map_err(|e| EtcdError::Unknown(format!("lease: {e}")))
+        },
+    }
+}
