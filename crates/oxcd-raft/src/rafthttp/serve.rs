@@ -25,6 +25,8 @@ struct Peers {
     transport: Arc<Transport>,
     inbox: Arc<dyn Inbox>,
     directory: Arc<dyn Directory>,
+    /// Where received backend snapshots are saved (`member/snap`).
+    snap_dir: Option<std::path::PathBuf>,
 }
 
 /// The routes of etcd's peer protocol, for the peer listener's router.
@@ -32,6 +34,7 @@ pub fn routes(
     transport: Arc<Transport>,
     inbox: Arc<dyn Inbox>,
     directory: Arc<dyn Directory>,
+    snap_dir: Option<std::path::PathBuf>,
 ) -> Router {
     let state = Peers {
         local_id: transport.local_id(),
@@ -39,6 +42,7 @@ pub fn routes(
         transport,
         inbox,
         directory,
+        snap_dir,
     };
     Router::new()
         .route("/raft", any(pipeline))
@@ -258,24 +262,121 @@ async fn probing() -> Response {
     r
 }
 
-/// `POST /raft/snapshot`: not taken yet; etcd's sender retries and reports
-/// the failure to raft, which keeps probing.
-async fn snapshot(State(p): State<Peers>, method: Method, h: HeaderMap) -> Response {
+/// The largest snapshot message head accepted (its data is etcd's v2
+/// store: members and cluster version, small).
+const SNAPSHOT_HEAD_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// `POST /raft/snapshot`: a `MsgSnap` head (a `message` frame), then the
+/// leader's backend file (etcd's bbolt) to the end of the body. The file
+/// is saved as `member/snap/<index>.snap.db` (synced, renamed into place)
+/// before raft sees the message, as for oxcd's own transfers; the apply
+/// stage converts it when it installs the snapshot.
+async fn snapshot(State(p): State<Peers>, method: Method, h: HeaderMap, body: Body) -> Response {
     if method != Method::POST {
         return method_not_allowed("POST");
     }
     let mut r = match p.check(&h) {
         Err(r) => r.into_response(),
-        Ok(()) => {
-            tracing::warn!(
-                "an etcd peer sent a database snapshot; oxcd does not take etcd snapshots yet"
-            );
-            error(
+        Ok(()) => match &p.snap_dir {
+            None => error(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "failed to save KV snapshot (receiving etcd snapshots is not supported by oxcd yet)",
-            )
-        }
+                "failed to save KV snapshot (this member does not take snapshots)",
+            ),
+            Some(dir) => match receive_snapshot(dir, body).await {
+                Ok((from, message)) => {
+                    p.inbox.deliver(from, vec![message]);
+                    StatusCode::NO_CONTENT.into_response()
+                }
+                Err((status, text)) => error(status, &text),
+            },
+        },
     };
     p.cluster_header(&mut r);
     r
+}
+
+/// Reads the head and saves the file; the sender and the encoded message.
+async fn receive_snapshot(
+    dir: &std::path::Path,
+    body: Body,
+) -> Result<(u64, Bytes), (StatusCode, String)> {
+    use futures::StreamExt;
+    use protobuf::Message as _;
+    use tokio::io::AsyncWriteExt;
+    let bad = |t: String| (StatusCode::BAD_REQUEST, t);
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let head = loop {
+        if buf.len() >= 8 {
+            let len = u64::from_be_bytes(buf[..8].try_into().unwrap_or_default());
+            if len > SNAPSHOT_HEAD_LIMIT {
+                return Err(bad(
+                    "failed to decode raft message (rafthttp: error limit exceeded)".into(),
+                ));
+            }
+            if buf.len() as u64 >= 8 + len {
+                let _ = buf.split_to(8);
+                break buf.split_to(len as usize).freeze();
+            }
+        }
+        match stream.next().await {
+            Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+            Some(Err(e)) => return Err(bad(format!("failed to decode raft message ({e})"))),
+            None => return Err(bad("failed to decode raft message (unexpected EOF)".into())),
+        }
+    };
+    let m = raft::eraftpb::Message::parse_from_bytes(&head)
+        .map_err(|e| bad(format!("failed to decode raft message ({e})")))?;
+    if m.get_msg_type() != raft::eraftpb::MessageType::MsgSnapshot {
+        return Err(bad("wrong raft message type".into()));
+    }
+    let index = m.get_snapshot().get_metadata().index;
+    tracing::info!(
+        "receiving database snapshot [index: {index}, from: {:x}] over etcd's peer protocol",
+        m.from
+    );
+    let path = dir.join(format!("{index:016x}.snap.db"));
+    let tmp = dir.join(format!("{index:016x}.snap.db.tmp"));
+    let fail = |e: std::io::Error| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to save KV snapshot ({e})"),
+        )
+    };
+    let written = async {
+        let mut f = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .await?;
+        f.write_all(&buf).await?;
+        let mut size = buf.len() as u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(std::io::Error::other)?;
+            f.write_all(&chunk).await?;
+            size += chunk.len() as u64;
+        }
+        f.sync_all().await?;
+        tokio::fs::rename(&tmp, &path).await?;
+        if let Ok(d) = tokio::fs::File::open(dir).await {
+            let _ = d.sync_all().await;
+        }
+        Ok::<u64, std::io::Error>(size)
+    }
+    .await;
+    match written {
+        Ok(size) => {
+            tracing::info!(
+                "received and saved database snapshot [index: {index}, from: {:x}, size: {size} bytes]",
+                m.from
+            );
+            Ok((m.from, head))
+        }
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            Err(fail(e))
+        }
+    }
 }

@@ -268,6 +268,26 @@ struct MemberRecord {
     is_learner: bool,
 }
 
+impl MembersSnapshot {
+    /// The members of an etcd raft snapshot's v2 store.
+    fn from_v2(v2: oxcd_etcd_format::membership::V2Cluster) -> MembersSnapshot {
+        MembersSnapshot {
+            members: v2
+                .members
+                .into_iter()
+                .map(|m| MemberRecord {
+                    id: format!("{:x}", m.id),
+                    name: m.name,
+                    peer_urls: m.peer_urls,
+                    client_urls: m.client_urls,
+                    is_learner: m.is_learner,
+                })
+                .collect(),
+            removed: v2.removed.iter().map(|id| format!("{id:x}")).collect(),
+        }
+    }
+}
+
 /// Why a snapshot's member list could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error("corrupt member list in snapshot: {0}")]
@@ -292,8 +312,14 @@ impl Members {
     /// [`MembersSnapshotError`] if `data` is not what
     /// [`Members::snapshot_data`] writes; nothing changes then.
     pub fn restore_snapshot(&self, data: &[u8]) -> Result<(), MembersSnapshotError> {
-        let snap: MembersSnapshot =
-            serde_json::from_slice(data).map_err(|e| MembersSnapshotError(e.to_string()))?;
+        let snap: MembersSnapshot = match serde_json::from_slice(data) {
+            Ok(s) => s,
+            // A snapshot from an etcd leader: etcd's v2 store.
+            Err(e) => match oxcd_etcd_format::membership::V2Cluster::from_store_json(data) {
+                Ok(v2) => MembersSnapshot::from_v2(v2),
+                Err(_) => return Err(MembersSnapshotError(e.to_string())),
+            },
+        };
         let hex = |s: &str| {
             u64::from_str_radix(s, 16).map_err(|e| MembersSnapshotError(format!("id {s:?}: {e}")))
         };

@@ -200,6 +200,32 @@ pub fn import_if_etcd(cfg: &Config) -> Result<(), ImportError> {
     Ok(())
 }
 
+/// Turns a backend snapshot an etcd leader sent (a bbolt file, see
+/// `oxcd_raft::rafthttp`) into oxcd's backend at the same path, before it
+/// is installed; an oxcd backend is left as it is. The bbolt copy is read
+/// with the import's checks, so a damaged file is refused, never used.
+///
+/// # Errors
+/// [`ImportError`] naming the file.
+pub fn convert_snapshot_db(db: &Path) -> Result<(), ImportError> {
+    if !is_bolt(db) {
+        return Ok(());
+    }
+    let out = db.with_extension("db.converted");
+    if out.exists() {
+        fs::remove_file(&out).map_err(|e| write_err(&out, e))?;
+    }
+    let backend = copy_backend(db, &out)?;
+    fs::rename(&out, db).map_err(|e| write_err(db, e))?;
+    tracing::info!(
+        file = %db.display(),
+        rows = backend.rows,
+        consistent_index = backend.consistent_index,
+        "converted an etcd member's database snapshot to oxcd's backend"
+    );
+    Ok(())
+}
+
 fn is_bolt(db: &Path) -> bool {
     use std::io::Read;
     let mut head = [0u8; 32];

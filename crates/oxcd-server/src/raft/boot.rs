@@ -413,6 +413,7 @@ pub fn peer_routes(
         transport.clone(),
         inbox.clone(),
         Arc::new(members.clone()),
+        Some(snap_dir(layout)),
     );
     let svc = PeerService::new(transport.local_id(), transport.cluster_id(), inbox)
         .with_directory(Arc::new(members.clone()))

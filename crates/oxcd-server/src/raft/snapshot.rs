@@ -68,6 +68,8 @@ fn restore_inner(app: &mut ApplyStage, index: u64, db: &Path, data: &[u8]) -> Re
             db.display()
         )));
     }
+    // A snapshot from an etcd leader carries etcd's bbolt file.
+    crate::etcd_files::convert_snapshot_db(db).map_err(|e| err("etcd snapshot", &e))?;
     let store = &app.snap.store;
     store
         .replace_from(db)
