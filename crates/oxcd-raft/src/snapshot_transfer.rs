@@ -37,6 +37,24 @@ pub trait BackendSource: Send + Sync + 'static {
     /// # Errors
     /// Whatever the backend reports, as text for the logs.
     fn export(&self, dst: &Path) -> Result<u64, String>;
+
+    /// [`Self::export`] in etcd's format (a bbolt file with etcd's
+    /// buckets), for an etcd follower. Blocks on disk I/O.
+    ///
+    /// # Errors
+    /// As for [`Self::export`]; by default, that etcd's format is not made.
+    fn export_etcd(&self, _dst: &Path) -> Result<u64, String> {
+        Err("this backend cannot be sent to an etcd member".into())
+    }
+
+    /// A raft snapshot's data (oxcd's member list) as an etcd follower
+    /// reads it: etcd's v2 store.
+    ///
+    /// # Errors
+    /// Data that does not decode; by default, that it cannot be converted.
+    fn etcd_snapshot_data(&self, _data: &[u8]) -> Result<Vec<u8>, String> {
+        Err("this snapshot cannot be sent to an etcd member".into())
+    }
 }
 
 /// Receives the outcome of a snapshot transfer (raft's `ReportSnapshot`).
@@ -63,6 +81,8 @@ pub struct SnapshotJob {
 
 /// Where a transfer goes and how to reach it.
 pub(crate) struct Route {
+    /// Whether the follower is an etcd member (etcd's snapshot endpoint).
+    pub etcd: bool,
     pub from: u64,
     pub cluster_id: u64,
     pub urls: Vec<String>,
@@ -76,7 +96,11 @@ pub(crate) async fn send(route: Route, job: SnapshotJob) {
         .scratch_dir
         .join(format!("{to:016x}-{index:016x}.snap.db.send"));
     tracing::info!("sending database snapshot [index: {index}, to: {to:x}]");
-    let result = send_steps(&route, &job, &scratch).await;
+    let result = if route.etcd {
+        crate::rafthttp::link::send_snapshot(&route, &job, &scratch).await
+    } else {
+        send_steps(&route, &job, &scratch).await
+    };
     let _ = tokio::fs::remove_file(&scratch).await;
     match &result {
         Ok(bytes) => tracing::info!(

@@ -283,6 +283,7 @@ impl Transport {
             .map(|p| p.urls.clone())
             .ok_or(SendError::UnknownPeer(job.to))?;
         let route = crate::snapshot_transfer::Route {
+            etcd: self.speaks_etcd(job.to),
             from: self.local_id,
             cluster_id: self.cluster_id,
             urls,

@@ -20,7 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{free_port, run_etcdctl, server_binary, FAST_RAFT, STOP_DEADLINE};
-use etcd_client::{Client, ConnectOptions, GetOptions, StatusResponse};
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, LeaseTimeToLiveOptions, PutOptions,
+    StatusResponse, WatchOptions,
+};
 
 const ETCD: &str = "/usr/bin/etcd";
 
@@ -282,21 +285,35 @@ async fn expect_value(procs: &[Proc], i: usize, key: &str, value: &str) {
     );
 }
 
-/// Puts through member `i`, retried while it errs, bounded.
-async fn put(procs: &[Proc], i: usize, key: &str, value: &str) {
+/// Puts through member `i`, retried while it errs, bounded; returns the
+/// put's revision.
+async fn put(procs: &[Proc], i: usize, key: &str, value: &str) -> i64 {
+    put_with(procs, i, key, value, None).await
+}
+
+/// [`put`] with options (e.g. a lease).
+async fn put_with(
+    procs: &[Proc],
+    i: usize,
+    key: &str,
+    value: &str,
+    opts: Option<PutOptions>,
+) -> i64 {
     let until = Instant::now() + SETTLE_DEADLINE;
     loop {
         let attempt = async {
             let mut c = connect(&procs[i].url(), Duration::from_secs(3))
                 .await
                 .ok_or_else(|| "cannot connect".to_string())?;
-            c.put(key, value, None).await.map_err(|e| e.to_string())
+            c.put(key, value, opts.clone())
+                .await
+                .map_err(|e| e.to_string())
         };
         let result = tokio::time::timeout(Duration::from_secs(4), attempt)
             .await
             .unwrap_or_else(|_| Err("timed out".to_string()));
         match result {
-            Ok(_) => return,
+            Ok(r) => return r.header().map_or(0, |h| h.revision()),
             Err(e) => assert!(
                 Instant::now() < until,
                 "put {key:?} through {} kept failing for {SETTLE_DEADLINE:?}: {e}\n{}",
@@ -404,20 +421,43 @@ async fn etcd_cluster(dir: &Path) -> Vec<Proc> {
     procs
 }
 
-/// Stops member `i` (SIGTERM), starts `bin` on its data dir with the same
+/// Starts `bin` as the stopped member `i` on its data dir with the same
 /// flags and waits until it serves reads; it must keep its member ID.
-async fn replace(procs: &mut [Proc], i: usize, bin: &Path) {
+async fn respawn(procs: &mut [Proc], i: usize, bin: &Path) {
     let id = procs[i].id;
-    procs[i].stop().await;
     procs[i].bin = bin.to_path_buf();
     procs[i].spawn();
     wait_ready(procs, i).await;
     assert_eq!(
         procs[i].id,
         id,
-        "{} reports another member ID than before its replacement",
+        "{} reports another member ID than before its restart",
         procs[i].label()
     );
+}
+
+/// Stops member `i` (SIGTERM) and starts `bin` in its place ([`respawn`]).
+async fn replace(procs: &mut [Proc], i: usize, bin: &Path) {
+    procs[i].stop().await;
+    respawn(procs, i, bin).await;
+}
+
+/// Kills member `i` (SIGKILL) and starts it again with the same binary and
+/// flags ([`respawn`]).
+async fn crash_and_restart(procs: &mut [Proc], i: usize) {
+    procs[i].kill9();
+    let bin = procs[i].bin.clone();
+    respawn(procs, i, &bin).await;
+}
+
+/// Members "a", "b", "c" under `dir`, started by etcd, one follower then
+/// replaced by the binary under test; returns them and that member's index.
+async fn mixed_cluster(dir: &Path) -> (Vec<Proc>, usize) {
+    let mut procs = etcd_cluster(dir).await;
+    let leader = wait_leader(&procs).await;
+    let ox = (0..3).find(|&i| i != leader).expect("a follower");
+    replace(&mut procs, ox, &server_binary()).await;
+    (procs, ox)
 }
 
 /// Polls until every running member names the same leader in the same term
@@ -442,6 +482,29 @@ async fn wait_leader(procs: &[Proc]) -> usize {
             "running members did not agree on a running leader within \
              {SETTLE_DEADLINE:?}; (leader, term) per member: {views:?}; IDs: {:?}\n{}",
             procs.iter().map(|p| (&p.name, p.id)).collect::<Vec<_>>(),
+            logs(procs)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Asks the leader to hand over to member `to` (`etcdctl move-leader`) until
+/// the members agree it leads.
+async fn move_leader(procs: &[Proc], to: usize) {
+    let target = format!("{:x}", procs[to].id);
+    let until = Instant::now() + SETTLE_DEADLINE;
+    loop {
+        let leader = wait_leader(procs).await;
+        if leader == to {
+            return;
+        }
+        let out = run_etcdctl(&procs[leader].endpoint(), &["move-leader", &target], "").await;
+        assert!(
+            Instant::now() < until,
+            "{} did not become leader within {SETTLE_DEADLINE:?}; last \
+             `etcdctl move-leader {target}` through {}: {out:#?}\n{}",
+            procs[to].label(),
+            procs[leader].label(),
             logs(procs)
         );
         tokio::time::sleep(POLL).await;
@@ -654,30 +717,34 @@ async fn rolling_replacement_of_all_three_members_keeps_every_write() {
             writer.wait_progress(20, &what, &procs).await;
         }
         let acks = writer.finish().await;
-        assert!(!acks.is_empty(), "the writer got no put acknowledged");
-        wait_leader(&procs).await;
-        for i in 0..procs.len() {
-            let kvs = range(&procs, i, "w/").await;
-            let wrong: Vec<(String, Option<String>)> = acks
-                .iter()
-                .filter(|&&n| {
-                    kvs.get(&write_key(n)).map(|(v, _)| v.clone()) != Some(write_value(n))
-                })
-                .map(|&n| (write_key(n), kvs.get(&write_key(n)).map(|(v, _)| v.clone())))
-                .collect();
-            assert!(
-                wrong.is_empty(),
-                "{} of {} acknowledged puts are missing or wrong through {}; \
-                 first ones (key, value found): {:?}\n{}",
-                wrong.len(),
-                acks.len(),
-                procs[i].label(),
-                &wrong[..wrong.len().min(10)],
-                logs(&procs)
-            );
-        }
+        assert_acked_everywhere(&procs, &acks).await;
     })
     .await;
+}
+
+/// Every put the writer got acknowledged (`acks`) is present, with its
+/// value, in a linearizable range through each member.
+async fn assert_acked_everywhere(procs: &[Proc], acks: &[usize]) {
+    assert!(!acks.is_empty(), "the writer got no put acknowledged");
+    wait_leader(procs).await;
+    for i in 0..procs.len() {
+        let kvs = range(procs, i, "w/").await;
+        let wrong: Vec<(String, Option<String>)> = acks
+            .iter()
+            .filter(|&&n| kvs.get(&write_key(n)).map(|(v, _)| v.clone()) != Some(write_value(n)))
+            .map(|&n| (write_key(n), kvs.get(&write_key(n)).map(|(v, _)| v.clone())))
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "{} of {} acknowledged puts are missing or wrong through {}; \
+             first ones (key, value found): {:?}\n{}",
+            wrong.len(),
+            acks.len(),
+            procs[i].label(),
+            &wrong[..wrong.len().min(10)],
+            logs(procs)
+        );
+    }
 }
 
 #[tokio::test]
@@ -687,32 +754,9 @@ async fn oxcd_leader_serves_etcd_followers() {
     }
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
-        let mut procs = etcd_cluster(dir.path()).await;
-        let leader = wait_leader(&procs).await;
-        let ox = (0..3).find(|&i| i != leader).expect("a follower");
-        replace(&mut procs, ox, &server_binary()).await;
+        let (procs, ox) = mixed_cluster(dir.path()).await;
         let etcds: Vec<usize> = (0..3).filter(|&i| i != ox).collect();
-
-        // Ask the current leader to hand over to the oxcd member, until the
-        // members agree it leads.
-        let target = format!("{:x}", procs[ox].id);
-        let until = Instant::now() + SETTLE_DEADLINE;
-        loop {
-            let leader = wait_leader(&procs).await;
-            if leader == ox {
-                break;
-            }
-            let out = run_etcdctl(&procs[leader].endpoint(), &["move-leader", &target], "").await;
-            assert!(
-                Instant::now() < until,
-                "{} did not become leader within {SETTLE_DEADLINE:?}; last \
-                 `etcdctl move-leader {target}` through {}: {out:#?}\n{}",
-                procs[ox].label(),
-                procs[leader].label(),
-                logs(&procs)
-            );
-            tokio::time::sleep(POLL).await;
-        }
+        move_leader(&procs, ox).await;
 
         for &e in &etcds {
             let key = format!("via/{}", procs[e].name);
@@ -731,6 +775,379 @@ async fn oxcd_leader_serves_etcd_followers() {
             "leadership left {} during the writes",
             procs[ox].label()
         );
+    })
+    .await;
+}
+
+/// Bound on one client call the tests expect to succeed at once.
+const CALL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Awaits client call `f` to member `i`, bounded by [`CALL_DEADLINE`];
+/// panics on an error or timeout, naming `what` and the member.
+async fn call<T, F>(procs: &[Proc], i: usize, what: &str, f: F) -> T
+where
+    F: Future<Output = Result<T, etcd_client::Error>>,
+{
+    match tokio::time::timeout(CALL_DEADLINE, f).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => panic!(
+            "{what} through {} failed: {e:?}\n{}",
+            procs[i].label(),
+            logs(procs)
+        ),
+        Err(_) => panic!(
+            "{what} through {} got no answer within {CALL_DEADLINE:?}\n{}",
+            procs[i].label(),
+            logs(procs)
+        ),
+    }
+}
+
+/// A client of member `i` alone without a per-request timeout (it would
+/// cut streams short), retried while connecting fails, bounded.
+async fn stream_client(procs: &[Proc], i: usize) -> Client {
+    let until = Instant::now() + SETTLE_DEADLINE;
+    loop {
+        let opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
+        let connecting = Client::connect([procs[i].url()], Some(opts));
+        if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(2), connecting).await {
+            return c;
+        }
+        assert!(
+            Instant::now() < until,
+            "cannot connect to {} within {SETTLE_DEADLINE:?}\n{}",
+            procs[i].label(),
+            logs(procs)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// TTL of the leases the lease test grants, in seconds.
+const LEASE_TTL: i64 = 5;
+
+/// How long a lease is kept alive: well past its TTL.
+const KEEP_ALIVE_FOR: Duration = Duration::from_secs(8);
+
+const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(1);
+
+/// How long after its last renewal an unrenewed lease's keys may outlive
+/// its TTL: the leader's expiry check and the revoke's commit.
+const EXPIRY_SLACK: Duration = Duration::from_secs(4);
+
+/// A lease ID no test grants.
+const UNKNOWN_LEASE: i64 = 0x0bad_cafe;
+
+/// TimeToLive of a lease nobody granted, through member `i`: etcd answers
+/// TTL -1, not an error.
+async fn expect_unknown_lease(procs: &[Proc], i: usize) {
+    let mut c = stream_client(procs, i).await;
+    let what = format!("TimeToLive of unknown lease {UNKNOWN_LEASE:x}");
+    let r = call(procs, i, &what, c.lease_time_to_live(UNKNOWN_LEASE, None)).await;
+    assert_eq!(
+        (r.id(), r.ttl()),
+        (UNKNOWN_LEASE, -1),
+        "{what} through {}: {r:?}",
+        procs[i].label()
+    );
+}
+
+/// Through member `via` only: grants a lease of [`LEASE_TTL`], attaches
+/// `key`, keeps the lease alive past its TTL and asks its TimeToLive; the
+/// key must outlive the TTL, on every member. Then stops the keepalives:
+/// the key must be gone from every member once the TTL has run out.
+async fn lease_kept_alive_then_expired(procs: &[Proc], via: usize, key: &str) {
+    let label = procs[via].label();
+    let mut c = stream_client(procs, via).await;
+    let id = call(procs, via, "LeaseGrant", c.lease_grant(LEASE_TTL, None))
+        .await
+        .id();
+    put_with(
+        procs,
+        via,
+        key,
+        "leased",
+        Some(PutOptions::new().with_lease(id)),
+    )
+    .await;
+
+    let what = format!("LeaseKeepAlive of {id:x}");
+    let (mut keeper, mut answers) = call(procs, via, &what, c.lease_keep_alive(id)).await;
+    let until = Instant::now() + KEEP_ALIVE_FOR;
+    let mut last_renewal;
+    loop {
+        last_renewal = Instant::now();
+        let renewal = async {
+            keeper.keep_alive().await?;
+            answers.message().await
+        };
+        let answer = call(procs, via, &what, renewal).await;
+        let Some(answer) = answer else {
+            panic!("{what} through {label}: the stream ended\n{}", logs(procs));
+        };
+        assert_eq!(
+            (answer.id(), answer.ttl()),
+            (id, LEASE_TTL),
+            "{what} through {label}: {answer:?}\n{}",
+            logs(procs)
+        );
+        if Instant::now() >= until {
+            break;
+        }
+        tokio::time::sleep(KEEP_ALIVE_EVERY).await;
+    }
+
+    for i in 0..procs.len() {
+        expect_value(procs, i, key, "leased").await;
+    }
+    let what = format!("TimeToLive of {id:x}");
+    let with_keys = Some(LeaseTimeToLiveOptions::new().with_keys());
+    let ttl = call(procs, via, &what, c.lease_time_to_live(id, with_keys)).await;
+    assert!(
+        ttl.id() == id
+            && ttl.granted_ttl() == LEASE_TTL
+            && ttl.ttl() > 0
+            && ttl.ttl() <= LEASE_TTL
+            && ttl.keys() == [key.as_bytes().to_vec()],
+        "{what} through {label} while kept alive: {ttl:?}\n{}",
+        logs(procs)
+    );
+
+    drop(keeper);
+    drop(answers);
+    let deadline = last_renewal + Duration::from_secs(LEASE_TTL as u64) + EXPIRY_SLACK;
+    for i in 0..procs.len() {
+        loop {
+            let kvs = range(procs, i, key).await;
+            if kvs.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{key:?} (lease {id:x}, TTL {LEASE_TTL} s) still present through {} \
+                 {:?} after the last keepalive\n{}",
+                procs[i].label(),
+                last_renewal.elapsed(),
+                logs(procs)
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    let ttl = call(procs, via, &what, c.lease_time_to_live(id, None)).await;
+    assert_eq!(
+        ttl.ttl(),
+        -1,
+        "{what} through {label} once expired: {ttl:?}\n{}",
+        logs(procs)
+    );
+}
+
+#[tokio::test]
+async fn leases_are_kept_alive_and_expire_across_both_kinds() {
+    if !have_etcd() {
+        return;
+    }
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (procs, ox) = mixed_cluster(dir.path()).await;
+        let etcds: Vec<usize> = (0..3).filter(|&i| i != ox).collect();
+
+        // A: etcd leads; the oxcd follower forwards renewals and
+        // TimeToLive to it.
+        if wait_leader(&procs).await == ox {
+            move_leader(&procs, etcds[0]).await;
+        }
+        for i in 0..procs.len() {
+            expect_unknown_lease(&procs, i).await;
+        }
+        lease_kept_alive_then_expired(&procs, ox, "lease/via-oxcd-follower").await;
+
+        // B: oxcd leads; an etcd follower forwards them to it.
+        move_leader(&procs, ox).await;
+        for i in 0..procs.len() {
+            expect_unknown_lease(&procs, i).await;
+        }
+        lease_kept_alive_then_expired(&procs, etcds[0], "lease/via-etcd-follower").await;
+        assert_eq!(
+            wait_leader(&procs).await,
+            ox,
+            "leadership left {} during the lease test",
+            procs[ox].label()
+        );
+    })
+    .await;
+}
+
+/// Puts the watch test makes.
+const WATCHED_PUTS: usize = 100;
+
+/// (key, mod revision) of the put events `stream` delivers until `n` have
+/// arrived and no more follow for a moment (so duplicates show), bounded.
+async fn collect_puts(
+    mut stream: etcd_client::WatchStream,
+    n: usize,
+) -> Result<Vec<(String, i64)>, String> {
+    let mut events = Vec::new();
+    let until = Instant::now() + SETTLE_DEADLINE;
+    loop {
+        let wait = if events.len() < n {
+            until.saturating_duration_since(Instant::now())
+        } else {
+            Duration::from_millis(500)
+        };
+        let message = match tokio::time::timeout(wait, stream.message()).await {
+            Err(_) if events.len() >= n => return Ok(events),
+            Err(_) => {
+                return Err(format!(
+                    "only {} events within {SETTLE_DEADLINE:?}",
+                    events.len()
+                ))
+            }
+            Ok(Err(e)) => return Err(format!("after {} events: {e:?}", events.len())),
+            Ok(Ok(None)) => return Err(format!("stream ended after {} events", events.len())),
+            Ok(Ok(Some(m))) => m,
+        };
+        if message.canceled() {
+            return Err(format!(
+                "watch canceled after {} events: {message:?}",
+                events.len()
+            ));
+        }
+        for e in message.events() {
+            let Some(kv) = e.kv() else {
+                return Err(format!("an event without a key-value: {e:?}"));
+            };
+            if e.event_type() != EventType::Put {
+                return Err(format!("a {:?} event: {e:?}", e.event_type()));
+            }
+            events.push((
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                kv.mod_revision(),
+            ));
+        }
+    }
+}
+
+/// Opens a watch of `prefix` from revision `from` through member `i`, waits
+/// until it is created and collects its events ([`collect_puts`]) in a task.
+async fn spawn_watch(
+    procs: &[Proc],
+    i: usize,
+    prefix: &str,
+    from: i64,
+) -> tokio::task::JoinHandle<Result<Vec<(String, i64)>, String>> {
+    let mut c = stream_client(procs, i).await;
+    let opts = WatchOptions::new().with_prefix().with_start_revision(from);
+    let what = format!("Watch of {prefix:?}");
+    let mut stream = call(procs, i, &what, c.watch(prefix, Some(opts))).await;
+    let created = call(procs, i, &what, stream.message()).await;
+    assert!(
+        created
+            .as_ref()
+            .is_some_and(|m| m.created() && !m.canceled()),
+        "{what} through {}: first answer {created:?}",
+        procs[i].label()
+    );
+    tokio::spawn(async move {
+        let _client = c;
+        collect_puts(stream, WATCHED_PUTS).await
+    })
+}
+
+#[tokio::test]
+async fn watches_through_either_kind_see_writes_through_the_other() {
+    if !have_etcd() {
+        return;
+    }
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (procs, ox) = mixed_cluster(dir.path()).await;
+        let etcd = (0..3).find(|&i| i != ox).expect("an etcd member");
+
+        // Both watches start after the current revision, so they see
+        // exactly the puts below, whenever each is created.
+        let mut c = stream_client(&procs, etcd).await;
+        let now = call(&procs, etcd, "Get", c.get("watched/", None)).await;
+        let from = now.header().map_or(0, |h| h.revision()) + 1;
+        let watches = [
+            (ox, spawn_watch(&procs, ox, "watched/", from).await),
+            (etcd, spawn_watch(&procs, etcd, "watched/", from).await),
+        ];
+
+        let mut expected = Vec::new();
+        for n in 0..WATCHED_PUTS {
+            let key = format!("watched/{n:03}");
+            let through = if n % 2 == 0 { ox } else { etcd };
+            let revision = put(&procs, through, &key, "v").await;
+            expected.push((key, revision));
+        }
+        assert!(
+            expected.windows(2).all(|w| w[0].1 < w[1].1),
+            "put revisions do not increase: {expected:?}"
+        );
+
+        for (i, watch) in watches {
+            let seen = tokio::time::timeout(SETTLE_DEADLINE + CALL_DEADLINE, watch)
+                .await
+                .expect("watch collector outlived its own deadline")
+                .expect("watch collector task")
+                .unwrap_or_else(|e| {
+                    panic!("watch through {}: {e}\n{}", procs[i].label(), logs(&procs))
+                });
+            let first_diff = seen.iter().zip(&expected).position(|(s, e)| s != e);
+            assert!(
+                seen == expected,
+                "the watch through {} saw {} events, not the {} puts in revision \
+                 order exactly once; first difference at index {first_diff:?}: saw {:?}, \
+                 put {:?}\n{}",
+                procs[i].label(),
+                seen.len(),
+                expected.len(),
+                first_diff.map(|d| &seen[d]),
+                first_diff.map(|d| &expected[d]),
+                logs(&procs)
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn kill9_of_the_oxcd_member_and_restart_loses_nothing() {
+    if !have_etcd() {
+        return;
+    }
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut procs, ox) = mixed_cluster(dir.path()).await;
+        let writer = Writer::start(procs.iter().map(Proc::url).collect());
+        writer
+            .wait_progress(20, "by the mixed cluster", &procs)
+            .await;
+
+        crash_and_restart(&mut procs, ox).await;
+        let what = format!("after restarting {}", procs[ox].label());
+        writer.wait_progress(20, &what, &procs).await;
+
+        let leader = wait_leader(&procs).await;
+        eprintln!(
+            "killing the leader {}; {} puts acknowledged",
+            procs[leader].label(),
+            writer.acked()
+        );
+        crash_and_restart(&mut procs, leader).await;
+        let now = wait_leader(&procs).await;
+        eprintln!(
+            "restarted {}; {} leads; {} puts acknowledged",
+            procs[leader].name,
+            procs[now].label(),
+            writer.acked()
+        );
+        let what = format!("after restarting the leader {}", procs[leader].label());
+        writer.wait_progress(20, &what, &procs).await;
+
+        let acks = writer.finish().await;
+        assert_acked_everywhere(&procs, &acks).await;
     })
     .await;
 }

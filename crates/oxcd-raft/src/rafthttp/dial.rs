@@ -52,11 +52,16 @@ enum Conn {
 
 /// Sends `req` (its URI a path only) to the peer at `base_url` over a new
 /// HTTP/1.1 connection and returns the answer, whose body streams.
-pub async fn send(
+pub async fn send<B>(
     base_url: &str,
     tls: &PeerTls,
-    mut req: http::Request<Full<Bytes>>,
-) -> Result<http::Response<Incoming>, DialError> {
+    mut req: http::Request<B>,
+) -> Result<http::Response<Incoming>, DialError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (conn, authority) = target(base_url)?;
     let io = |e: std::io::Error| DialError::Io(e.to_string());
     req.headers_mut().insert(

@@ -163,3 +163,98 @@ pub async fn send(
         });
     }
 }
+
+/// Sends a raft snapshot to an etcd follower (etcd's snapshot sender):
+/// the backend exported in etcd's format to `scratch`, then `POST
+/// /raft/snapshot` with the `MsgSnap` head (its data etcd's v2 store) and
+/// the file. Returns the bytes sent.
+pub(crate) async fn send_snapshot(
+    route: &crate::snapshot_transfer::Route,
+    job: &crate::snapshot_transfer::SnapshotJob,
+    scratch: &std::path::Path,
+) -> Result<u64, String> {
+    use protobuf::Message as _;
+    use tokio::io::AsyncReadExt;
+    let backend = job.backend.clone();
+    let dst = scratch.to_path_buf();
+    tokio::task::spawn_blocking(move || backend.export_etcd(&dst))
+        .await
+        .map_err(|e| format!("export task: {e}"))??;
+    let mut m = raft::eraftpb::Message::parse_from_bytes(&job.message)
+        .map_err(|e| format!("snapshot message: {e}"))?;
+    let data = job.backend.etcd_snapshot_data(&m.get_snapshot().data)?;
+    m.mut_snapshot().data = data.into();
+    let head = m
+        .write_to_bytes()
+        .map_err(|e| format!("snapshot message: {e}"))?;
+    let size = tokio::fs::metadata(scratch)
+        .await
+        .map_err(|e| format!("stat {}: {e}", scratch.display()))?
+        .len();
+    let id = Identity {
+        from: route.from,
+        to: job.to,
+        cluster_id: route.cluster_id,
+        peer_urls: Vec::new(),
+    };
+    let mut last_err = String::from("no peer URL");
+    for url in &route.urls {
+        let mut file = tokio::fs::File::open(scratch)
+            .await
+            .map_err(|e| format!("open {}: {e}", scratch.display()))?;
+        let (tx, rx) = mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(4);
+        let _ = tx
+            .send(Ok(hyper::body::Frame::data(codec::message_frame(&head))))
+            .await;
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; crate::snapshot_transfer::CHUNK_BYTES];
+            loop {
+                match file.read(&mut buf).await {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        let chunk = Bytes::copy_from_slice(&buf[..n]);
+                        if tx.send(Ok(hyper::body::Frame::data(chunk))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut req = http::Request::post("/raft/snapshot")
+            .body(body)
+            .map_err(|e| e.to_string())?;
+        for (k, v) in dial::request(Method::POST, "/raft/snapshot", &id, Bytes::new()).headers() {
+            req.headers_mut().insert(k.clone(), v.clone());
+        }
+        req.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/octet-stream"),
+        );
+        let sent = dial::send(url, &route.tls, req).await;
+        reader.abort();
+        match sent {
+            Ok(r) if r.status() == StatusCode::NO_CONTENT => return Ok(size),
+            Ok(r) => {
+                let status = r.status();
+                let text = r
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| {
+                        String::from_utf8_lossy(&b.to_bytes())
+                            .trim_end()
+                            .to_string()
+                    })
+                    .unwrap_or_default();
+                return Err(format!("{url}: {} {text}", status.as_u16()));
+            }
+            Err(e) => last_err = format!("{url}: {e}"),
+        }
+    }
+    Err(last_err)
+}

@@ -356,6 +356,32 @@ impl Members {
     }
 }
 
+/// A raft snapshot's member list as etcd keeps it in its snapshots: its
+/// v2 store JSON, for an etcd follower.
+///
+/// # Errors
+/// `data` is not what [`Members::snapshot_data`] writes.
+pub fn etcd_v2_store(data: &[u8]) -> Result<Vec<u8>, MembersSnapshotError> {
+    let scratch = Members::new(Vec::new());
+    scratch.restore_snapshot(data)?;
+    let members: Vec<oxcd_etcd_format::membership::EtcdMember> = scratch
+        .list()
+        .into_iter()
+        .map(|m| oxcd_etcd_format::membership::EtcdMember {
+            id: m.id,
+            peer_urls: m.peer_urls,
+            is_learner: m.is_learner,
+            name: m.name,
+            client_urls: m.client_urls,
+        })
+        .collect();
+    Ok(oxcd_etcd_format::membership::v2_store_json(
+        &members,
+        &scratch.removed_ids(),
+        crate::version::CLUSTER_VERSION,
+    ))
+}
+
 /// The raft snapshot form of `members` and the `removed` IDs (what
 /// [`Members::restore_snapshot`] reads).
 pub fn snapshot_data_of(members: Vec<Member>, mut removed: Vec<u64>) -> Vec<u8> {

@@ -145,7 +145,10 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
         max_wals: usize::try_from(cfg.max_wals).unwrap_or(usize::MAX),
         snapshotter,
         fs,
-        backend: Arc::new(crate::raft::snapshot::StoreExporter(b.store.clone())),
+        backend: Arc::new(crate::raft::snapshot::StoreExporter(
+            b.store.clone(),
+            b.members.clone(),
+        )),
     };
     let node_cfg = NodeConfig {
         id: me,

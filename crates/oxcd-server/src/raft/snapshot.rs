@@ -28,12 +28,33 @@ pub struct SnapshotParts {
     pub watchable: WatchableStore,
 }
 
-/// Exports the backend for a follower that needs a snapshot.
-pub struct StoreExporter(pub KvStore);
+/// Exports the backend for a follower that needs a snapshot: oxcd's file
+/// for an oxcd member, etcd's (as the Snapshot RPC writes it, with the
+/// member list) for an etcd member.
+pub struct StoreExporter(pub KvStore, pub Members);
 
 impl BackendSource for StoreExporter {
     fn export(&self, dst: &Path) -> Result<u64, String> {
         self.0.export_to(dst).map_err(|e| e.to_string())
+    }
+
+    fn export_etcd(&self, dst: &Path) -> Result<u64, String> {
+        let view = self.0.export_view().map_err(|e| e.to_string())?;
+        let mut ci = 0;
+        view.for_each("meta", |k, v| {
+            if k == b"consistent_index" {
+                ci = v.try_into().map(u64::from_be_bytes).unwrap_or(0);
+            }
+            true
+        })
+        .map_err(|e| e.to_string())?;
+        crate::v3rpc::snapshot::write_file(dst, &view, &self.1.list(), &self.1.removed_ids(), None)
+            .map_err(|e| e.to_string())?;
+        Ok(ci)
+    }
+
+    fn etcd_snapshot_data(&self, data: &[u8]) -> Result<Vec<u8>, String> {
+        crate::cluster::membership::etcd_v2_store(data).map_err(|e| e.to_string())
     }
 }
 
