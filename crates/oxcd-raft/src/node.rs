@@ -37,10 +37,12 @@
 //! purging, sending and installing them) are in the `snapshot` submodule.
 
 mod bootstrap;
+pub mod conf_change;
 mod snapshot;
 
 use bootstrap::to_wal_entry;
 pub use bootstrap::{bootstrap, force_new_cluster, BootstrapError, BootstrapMembers};
+pub use conf_change::ConfKind;
 pub use snapshot::{
     from_file as snapshot_from_file, to_file as snapshot_to_file, SnapshotDecodeError,
     SnapshotSettings, CATCH_UP_ENTRIES,
@@ -76,7 +78,8 @@ pub enum Input {
     /// Propose an application entry (an encoded request).
     Propose(Bytes),
     /// Propose a membership change.
-    ProposeConfChange(ConfChange),
+    /// The data of a conf change entry in etcd's form (see [`ConfKind`]).
+    ProposeConfChange(Vec<u8>),
     /// A message from a peer.
     Step(Message),
     /// Ask for a read index; answered with [`ToApply::ReadIndex`] carrying
@@ -188,7 +191,10 @@ pub enum Committed {
     ConfChange {
         /// Its log index.
         index: u64,
-        /// The change.
+        /// What it is, in etcd's terms.
+        kind: ConfKind,
+        /// The change (ID, member, context); its raft-rs type is `kind`'s
+        /// nearest (an update is none of raft's business).
         cc: ConfChange,
         /// The configuration after it.
         cs: ConfState,
@@ -484,7 +490,19 @@ impl RaftLoop {
         let r = match input {
             Input::Stop => return ControlFlow::Break(()),
             Input::Propose(_) => Ok(()),
-            Input::ProposeConfChange(cc) => self.raw.propose_conf_change(Vec::new(), cc),
+            Input::ProposeConfChange(data) => {
+                // Stepped as raft-rs's `propose_conf_change` does, with the
+                // entry's data in etcd's form (raft-rs's type enum cannot
+                // hold etcd's `AddLearnerNode`).
+                let mut m = Message::default();
+                m.set_msg_type(MessageType::MsgPropose);
+                m.from = self.raw.raft.id;
+                let mut e = Entry::default();
+                e.set_entry_type(EntryType::EntryConfChange);
+                e.data = data.into();
+                m.set_entries(vec![e].into());
+                self.raw.step(m)
+            }
             Input::Step(m) => self.raw.step(m),
             Input::ReadIndex(ctx) => {
                 self.raw.read_index(ctx);
@@ -670,11 +688,16 @@ impl RaftLoop {
     }
 
     fn apply_conf_change(&mut self, e: &Entry) -> Option<Committed> {
-        let cc = match ConfChange::parse_from_bytes(&e.data) {
-            Ok(cc) => cc,
-            Err(err) => fatal(&format!("corrupt conf change at {}: {err}", e.index)),
+        let Some((kind, cc)) = conf_change::read(&e.data) else {
+            fatal(&format!("corrupt conf change at {}", e.index));
         };
-        match self.raw.apply_conf_change(&cc) {
+        let applied = if kind == ConfKind::UpdateNode {
+            // Peer URLs only: raft's configuration stays as it is.
+            Ok(self.raw.raft.prs().conf().to_conf_state())
+        } else {
+            self.raw.apply_conf_change(&cc)
+        };
+        match applied {
             Ok(cs) => {
                 self.raw.mut_store().set_conf_state(cs.clone());
                 // A lone voter need not wait an election timeout to lead;
@@ -684,6 +707,7 @@ impl RaftLoop {
                     cs.voters == [self.raw.raft.id] && self.raw.raft.state != StateRole::Leader;
                 Some(Committed::ConfChange {
                     index: e.index,
+                    kind,
                     cc,
                     cs,
                 })

@@ -199,7 +199,7 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
     // Peers first: the other members need this one to elect a leader.
     let peer_router = raft_boot::peer_routes(&core.writes, &core.members, &etcd.transport, &layout)
         .merge(crate::cluster::forward::routes(core.clone()))
-        .merge(crate::cluster::lease_http::routes(core.clone()))
+        .merge(crate::cluster::peer_http::routes(core.clone()))
         .merge(crate::serve::http::routes(core.clone(), scrape.clone()))
         .fallback(crate::serve::fallback);
     let peer_router = crate::serve::Dispatch::router(peer_router);
@@ -489,25 +489,31 @@ async fn join_identity(
         .cloned()
         .collect();
     let tls = raft_boot::peer_client_tls(&cfg.peer_tls, &layout.peer_fixtures())?;
-    let remote = oxcd_raft::transport::fetch_members(&others, &tls)
-        .await
-        .map_err(|e| {
-            StartError::Raft(format!(
-                "cannot fetch cluster info from peer urls: {}",
-                e.message()
-            ))
-        })?;
-    let mut members: Vec<Member> = remote
-        .members
-        .into_iter()
-        .map(|m| Member {
-            id: m.id,
-            name: m.name,
-            peer_urls: m.peer_urls,
-            client_urls: m.client_urls,
-            is_learner: m.is_learner,
-        })
-        .collect();
+    // oxcd members answer oxcd's protocol, etcd members etcd's `/members`.
+    let (cluster_id, mut members) = match oxcd_raft::transport::fetch_members(&others, &tls).await {
+        Ok(remote) => (
+            remote.cluster_id,
+            remote
+                .members
+                .into_iter()
+                .map(|m| Member {
+                    id: m.id,
+                    name: m.name,
+                    peer_urls: m.peer_urls,
+                    client_urls: m.client_urls,
+                    is_learner: m.is_learner,
+                })
+                .collect::<Vec<Member>>(),
+        ),
+        Err(e) => crate::cluster::peer_http::fetch_members(&others, &tls)
+            .await
+            .map_err(|etcd| {
+                StartError::Raft(format!(
+                    "cannot fetch cluster info from peer urls: {} (etcd's /members: {etcd})",
+                    e.message()
+                ))
+            })?,
+    };
     let mut sorted_mine = mine.clone();
     sorted_mine.sort();
     let me = members
@@ -530,7 +536,7 @@ async fn join_identity(
     Ok(bootstrap::Identity {
         member,
         members,
-        cluster_id: remote.cluster_id,
+        cluster_id,
     })
 }
 

@@ -209,19 +209,13 @@ impl WritePath {
     /// answers with the member list after it.
     pub async fn propose_conf_change(
         &self,
-        change: raft::prelude::ConfChangeType,
-        node_id: u64,
-        context: Vec<u8>,
+        change: &crate::cluster::conf_change::MemberChange,
     ) -> Result<Vec<crate::cluster::membership::Member>, EtcdError> {
         let id = self.next_request_id();
-        let mut cc = raft::prelude::ConfChange::default();
-        cc.set_change_type(change);
-        cc.node_id = node_id;
-        cc.id = id;
-        cc.context = Bytes::from(context);
+        let data = crate::cluster::conf_change::entry(change, id);
         let mut guard = self.waiters.register(id);
         self.node
-            .send(Input::ProposeConfChange(cc))
+            .send(Input::ProposeConfChange(data))
             .map_err(node_error)?;
         match guard.wait().await? {
             Response::Members(m) => Ok(m),

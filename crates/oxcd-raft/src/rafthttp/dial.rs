@@ -174,3 +174,27 @@ pub struct Identity {
     /// This member's peer URLs.
     pub peer_urls: Vec<String>,
 }
+
+/// `GET path` on the peer at `base_url`: the status, headers and body
+/// (etcd's `/members`, `/version`).
+///
+/// # Errors
+/// The request could not be made or its answer not read.
+pub async fn get(
+    base_url: &str,
+    tls: &PeerTls,
+    path: &str,
+) -> Result<(http::StatusCode, http::HeaderMap, Bytes), DialError> {
+    use http_body_util::BodyExt;
+    let req = http::Request::get(path)
+        .body(Full::new(Bytes::new()))
+        .map_err(|_| DialError::BadUrl(path.to_string()))?;
+    let resp = send(base_url, tls, req).await?;
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(DIAL_TIMEOUT * 5, body.collect())
+        .await
+        .map_err(|_| DialError::Io("read: i/o timeout".into()))?
+        .map_err(|e| DialError::Io(e.to_string()))?
+        .to_bytes();
+    Ok((parts.status, parts.headers, body))
+}

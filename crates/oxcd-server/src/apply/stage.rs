@@ -23,7 +23,7 @@
 
 use crate::apply::{Applier, Request};
 use crate::auth::Identity;
-use crate::cluster::membership::{ConfApplied, ConfContext, Members};
+use crate::cluster::membership::{ConfApplied, Members};
 use crate::cluster::v2::{EntryRequest, V2Change};
 use crate::lessor::Lessor;
 use crate::propose::EventSink;
@@ -32,7 +32,7 @@ use crate::wait::{Outcome, Waiters};
 use oxcd_api::etcdserverpb::Request as V2Request;
 use oxcd_api::mvccpb::Event;
 use oxcd_failpoint::failpoint;
-use oxcd_raft::node::{Committed, ToApply};
+use oxcd_raft::node::{Committed, ConfKind, ToApply};
 use raft::prelude::{ConfChange, ConfState};
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,9 +104,12 @@ impl ApplyStage {
                             failpoint!("applyBeforeEntry");
                             self.apply_entry(index, &data);
                         }
-                        Committed::ConfChange { index, cc, cs } => {
-                            self.apply_conf_change(index, &cc, &cs)
-                        }
+                        Committed::ConfChange {
+                            index,
+                            kind,
+                            cc,
+                            cs,
+                        } => self.apply_conf_change(index, kind, &cc, &cs),
                     }
                 }
                 self.on_applied(last);
@@ -206,18 +209,17 @@ impl ApplyStage {
         }
     }
 
-    fn apply_conf_change(&mut self, index: u64, cc: &ConfChange, cs: &ConfState) {
+    fn apply_conf_change(&mut self, index: u64, kind: ConfKind, cc: &ConfChange, cs: &ConfState) {
         tracing::info!(
             index,
             node = %format!("{:x}", cc.node_id),
-            change = ?cc.get_change_type(),
+            change = ?kind,
             voters = ?cs.voters.iter().map(|v| format!("{v:x}")).collect::<Vec<_>>(),
             "applied raft conf change"
         );
-        let ctx = ConfContext::decode(&cc.context);
         match self
             .members
-            .apply_conf_change(cc.get_change_type(), cc.node_id, ctx.as_ref())
+            .apply_conf_change(kind, cc.node_id, &cc.context)
         {
             ConfApplied::Removed => {
                 // Later, not now: the messages telling the removed member
@@ -323,8 +325,8 @@ mod tests {
                 {
                     let _ = crate::cluster::v2::change(&v2);
                 }
-                if let Ok(cc) = ConfChange::parse_from_bytes(&bytes) {
-                    let _ = ConfContext::decode(&cc.context);
+                if let Some((kind, cc)) = oxcd_raft::node::conf_change::read(&bytes) {
+                    let _ = crate::cluster::conf_change::read(kind, cc.node_id, &cc.context, None);
                 }
             }
         }

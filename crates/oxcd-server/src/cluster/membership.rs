@@ -208,38 +208,54 @@ pub enum ConfApplied {
 
 impl Members {
     /// Applies a committed membership conf change (the apply side's and
-    /// `export-etcd`'s replay share this): a removal; an add, or an
-    /// `update` of peer URLs (raft-rs has no `UpdateNode`, see
-    /// [`ConfContext`]); an add of a current learner as a voter, which is
-    /// a promotion.
+    /// `export-etcd`'s replay share this), read from its entry by
+    /// [`super::conf_change::read`]: `None` (a context that names no
+    /// member) changes nothing.
     pub fn apply_conf_change(
         &self,
-        change: raft::prelude::ConfChangeType,
+        kind: oxcd_raft::node::ConfKind,
         node_id: u64,
-        ctx: Option<&ConfContext>,
+        context: &[u8],
     ) -> ConfApplied {
-        use raft::prelude::ConfChangeType;
-        if change == ConfChangeType::RemoveNode {
-            self.remove(node_id);
-            return ConfApplied::Removed;
-        }
-        let learner = change == ConfChangeType::AddLearnerNode;
-        match (ctx, self.get(node_id)) {
-            (Some(c), existing) if c.op == "update" || existing.is_none() => {
-                self.upsert(Member {
-                    id: node_id,
-                    name: existing.map(|m| m.name).unwrap_or_default(),
-                    peer_urls: c.peer_urls.clone(),
-                    client_urls: Vec::new(),
-                    is_learner: learner,
-                });
-                ConfApplied::Upserted(c.peer_urls.clone())
+        use super::conf_change::MemberChange;
+        let existing = self.get(node_id);
+        match super::conf_change::read(kind, node_id, context, existing.as_ref()) {
+            Some(MemberChange::Remove(id)) => {
+                self.remove(id);
+                ConfApplied::Removed
             }
-            (_, Some(m)) if m.is_learner && !learner => {
-                self.promote(node_id);
-                ConfApplied::Promoted
-            }
-            _ => ConfApplied::Unchanged,
+            Some(MemberChange::Update(m)) => match existing {
+                Some(e) => {
+                    let urls = m.peer_urls.clone();
+                    self.upsert(Member {
+                        peer_urls: m.peer_urls,
+                        ..e
+                    });
+                    ConfApplied::Upserted(urls)
+                }
+                None => ConfApplied::Unchanged,
+            },
+            Some(MemberChange::Promote(_)) => match existing {
+                Some(e) if e.is_learner => {
+                    self.promote(node_id);
+                    ConfApplied::Promoted
+                }
+                _ => ConfApplied::Unchanged,
+            },
+            Some(MemberChange::Add(m)) => match existing {
+                // etcd 3.4 promotes with a plain add of the learner too.
+                Some(e) if e.is_learner && !m.is_learner => {
+                    self.promote(node_id);
+                    ConfApplied::Promoted
+                }
+                Some(_) => ConfApplied::Unchanged,
+                None => {
+                    let urls = m.peer_urls.clone();
+                    self.upsert(Member { id: node_id, ..m });
+                    ConfApplied::Upserted(urls)
+                }
+            },
+            None => ConfApplied::Unchanged,
         }
     }
 }

@@ -3,12 +3,13 @@
 //! ([`bootstrap`]), the member list kept through raft ([`membership`]),
 //! the safety checks on reconfiguration ([`reconfig`]), and forwarding
 //! what only the leader can answer to the leader ([`forward`]; over
-//! etcd's `/leases` endpoints with etcd members, [`lease_http`]), and the
+//! etcd's `/leases` endpoints with etcd members, [`peer_http`]), and the
 //! v2 requests etcd 3.4 members replicate about the cluster ([`v2`]).
 
 pub mod bootstrap;
+pub mod conf_change;
 pub mod forward;
-pub mod lease_http;
 pub mod membership;
+pub mod peer_http;
 pub mod reconfig;
 pub mod v2;

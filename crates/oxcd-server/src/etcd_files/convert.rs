@@ -66,14 +66,20 @@ pub(super) fn convert_entry(
         index: e.index,
         ..Entry::default()
     };
+    // The entry keeps etcd's bytes: oxcd applies etcd's v2 requests and
+    // conf changes as etcd does, and an etcd member that later receives
+    // this log from an oxcd leader must read it too. The conversions only
+    // check each entry and follow the member list.
     match e.kind {
         0 => {
             out.set_entry_type(EntryType::EntryNormal);
-            out.data = convert_normal(&e.data, roster)?.into();
+            convert_normal(&e.data, roster)?;
+            out.data = e.data.clone().into();
         }
         1 => {
             out.set_entry_type(EntryType::EntryConfChange);
-            out.data = convert_conf_change(&e.data, roster)?.into();
+            convert_conf_change(&e.data, roster)?;
+            out.data = e.data.clone().into();
         }
         other => {
             return Err(format!(

@@ -29,9 +29,9 @@ use oxcd_raft::fs::{Fs, OsFs};
 use oxcd_raft::snap::Snapshotter;
 use oxcd_raft::wal::{SnapshotMarker, Wal};
 use protobuf::Message as _;
-use raft::prelude::{ConfChange, Entry, EntryType};
+use raft::prelude::{Entry, EntryType};
 
-use crate::cluster::membership::{ConfContext, Members};
+use crate::cluster::membership::Members;
 
 /// The cluster version the exported files record.
 const CLUSTER_VERSION: &str = "3.4.0";
@@ -137,9 +137,9 @@ pub fn export(
         term_at_commit = e.term;
         match e.get_entry_type() {
             EntryType::EntryConfChange => {
-                let cc = ConfChange::parse_from_bytes(&e.data).map_err(|e| fail(&wal_dir, e))?;
-                let ctx = ConfContext::decode(&cc.context);
-                members.apply_conf_change(cc.get_change_type(), cc.node_id, ctx.as_ref());
+                let (kind, cc) = oxcd_raft::node::conf_change::read(&e.data)
+                    .ok_or_else(|| fail(&wal_dir, "corrupt conf change"))?;
+                members.apply_conf_change(kind, cc.node_id, &cc.context);
             }
             EntryType::EntryNormal if !e.data.is_empty() => {
                 use crate::cluster::v2::{change, decode_entry, EntryRequest, V2Change};

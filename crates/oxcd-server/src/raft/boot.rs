@@ -16,7 +16,7 @@ use crate::apply::quota::Quota;
 use crate::apply::stage::ApplyStage;
 use crate::apply::Applier;
 use crate::cluster::bootstrap::{Identity, Layout};
-use crate::cluster::membership::{ConfContext, Members};
+use crate::cluster::membership::Members;
 use crate::config::{ClusterState, Config, TlsInfo};
 use crate::embed::StartError;
 use crate::lessor::Lessor;
@@ -339,7 +339,7 @@ fn open_or_bootstrap(
         .identity
         .members
         .iter()
-        .map(|m| (m.id, ConfContext::new("add", m).encode()))
+        .map(|m| (m.id, crate::cluster::conf_change::add_context(m)))
         .collect();
     let replayed = node::bootstrap(&mut w, &boot).map_err(|e| StartError::Raft(e.to_string()))?;
     Ok(Restored {

@@ -6,13 +6,13 @@
 //! progress, so a member that is not the leader forwards it
 //! ([`crate::cluster::forward`]), as etcd's `PromoteMember` does.
 
-use crate::cluster::membership::{ConfContext, Member as OxMember};
+use crate::cluster::conf_change::MemberChange;
+use crate::cluster::membership::Member as OxMember;
 use crate::core::Core;
 use oxcd_api::etcdserverpb::cluster_server::Cluster;
 use oxcd_api::etcdserverpb::*;
 use oxcd_api::EtcdError;
 use oxcd_raft::node::{Input, NodeError};
-use raft::prelude::ConfChangeType;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -111,16 +111,10 @@ impl Cluster for ClusterService {
         self.core
             .reconfig
             .may_add(self.core.member.id, &members, r.is_learner)?;
-        let change = if r.is_learner {
-            ConfChangeType::AddLearnerNode
-        } else {
-            ConfChangeType::AddNode
-        };
-        let ctx = ConfContext::new("add", &m).encode();
         let list = self
             .core
             .writes
-            .propose_conf_change(change, m.id, ctx)
+            .propose_conf_change(&MemberChange::Add(m.clone()))
             .await?;
         Ok(Response::new(MemberAddResponse {
             header: self.header(),
@@ -145,7 +139,7 @@ impl Cluster for ClusterService {
         let list = self
             .core
             .writes
-            .propose_conf_change(ConfChangeType::RemoveNode, id, Vec::new())
+            .propose_conf_change(&MemberChange::Remove(id))
             .await?;
         Ok(Response::new(MemberRemoveResponse {
             header: self.header(),
@@ -164,16 +158,10 @@ impl Cluster for ClusterService {
         };
         self.check_urls_free(&r.peer_ur_ls, r.id)?;
         m.peer_urls = r.peer_ur_ls;
-        let change = if m.is_learner {
-            ConfChangeType::AddLearnerNode
-        } else {
-            ConfChangeType::AddNode
-        };
-        let ctx = ConfContext::new("update", &m).encode();
         let list = self
             .core
             .writes
-            .propose_conf_change(change, m.id, ctx)
+            .propose_conf_change(&MemberChange::Update(m))
             .await?;
         Ok(Response::new(MemberUpdateResponse {
             header: self.header(),
@@ -228,11 +216,7 @@ pub(crate) async fn promote_as_leader(core: &Core, id: u64) -> Result<Vec<Member
         .may_promote(core.member.id, &progress, &core.members.list(), id)?;
     let list = core
         .writes
-        .propose_conf_change(
-            ConfChangeType::AddNode,
-            id,
-            ConfContext::new("promote", &m).encode(),
-        )
+        .propose_conf_change(&MemberChange::Promote(m))
         .await?;
     Ok(ClusterService::response_members(&list))
 }

@@ -148,7 +148,7 @@ impl Lease for LeaseService {
         let answer = if self.core.writes.is_leader() {
             time_to_live_as_leader(&self.core, r).await
         } else {
-            let http = crate::cluster::lease_http::time_to_live_call(r);
+            let http = crate::cluster::peer_http::time_to_live_call(r);
             let call = |mut c: ForwardClient<_>| async move {
                 Ok(c.lease_time_to_live(r).await?.into_inner())
             };
@@ -205,7 +205,7 @@ async fn keep_alive_once(core: &Core, id: i64) -> Result<LeaseKeepAliveResponse,
                 .ttl)
         };
         let is_final = |e: &EtcdError| *e == EtcdError::LeaseNotFound;
-        let http = crate::cluster::lease_http::renew_call(id);
+        let http = crate::cluster::peer_http::renew_call(id);
         core.forwarder
             .to_leader_or_etcd(core, call, Some(&http), is_final)
             .await

@@ -1,5 +1,6 @@
-//! etcd's lease forwarding over the peer URLs (`lease/leasehttp`): an etcd
-//! follower posts a `LeaseKeepAliveRequest` to the leader's `/leases`, or
+//! etcd's HTTP endpoints on the peer URLs beside raft's, for mixed
+//! clusters: `GET /members` (a joining member learns the cluster) and
+//! lease forwarding (`lease/leasehttp`): an etcd follower posts a `LeaseKeepAliveRequest` to the leader's `/leases`, or
 //! a `LeaseInternalRequest` to `/leases/internal` for a TimeToLive, and
 //! reads the protobuf answer; errors are plain-text HTTP statuses. oxcd
 //! serves both for etcd followers, and uses them toward an etcd leader
@@ -40,9 +41,10 @@ const LEASE_NOT_FOUND: &str = "lease not found";
 const NOT_PRIMARY: &str = "not a primary lessor";
 const APPLY_TIMEOUT: &str = "waiting for node to catch up its applied index has timed out";
 
-/// `/leases` and `/leases/internal`, for the peer listener.
+/// `/members`, `/leases` and `/leases/internal`, for the peer listener.
 pub fn routes(core: Arc<Core>) -> axum::Router {
     axum::Router::new()
+        .route("/members", any(members))
         .route("/leases", any(renew))
         .route("/leases/internal", any(time_to_live))
         .with_state(core)
@@ -74,6 +76,82 @@ fn refusal(e: &EtcdError) -> Response {
         EtcdError::NotLeader => text(StatusCode::BAD_REQUEST, NOT_PRIMARY),
         other => text(StatusCode::BAD_REQUEST, other.message()),
     }
+}
+
+/// etcd's `peerMembersHandler`: the members as JSON, with the cluster ID.
+async fn members(State(core): State<Arc<Core>>, method: Method) -> Response {
+    if method != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+    }
+    let list: Vec<serde_json::Value> = core
+        .members
+        .list()
+        .iter()
+        .map(|m| {
+            let mut v = serde_json::json!({
+                "id": m.id,
+                "peerURLs": m.peer_urls,
+                "name": m.name,
+                "clientURLs": m.client_urls,
+            });
+            if m.is_learner {
+                v["isLearner"] = true.into();
+            }
+            v
+        })
+        .collect();
+    let mut r = format!("{}\n", serde_json::Value::from(list)).into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("{:x}", core.cluster_id)) {
+        r.headers_mut().insert("x-etcd-cluster-id", v);
+    }
+    r
+}
+
+/// The cluster as an etcd member at one of `urls` describes it (`GET
+/// /members`): its ID and members.
+///
+/// # Errors
+/// No URL answered with a member list, with the last failure.
+pub async fn fetch_members(
+    urls: &[String],
+    tls: &oxcd_raft::transport::PeerTls,
+) -> Result<(u64, Vec<crate::cluster::membership::Member>), String> {
+    let mut last = String::from("no peer URL to ask");
+    for url in urls {
+        match oxcd_raft::rafthttp::dial::get(url, tls, "/members").await {
+            Err(e) => last = format!("{url}: {e}"),
+            Ok((status, headers, body)) if status == StatusCode::OK => {
+                let cid = headers
+                    .get("x-etcd-cluster-id")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| u64::from_str_radix(v, 16).ok());
+                let members: Result<Vec<oxcd_etcd_format::membership::EtcdMember>, _> =
+                    serde_json::from_slice(&body);
+                match (cid, members) {
+                    (Some(cid), Ok(ms)) => {
+                        let list = ms
+                            .into_iter()
+                            .map(|m| crate::cluster::membership::Member {
+                                id: m.id,
+                                name: m.name,
+                                peer_urls: m.peer_urls,
+                                client_urls: m.client_urls,
+                                is_learner: m.is_learner,
+                            })
+                            .collect();
+                        return Ok((cid, list));
+                    }
+                    _ => last = format!("{url}: not a member list"),
+                }
+            }
+            Ok((status, _, _)) => last = format!("{url}: status {}", status.as_u16()),
+        }
+    }
+    Err(last)
 }
 
 async fn renew(State(core): State<Arc<Core>>, method: Method, body: Bytes) -> Response {
