@@ -501,9 +501,9 @@ impl RaftLoop {
                 e.set_entry_type(EntryType::EntryConfChange);
                 e.data = data.into();
                 m.set_entries(vec![e].into());
-                self.raw.step(m)
+                self.step(m)
             }
-            Input::Step(m) => self.raw.step(m),
+            Input::Step(m) => self.step(m),
             Input::ReadIndex(ctx) => {
                 self.raw.read_index(ctx);
                 Ok(())
@@ -685,6 +685,44 @@ impl RaftLoop {
             entries: group,
             last,
         });
+    }
+
+    /// Steps raft with `m`. A leader takes proposals of conf changes in
+    /// etcd's form that raft-rs cannot parse (etcd's `AddLearnerNode` is 3,
+    /// past raft-rs's enum) the way raft-rs takes its own: refused while a
+    /// leadership transfer runs, turned into an empty entry while another
+    /// conf change is unapplied, else appended and sent.
+    fn step(&mut self, mut m: Message) -> raft::Result<()> {
+        let foreign = m.get_msg_type() == MessageType::MsgPropose
+            && self.raw.raft.state == StateRole::Leader
+            && m.get_entries().iter().any(|e| {
+                e.get_entry_type() == EntryType::EntryConfChange
+                    && ConfChange::parse_from_bytes(&e.data).is_err()
+            });
+        if !foreign {
+            return self.raw.step(m);
+        }
+        let raft = &mut self.raw.raft;
+        if raft.lead_transferee.is_some() {
+            return Err(raft::Error::ProposalDropped);
+        }
+        for (i, e) in m.mut_entries().iter_mut().enumerate() {
+            if e.get_entry_type() != EntryType::EntryConfChange {
+                continue;
+            }
+            if raft.has_pending_conf() {
+                tracing::info!("ignoring conf change: possible unapplied conf change");
+                *e = Entry::default();
+                e.set_entry_type(EntryType::EntryNormal);
+            } else {
+                raft.pending_conf_index = raft.raft_log.last_index() + i as u64 + 1;
+            }
+        }
+        if !raft.append_entry(m.mut_entries()) {
+            return Err(raft::Error::ProposalDropped);
+        }
+        raft.bcast_append();
+        Ok(())
     }
 
     fn apply_conf_change(&mut self, e: &Entry) -> Option<Committed> {

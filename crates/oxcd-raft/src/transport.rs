@@ -597,8 +597,10 @@ pub enum PeerTls {
     /// No TLS settings: `https` peer URLs use tonic's defaults.
     #[default]
     Plain,
-    /// Verify the peer against the given CA, present the given identity.
-    Verified(ClientTlsConfig),
+    /// Verify the peer against the given CA, present the given identity:
+    /// tonic's form for oxcd's protocol, rustls's (when a CA is given) for
+    /// etcd's HTTP/1.1 protocol.
+    Verified(ClientTlsConfig, Option<Arc<rustls::ClientConfig>>),
     /// `--peer-auto-tls`: the peers' certificates are self-signed, so they
     /// are not verified (etcd sets `InsecureSkipVerify` likewise); the
     /// given rustls config carries this member's own certificate if any.
@@ -633,9 +635,65 @@ pub fn skip_verify_config(
     Ok(Arc::new(cfg))
 }
 
-/// Accepts every server certificate (signatures are still checked).
+/// A rustls client config that verifies peers against the CA in `ca_pem`
+/// and presents `identity` (PEM chain and key) if given, for etcd's peer
+/// protocol (HTTP/1.1, no ALPN needed).
+pub fn verified_config(
+    ca_pem: &[u8],
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem) {
+        let c = c.map_err(|e| rustls::Error::General(e.to_string()))?;
+        roots.add(c)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let cfg = match identity {
+        Some((cert, key)) => {
+            let certs = CertificateDer::pem_slice_iter(&cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+            let key = PrivateKeyDer::from_pem_slice(&key)
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+            builder.with_client_auth_cert(certs, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(cfg))
+}
+
+/// Accepts every server certificate, as etcd's `InsecureSkipVerify` for
+/// auto-TLS peers. Handshake signatures are checked where ring can; etcd's
+/// own auto-TLS certificates are ECDSA P-521, which ring cannot verify, and
+/// those are taken unchecked: the certificate itself is unverified, so
+/// proving possession of its key would prove nothing.
 #[derive(Debug)]
 struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl AcceptAny {
+    fn verify(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+        tls13: bool,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        if dss.scheme == rustls::SignatureScheme::ECDSA_NISTP521_SHA512 {
+            return Ok(rustls::client::danger::HandshakeSignatureValid::assertion());
+        }
+        let algs = &self.0.signature_verification_algorithms;
+        if tls13 {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+        } else {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+        }
+    }
+}
 
 impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     fn verify_server_cert(
@@ -655,12 +713,7 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.verify(message, cert, dss, false)
     }
 
     fn verify_tls13_signature(
@@ -669,16 +722,13 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.verify(message, cert, dss, true)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        let mut schemes = self.0.signature_verification_algorithms.supported_schemes();
+        schemes.push(rustls::SignatureScheme::ECDSA_NISTP521_SHA512);
+        schemes
     }
 }
 
@@ -712,7 +762,7 @@ pub(crate) async fn connect(url: &str, tls: &PeerTls) -> Result<Channel, tonic::
             .await;
     }
     let mut ep = endpoint(url)?;
-    if let (true, PeerTls::Verified(t)) = (https, tls) {
+    if let (true, PeerTls::Verified(t, _)) = (https, tls) {
         ep = ep.tls_config(t.clone())?;
     }
     ep.connect().await

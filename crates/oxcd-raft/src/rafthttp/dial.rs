@@ -105,7 +105,7 @@ where
             exchange!(s)
         }
         Conn::Tls => {
-            let PeerTls::SkipVerify(cfg) = tls else {
+            let (PeerTls::SkipVerify(cfg) | PeerTls::Verified(_, Some(cfg))) = tls else {
                 return Err(DialError::TlsUnsupported);
             };
             // etcd's peer protocol is HTTP/1.1: no h2 in ALPN.

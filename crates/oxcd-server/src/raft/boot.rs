@@ -373,8 +373,12 @@ pub(crate) fn peer_client_tls(
     }
     let mut tls = ClientTlsConfig::new();
     let mut any = false;
+    let mut ca: Option<Vec<u8>> = None;
+    let mut identity: Option<(Vec<u8>, Vec<u8>)> = None;
     if !t.trusted_ca_file.as_os_str().is_empty() {
-        tls = tls.ca_certificate(Certificate::from_pem(read(&t.trusted_ca_file)?));
+        let pem = read(&t.trusted_ca_file)?;
+        tls = tls.ca_certificate(Certificate::from_pem(pem.clone()));
+        ca = Some(pem);
         any = true;
     }
     // etcd 3.5's `--peer-client-cert-file/--peer-client-key-file`: the
@@ -383,20 +387,24 @@ pub(crate) fn peer_client_tls(
     let has_client_files =
         !t.client_cert_file.as_os_str().is_empty() && !t.client_key_file.as_os_str().is_empty();
     if has_client_files {
-        tls = tls.identity(TlsIdentity::from_pem(
-            read(&t.client_cert_file)?,
-            read(&t.client_key_file)?,
-        ));
-        any = true;
+        identity = Some((read(&t.client_cert_file)?, read(&t.client_key_file)?));
     } else if has_files {
-        tls = tls.identity(TlsIdentity::from_pem(
-            read(&t.cert_file)?,
-            read(&t.key_file)?,
-        ));
+        identity = Some((read(&t.cert_file)?, read(&t.key_file)?));
+    }
+    if let Some((cert, key)) = &identity {
+        tls = tls.identity(TlsIdentity::from_pem(cert.clone(), key.clone()));
         any = true;
     }
+    // etcd's own peer protocol (with etcd members) uses rustls directly.
+    let etcd = match &ca {
+        Some(pem) => Some(
+            oxcd_raft::transport::verified_config(pem, identity)
+                .map_err(|e| StartError::Raft(format!("peer TLS: {e}")))?,
+        ),
+        None => None,
+    };
     Ok(if any {
-        PeerTls::Verified(tls)
+        PeerTls::Verified(tls, etcd)
     } else {
         PeerTls::Plain
     })

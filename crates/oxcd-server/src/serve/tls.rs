@@ -451,7 +451,17 @@ pub fn client_config(
 pub fn self_signed(dir: &Path, hosts: &[String]) -> Result<TlsSettings, TlsError> {
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
-    if !(cert_path.exists() && key_path.exists()) {
+    let usable = cert_path.exists() && key_path.exists() && signing_key_usable(&key_path);
+    if !usable && key_path.exists() {
+        // etcd's own auto-TLS keys are ECDSA P-521, which rustls cannot
+        // sign with (a data dir etcd used, then oxcd): a new pair, which
+        // etcd reads as well, replaces it. Peers do not verify these.
+        tracing::warn!(
+            file = %key_path.display(),
+            "the self-signed key cannot be used (etcd's P-521?); generating a new certificate"
+        );
+    }
+    if !usable {
         let write_err = |path: &Path| {
             let path = path.to_path_buf();
             move |source| TlsError::Write { path, source }
@@ -470,6 +480,15 @@ pub fn self_signed(dir: &Path, hosts: &[String]) -> Result<TlsSettings, TlsError
         key_file: Some(key_path),
         ..TlsSettings::default()
     })
+}
+
+/// Whether rustls can sign with the PEM key at `path`.
+fn signing_key_usable(path: &Path) -> bool {
+    use rustls::pki_types::pem::PemObject;
+    std::fs::read(path)
+        .ok()
+        .and_then(|pem| rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem).ok())
+        .is_some_and(|key| rustls::crypto::ring::sign::any_supported_type(&key).is_ok())
 }
 
 mod crl;
