@@ -165,16 +165,19 @@ impl Transport {
             .is_some_and(|p| p.etcd.load(Ordering::Relaxed))
     }
 
-    /// Posts `body` to `path` at a peer URL over etcd's HTTP/1.1 peer
-    /// protocol (etcd's lease forwarding); the answer's status and body.
+    /// Sends `method path` with `body` (of `content_type`) to a peer URL
+    /// over etcd's HTTP/1.1 peer protocol (lease forwarding, promotion,
+    /// HashKV toward etcd members); the answer's status and body.
     ///
     /// # Errors
     /// The request could not be made or the answer not read.
-    pub async fn post(
+    pub async fn call(
         &self,
         url: &str,
+        method: http::Method,
         path: &str,
         body: Bytes,
+        content_type: &'static str,
     ) -> Result<(http::StatusCode, Bytes), String> {
         use http_body_util::BodyExt;
         let id = rafthttp::dial::Identity {
@@ -183,7 +186,11 @@ impl Transport {
             cluster_id: self.cluster_id,
             peer_urls: Vec::new(),
         };
-        let req = rafthttp::dial::request(http::Method::POST, path, &id, body);
+        let mut req = rafthttp::dial::request(method, path, &id, body);
+        req.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(content_type),
+        );
         let resp = rafthttp::dial::send(url, &self.tls, req)
             .await
             .map_err(|e| e.to_string())?;

@@ -48,14 +48,29 @@ async fn peer_hashes(core: &Core, rev: i64, timeout: Duration) -> Vec<PeerHash> 
         .filter(|id| *id != core.member.id)
         .collect();
     let asks = others.into_iter().map(|id| async move {
-        let answer = core
-            .forwarder
-            .to_member(core, id, timeout, |mut c| async move {
-                c.hash_kv(HashKvRequest { revision: rev })
+        // etcd members answer etcd's /members/hashkv, oxcd members oxcd's.
+        // (Before its link is up, a peer's kind is unknown: one that does
+        // not answer oxcd's service is asked etcd's way.)
+        let answer = if core.forwarder.speaks_etcd(id) {
+            core.forwarder.etcd_hash_kv(core, id, rev, timeout).await
+        } else {
+            let oxcd = core
+                .forwarder
+                .to_member(core, id, timeout, |mut c| async move {
+                    c.hash_kv(HashKvRequest { revision: rev })
+                        .await
+                        .map(tonic::Response::into_inner)
+                })
+                .await;
+            match oxcd {
+                Err(e) => core
+                    .forwarder
+                    .etcd_hash_kv(core, id, rev, timeout)
                     .await
-                    .map(tonic::Response::into_inner)
-            })
-            .await;
+                    .map_err(|_| e),
+                ok => ok,
+            }
+        };
         PeerHash { id, answer }
     });
     futures::future::join_all(asks).await

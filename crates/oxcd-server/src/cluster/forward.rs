@@ -42,8 +42,10 @@ enum Tried<T> {
 /// A forwarded request as etcd's peer protocol carries it: a protobuf
 /// body posted to `path`, and how to read the answer.
 pub struct HttpCall<T> {
-    /// `/leases` or `/leases/internal`.
-    pub path: &'static str,
+    /// `/leases`, `/leases/internal` or `/members/promote/<id>`.
+    pub path: String,
+    /// The body's media type.
+    pub content_type: &'static str,
     /// The encoded request.
     pub body: bytes::Bytes,
     /// Reads the answer from its status and body.
@@ -130,6 +132,55 @@ impl Forwarder {
         }
     }
 
+    /// Whether member `id` speaks only etcd's peer protocol.
+    pub fn speaks_etcd(&self, id: u64) -> bool {
+        self.transport.speaks_etcd(id)
+    }
+
+    /// `GET /members/hashkv` on etcd member `id` (etcd's corruption check):
+    /// a JSON `HashKVRequest` body, a JSON answer.
+    ///
+    /// # Errors
+    /// The member's refusal (its text), or no URL answering in `timeout`.
+    pub async fn etcd_hash_kv(
+        &self,
+        core: &Core,
+        id: u64,
+        rev: i64,
+        timeout: Duration,
+    ) -> Result<oxcd_api::etcdserverpb::HashKvResponse, EtcdError> {
+        let urls = core
+            .members
+            .get(id)
+            .map(|m| m.peer_urls)
+            .unwrap_or_default();
+        let body = bytes::Bytes::from(serde_json::json!({ "revision": rev }).to_string());
+        let mut last = EtcdError::Timeout;
+        for url in urls {
+            let call = self.transport.call(
+                &url,
+                http::Method::GET,
+                "/members/hashkv",
+                body.clone(),
+                "application/json",
+            );
+            match tokio::time::timeout(timeout, call).await {
+                Err(_) => return Err(EtcdError::Timeout),
+                Ok(Err(e)) => last = EtcdError::Unknown(e),
+                Ok(Ok((status, b))) if status == http::StatusCode::OK => {
+                    return super::peer_http::hash_kv_from_json(&b)
+                        .ok_or_else(|| EtcdError::Unknown("undecodable hashKV answer".into()))
+                }
+                Ok(Ok((_, b))) => {
+                    return Err(EtcdError::Unknown(
+                        String::from_utf8_lossy(&b).trim_end().to_string(),
+                    ))
+                }
+            }
+        }
+        Err(last)
+    }
+
     /// Runs `call` once against member `id`, on the first of its peer URLs
     /// that answers within `timeout`.
     ///
@@ -205,7 +256,13 @@ impl Forwarder {
     ) -> Tried<T> {
         let mut last = None;
         for url in urls {
-            let attempt = self.transport.post(&url, http.path, http.body.clone());
+            let attempt = self.transport.call(
+                &url,
+                http::Method::POST,
+                &http.path,
+                http.body.clone(),
+                http.content_type,
+            );
             match tokio::time::timeout_at(deadline, attempt).await {
                 Err(_) => return Tried::Answered(Err(EtcdError::Timeout)),
                 Ok(Err(_)) => {}

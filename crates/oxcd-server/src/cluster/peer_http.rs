@@ -1,5 +1,7 @@
 //! etcd's HTTP endpoints on the peer URLs beside raft's, for mixed
-//! clusters: `GET /members` (a joining member learns the cluster) and
+//! clusters: `GET /members` (a joining member learns the cluster),
+//! `POST /members/promote/<id>` (a learner's promotion, answered by the
+//! leader), `GET /members/hashkv` (corruption checks) and
 //! lease forwarding (`lease/leasehttp`): an etcd follower posts a `LeaseKeepAliveRequest` to the leader's `/leases`, or
 //! a `LeaseInternalRequest` to `/leases/internal` for a TimeToLive, and
 //! reads the protobuf answer; errors are plain-text HTTP statuses. oxcd
@@ -45,6 +47,8 @@ const APPLY_TIMEOUT: &str = "waiting for node to catch up its applied index has 
 pub fn routes(core: Arc<Core>) -> axum::Router {
     axum::Router::new()
         .route("/members", any(members))
+        .route("/members/promote/{id}", any(promote))
+        .route("/members/hashkv", any(hash_kv))
         .route("/leases", any(renew))
         .route("/leases/internal", any(time_to_live))
         .with_state(core)
@@ -83,10 +87,21 @@ async fn members(State(core): State<Arc<Core>>, method: Method) -> Response {
     if method != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
     }
-    let list: Vec<serde_json::Value> = core
-        .members
-        .list()
-        .iter()
+    let list = members_json(&core.members.list());
+    let mut r = format!("{list}\n").into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("{:x}", core.cluster_id)) {
+        r.headers_mut().insert("x-etcd-cluster-id", v);
+    }
+    r
+}
+
+/// etcd's member JSON (`membership.Member`) for a list.
+fn members_json(list: &[crate::cluster::membership::Member]) -> serde_json::Value {
+    list.iter()
         .map(|m| {
             let mut v = serde_json::json!({
                 "id": m.id,
@@ -99,8 +114,139 @@ async fn members(State(core): State<Arc<Core>>, method: Method) -> Response {
             }
             v
         })
-        .collect();
-    let mut r = format!("{}\n", serde_json::Value::from(list)).into_response();
+        .collect()
+}
+
+/// etcd's `peerMemberPromoteHandler`: promotes learner `id` (decimal), on
+/// the leader or forwarded to it; answers the member list as JSON.
+async fn promote(
+    State(core): State<Arc<Core>>,
+    method: Method,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    if method != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+    }
+    let Ok(id) = id.parse::<u64>() else {
+        return text(
+            StatusCode::NOT_FOUND,
+            &format!("member {id} not found in cluster"),
+        );
+    };
+    let answer = match crate::v3rpc::cluster::promote_as_leader(&core, id).await {
+        Err(EtcdError::NotLeader) => crate::v3rpc::cluster::forward_promote(&core, id).await,
+        r => r,
+    };
+    let mut r = match answer {
+        Ok(_) => {
+            let body = format!("{}\n", members_json(&core.members.list()));
+            let mut r = body.into_response();
+            r.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(EtcdError::MemberNotFound) => text(StatusCode::NOT_FOUND, "membership: ID not found"),
+        Err(EtcdError::MemberNotLearner) => text(
+            StatusCode::PRECONDITION_FAILED,
+            "membership: can only promote a learner member",
+        ),
+        Err(EtcdError::LearnerNotReady) => text(
+            StatusCode::PRECONDITION_FAILED,
+            "etcdserver: can only promote a learner member which is in sync with leader",
+        ),
+        Err(EtcdError::Timeout) => {
+            text(StatusCode::REQUEST_TIMEOUT, "etcdserver: request timed out")
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.message()),
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!("{:x}", core.cluster_id)) {
+        r.headers_mut().insert("x-etcd-cluster-id", v);
+    }
+    r
+}
+
+/// A promotion posted to an etcd leader's `/members/promote/<id>`.
+pub fn promote_call(id: u64) -> HttpCall<Vec<oxcd_api::etcdserverpb::Member>> {
+    HttpCall {
+        path: format!("/members/promote/{id}"),
+        content_type: "application/octet-stream",
+        body: Bytes::new(),
+        decode: |status, body| {
+            let t = String::from_utf8_lossy(body);
+            match status {
+                StatusCode::OK => {}
+                StatusCode::NOT_FOUND => return Err(EtcdError::MemberNotFound),
+                StatusCode::REQUEST_TIMEOUT => return Err(EtcdError::Timeout),
+                StatusCode::PRECONDITION_FAILED if t.contains("in sync with leader") => {
+                    return Err(EtcdError::LearnerNotReady)
+                }
+                StatusCode::PRECONDITION_FAILED if t.contains("can only promote") => {
+                    return Err(EtcdError::MemberNotLearner)
+                }
+                _ => {
+                    return Err(EtcdError::Unknown(format!(
+                        "member promote: unknown error({})",
+                        t.trim_end()
+                    )))
+                }
+            }
+            let ms: Vec<oxcd_etcd_format::membership::EtcdMember> = serde_json::from_slice(body)
+                .map_err(|e| EtcdError::Unknown(format!("member promote: {e}")))?;
+            Ok(ms
+                .into_iter()
+                .map(|m| oxcd_api::etcdserverpb::Member {
+                    id: m.id,
+                    name: m.name,
+                    peer_ur_ls: m.peer_urls,
+                    client_ur_ls: m.client_urls,
+                    is_learner: m.is_learner,
+                })
+                .collect())
+        },
+    }
+}
+
+/// etcd's `hashKVHandler`: `GET` with a JSON `{"revision":N}` body; the
+/// answer is JSON with etcd's field names.
+async fn hash_kv(State(core): State<Arc<Core>>, method: Method, body: Bytes) -> Response {
+    if method != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+    }
+    let rev = if body.is_empty() {
+        Some(0)
+    } else {
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .map(|v| {
+                v.get("revision")
+                    .and_then(serde_json::Value::as_i64)
+                    .unwrap_or(0)
+            })
+    };
+    let Some(rev) = rev else {
+        return text(StatusCode::BAD_REQUEST, "error unmarshalling request");
+    };
+    let store = core.store.clone();
+    let h = match tokio::task::spawn_blocking(move || store.hash_kv(rev)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                crate::apply::mvcc_error(e).message(),
+            )
+        }
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let mut v = serde_json::json!({ "header": { "revision": h.current_rev } });
+    if h.hash != 0 {
+        v["hash"] = h.hash.into();
+    }
+    if h.compact_rev != 0 {
+        v["compact_revision"] = h.compact_rev.into();
+    }
+    let mut r = v.to_string().into_response();
     r.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -109,6 +255,28 @@ async fn members(State(core): State<Arc<Core>>, method: Method) -> Response {
         r.headers_mut().insert("x-etcd-cluster-id", v);
     }
     r
+}
+
+/// An etcd member's JSON HashKV answer.
+pub fn hash_kv_from_json(b: &[u8]) -> Option<oxcd_api::etcdserverpb::HashKvResponse> {
+    let v: serde_json::Value = serde_json::from_slice(b).ok()?;
+    let num = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_i64);
+    let rev = v
+        .get("header")
+        .and_then(|h| num(h, "revision"))
+        .unwrap_or(0);
+    Some(oxcd_api::etcdserverpb::HashKvResponse {
+        header: Some(oxcd_api::etcdserverpb::ResponseHeader {
+            revision: rev,
+            ..Default::default()
+        }),
+        hash: v
+            .get("hash")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0) as u32,
+        compact_revision: num(&v, "compact_revision").unwrap_or(0),
+        ..Default::default()
+    })
 }
 
 /// The cluster as an etcd member at one of `urls` describes it (`GET
@@ -217,7 +385,8 @@ fn answer_error(status: StatusCode, body: &[u8]) -> EtcdError {
 /// A renewal of lease `id` posted to an etcd leader; answers the TTL.
 pub fn renew_call(id: i64) -> HttpCall<i64> {
     HttpCall {
-        path: "/leases",
+        path: "/leases".into(),
+        content_type: "application/protobuf",
         body: LeaseKeepAliveRequest { id }.encode_to_vec().into(),
         decode: |status, body| {
             if status != StatusCode::OK {
@@ -233,7 +402,8 @@ pub fn renew_call(id: i64) -> HttpCall<i64> {
 /// A TimeToLive posted to an etcd leader's `/leases/internal`.
 pub fn time_to_live_call(req: LeaseTimeToLiveRequest) -> HttpCall<LeaseTimeToLiveResponse> {
     HttpCall {
-        path: "/leases/internal",
+        path: "/leases/internal".into(),
+        content_type: "application/protobuf",
         body: LeaseInternalRequest {
             lease_time_to_live_request: Some(req),
         }

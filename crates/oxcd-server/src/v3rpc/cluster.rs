@@ -239,7 +239,7 @@ async fn leader_progress(core: &Core) -> Result<HashMap<u64, u64>, EtcdError> {
 /// Asks the leader to promote `id`. Like etcd, only "not ready", "not
 /// found" and "not a learner" end the attempts early; anything else is
 /// retried until the request timeout.
-async fn forward_promote(core: &Core, id: u64) -> Result<Vec<Member>, EtcdError> {
+pub(crate) async fn forward_promote(core: &Core, id: u64) -> Result<Vec<Member>, EtcdError> {
     let call = |mut client: oxcd_api::oxcdpeerpb::forward_client::ForwardClient<_>| async move {
         let r = client.member_promote(MemberPromoteRequest { id }).await?;
         Ok(r.into_inner().members)
@@ -250,5 +250,8 @@ async fn forward_promote(core: &Core, id: u64) -> Result<Vec<Member>, EtcdError>
             EtcdError::LearnerNotReady | EtcdError::MemberNotFound | EtcdError::MemberNotLearner
         )
     };
-    core.forwarder.to_leader(core, call, is_final).await
+    let http = crate::cluster::peer_http::promote_call(id);
+    core.forwarder
+        .to_leader_or_etcd(core, call, Some(&http), is_final)
+        .await
 }
