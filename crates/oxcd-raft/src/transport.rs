@@ -123,6 +123,9 @@ pub struct Transport {
     /// Where links to etcd members deliver what they read (the raft loop
     /// exists only after the links are started).
     inbox: Arc<OnceLock<Arc<dyn Inbox>>>,
+    /// `OXCD_PEER_PROTOCOL=etcd`: links speak only etcd's protocol, even
+    /// to oxcd members (to measure it against oxcd's, and to test it).
+    etcd_only: bool,
 }
 
 impl Transport {
@@ -138,6 +141,7 @@ impl Transport {
             removed: Arc::new(tokio::sync::Notify::new()),
             runtime: tokio::runtime::Handle::current(),
             inbox: Arc::new(OnceLock::new()),
+            etcd_only: std::env::var("OXCD_PEER_PROTOCOL").is_ok_and(|v| v == "etcd"),
         })
     }
 
@@ -218,6 +222,7 @@ impl Transport {
         let attached = Arc::new(rafthttp::Attached::default());
         let etcd = Arc::new(AtomicBool::new(false));
         let link = Link {
+            etcd_only: self.etcd_only,
             attached: attached.clone(),
             etcd: etcd.clone(),
             inbox: self.inbox.clone(),
@@ -355,6 +360,7 @@ struct Link {
     attached: Arc<rafthttp::Attached>,
     etcd: Arc<AtomicBool>,
     inbox: Arc<OnceLock<Arc<dyn Inbox>>>,
+    etcd_only: bool,
 }
 
 impl Link {
@@ -444,6 +450,9 @@ impl Link {
         rx: &mut mpsc::Receiver<Bytes>,
         etcd: &mut bool,
     ) -> Result<(), Status> {
+        if self.etcd_only {
+            return self.etcd_once(url, rx).await;
+        }
         if !*etcd {
             let r = self.stream_once(url, rx).await;
             if r.is_ok() || self.active.since().is_some() {
