@@ -629,24 +629,12 @@ pub enum PeerTls {
 pub fn skip_verify_config(
     identity: Option<(Vec<u8>, Vec<u8>)>,
 ) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)));
-    let mut cfg = match identity {
-        Some((cert, key)) => {
-            let certs = CertificateDer::pem_slice_iter(&cert)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
-            let key = PrivateKeyDer::from_pem_slice(&key)
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
-            builder.with_client_auth_cert(certs, key)?
-        }
-        None => builder.with_no_client_auth(),
-    };
+    let mut cfg = with_identity(builder, identity)?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -659,7 +647,7 @@ pub fn verified_config(
     identity: Option<(Vec<u8>, Vec<u8>)>,
 ) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use rustls::pki_types::CertificateDer;
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem) {
         let c = c.map_err(|e| rustls::Error::General(e.to_string()))?;
@@ -669,18 +657,27 @@ pub fn verified_config(
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots);
-    let cfg = match identity {
+    Ok(Arc::new(with_identity(builder, identity)?))
+}
+
+/// Finishes a client config, presenting `identity` (PEM chain and key).
+fn with_identity(
+    builder: rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    match identity {
         Some((cert, key)) => {
             let certs = CertificateDer::pem_slice_iter(&cert)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| rustls::Error::General(e.to_string()))?;
             let key = PrivateKeyDer::from_pem_slice(&key)
                 .map_err(|e| rustls::Error::General(e.to_string()))?;
-            builder.with_client_auth_cert(certs, key)?
+            builder.with_client_auth_cert(certs, key)
         }
-        None => builder.with_no_client_auth(),
-    };
-    Ok(Arc::new(cfg))
+        None => Ok(builder.with_no_client_auth()),
+    }
 }
 
 /// Accepts every server certificate, as etcd's `InsecureSkipVerify` for

@@ -284,6 +284,18 @@ struct MemberRecord {
     is_learner: bool,
 }
 
+impl MemberRecord {
+    fn of(m: Member) -> MemberRecord {
+        MemberRecord {
+            id: format!("{:x}", m.id),
+            name: m.name,
+            peer_urls: m.peer_urls,
+            client_urls: m.client_urls,
+            is_learner: m.is_learner,
+        }
+    }
+}
+
 impl MembersSnapshot {
     /// The members of an etcd raft snapshot's v2 store.
     fn from_v2(v2: oxcd_etcd_format::membership::V2Cluster) -> MembersSnapshot {
@@ -291,12 +303,14 @@ impl MembersSnapshot {
             members: v2
                 .members
                 .into_iter()
-                .map(|m| MemberRecord {
-                    id: format!("{:x}", m.id),
-                    name: m.name,
-                    peer_urls: m.peer_urls,
-                    client_urls: m.client_urls,
-                    is_learner: m.is_learner,
+                .map(|m| {
+                    MemberRecord::of(Member {
+                        id: m.id,
+                        name: m.name,
+                        peer_urls: m.peer_urls,
+                        client_urls: m.client_urls,
+                        is_learner: m.is_learner,
+                    })
                 })
                 .collect(),
             removed: v2.removed.iter().map(|id| format!("{id:x}")).collect(),
@@ -401,16 +415,7 @@ pub fn etcd_v2_store(data: &[u8]) -> Result<Vec<u8>, MembersSnapshotError> {
 /// The raft snapshot form of `members` and the `removed` IDs (what
 /// [`Members::restore_snapshot`] reads).
 pub fn snapshot_data_of(members: Vec<Member>, mut removed: Vec<u64>) -> Vec<u8> {
-    let members = members
-        .into_iter()
-        .map(|m| MemberRecord {
-            id: format!("{:x}", m.id),
-            name: m.name,
-            peer_urls: m.peer_urls,
-            client_urls: m.client_urls,
-            is_learner: m.is_learner,
-        })
-        .collect();
+    let members = members.into_iter().map(MemberRecord::of).collect();
     removed.sort_unstable();
     let snap = MembersSnapshot {
         members,
