@@ -2,6 +2,9 @@
 //! of a running etcd cluster are replaced one at a time by oxcd, which boots
 //! on the stopped member's data dir with the same flags and then speaks
 //! etcd's peer protocol (rafthttp) with the etcd members still running.
+//! Beyond that: a fresh member of the binary under test joins an etcd
+//! cluster as a learner and changes its membership in turn, database
+//! snapshots cross between the kinds, and peers talk auto-TLS.
 //! Needs the real etcd (`/usr/bin/etcd`); each test is skipped with a
 //! message without it.
 //!
@@ -19,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, run_etcdctl, server_binary, FAST_RAFT, STOP_DEADLINE};
+use common::{free_port, run_etcdctl, server_binary, FAST_RAFT, STOP_DEADLINE, UNHEALTHY};
 use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, LeaseTimeToLiveOptions, PutOptions,
     StatusResponse, WatchOptions,
@@ -62,6 +65,16 @@ async fn bounded<F: Future<Output = ()>>(body: F) {
     );
 }
 
+/// What every member of a cluster is started with besides its own name,
+/// ports and the cluster's membership.
+#[derive(Clone, Default)]
+struct Setup {
+    /// Further flags, e.g. `--snapshot-count`.
+    flags: Vec<String>,
+    /// `https://` peer URLs and `--peer-auto-tls`.
+    peer_tls: bool,
+}
+
 /// One member of the cluster, run by etcd or by the binary under test: the
 /// same name, data dir, ports and flags whichever runs it.
 struct Proc {
@@ -71,8 +84,12 @@ struct Proc {
     dir: PathBuf,
     cport: u16,
     pport: u16,
+    /// `--initial-cluster`.
     cluster: String,
+    /// `--initial-cluster-state`: `new`, or `existing` for added members.
+    state: &'static str,
     token: String,
+    setup: Setup,
     /// Starts so far; each start logs to its own file.
     starts: u32,
     child: Option<Child>,
@@ -81,8 +98,34 @@ struct Proc {
 }
 
 impl Proc {
+    /// Member `name` run by `bin` under `base/name`, on fresh ports; its
+    /// `cluster` is still to be set.
+    fn new(base: &Path, name: &str, bin: &Path, token: &str, setup: &Setup) -> Proc {
+        let dir = base.join(name);
+        std::fs::create_dir_all(&dir).expect("create member dir");
+        Proc {
+            bin: bin.to_path_buf(),
+            name: name.to_string(),
+            dir,
+            cport: free_port(),
+            pport: free_port(),
+            cluster: String::new(),
+            state: "new",
+            token: token.to_string(),
+            setup: setup.clone(),
+            starts: 0,
+            child: None,
+            id: 0,
+        }
+    }
+
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.cport)
+    }
+
+    fn peer_url(&self) -> String {
+        let scheme = if self.setup.peer_tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.pport)
     }
 
     fn endpoint(&self) -> String {
@@ -106,7 +149,7 @@ impl Proc {
         assert!(self.child.is_none(), "{} is already running", self.label());
         self.starts += 1;
         let log = std::fs::File::create(self.log_path()).expect("create log");
-        let peer = format!("http://127.0.0.1:{}", self.pport);
+        let peer = self.peer_url();
         let mut cmd = Command::new(&self.bin);
         // Only our flags configure the member, not the caller's environment.
         for (key, _) in std::env::vars_os() {
@@ -131,8 +174,10 @@ impl Proc {
             .arg("--initial-cluster-token")
             .arg(&self.token)
             .arg("--initial-cluster-state")
-            .arg("new")
+            .arg(self.state)
             .args(FAST_RAFT)
+            .args(&self.setup.flags)
+            .args(self.setup.peer_tls.then_some("--peer-auto-tls"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log);
@@ -339,6 +384,12 @@ async fn status(url: &str) -> Option<StatusResponse> {
 /// Polls until member `i` answers a serializable and a linearizable get
 /// (so it has joined a quorum); learns its ID. Panics if it exits.
 async fn wait_ready(procs: &mut [Proc], i: usize) {
+    wait_serving(procs, i, true).await;
+}
+
+/// [`wait_ready`], for a learner too when not `linearizable`: learners
+/// serve serializable reads only.
+async fn wait_serving(procs: &mut [Proc], i: usize, linearizable: bool) {
     let until = Instant::now() + READY_DEADLINE;
     loop {
         if let Some(status) = procs[i].exited() {
@@ -352,6 +403,7 @@ async fn wait_ready(procs: &mut [Proc], i: usize) {
         let url = procs[i].url();
         let serializable = try_range(&url, "probe", true).await;
         let linearizable = match &serializable {
+            Ok(_) if !linearizable => Ok(BTreeMap::new()),
             Ok(_) => try_range(&url, "probe", false).await,
             Err(e) => Err(format!("(serializable failed first) {e}")),
         };
@@ -379,40 +431,27 @@ async fn wait_ready(procs: &mut [Proc], i: usize) {
 
 /// Members "a", "b", "c" run by etcd under `dir`, all serving clients.
 async fn etcd_cluster(dir: &Path) -> Vec<Proc> {
-    let names = ["a", "b", "c"];
-    let ports: Vec<(u16, u16)> = names.iter().map(|_| (free_port(), free_port())).collect();
-    let cluster = names
-        .iter()
-        .zip(&ports)
-        .map(|(n, p)| format!("{n}=http://127.0.0.1:{}", p.1))
-        .collect::<Vec<_>>()
-        .join(",");
+    etcd_cluster_with(dir, &Setup::default()).await
+}
+
+/// [`etcd_cluster`] with `setup`.
+async fn etcd_cluster_with(dir: &Path, setup: &Setup) -> Vec<Proc> {
     let token = format!(
         "mixed-{}-{}",
         std::process::id(),
         dir.file_name().unwrap_or_default().to_string_lossy()
     );
-    let mut procs: Vec<Proc> = names
+    let mut procs: Vec<Proc> = ["a", "b", "c"]
         .iter()
-        .zip(&ports)
-        .map(|(n, p)| {
-            let member_dir = dir.join(n);
-            std::fs::create_dir_all(&member_dir).expect("create member dir");
-            Proc {
-                bin: PathBuf::from(ETCD),
-                name: (*n).to_string(),
-                dir: member_dir,
-                cport: p.0,
-                pport: p.1,
-                cluster: cluster.clone(),
-                token: token.clone(),
-                starts: 0,
-                child: None,
-                id: 0,
-            }
-        })
+        .map(|n| Proc::new(dir, n, Path::new(ETCD), &token, setup))
         .collect();
+    let cluster = procs
+        .iter()
+        .map(|p| format!("{}={}", p.name, p.peer_url()))
+        .collect::<Vec<_>>()
+        .join(",");
     for p in &mut procs {
+        p.cluster = cluster.clone();
         p.spawn();
     }
     for i in 0..procs.len() {
@@ -453,7 +492,12 @@ async fn crash_and_restart(procs: &mut [Proc], i: usize) {
 /// Members "a", "b", "c" under `dir`, started by etcd, one follower then
 /// replaced by the binary under test; returns them and that member's index.
 async fn mixed_cluster(dir: &Path) -> (Vec<Proc>, usize) {
-    let mut procs = etcd_cluster(dir).await;
+    mixed_cluster_with(dir, &Setup::default()).await
+}
+
+/// [`mixed_cluster`] with `setup`.
+async fn mixed_cluster_with(dir: &Path, setup: &Setup) -> (Vec<Proc>, usize) {
+    let mut procs = etcd_cluster_with(dir, setup).await;
     let leader = wait_leader(&procs).await;
     let ox = (0..3).find(|&i| i != leader).expect("a follower");
     replace(&mut procs, ox, &server_binary()).await;
@@ -513,6 +557,19 @@ async fn move_leader(procs: &[Proc], to: usize) {
 
 /// The member IDs `member list` shows through member `i`.
 async fn member_ids(procs: &[Proc], i: usize) -> BTreeSet<u64> {
+    ids_of(&member_view(procs, i).await)
+}
+
+/// One member as `member list` shows it: (ID, name, peer URLs, client
+/// URLs, is learner).
+type MemberRow = (u64, String, Vec<String>, Vec<String>, bool);
+
+fn ids_of(view: &[MemberRow]) -> BTreeSet<u64> {
+    view.iter().map(|m| m.0).collect()
+}
+
+/// The members `member list` shows through member `i`, by ID.
+async fn member_view(procs: &[Proc], i: usize) -> Vec<MemberRow> {
     let until = Instant::now() + SETTLE_DEADLINE;
     loop {
         let attempt = async {
@@ -520,7 +577,21 @@ async fn member_ids(procs: &[Proc], i: usize) -> BTreeSet<u64> {
             c.member_list().await.ok()
         };
         if let Ok(Some(r)) = tokio::time::timeout(Duration::from_secs(4), attempt).await {
-            return r.members().iter().map(|m| m.id()).collect();
+            let mut view: Vec<MemberRow> = r
+                .members()
+                .iter()
+                .map(|m| {
+                    (
+                        m.id(),
+                        m.name().to_string(),
+                        m.peer_urls().to_vec(),
+                        m.client_urls().to_vec(),
+                        m.is_learner(),
+                    )
+                })
+                .collect();
+            view.sort();
+            return view;
         }
         assert!(
             Instant::now() < until,
@@ -755,28 +826,35 @@ async fn oxcd_leader_serves_etcd_followers() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let (procs, ox) = mixed_cluster(dir.path()).await;
-        let etcds: Vec<usize> = (0..3).filter(|&i| i != ox).collect();
-        move_leader(&procs, ox).await;
-
-        for &e in &etcds {
-            let key = format!("via/{}", procs[e].name);
-            put(&procs, e, &key, "through-an-etcd-follower").await;
-            for r in 0..procs.len() {
-                expect_value(&procs, r, &key, "through-an-etcd-follower").await;
-            }
-        }
-        put(&procs, ox, "via/leader", "through-the-oxcd-leader").await;
-        for r in 0..procs.len() {
-            expect_value(&procs, r, "via/leader", "through-the-oxcd-leader").await;
-        }
-        assert_eq!(
-            wait_leader(&procs).await,
-            ox,
-            "leadership left {} during the writes",
-            procs[ox].label()
-        );
+        oxcd_leads_etcd_followers(&procs, ox).await;
     })
     .await;
+}
+
+/// Puts `key` through member `via` and reads it back (linearizable)
+/// through every running member.
+async fn put_read_everywhere(procs: &[Proc], via: usize, key: &str, value: &str) {
+    put(procs, via, key, value).await;
+    for r in (0..procs.len()).filter(|&r| procs[r].is_running()) {
+        expect_value(procs, r, key, value).await;
+    }
+}
+
+/// Moves leadership to member `ox`; then writes through each other member
+/// and through `ox` must be read everywhere, and `ox` must keep leading.
+async fn oxcd_leads_etcd_followers(procs: &[Proc], ox: usize) {
+    move_leader(procs, ox).await;
+    for e in (0..procs.len()).filter(|&e| e != ox) {
+        let key = format!("via/{}", procs[e].name);
+        put_read_everywhere(procs, e, &key, "through-an-etcd-follower").await;
+    }
+    put_read_everywhere(procs, ox, "via/leader", "through-the-oxcd-leader").await;
+    assert_eq!(
+        wait_leader(procs).await,
+        ox,
+        "leadership left {} during the writes",
+        procs[ox].label()
+    );
 }
 
 /// Bound on one client call the tests expect to succeed at once.
@@ -1148,6 +1226,515 @@ async fn kill9_of_the_oxcd_member_and_restart_loses_nothing() {
 
         let acks = writer.finish().await;
         assert_acked_everywhere(&procs, &acks).await;
+    })
+    .await;
+}
+
+/// Runs etcdctl against `endpoints` (comma-separated) until it succeeds,
+/// retrying while it fails with an error containing one of `transient`,
+/// bounded by [`SETTLE_DEADLINE`]; returns its stdout.
+async fn etcdctl_until_ok(
+    procs: &[Proc],
+    endpoints: &str,
+    args: &[&str],
+    transient: &[&str],
+) -> String {
+    let until = Instant::now() + SETTLE_DEADLINE;
+    loop {
+        let out = run_etcdctl(endpoints, args, "").await;
+        if out.success {
+            return out.stdout;
+        }
+        let retry = transient.iter().any(|t| out.stderr.contains(t));
+        assert!(
+            retry && Instant::now() < until,
+            "`etcdctl {}` through {endpoints} failed (transient: {retry}, retried \
+             for at most {SETTLE_DEADLINE:?}): {out:#?}\n{}",
+            args.join(" "),
+            logs(procs)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn endpoints(procs: &[Proc], members: &[usize]) -> String {
+    members
+        .iter()
+        .map(|&i| procs[i].endpoint())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Adds member `name`, run by `bin`, with `etcdctl member add` through
+/// `via` (as a learner if asked; retried while etcd finds the cluster
+/// unhealthy, as it does for ~5 s after start-up), starts it with
+/// `--initial-cluster-state existing` and the `ETCD_INITIAL_CLUSTER`
+/// etcdctl printed, and waits until it serves reads (serializable ones
+/// only, for a learner). Returns its index.
+async fn add_member(
+    procs: &mut Vec<Proc>,
+    via: &str,
+    name: &str,
+    bin: &Path,
+    learner: bool,
+) -> usize {
+    let base = procs[0].dir.parent().expect("member dirs have a parent");
+    let mut p = Proc::new(base, name, bin, &procs[0].token, &procs[0].setup);
+    let peer_urls = format!("--peer-urls={}", p.peer_url());
+    let mut args = vec!["member", "add", name, peer_urls.as_str()];
+    if learner {
+        args.push("--learner");
+    }
+    let out = etcdctl_until_ok(procs, via, &args, &[UNHEALTHY]).await;
+    // Member 8e9e05c52164694d added to cluster ef37ad9dc622a7c4
+    // ETCD_INITIAL_CLUSTER="a=http://...,d=http://..."
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Member ")?.split_whitespace().next())
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .unwrap_or_else(|| panic!("no member ID in `etcdctl member add` output:\n{out}"));
+    p.cluster = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\"")?.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("no ETCD_INITIAL_CLUSTER in `etcdctl member add`:\n{out}"))
+        .to_string();
+    p.state = "existing";
+    p.spawn();
+    procs.push(p);
+    let i = procs.len() - 1;
+    wait_serving(procs, i, !learner).await;
+    assert_eq!(
+        procs[i].id,
+        id,
+        "{} reports another member ID than `member add` gave it",
+        procs[i].label()
+    );
+    i
+}
+
+/// Polls until `member list` through every running member shows the same
+/// members and `want` holds for them; returns what they show.
+async fn wait_member_views(
+    procs: &[Proc],
+    what: &str,
+    want: impl Fn(&[MemberRow]) -> bool,
+) -> Vec<MemberRow> {
+    let until = Instant::now() + SETTLE_DEADLINE;
+    loop {
+        let mut views = Vec::new();
+        for i in (0..procs.len()).filter(|&i| procs[i].is_running()) {
+            views.push((procs[i].name.clone(), member_view(procs, i).await));
+        }
+        let first = views[0].1.clone();
+        if views.iter().all(|(_, v)| *v == first) && want(&first) {
+            return first;
+        }
+        assert!(
+            Instant::now() < until,
+            "member lists {what} did not agree (or not as expected) within \
+             {SETTLE_DEADLINE:?}; per member: {views:#?}\n{}",
+            logs(procs)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// How long a removed member may take to exit.
+const REMOVED_EXIT_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Waits (bounded) until member `i`, removed from the cluster, exits.
+async fn wait_removed_exit(procs: &mut [Proc], i: usize) {
+    let until = Instant::now() + REMOVED_EXIT_DEADLINE;
+    loop {
+        if let Some(status) = procs[i].exited() {
+            eprintln!("removed {} exited with {status}", procs[i].label());
+            procs[i].child = None;
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "removed {} still runs {REMOVED_EXIT_DEADLINE:?} after its removal\n{}",
+            procs[i].label(),
+            logs(procs)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Errors etcd answers `member promote` with while the learner lags.
+const LEARNER_NOT_READY: &[&str] = &[
+    "learner not ready",
+    "can only promote a learner member which is in sync with leader",
+];
+
+#[tokio::test]
+async fn an_oxcd_learner_joins_an_etcd_cluster_is_promoted_and_adds_an_etcd_member() {
+    if !have_etcd() {
+        return;
+    }
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut procs = etcd_cluster(dir.path()).await;
+        for k in 0..EARLY_KEYS {
+            put(&procs, k % 3, &format!("early/{k:02}"), &format!("v{k}")).await;
+        }
+        let before = range(&procs, 0, "early/").await;
+        assert_eq!(before.len(), EARLY_KEYS, "etcd lost early keys");
+        let etcd_endpoints = endpoints(&procs, &[0, 1, 2]);
+
+        // A fresh learner, run by the binary under test, learns the
+        // cluster from etcd and serves serializable reads of its data.
+        let ox = add_member(&mut procs, &etcd_endpoints, "d", &server_binary(), true).await;
+        let until = Instant::now() + SETTLE_DEADLINE;
+        loop {
+            let seen = try_range(&procs[ox].url(), "early/", true).await;
+            if seen.as_ref() == Ok(&before) {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "the learner {} serves {seen:?} for \"early/\", not {before:?}\n{}",
+                procs[ox].label(),
+                logs(&procs)
+            );
+            tokio::time::sleep(POLL).await;
+        }
+
+        // The etcd leader promotes it; then it leads.
+        let id = format!("{:x}", procs[ox].id);
+        let args = ["member", "promote", id.as_str()];
+        etcdctl_until_ok(&procs, &etcd_endpoints, &args, LEARNER_NOT_READY).await;
+        wait_ready(&mut procs, ox).await;
+        assert_eq!(
+            range(&procs, ox, "early/").await,
+            before,
+            "linearizable range through the promoted {}",
+            procs[ox].label()
+        );
+        move_leader(&procs, ox).await;
+
+        // Through it, a fresh etcd member is added and joins.
+        let via = procs[ox].endpoint();
+        let e = add_member(&mut procs, &via, "e", Path::new(ETCD), false).await;
+        assert_eq!(
+            range(&procs, e, "early/").await,
+            before,
+            "linearizable range through the added {}",
+            procs[e].label()
+        );
+        put_read_everywhere(&procs, e, "added/e", "through-the-added-etcd-member").await;
+        let all: BTreeSet<u64> = procs.iter().map(|p| p.id).collect();
+        assert_eq!(all.len(), 5, "member IDs: {all:?}");
+        wait_member_views(&procs, "with the added etcd member", |v| {
+            ids_of(v) == all && v.iter().all(|m| !m.4)
+        })
+        .await;
+
+        // The oxcd leader removes it: it exits, and the list shrinks.
+        let removed = format!("{:x}", procs[e].id);
+        let args = ["member", "remove", removed.as_str()];
+        etcdctl_until_ok(&procs, &via, &args, &[UNHEALTHY]).await;
+        wait_removed_exit(&mut procs, e).await;
+        let mut rest = all.clone();
+        rest.remove(&procs[e].id);
+        wait_member_views(&procs, "without the removed etcd member", |v| {
+            ids_of(v) == rest
+        })
+        .await;
+        assert_eq!(
+            wait_leader(&procs).await,
+            ox,
+            "leadership left {}",
+            procs[ox].label()
+        );
+
+        // An etcd member's peer URLs updated (through an etcd follower; a
+        // second URL nobody listens on) read the same through both kinds.
+        let extra = format!("http://127.0.0.1:{}", free_port());
+        let urls = format!("--peer-urls={},{extra}", procs[0].peer_url());
+        let updated = format!("{:x}", procs[0].id);
+        let args = ["member", "update", updated.as_str(), urls.as_str()];
+        etcdctl_until_ok(&procs, &procs[0].endpoint(), &args, &[UNHEALTHY]).await;
+        let want: BTreeSet<String> = [procs[0].peer_url(), extra].into_iter().collect();
+        let (a_id, a_name) = (procs[0].id, procs[0].name.clone());
+        let view = wait_member_views(&procs, "after `member update`", |v| {
+            v.iter().any(|m| {
+                m.0 == a_id && m.1 == a_name && m.2.iter().cloned().collect::<BTreeSet<_>>() == want
+            })
+        })
+        .await;
+        eprintln!("member list after the update: {view:?}");
+        put_read_everywhere(&procs, ox, "after/update", "ok").await;
+    })
+    .await;
+}
+
+/// `--snapshot-count` of the snapshot test: etcd snapshots every 100
+/// entries and keeps 5 000 entries behind its snapshot for catch-up.
+const SNAPSHOT_COUNT: &str = "100";
+
+/// Puts made while a member is down: more than the 5 000 entries kept, so
+/// the member can only catch up from a database snapshot.
+const SNAPSHOT_WRITES: usize = 6_000;
+
+/// Keys `k0`..`k999` the puts overwrite.
+const SNAPSHOT_KEYS: usize = 1_000;
+
+/// Concurrent clients making those puts.
+const WRITERS: usize = 20;
+
+/// How long those puts may take in all.
+const WRITES_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Puts [`SNAPSHOT_WRITES`] values `{tag}-{n}` to keys `k0`..`k999` (each
+/// overwritten) through member `via` from [`WRITERS`] concurrent clients,
+/// each put retried until acknowledged, bounded by [`WRITES_DEADLINE`].
+async fn overwrite_keys(procs: &[Proc], via: usize, tag: &str) {
+    let started = Instant::now();
+    let until = started + WRITES_DEADLINE;
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|t| {
+            let url = procs[via].url();
+            let tag = tag.to_string();
+            tokio::spawn(async move {
+                let mut client: Option<Client> = None;
+                let mut n = t;
+                let mut last_error = String::new();
+                while n < SNAPSHOT_WRITES {
+                    if Instant::now() >= until {
+                        return Err(format!("writer {t} stuck at put {n}: {last_error}"));
+                    }
+                    if client.is_none() {
+                        client = connect(&url, Duration::from_secs(3)).await;
+                    }
+                    let Some(c) = client.as_mut() else {
+                        last_error = "cannot connect".to_string();
+                        tokio::time::sleep(POLL).await;
+                        continue;
+                    };
+                    let key = format!("k{}", n % SNAPSHOT_KEYS);
+                    let sent = tokio::time::timeout(
+                        Duration::from_secs(4),
+                        c.put(key, format!("{tag}-{n}"), None),
+                    )
+                    .await;
+                    match sent {
+                        Ok(Ok(_)) => n += WRITERS,
+                        Ok(Err(e)) => last_error = e.to_string(),
+                        Err(_) => last_error = "timed out".to_string(),
+                    }
+                    if !last_error.is_empty() {
+                        client = None;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        let done = tokio::time::timeout(WRITES_DEADLINE + Duration::from_secs(5), task)
+            .await
+            .expect("a writer outlived its own deadline")
+            .expect("writer task");
+        if let Err(e) = done {
+            panic!(
+                "puts through {} failed: {e}\n{}",
+                procs[via].label(),
+                logs(procs)
+            );
+        }
+    }
+    eprintln!(
+        "{SNAPSHOT_WRITES} puts through {} took {:?}",
+        procs[via].label(),
+        started.elapsed()
+    );
+}
+
+/// Polls until a linearizable range of `prefix` through member `i` equals
+/// the one through member `reference` (nothing writes meanwhile).
+async fn wait_same_range(procs: &[Proc], i: usize, reference: usize, prefix: &str) {
+    let until = Instant::now() + SETTLE_DEADLINE;
+    loop {
+        let want = range(procs, reference, prefix).await;
+        let seen = try_range(&procs[i].url(), prefix, false).await;
+        let diff = match &seen {
+            Ok(kvs) if *kvs == want => return,
+            Ok(kvs) => format!(
+                "{} keys, not {}; first difference: {:?}",
+                kvs.len(),
+                want.len(),
+                want.iter()
+                    .find(|(k, v)| kvs.get(*k) != Some(v))
+                    .map(|(k, v)| (k, v, kvs.get(k)))
+            ),
+            Err(e) => e.clone(),
+        };
+        assert!(
+            Instant::now() < until,
+            "range {prefix:?} through {} did not match {} within \
+             {SETTLE_DEADLINE:?}: {diff}\n{}",
+            procs[i].label(),
+            procs[reference].label(),
+            logs(procs)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn is_etcd(bin: &Path) -> bool {
+    bin.file_name().is_some_and(|n| n == "etcd")
+}
+
+/// Asserts (polling its log briefly) that member `i` logged receiving a
+/// database snapshot. That is the observable sign: with the log compacted
+/// past where the member stopped, a snapshot is its only way to catch up,
+/// and the lines name it. etcd 3.4 (capnslog) logs "applying snapshot at
+/// index N..." and "finished applying incoming snapshot at index N"; oxcd
+/// logs "receiving database snapshot [index: N, from: ...]".
+async fn assert_snapshot_received(procs: &[Proc], i: usize) {
+    let lines: &[&str] = if is_etcd(&procs[i].bin) {
+        &["applying snapshot", "finished applying incoming snapshot"]
+    } else {
+        &["receiving database snapshot"]
+    };
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(procs[i].log_path()).unwrap_or_default();
+        let missing: Vec<&&str> = lines.iter().filter(|l| !log.contains(**l)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{} caught up without logging {missing:?} (no database snapshot \
+             received?)\n{}",
+            procs[i].label(),
+            logs(procs)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// `HashKV` through `url` at the member's current revision: (revision,
+/// hash, compact revision).
+async fn hash_kv(url: &str) -> Option<(i64, u32, i64)> {
+    let attempt = async {
+        let mut c = connect(url, Duration::from_secs(3)).await?;
+        let r = c.hash_kv(0).await.ok()?;
+        Some((r.header()?.revision(), r.hash(), r.compact_version()))
+    };
+    tokio::time::timeout(Duration::from_secs(4), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Polls until every running member answers `HashKV` with the same
+/// revision, hash and compact revision (nothing writes meanwhile).
+async fn wait_hash_kv_equal(procs: &[Proc]) {
+    let until = Instant::now() + SETTLE_DEADLINE;
+    loop {
+        let mut hashes = Vec::new();
+        for p in procs.iter().filter(|p| p.is_running()) {
+            hashes.push((p.name.clone(), hash_kv(&p.url()).await));
+        }
+        let first = hashes[0].1;
+        if first.is_some() && hashes.iter().all(|(_, h)| *h == first) {
+            eprintln!("HashKV (revision, hash, compact revision): {first:?}");
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "HashKV (revision, hash, compact revision) per member differs: \
+             {hashes:?}\n{}",
+            logs(procs)
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Every key `k0`..`k999` is there through every running member, with a
+/// value of the last round of puts (`{tag}-...`).
+async fn assert_all_keys(procs: &[Proc], tag: &str) {
+    for i in (0..procs.len()).filter(|&i| procs[i].is_running()) {
+        let kvs = range(procs, i, "k").await;
+        let prefix = format!("{tag}-");
+        let wrong: Vec<_> = (0..SNAPSHOT_KEYS)
+            .map(|n| format!("k{n}"))
+            .filter(|k| !kvs.get(k).is_some_and(|(v, _)| v.starts_with(&prefix)))
+            .collect();
+        assert!(
+            wrong.is_empty() && kvs.len() == SNAPSHOT_KEYS,
+            "through {}: {} keys; {} missing or not from the {tag:?} puts, first {:?}\n{}",
+            procs[i].label(),
+            kvs.len(),
+            wrong.len(),
+            &wrong[..wrong.len().min(10)],
+            logs(procs)
+        );
+    }
+}
+
+#[tokio::test]
+async fn database_snapshots_cross_between_oxcd_and_etcd() {
+    if !have_etcd() {
+        return;
+    }
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let setup = Setup {
+            flags: vec!["--snapshot-count".to_string(), SNAPSHOT_COUNT.to_string()],
+            peer_tls: false,
+        };
+        let (mut procs, ox) = mixed_cluster_with(dir.path(), &setup).await;
+        let etcds: Vec<usize> = (0..3).filter(|&i| i != ox).collect();
+
+        // etcd -> oxcd: the replaced member misses more than etcd keeps.
+        procs[ox].stop().await;
+        let leader = wait_leader(&procs).await;
+        overwrite_keys(&procs, leader, "etcd").await;
+        respawn(&mut procs, ox, &server_binary()).await;
+        wait_same_range(&procs, ox, leader, "k").await;
+        assert_snapshot_received(&procs, ox).await;
+        assert_all_keys(&procs, "etcd").await;
+
+        // oxcd -> etcd: an etcd follower misses more than oxcd keeps.
+        move_leader(&procs, ox).await;
+        let follower = etcds[0];
+        procs[follower].stop().await;
+        overwrite_keys(&procs, ox, "oxcd").await;
+        respawn(&mut procs, follower, Path::new(ETCD)).await;
+        wait_same_range(&procs, follower, ox, "k").await;
+        assert_snapshot_received(&procs, follower).await;
+        assert_all_keys(&procs, "oxcd").await;
+        wait_hash_kv_equal(&procs).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn peer_tls_mixed_cluster() {
+    if !have_etcd() {
+        return;
+    }
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let setup = Setup {
+            flags: Vec::new(),
+            peer_tls: true,
+        };
+        let (procs, ox) = mixed_cluster_with(dir.path(), &setup).await;
+        let etcd = (0..3).find(|&i| i != ox).expect("an etcd member");
+        wait_member_views(&procs, "with https peer URLs", |v| {
+            v.len() == 3
+                && v.iter()
+                    .all(|m| m.2.iter().all(|u| u.starts_with("https://")))
+        })
+        .await;
+        put_read_everywhere(&procs, ox, "tls/via-oxcd", "from-oxcd").await;
+        put_read_everywhere(&procs, etcd, "tls/via-etcd", "from-etcd").await;
+        oxcd_leads_etcd_followers(&procs, ox).await;
     })
     .await;
 }
