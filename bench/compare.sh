@@ -51,7 +51,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 # shellcheck source=bench/auth-setup.sh
 . "$ROOT/bench/auth-setup.sh"
-ETCD_BIN="${ETCD_BIN:-/usr/bin/etcd}"
+# Not named ETCD_*: those are unset below, so the servers never see them.
+ETCD_EXE="${ETCD_BIN:-/usr/bin/etcd}"
 OXCD_BIN="${OXCD_BIN:-$ROOT/target/release/oxcd}"
 BENCH="$ROOT/target/release/oxcd-bench"
 REPS=3
@@ -98,7 +99,7 @@ for tool in jq curl awk; do
   command -v "$tool" >/dev/null || { echo "needs $tool (apt-get install $tool)" >&2; exit 1; }
 done
 ETCDCTL="$(command -v etcdctl || true)"
-[ -x "$ETCD_BIN" ] || { echo "no etcd at $ETCD_BIN (apt-get install etcd-server)" >&2; exit 1; }
+[ -x "$ETCD_EXE" ] || { echo "no etcd at $ETCD_EXE (apt-get install etcd-server)" >&2; exit 1; }
 [ -n "$ETCDCTL" ] || { echo "needs etcdctl (apt-get install etcd-client)" >&2; exit 1; }
 
 # The servers read only our flags.
@@ -179,7 +180,7 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # start_servers KIND DIR: starts $MEMBERS members; sets PIDS and ENDPOINTS.
 start_servers() {
   local kind="$1" dir="$2" bin base i cluster="" names=()
-  case "$kind" in etcd) bin="$ETCD_BIN"; base=$ETCD_BASE_PORT ;; oxcd) bin="$OXCD_BIN"; base=$OXCD_BASE_PORT ;; esac
+  case "$kind" in etcd) bin="$ETCD_EXE"; base=$ETCD_BASE_PORT ;; oxcd) bin="$OXCD_BIN"; base=$OXCD_BASE_PORT ;; esac
   ENDPOINTS=""
   for ((i = 0; i < MEMBERS; i++)); do
     names+=("m$i")
