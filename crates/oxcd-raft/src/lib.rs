@@ -11,7 +11,8 @@
 //! - [`error`]: the typed errors of each.
 //!
 //! - [`transport`]: raft messages between members over the peer URLs
-//!   (`oxcdpeerpb.Peer`), never blocking the raft loop.
+//!   (etcd's protocol, or `oxcdpeerpb.Peer` with older oxcd members),
+//!   never blocking the raft loop.
 //! - [`rafthttp`]: etcd's peer protocol, for clusters mixing oxcd and
 //!   etcd members.
 //! - [`tls_error`]: TLS failures in Go's `crypto/tls` wording, for logs.

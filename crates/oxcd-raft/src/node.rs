@@ -305,6 +305,7 @@ pub fn start(
     snaps: SnapshotSettings,
     transport: Arc<Transport>,
 ) -> Result<(NodeHandle, Receiver<ToApply>), StartError> {
+    let inbox_for = transport.clone();
     let Restored {
         wal,
         replayed,
@@ -373,7 +374,10 @@ pub fn start(
         .name("oxcd-raft".into())
         .spawn(move || lp.run())
         .map_err(StartError::Thread)?;
-    Ok((NodeHandle { tx, status }, applied))
+    let handle = NodeHandle { tx, status };
+    // Links that read from their peers (etcd's protocol) deliver here.
+    inbox_for.set_inbox(Arc::new(NodeInbox(handle.clone())));
+    Ok((handle, applied))
 }
 
 /// Why the raft loop could not start.

@@ -1,27 +1,33 @@
-//! The peer transport: raft messages between members over the peer URLs
-//! (etcd's `rafthttp`, with oxcd's own protocol, `oxcdpeerpb.Peer`).
+//! The peer transport: raft messages between members over the peer URLs,
+//! in etcd's protocol (`rafthttp`, see [`crate::rafthttp`]) with every
+//! peer, or oxcd's own (`oxcdpeerpb.Peer`) with an oxcd member too old
+//! for etcd's.
 //!
-//! Sending side: one task per remote member owns a long-lived client stream
-//! (`Peer/Raft`) to one of its URLs. [`Transport::send`] never blocks: it
-//! puts the message on that member's bounded queue and, if the queue is
+//! Sending side: one task per remote member (a link) keeps a connection to
+//! one of its URLs: it dials the peer's etcd stream to receive, and sends
+//! over the stream the peer attached here (or the pipeline), or over one
+//! long-lived `Peer/Raft` client stream. [`Transport::send`] never blocks:
+//! it puts the message on that member's bounded queue and, if the queue is
 //! full or the member is unknown, drops it and says so. Raft tolerates lost
 //! messages (it retries), and a partitioned or slow member can therefore
-//! never stall the raft loop or the other members. When the stream breaks,
-//! the task reconnects with capped backoff, discarding what queued up
-//! meanwhile (stale heartbeats and appends would only be rejected).
+//! never stall the raft loop or the other members. When the connection
+//! breaks, the link reconnects with capped backoff, discarding what queued
+//! up meanwhile (stale heartbeats and appends would only be rejected).
 //!
-//! Receiving side: [`PeerService`] accepts streams, checks the cluster ID
-//! and the addressee, and hands each batch to the local [`Inbox`].
+//! Receiving side: etcd's handlers ([`crate::rafthttp::serve`]) and
+//! [`PeerService`] check the cluster ID and the addressee, and hand
+//! messages to the local [`Inbox`].
 //!
-//! Raft snapshots travel apart from the message stream, one `Peer/Snapshot`
-//! call each, with the backend file ([`crate::snapshot_transfer`]).
+//! Raft snapshots travel apart from the messages, one transfer each with
+//! the backend file ([`crate::snapshot_transfer`]): `Peer/Snapshot` to an
+//! oxcd member, `POST /raft/snapshot` in etcd's format to an etcd member.
 //!
-//! Activity: a peer is active since its link last connected and was
-//! greeted (etcd's `ActiveSince`), and inactive from the moment the link
-//! fails. A silently dead connection (a partition that drops packets) is
-//! noticed by HTTP/2 pings within [`KEEPALIVE_INTERVAL`] +
-//! [`KEEPALIVE_TIMEOUT`], close to etcd's 5 s stream read timeout; the
-//! strict reconfiguration checks rely on that.
+//! Activity: a peer is active since its link last connected (etcd's
+//! `ActiveSince`), and inactive from the moment the link fails. A silently
+//! dead connection (a partition that drops packets) is noticed within
+//! etcd's 5 s stream read timeout (link heartbeats every 5/3 s), or by
+//! HTTP/2 pings within [`KEEPALIVE_INTERVAL`] + [`KEEPALIVE_TIMEOUT`] on
+//! oxcd's streams; the strict reconfiguration checks rely on that.
 
 use crate::rafthttp;
 pub use crate::snapshot_transfer::{BackendSource, SnapshotJob, SnapshotReport};
@@ -123,9 +129,36 @@ pub struct Transport {
     /// Where links to etcd members deliver what they read (the raft loop
     /// exists only after the links are started).
     inbox: Arc<OnceLock<Arc<dyn Inbox>>>,
-    /// `OXCD_PEER_PROTOCOL=etcd`: links speak only etcd's protocol, even
-    /// to oxcd members (to measure it against oxcd's, and to test it).
-    etcd_only: bool,
+    /// Which peer protocol links speak (`OXCD_PEER_PROTOCOL`).
+    protocol: Protocol,
+}
+
+/// Which peer protocol links speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// etcd's, and oxcd's own for a peer that does not serve etcd's (an
+    /// oxcd build older than etcd's protocol). The default: etcd's is
+    /// measured as fast as oxcd's own (BENCHMARKS.md, "Peer protocols")
+    /// and is the one etcd members speak.
+    Either,
+    /// `OXCD_PEER_PROTOCOL=etcd`: etcd's only.
+    Etcd,
+    /// `OXCD_PEER_PROTOCOL=oxcd`: oxcd's gRPC streams only (to measure).
+    Oxcd,
+}
+
+impl Protocol {
+    fn from_env() -> Protocol {
+        match std::env::var("OXCD_PEER_PROTOCOL").as_deref() {
+            Ok("etcd") => Protocol::Etcd,
+            Ok("oxcd") => Protocol::Oxcd,
+            Ok(other) => {
+                tracing::warn!("OXCD_PEER_PROTOCOL={other:?} is neither etcd nor oxcd; ignored");
+                Protocol::Either
+            }
+            Err(_) => Protocol::Either,
+        }
+    }
 }
 
 impl Transport {
@@ -141,7 +174,7 @@ impl Transport {
             removed: Arc::new(tokio::sync::Notify::new()),
             runtime: tokio::runtime::Handle::current(),
             inbox: Arc::new(OnceLock::new()),
-            etcd_only: std::env::var("OXCD_PEER_PROTOCOL").is_ok_and(|v| v == "etcd"),
+            protocol: Protocol::from_env(),
         })
     }
 
@@ -222,7 +255,7 @@ impl Transport {
         let attached = Arc::new(rafthttp::Attached::default());
         let etcd = Arc::new(AtomicBool::new(false));
         let link = Link {
-            etcd_only: self.etcd_only,
+            protocol: self.protocol,
             attached: attached.clone(),
             etcd: etcd.clone(),
             inbox: self.inbox.clone(),
@@ -360,7 +393,7 @@ struct Link {
     attached: Arc<rafthttp::Attached>,
     etcd: Arc<AtomicBool>,
     inbox: Arc<OnceLock<Arc<dyn Inbox>>>,
-    etcd_only: bool,
+    protocol: Protocol,
 }
 
 impl Link {
@@ -387,8 +420,8 @@ impl Link {
         // The last TLS failure of this streak: when the server refuses the
         // handshake, a request may only see "connection closed".
         let mut tls_cause: Option<String> = None;
-        // Whether the peer last spoke etcd's protocol rather than oxcd's.
-        let mut etcd = false;
+        // Whether oxcd's gRPC streams worked last rather than etcd's.
+        let mut grpc = false;
         loop {
             let url = &self.urls[attempt % self.urls.len().max(1)];
             attempt += 1;
@@ -399,7 +432,7 @@ impl Link {
                     }
                     return;
                 }
-                r = self.session(url, &mut rx, &mut etcd) => r,
+                r = self.session(url, &mut rx, &mut grpc) => r,
             };
             if self.active.set(false) {
                 self.count_disconnect();
@@ -441,35 +474,34 @@ impl Link {
         }
     }
 
-    /// One connection to the peer at `url`: oxcd's protocol, or etcd's
-    /// when the peer does not speak oxcd's (an etcd member). `etcd` keeps
-    /// which one worked last, to try it first next time.
+    /// One connection to the peer at `url`: etcd's protocol, or oxcd's
+    /// gRPC streams for a peer that answers etcd's stream path with a
+    /// plain 404 (see [`Protocol`]); `grpc` keeps that finding.
     async fn session(
         &self,
         url: &str,
         rx: &mut mpsc::Receiver<Bytes>,
-        etcd: &mut bool,
+        grpc: &mut bool,
     ) -> Result<(), Status> {
-        if self.etcd_only {
-            return self.etcd_once(url, rx).await;
+        match self.protocol {
+            Protocol::Etcd => return self.etcd_once(url, rx).await,
+            Protocol::Oxcd => return self.stream_once(url, rx).await,
+            Protocol::Either => {}
         }
-        if !*etcd {
-            let r = self.stream_once(url, rx).await;
-            if r.is_ok() || self.active.since().is_some() {
+        if !*grpc {
+            let r = self.etcd_once(url, rx).await;
+            if !matches!(&r, Err(e) if e.code() == tonic::Code::Unimplemented) {
                 return r;
             }
-            // Never got through oxcd's greeting: maybe an etcd member.
-            let r2 = self.etcd_once(url, rx).await;
-            let removed = matches!(&r2, Err(e) if e.message() == REMOVED_MESSAGE);
-            if self.active.since().is_some() || removed {
-                *etcd = true;
-                return r2;
-            }
-            return r;
+            // An oxcd peer too old to serve etcd's protocol: from now on,
+            // oxcd's gRPC streams (a peer that is merely down is retried
+            // the etcd way, so both sides keep to one protocol).
+            *grpc = true;
         }
-        let r = self.etcd_once(url, rx).await;
+        let r = self.stream_once(url, rx).await;
         if r.is_err() && self.active.since().is_none() {
-            *etcd = false;
+            // Maybe upgraded since: etcd's protocol next time.
+            *grpc = false;
         }
         r
     }
@@ -478,9 +510,6 @@ impl Link {
     /// sends over what the peer attached here (or the pipeline) until the
     /// stream it sends on fails.
     async fn etcd_once(&self, url: &str, rx: &mut mpsc::Receiver<Bytes>) -> Result<(), Status> {
-        let Some(inbox) = self.inbox.get().cloned() else {
-            return Err(Status::unavailable("raft loop not started"));
-        };
         let id = rafthttp::dial::Identity {
             from: self.from,
             to: self.to,
@@ -489,19 +518,43 @@ impl Link {
         };
         let status = |e: rafthttp::link::LinkError| match e {
             rafthttp::link::LinkError::Removed => Status::permission_denied(REMOVED_MESSAGE),
+            e @ rafthttp::link::LinkError::Unsupported(_) => Status::unimplemented(e.to_string()),
             other => Status::unavailable(other.to_string()),
         };
-        let body = rafthttp::link::dial_stream(url, &self.tls, &id)
+        let (body, oxcd) = rafthttp::link::dial_stream(url, &self.tls, &id)
             .await
             .map_err(status)?;
-        self.etcd.store(true, Ordering::Relaxed);
+        let Some(inbox) = self.inbox.get().cloned() else {
+            return Err(Status::unavailable("raft loop not started"));
+        };
+        // An oxcd peer says so; lease forwarding, promotions, HashKV and
+        // snapshots then use oxcd's services with it.
+        self.etcd.store(!oxcd, Ordering::Relaxed);
         if !self.active.set(true) {
             tracing::info!(
                 local = %format!("{:x}", self.from),
                 remote = %format!("{:x}", self.to),
-                "established a stream to an etcd peer (etcd's peer protocol)"
+                peer = if oxcd { "oxcd" } else { "etcd" },
+                "established a TCP streaming connection with remote peer (etcd's peer protocol)"
             );
         }
+        // etcd's prober: the round trip to the peer every few seconds.
+        let rtt = crate::metrics::get()
+            .peer_round_trip
+            .with_label_values(&[format!("{:x}", self.to).as_str()]);
+        let (probe_url, probe_tls) = (url.to_string(), self.tls.clone());
+        let _probe = AbortOnDrop(tokio::spawn(async move {
+            loop {
+                let started = Instant::now();
+                if rafthttp::dial::get(&probe_url, &probe_tls, "/raft/probing")
+                    .await
+                    .is_ok()
+                {
+                    rtt.observe(started.elapsed().as_secs_f64());
+                }
+                tokio::time::sleep(PROBE_INTERVAL).await;
+            }
+        }));
         crate::metrics::get()
             .active_peers
             .with_label_values(&self.link_labels())

@@ -19,7 +19,10 @@ pub enum DialError {
     /// The URL cannot be dialled.
     #[error("bad peer URL {0}")]
     BadUrl(String),
-    /// Connecting, the TLS handshake or the exchange failed.
+    /// Nothing accepted the connection (refused, unreachable, timed out).
+    #[error("{0}")]
+    Connect(String),
+    /// Connected, but the TLS handshake or the HTTP exchange failed.
     #[error("{0}")]
     Io(String),
     /// `https` with a TLS setup oxcd cannot use for etcd's protocol yet.
@@ -64,6 +67,7 @@ where
 {
     let (conn, authority) = target(base_url)?;
     let io = |e: std::io::Error| DialError::Io(e.to_string());
+    let connect = |e: std::io::Error| DialError::Connect(e.to_string());
     req.headers_mut().insert(
         http::header::HOST,
         http::HeaderValue::from_str(&authority).map_err(|_| DialError::BadUrl(base_url.into()))?,
@@ -89,8 +93,8 @@ where
                 tokio::net::TcpStream::connect(authority.clone()),
             )
             .await
-            .map_err(|_| DialError::Io(format!("dial tcp {authority}: i/o timeout")))?
-            .map_err(io)?;
+            .map_err(|_| DialError::Connect(format!("dial tcp {authority}: i/o timeout")))?
+            .map_err(connect)?;
             let _ = s.set_nodelay(true);
             exchange!(s)
         }
@@ -100,8 +104,8 @@ where
                 tokio::net::UnixStream::connect(authority.clone()),
             )
             .await
-            .map_err(|_| DialError::Io(format!("dial unix {authority}: i/o timeout")))?
-            .map_err(io)?;
+            .map_err(|_| DialError::Connect(format!("dial unix {authority}: i/o timeout")))?
+            .map_err(connect)?;
             exchange!(s)
         }
         Conn::Tls => {
@@ -120,8 +124,8 @@ where
                 tokio::net::TcpStream::connect(authority.clone()),
             )
             .await
-            .map_err(|_| DialError::Io(format!("dial tcp {authority}: i/o timeout")))?
-            .map_err(io)?;
+            .map_err(|_| DialError::Connect(format!("dial tcp {authority}: i/o timeout")))?
+            .map_err(connect)?;
             let _ = tcp.set_nodelay(true);
             let name = rustls::pki_types::ServerName::try_from(host)
                 .map_err(|e| DialError::Io(e.to_string()))?;

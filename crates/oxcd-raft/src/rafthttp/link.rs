@@ -5,7 +5,9 @@
 //! the pipeline (`POST /raft`).
 //!
 //! oxcd never dials `msgapp` streams: etcd then sends appends over the
-//! `message` stream, which carries every type.
+//! `message` stream, which carries every type. oxcd members speak this
+//! protocol to each other too; they tell each other apart from etcd by a
+//! header on the stream's answer ([`super::headers::OXCD_VERSION`]).
 
 use super::codec::{self, MessageReader};
 use super::dial::{self, Identity};
@@ -32,26 +34,47 @@ pub enum LinkError {
     /// Dialling, a refusal or a broken stream.
     #[error("{0}")]
     Down(String),
+    /// The peer took the connection but did not answer etcd's stream path
+    /// (an oxcd build older than etcd's protocol, or a TLS mismatch).
+    #[error("the peer does not serve etcd's peer protocol ({0})")]
+    Unsupported(String),
 }
 
-/// Opens the peer's `message` stream for this member. Returns its body.
+/// Opens the peer's `message` stream for this member. Returns its body,
+/// and whether the peer is an oxcd member (it says so in a header).
 pub async fn dial_stream(
     url: &str,
     tls: &PeerTls,
     id: &Identity,
-) -> Result<hyper::body::Incoming, LinkError> {
+) -> Result<(hyper::body::Incoming, bool), LinkError> {
     let path = format!("/raft/stream/message/{:x}", id.from);
     let req = dial::request(Method::GET, &path, id, Bytes::new());
-    let resp = dial::send(url, tls, req)
-        .await
-        .map_err(|e| LinkError::Down(e.to_string()))?;
+    let resp = match dial::send(url, tls, req).await {
+        Ok(r) => r,
+        Err(e @ dial::DialError::Connect(_)) => return Err(LinkError::Down(e.to_string())),
+        // Something answered, but not in HTTP/1.1 (an HTTP/2-only oxcd
+        // build) or not through the TLS setup: let the link try oxcd's.
+        Err(e) => return Err(LinkError::Unsupported(e.to_string())),
+    };
     match resp.status() {
-        StatusCode::OK => Ok(resp.into_body()),
+        StatusCode::OK => {
+            let oxcd = resp.headers().contains_key(super::headers::OXCD_VERSION);
+            Ok((resp.into_body(), oxcd))
+        }
         StatusCode::GONE => Err(LinkError::Removed),
-        StatusCode::NOT_FOUND => Err(LinkError::Down(format!(
-            "peer {:x} failed to find local node {:x}",
-            id.to, id.from
-        ))),
+        StatusCode::NOT_FOUND => {
+            // etcd's own 404s name the sender; anything else is a server
+            // without the route.
+            let body = resp.into_body().collect().await.map(|b| b.to_bytes());
+            let text = body.map(|b| String::from_utf8_lossy(&b).trim_end().to_string());
+            match text.unwrap_or_default().as_str() {
+                "error sender not found" | "invalid from" => Err(LinkError::Down(format!(
+                    "peer {:x} failed to find local node {:x}",
+                    id.to, id.from
+                ))),
+                other => Err(LinkError::Unsupported(format!("404 {other}"))),
+            }
+        }
         StatusCode::PRECONDITION_FAILED => {
             let body = resp.into_body().collect().await.map(|b| b.to_bytes());
             let text = body.map(|b| String::from_utf8_lossy(&b).trim_end().to_string());

@@ -15,8 +15,10 @@
 //! headers ([`headers`]); a mismatch is answered 412 with etcd's text.
 //!
 //! [`serve`] answers these on the peer listener, beside oxcd's own gRPC
-//! protocol; [`link`] is the sending and dialling side the transport uses
-//! for a peer that turns out to be etcd.
+//! protocol; [`link`] is the sending and dialling side. Links speak it to
+//! every peer, oxcd or etcd, and fall back to oxcd's gRPC streams for an
+//! oxcd peer too old to serve it (the transport decides, see
+//! `transport::Protocol`).
 
 pub mod codec;
 pub mod dial;
@@ -49,6 +51,9 @@ pub mod headers {
     pub const MIN_CLUSTER_VERSION: &str = "x-min-cluster-version";
     /// The sender's peer URLs, comma separated.
     pub const PEER_URLS: &str = "x-peerurls";
+    /// oxcd's own version, on an oxcd member's stream answers: the dialler
+    /// then knows the peer offers oxcd's services (etcd ignores it).
+    pub const OXCD_VERSION: &str = "x-oxcd-version";
 }
 
 /// The two stream kinds etcd dials.

@@ -180,6 +180,10 @@ fn stream(p: Peers, method: Method, h: HeaderMap, from: String, kind: StreamKind
         headers::SERVER_VERSION,
         HeaderValue::from_static(super::SERVER_VERSION),
     );
+    r.headers_mut().insert(
+        headers::OXCD_VERSION,
+        HeaderValue::from_static(env!("CARGO_PKG_VERSION")),
+    );
     p.cluster_header(&mut r);
     r
 }

@@ -163,7 +163,6 @@ pub fn start(b: RaftBoot<'_>) -> Result<Raft, StartError> {
     );
     let (node, to_apply) = node::start(node_cfg, restored, snaps, transport.clone())
         .map_err(|e| StartError::Raft(e.to_string()))?;
-    transport.set_inbox(Arc::new(NodeInbox(node.clone())));
     let apply_stage = app
         .spawn(to_apply)
         .map_err(|e| StartError::Raft(format!("cannot start the apply stage: {e}")))?;
