@@ -507,6 +507,11 @@ async fn mixed_cluster_with(dir: &Path, setup: &Setup) -> (Vec<Proc>, usize) {
 /// Polls until every running member names the same leader in the same term
 /// and that leader is running; returns its index.
 async fn wait_leader(procs: &[Proc]) -> usize {
+    wait_leader_term(procs).await.0
+}
+
+/// [`wait_leader`], with the term they agree on.
+async fn wait_leader_term(procs: &[Proc]) -> (usize, u64) {
     let until = Instant::now() + SETTLE_DEADLINE;
     loop {
         let mut views = Vec::new();
@@ -518,7 +523,7 @@ async fn wait_leader(procs: &[Proc]) -> usize {
             let agreed = views.iter().all(|(_, v)| *v == Some((leader, term)));
             let live = procs.iter().position(|p| p.is_running() && p.id == leader);
             if let (true, Some(i)) = (agreed && leader != 0, live) {
-                return i;
+                return (i, term);
             }
         }
         assert!(
@@ -694,13 +699,23 @@ fn write_value(n: usize) -> String {
 
 impl Writer {
     fn start(urls: Vec<String>) -> Writer {
+        Writer::start_up_to(urls, MAX_WRITES)
+    }
+
+    /// [`Writer::start`], making at most `max` puts.
+    fn start_up_to(urls: Vec<String>, max: usize) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(Writer::run(urls, stop.clone(), acked.clone()));
+        let task = tokio::spawn(Writer::run(urls, max, stop.clone(), acked.clone()));
         Writer { stop, acked, task }
     }
 
-    async fn run(urls: Vec<String>, stop: Arc<AtomicBool>, acked: Arc<AtomicUsize>) -> Vec<usize> {
+    async fn run(
+        urls: Vec<String>,
+        max: usize,
+        stop: Arc<AtomicBool>,
+        acked: Arc<AtomicUsize>,
+    ) -> Vec<usize> {
         let mut clients: Vec<Option<Client>> = vec![None; urls.len()];
         let mut acks = Vec::new();
         let mut turn = 0;
@@ -708,7 +723,7 @@ impl Writer {
         let mut pace = tokio::time::interval(Duration::from_millis(10));
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut n = 0;
-        while n < MAX_WRITES && !stop.load(Ordering::Relaxed) {
+        while n < max && !stop.load(Ordering::Relaxed) {
             pace.tick().await;
             let m = turn % urls.len();
             turn += 1;
@@ -1735,6 +1750,172 @@ async fn peer_tls_mixed_cluster() {
         put_read_everywhere(&procs, ox, "tls/via-oxcd", "from-oxcd").await;
         put_read_everywhere(&procs, etcd, "tls/via-etcd", "from-etcd").await;
         oxcd_leads_etcd_followers(&procs, ox).await;
+    })
+    .await;
+}
+
+/// The oxcd binary itself, whatever [`server_binary`] is: `export-etcd` is
+/// its tool.
+const OXCD: &str = env!("CARGO_BIN_EXE_oxcd");
+
+/// How long `oxcd export-etcd` may take.
+const EXPORT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Most puts the writer of the rollback test makes: more than it manages
+/// within [`TEST_DEADLINE`], so it writes throughout.
+const ROLLBACK_WRITES: usize = 20_000;
+
+/// Runs `oxcd export-etcd` (bounded) on the stopped member `i`'s data dir
+/// and puts the etcd directory it writes in that dir's place; the oxcd one
+/// is kept aside as `data.oxcd`.
+async fn export_to_etcd(procs: &[Proc], i: usize) {
+    let p = &procs[i];
+    assert!(!p.is_running(), "{} still runs", p.label());
+    let data = p.dir.join("data");
+    let out = p.dir.join("data.exported");
+    let log_path = p.dir.join(format!("{}.export.log", p.name));
+    let log = std::fs::File::create(&log_path).expect("create export log");
+    let command = format!(
+        "{OXCD} export-etcd --data-dir {} --out {}",
+        data.display(),
+        out.display()
+    );
+    let mut child = Command::new(OXCD)
+        .arg("export-etcd")
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log handle"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn `{command}`: {e}"));
+    let until = Instant::now() + EXPORT_DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait on our own child") {
+            break status;
+        }
+        if Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`{command}` ran longer than {EXPORT_DEADLINE:?}:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        status.success(),
+        "`{command}` exited with {status}:\n{output}\n{}",
+        logs(procs)
+    );
+    eprintln!("{}: {}", p.name, output.trim());
+    let aside = p.dir.join("data.oxcd");
+    std::fs::rename(&data, &aside)
+        .unwrap_or_else(|e| panic!("rename {} -> {}: {e}", data.display(), aside.display()));
+    std::fs::rename(&out, &data)
+        .unwrap_or_else(|e| panic!("rename {} -> {}: {e}", out.display(), data.display()));
+}
+
+/// One step's leadership: who led and in which term before and after it.
+fn leadership_change(procs: &[Proc], before: (usize, u64), after: (usize, u64)) -> String {
+    format!(
+        "leader {} -> {}, term {} -> {} ({} elections)",
+        procs[before.0].name,
+        procs[after.0].name,
+        before.1,
+        after.1,
+        after.1.saturating_sub(before.1)
+    )
+}
+
+#[tokio::test]
+async fn rolling_replacement_and_rollback_under_load_lose_nothing() {
+    if !have_etcd() {
+        return;
+    }
+    bounded(async {
+        let started = Instant::now();
+        let dir = tempfile::tempdir().unwrap();
+        let mut procs = etcd_cluster(dir.path()).await;
+        let urls = procs.iter().map(Proc::url).collect();
+        let writer = Writer::start_up_to(urls, ROLLBACK_WRITES);
+        writer
+            .wait_progress(20, "by the etcd cluster", &procs)
+            .await;
+        // Against etcd itself there is nothing to export: the "rollback"
+        // restarts etcd on the same directory.
+        let export = !is_etcd(&server_binary());
+        let mut steps: Vec<String> = Vec::new();
+
+        for i in 0..procs.len() {
+            let before = wait_leader_term(&procs).await;
+            replace(&mut procs, i, &server_binary()).await;
+            let after = wait_leader_term(&procs).await;
+            steps.push(format!(
+                "replace {}: {}",
+                procs[i].name,
+                leadership_change(&procs, before, after)
+            ));
+            eprintln!(
+                "{} ({:?}); {} puts acknowledged",
+                steps.last().unwrap(),
+                started.elapsed(),
+                writer.acked()
+            );
+            let what = format!(
+                "after replacing {} [{}]",
+                procs[i].label(),
+                steps.join("; ")
+            );
+            writer.wait_progress(20, &what, &procs).await;
+        }
+
+        for i in 0..procs.len() {
+            let before = wait_leader_term(&procs).await;
+            procs[i].stop().await;
+            if export {
+                export_to_etcd(&procs, i).await;
+            }
+            respawn(&mut procs, i, Path::new(ETCD)).await;
+            let after = wait_leader_term(&procs).await;
+            steps.push(format!(
+                "roll back {}: {}",
+                procs[i].name,
+                leadership_change(&procs, before, after)
+            ));
+            eprintln!(
+                "{} ({:?}); {} puts acknowledged",
+                steps.last().unwrap(),
+                started.elapsed(),
+                writer.acked()
+            );
+            let what = format!(
+                "after rolling {} back [{}]",
+                procs[i].label(),
+                steps.join("; ")
+            );
+            writer.wait_progress(20, &what, &procs).await;
+        }
+
+        let acks = writer.finish().await;
+        eprintln!(
+            "{} puts acknowledged; leadership per step: [{}]",
+            acks.len(),
+            steps.join("; ")
+        );
+        assert!(
+            acks.len() < ROLLBACK_WRITES,
+            "the writer made all its {ROLLBACK_WRITES} puts before the end \
+             [{}]",
+            steps.join("; ")
+        );
+        assert_acked_everywhere(&procs, &acks).await;
+        wait_hash_kv_equal(&procs).await;
+        eprintln!("took {:?}", started.elapsed());
     })
     .await;
 }
