@@ -36,6 +36,12 @@ struct Wire {
 /// An earlier oxcd's context (`ConfContext` with `op` first).
 const OXCD_CONTEXT: &[u8] = br#"{"op":"#;
 
+/// Whether a conf change entry is in an earlier oxcd's form (raft-rs's
+/// numbers, oxcd's `{"op":...}` context), which etcd cannot read.
+pub fn is_legacy(data: &[u8]) -> bool {
+    Wire::decode(data).is_ok_and(|w| w.context.starts_with(OXCD_CONTEXT))
+}
+
 /// The change's kind and the raft-rs conf change raft applies for it;
 /// `None` for bytes that are not a conf change of a known type.
 pub fn read(data: &[u8]) -> Option<(ConfKind, ConfChange)> {

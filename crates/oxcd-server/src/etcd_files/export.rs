@@ -75,6 +75,44 @@ pub struct Exported {
 /// # Errors
 /// [`ExportError`]: `out` exists, the member is running, its files do not
 /// read, or its backend has not applied everything committed.
+/// An oxcd log entry as etcd 3.4 reads it from its WAL; refused (with
+/// why) when etcd 3.4 could not apply it: earlier oxcd versions' conf
+/// changes and 3.5-only requests.
+fn etcd_tail_entry(e: &Entry) -> Result<etcd_wal::Entry, &'static str> {
+    let kind = match e.get_entry_type() {
+        EntryType::EntryNormal => {
+            if !e.data.is_empty() {
+                use crate::cluster::v2::{decode_entry, EntryRequest};
+                match decode_entry(e.data.as_ref()) {
+                    Some(EntryRequest::V3(r))
+                        if r.cluster_member_attr_set.is_some()
+                            || r.cluster_version_set.is_some()
+                            || r.downgrade_info_set.is_some() =>
+                    {
+                        return Err("a request etcd 3.4 does not know");
+                    }
+                    Some(_) => {}
+                    None => return Err("undecodable"),
+                }
+            }
+            0
+        }
+        EntryType::EntryConfChange => {
+            if oxcd_raft::node::conf_change::is_legacy(&e.data) {
+                return Err("a conf change in an earlier oxcd's form");
+            }
+            1
+        }
+        EntryType::EntryConfChangeV2 => return Err("a conf change v2"),
+    };
+    Ok(etcd_wal::Entry {
+        kind,
+        term: e.term,
+        index: e.index,
+        data: e.data.to_vec(),
+    })
+}
+
 pub fn export(
     data_dir: &Path,
     wal_dir: Option<&Path>,
@@ -114,27 +152,48 @@ pub fn export(
             .restore_snapshot(&s.data)
             .map_err(|e| fail(&snap_dir, e))?;
     }
-    // The backend must hold every entry of the log: a cleanly stopped
-    // member has applied all it has (its persisted commit index may lag
-    // what it applied; entries it has but has not applied would be lost,
-    // so they are refused rather than dropped).
+    // The backend is written at its consistent index; the log's entries
+    // after it (applied later by etcd, or not yet committed: a member
+    // stopped under load may have acknowledged entries the leader has not
+    // yet told it are committed, and must keep them) go into etcd's WAL.
     let backend = snap_dir.join("db");
     let store = KvStore::open(&backend, BackendConfig::default()).map_err(|e| fail(&backend, e))?;
     let ci = store.consistent_index();
     let last = log.entries.last().map_or(marker.index, |e| e.index);
-    if ci < last.max(log.hard_state.commit) || ci < marker.index {
+    if ci < marker.index {
         return Err(fail(
             &backend,
             format!(
-                "has applied up to raft index {ci} but the log holds entries up to {last} (commit {}): start this member and stop it with SIGTERM, then export again",
-                log.hard_state.commit
+                "has applied up to raft index {ci}, before the snapshot at {}",
+                marker.index
             ),
         ));
     }
-    let mut term_at_commit = marker.term;
+    if ci > last {
+        // Applied further than the log it kept: only a backend restored
+        // from a snapshot ahead of the WAL, which a member never leaves.
+        return Err(fail(
+            &wal_dir,
+            format!("ends at index {last}, before the backend's consistent index {ci}"),
+        ));
+    }
+    let mut term_at_ci = marker.term;
+    let mut tail = Vec::new();
     for we in &log.entries {
         let e = Entry::parse_from_bytes(&we.data).map_err(|e| fail(&wal_dir, e))?;
-        term_at_commit = e.term;
+        if e.index > ci {
+            tail.push(etcd_tail_entry(&e).map_err(|what| {
+                fail(
+                    &backend,
+                    format!(
+                        "has applied up to raft index {ci} and entry {} after it is {what}: start this member and stop it with SIGTERM once it has applied it, then export again",
+                        e.index
+                    ),
+                )
+            })?);
+            continue;
+        }
+        term_at_ci = e.term;
         match e.get_entry_type() {
             EntryType::EntryConfChange => {
                 let (kind, cc) = oxcd_raft::node::conf_change::read(&e.data)
@@ -165,14 +224,6 @@ pub fn export(
             }
             _ => {}
         }
-    }
-    if ci > last {
-        // Applied further than the log it kept: only a backend restored
-        // from a snapshot ahead of the WAL, which a member never leaves.
-        return Err(fail(
-            &wal_dir,
-            format!("ends at index {last}, before the backend's consistent index {ci}"),
-        ));
     }
     let view = store.export_view().map_err(|e| fail(&backend, e))?;
 
@@ -208,7 +259,7 @@ pub fn export(
         snap::write(
             &out_snap,
             ci,
-            term_at_commit,
+            term_at_ci,
             conf,
             v2_store_json(&etcd_members, &removed, CLUSTER_VERSION),
         )
@@ -217,12 +268,12 @@ pub fn export(
             &out_wal,
             identity.member.id,
             identity.cluster_id,
-            (ci, term_at_commit),
-            &[],
+            (ci, term_at_ci),
+            &tail,
             etcd_wal::HardState {
-                term: log.hard_state.term.max(term_at_commit),
+                term: log.hard_state.term.max(term_at_ci),
                 vote: log.hard_state.vote,
-                commit: ci,
+                commit: log.hard_state.commit.clamp(ci, last),
             },
         )
         .map_err(|e| fail(&out_wal, e))?;
@@ -237,7 +288,7 @@ pub fn export(
         member_id: identity.member.id,
         cluster_id: identity.cluster_id,
         index: ci,
-        term: term_at_commit,
+        term: term_at_ci,
         members: list.len(),
     })
 }
