@@ -221,7 +221,6 @@ impl Transport {
             from: self.local_id,
             to: 0,
             cluster_id: self.cluster_id,
-            peer_urls: Vec::new(),
         };
         let mut req = rafthttp::dial::request(method, path, &id, body);
         req.headers_mut().insert(
@@ -514,7 +513,6 @@ impl Link {
             from: self.from,
             to: self.to,
             cluster_id: self.cluster_id,
-            peer_urls: Vec::new(),
         };
         let status = |e: rafthttp::link::LinkError| match e {
             rafthttp::link::LinkError::Removed => Status::permission_denied(REMOVED_MESSAGE),

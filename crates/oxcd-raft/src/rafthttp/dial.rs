@@ -156,9 +156,6 @@ pub fn request(
         )
         .header(super::headers::CLUSTER_ID, format!("{:x}", id.cluster_id))
         .header(super::headers::TO, format!("{:x}", id.to));
-    if !id.peer_urls.is_empty() {
-        b = b.header(super::headers::PEER_URLS, id.peer_urls.join(","));
-    }
     if !body.is_empty() {
         b = b.header(http::header::CONTENT_TYPE, "application/protobuf");
     }
@@ -175,8 +172,6 @@ pub struct Identity {
     pub to: u64,
     /// The cluster.
     pub cluster_id: u64,
-    /// This member's peer URLs.
-    pub peer_urls: Vec<String>,
 }
 
 /// `GET path` on the peer at `base_url`: the status, headers and body

@@ -218,7 +218,6 @@ pub(crate) async fn send_snapshot(
         from: route.from,
         to: job.to,
         cluster_id: route.cluster_id,
-        peer_urls: Vec::new(),
     };
     let mut last_err = String::from("no peer URL");
     for url in &route.urls {

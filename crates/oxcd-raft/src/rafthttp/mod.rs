@@ -49,8 +49,6 @@ pub mod headers {
     pub const SERVER_VERSION: &str = "x-server-version";
     /// The oldest cluster version the sender can run in.
     pub const MIN_CLUSTER_VERSION: &str = "x-min-cluster-version";
-    /// The sender's peer URLs, comma separated.
-    pub const PEER_URLS: &str = "x-peerurls";
     /// oxcd's own version, on an oxcd member's stream answers: the dialler
     /// then knows the peer offers oxcd's services (etcd ignores it).
     pub const OXCD_VERSION: &str = "x-oxcd-version";

@@ -46,8 +46,7 @@ pub fn routes(
     };
     Router::new()
         .route("/raft", any(pipeline))
-        .route("/raft/stream/message/{from}", any(stream_message))
-        .route("/raft/stream/msgapp/{from}", any(stream_msgapp))
+        .route("/raft/stream/{kind}/{from}", any(stream))
         .route("/raft/probing", get(probing))
         .route("/raft/snapshot", any(snapshot))
         .with_state(state)
@@ -150,31 +149,23 @@ async fn pipeline(State(p): State<Peers>, method: Method, h: HeaderMap, body: Bo
     r
 }
 
-async fn stream_message(
-    State(p): State<Peers>,
-    method: Method,
-    h: HeaderMap,
-    Path(from): Path<String>,
-) -> Response {
-    stream(p, method, h, from, StreamKind::Message)
-}
-
-async fn stream_msgapp(
-    State(p): State<Peers>,
-    method: Method,
-    h: HeaderMap,
-    Path(from): Path<String>,
-) -> Response {
-    stream(p, method, h, from, StreamKind::MsgApp)
-}
-
 /// `GET /raft/stream/{message,msgapp}/<from>`: member `from` wants this
 /// member's messages; they are written into the response until a newer
 /// stream of the same kind replaces this one or the peer goes away.
-fn stream(p: Peers, method: Method, h: HeaderMap, from: String, kind: StreamKind) -> Response {
+async fn stream(
+    State(p): State<Peers>,
+    method: Method,
+    h: HeaderMap,
+    Path((kind, from)): Path<(String, String)>,
+) -> Response {
     if method != Method::GET {
         return method_not_allowed("GET");
     }
+    let kind = match kind.as_str() {
+        "message" => StreamKind::Message,
+        "msgapp" => StreamKind::MsgApp,
+        _ => return error(StatusCode::NOT_FOUND, "invalid path"),
+    };
     let mut r = stream_checked(&p, &h, &from, kind);
     r.headers_mut().insert(
         headers::SERVER_VERSION,
