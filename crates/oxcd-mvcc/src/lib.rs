@@ -90,10 +90,10 @@ pub use kvstore::{KvStore, LeaseKeys};
 pub use lease_table::LeaseRecord;
 pub use revision::Revision;
 pub use txn::{RangeOptions, RangeResult, ReadTxn, TxnOutcome, WriteTxn};
-pub use watch_stream::WatchStream;
+pub use watch_stream::{WatchReceiver, WatchStream};
 pub use watchable_store::{
     WatchableStore, MAX_REVS_PER_SYNC, MAX_WATCHERS_PER_SYNC, STREAM_CHANNEL_CAPACITY, VICTIM_RETRY,
 };
 pub use watcher::{
-    revision_of, Filters, WatchError, WatchId, WatchResponse, WatcherKey, AUTO_WATCH_ID,
+    revision_of, Filters, WatchError, WatchEvent, WatchId, WatchResponse, WatcherKey, AUTO_WATCH_ID,
 };

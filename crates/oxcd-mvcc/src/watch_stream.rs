@@ -2,12 +2,14 @@
 //! `mvcc/watcher.go`): id assignment, cancel, progress requests.
 
 use std::collections::HashMap;
+use std::future::poll_fn;
+use std::task::{Context, Poll};
 
 use tokio::sync::mpsc;
 
 use crate::watchable_store::WatchableStore;
 use crate::watcher::{
-    Filters, WatchError, WatchId, WatchRange, WatchResponse, WatcherKey, AUTO_WATCH_ID,
+    Filters, StreamTx, WatchError, WatchId, WatchRange, WatchResponse, WatcherKey, AUTO_WATCH_ID,
 };
 
 /// The watchers of one client stream (etcd `watchStream`): assigns ids,
@@ -15,13 +17,13 @@ use crate::watcher::{
 /// send on one channel, received by the stream's owner.
 pub struct WatchStream {
     store: WatchableStore,
-    tx: mpsc::Sender<WatchResponse>,
+    tx: StreamTx,
     watchers: HashMap<WatchId, WatcherKey>,
     next_id: WatchId,
 }
 
 impl WatchStream {
-    pub(crate) fn new(store: WatchableStore, tx: mpsc::Sender<WatchResponse>) -> Self {
+    pub(crate) fn new(store: WatchableStore, tx: StreamTx) -> Self {
         WatchStream {
             store,
             tx,
@@ -106,6 +108,57 @@ impl Drop for WatchStream {
     fn drop(&mut self) {
         for (_, wk) in self.watchers.drain() {
             self.store.remove_watcher(wk);
+        }
+    }
+}
+
+/// The receiving half of a watch stream's channel: the responses of the
+/// stream's watchers one at a time, in the order the store queued them
+/// (the channel itself carries them in per-group batches).
+#[derive(Debug)]
+pub struct WatchReceiver {
+    rx: mpsc::Receiver<Vec<WatchResponse>>,
+    pending: std::vec::IntoIter<WatchResponse>,
+}
+
+impl WatchReceiver {
+    pub(crate) fn new(rx: mpsc::Receiver<Vec<WatchResponse>>) -> Self {
+        WatchReceiver {
+            rx,
+            pending: Vec::new().into_iter(),
+        }
+    }
+
+    /// The next response; `None` once the stream's senders are gone.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<WatchResponse>> {
+        loop {
+            if let Some(r) = self.pending.next() {
+                return Poll::Ready(Some(r));
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(batch)) => self.pending = batch.into_iter(),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// The next response (see [`WatchReceiver::poll_recv`]). Cancel-safe.
+    pub async fn recv(&mut self) -> Option<WatchResponse> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The next response if one is queued.
+    ///
+    /// # Errors
+    /// Nothing is queued (`Empty`), or the senders are gone
+    /// (`Disconnected`).
+    pub fn try_recv(&mut self) -> Result<WatchResponse, mpsc::error::TryRecvError> {
+        loop {
+            if let Some(r) = self.pending.next() {
+                return Ok(r);
+            }
+            self.pending = self.rx.try_recv()?.into_iter();
         }
     }
 }

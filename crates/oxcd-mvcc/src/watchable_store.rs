@@ -44,9 +44,10 @@ use tokio::sync::mpsc;
 
 use crate::kvstore::KvStore;
 use crate::txn::RangeOptions;
-use crate::watch_stream::WatchStream;
+use crate::watch_stream::{WatchReceiver, WatchStream};
 use crate::watcher::{
-    revision_of, Filters, Group, WatchId, WatchRange, WatchResponse, Watcher, WatcherKey,
+    revision_of, Filters, Group, StreamTx, WatchEvent, WatchId, WatchRange, WatchResponse, Watcher,
+    WatcherKey,
 };
 use crate::watcher_group::WatcherGroup;
 
@@ -196,9 +197,13 @@ impl WatchableStore {
     /// Opens a watch stream: the handle that creates and cancels watchers,
     /// and the receiver of their responses (capacity
     /// [`STREAM_CHANNEL_CAPACITY`]).
-    pub fn new_watch_stream(&self) -> (WatchStream, mpsc::Receiver<WatchResponse>) {
+    pub fn new_watch_stream(&self) -> (WatchStream, WatchReceiver) {
         let (tx, rx) = mpsc::channel(STREAM_CHANNEL_CAPACITY);
-        (WatchStream::new(self.clone(), tx), rx)
+        let id = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
+        (
+            WatchStream::new(self.clone(), StreamTx { id, tx }),
+            WatchReceiver::new(rx),
+        )
     }
 
     /// Number of watchers in the synced, unsynced and victim groups (for
@@ -216,19 +221,25 @@ impl WatchableStore {
         let Some(last) = events.last().map(revision_of) else {
             return;
         };
-        let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+        let events: Vec<Arc<WatchEvent>> = events
+            .into_iter()
+            .map(|e| Arc::new(WatchEvent::new(e)))
+            .collect();
         let mut st = self.state();
         let new_rev = st.rev.max(last);
         let batches = st.synced.batch(&events, &st.watchers);
-        let mut victims = false;
+        // One message per stream: its watchers' responses, in one batch
+        // (sized first: growing it watcher by watcher cost a copy each
+        // time it doubled).
+        let mut sizes: IdMap<u64, usize> = IdMap::default();
+        for wk in batches.keys() {
+            if let Some(w) = st.watchers.get(wk) {
+                *sizes.entry(w.tx.id).or_default() += 1;
+            }
+        }
+        let mut streams: IdMap<u64, (StreamTx, Vec<WatchResponse>)> = IdMap::default();
         for (wk, evs) in batches {
-            let HubState {
-                watchers,
-                synced,
-                victims: victim_list,
-                ..
-            } = &mut *st;
-            let Some(w) = watchers.get_mut(&wk) else {
+            let Some(w) = st.watchers.get_mut(&wk) else {
                 continue;
             };
             let resp = WatchResponse {
@@ -240,11 +251,36 @@ impl WatchableStore {
                 live: true,
             };
             w.next_rev = new_rev + 1;
-            if let Err(resp) = w.send(resp) {
-                synced.remove(wk, &w.range);
-                w.group = Group::Victim;
-                victim_list.insert(wk, resp);
-                victims = true;
+            streams
+                .entry(w.tx.id)
+                .or_insert_with(|| {
+                    let n = sizes.get(&w.tx.id).copied().unwrap_or(1);
+                    (w.tx.clone(), Vec::with_capacity(n))
+                })
+                .1
+                .push(resp);
+        }
+        let mut victims = false;
+        for (_, (tx, batch)) in streams {
+            let Err(batch) = tx.send(batch) else {
+                continue;
+            };
+            // The stream is full: each of its watchers keeps its response
+            // as a victim, retried on its own.
+            let HubState {
+                watchers,
+                synced,
+                victims: victim_list,
+                ..
+            } = &mut *st;
+            for resp in batch {
+                let wk = resp.watcher;
+                if let Some(w) = watchers.get_mut(&wk) {
+                    synced.remove(wk, &w.range);
+                    w.group = Group::Victim;
+                    victim_list.insert(wk, resp);
+                    victims = true;
+                }
             }
         }
         st.rev = new_rev;
@@ -287,7 +323,7 @@ impl WatchableStore {
         range: WatchRange,
         start_rev: i64,
         filters: Filters,
-        tx: mpsc::Sender<WatchResponse>,
+        tx: StreamTx,
     ) -> WatcherKey {
         let wk = WatcherKey(self.inner.next_key.fetch_add(1, Ordering::Relaxed));
         let mut st = self.state();
@@ -404,22 +440,35 @@ impl WatchableStore {
     /// were delivered.
     pub(crate) fn move_victims(&self) -> usize {
         let mut st = self.state();
-        let mut moved = 0;
+        // As in `notify`, one batch per stream.
+        let mut streams: IdMap<u64, (StreamTx, Vec<WatchResponse>)> = IdMap::default();
         for (wk, resp) in std::mem::take(&mut st.victims) {
             let Some(w) = st.watchers.get(&wk) else {
                 continue;
             };
-            let compacted = resp.compact_revision != 0;
-            match w.send(resp) {
-                Err(resp) => {
-                    st.victims.insert(wk, resp);
+            streams
+                .entry(w.tx.id)
+                .or_insert_with(|| (w.tx.clone(), Vec::new()))
+                .1
+                .push(resp);
+        }
+        let mut moved = 0;
+        for (_, (tx, batch)) in streams {
+            let done: Vec<(WatcherKey, bool)> = batch
+                .iter()
+                .map(|r| (r.watcher, r.compact_revision != 0))
+                .collect();
+            if let Err(batch) = tx.send(batch) {
+                for resp in batch {
+                    st.victims.insert(resp.watcher, resp);
                 }
-                Ok(()) if compacted => {
-                    moved += 1;
+                continue;
+            }
+            for (wk, compacted) in done {
+                moved += 1;
+                if compacted {
                     st.watchers.remove(&wk);
-                }
-                Ok(()) => {
-                    moved += 1;
+                } else {
                     Self::regroup(&mut st, wk);
                 }
             }
@@ -459,39 +508,55 @@ impl WatchableStore {
         };
         let mut st = self.state();
         let batches = chosen.group.batch(&events, &st.watchers);
-        let mut victims = false;
+        // One batch per stream, as in `notify`; a watcher with nothing in
+        // the range read only moves on.
+        let mut streams: IdMap<u64, (StreamTx, Vec<WatchResponse>)> = IdMap::default();
+        let mut quiet = Vec::new();
         for wk in chosen.keys {
             if !st.unsynced.contains(&wk) {
                 continue; // cancelled meanwhile
             }
-            let HubState {
-                watchers,
-                victims: victim_list,
-                unsynced,
-                ..
-            } = &mut *st;
-            let Some(w) = watchers.get_mut(&wk) else {
+            let Some(w) = st.watchers.get_mut(&wk) else {
                 continue;
             };
             w.next_rev = w.next_rev.max(end);
-            if let Some(evs) = batches.get(&wk) {
-                let resp = WatchResponse {
-                    watch_id: w.id,
-                    watcher: wk,
-                    events: evs.clone(),
-                    revision: chosen.read_rev,
-                    compact_revision: 0,
-                    live: false,
-                };
-                if let Err(resp) = w.send(resp) {
-                    unsynced.remove(&wk);
-                    w.group = Group::Victim;
-                    victim_list.insert(wk, resp);
-                    victims = true;
-                    continue;
+            match batches.get(&wk) {
+                Some(evs) => streams
+                    .entry(w.tx.id)
+                    .or_insert_with(|| (w.tx.clone(), Vec::new()))
+                    .1
+                    .push(WatchResponse {
+                        watch_id: w.id,
+                        watcher: wk,
+                        events: evs.clone(),
+                        revision: chosen.read_rev,
+                        compact_revision: 0,
+                        live: false,
+                    }),
+                None => quiet.push(wk),
+            }
+        }
+        let mut victims = false;
+        for (_, (tx, batch)) in streams {
+            let sent: Vec<WatcherKey> = batch.iter().map(|r| r.watcher).collect();
+            match tx.send(batch) {
+                Ok(()) => quiet.extend(sent),
+                Err(batch) => {
+                    for resp in batch {
+                        let wk = resp.watcher;
+                        st.unsynced.remove(&wk);
+                        if let Some(w) = st.watchers.get_mut(&wk) {
+                            w.group = Group::Victim;
+                        }
+                        st.victims.insert(wk, resp);
+                        victims = true;
+                    }
                 }
             }
-            if w.next_rev > st.rev {
+        }
+        for wk in quiet {
+            let caught_up = st.watchers.get(&wk).is_some_and(|w| w.next_rev > st.rev);
+            if caught_up {
                 st.unsynced.remove(&wk);
                 Self::regroup(&mut st, wk);
             }
@@ -578,7 +643,7 @@ impl WatchableStore {
         &self,
         start: i64,
         end: i64,
-    ) -> Result<Vec<Arc<Event>>, Option<crate::MvccError>> {
+    ) -> Result<Vec<Arc<WatchEvent>>, Option<crate::MvccError>> {
         let txn = self.inner.kv.read().map_err(Some)?;
         // Deletion of compacted revisions starts only after the compact
         // revision is published, so if it is still <= start now, this
@@ -587,7 +652,10 @@ impl WatchableStore {
             return Err(None);
         }
         let events = txn.scan_events(start, end, 0).map_err(Some)?;
-        Ok(events.into_iter().map(Arc::new).collect())
+        Ok(events
+            .into_iter()
+            .map(|e| Arc::new(WatchEvent::new(e)))
+            .collect())
     }
 
     /// One round of the background thread: retry victims until none moves,

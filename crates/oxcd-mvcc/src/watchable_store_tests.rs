@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use oxcd_api::mvccpb::event::EventType;
-use tokio::sync::mpsc;
 
 use super::*;
 use crate::backend::BackendConfig;
@@ -58,7 +57,7 @@ impl Fixture {
     }
 }
 
-fn drain(rx: &mut mpsc::Receiver<WatchResponse>) -> Vec<WatchResponse> {
+fn drain(rx: &mut crate::WatchReceiver) -> Vec<WatchResponse> {
     let mut out = Vec::new();
     while let Ok(r) = rx.try_recv() {
         out.push(r);
@@ -242,6 +241,48 @@ fn full_channel_makes_a_victim_without_losing_or_duplicating() {
     got.extend(drain(&mut rx));
     let revs: Vec<i64> = events(&got).iter().map(|e| e.1).collect();
     assert_eq!(revs, (first..first + n).collect::<Vec<_>>());
+}
+
+/// A stream's channel counts published groups, not watchers: many
+/// watchers on one stream get one write each without filling it, and a
+/// full stream turns every watcher in the batch that did not fit into a
+/// victim, each caught up on its own without a loss or a duplicate.
+#[test]
+fn one_batch_per_stream_and_group() {
+    let f = fixture();
+    let (mut ws, mut rx) = f.hub.new_watch_stream();
+    let watchers = 3 * STREAM_CHANNEL_CAPACITY;
+    for _ in 0..watchers {
+        ws.watch(AUTO_WATCH_ID, b"k", b"", 0, Filters::default())
+            .unwrap();
+    }
+    let first = f.rev_after_puts(2);
+    assert_eq!(f.hub.group_sizes(), (watchers, 0, 0), "no victim");
+
+    let n = STREAM_CHANNEL_CAPACITY as i64;
+    f.rev_after_puts(n);
+    assert_eq!(
+        f.hub.group_sizes(),
+        (0, 0, watchers),
+        "the group after the 128th did not fit: every watcher of it waits"
+    );
+    let mut got = drain(&mut rx);
+    assert_eq!(f.hub.move_victims(), watchers);
+    f.hub.sync_watchers();
+    assert_eq!(f.hub.group_sizes(), (watchers, 0, 0));
+    got.extend(drain(&mut rx));
+    let mut per_watcher: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
+    for r in &got {
+        for e in &r.events {
+            per_watcher
+                .entry(r.watch_id)
+                .or_default()
+                .push(revision_of(e));
+        }
+    }
+    assert_eq!(per_watcher.len(), watchers);
+    let want: Vec<i64> = (first..first + n + 2).collect();
+    assert!(per_watcher.values().all(|revs| *revs == want));
 }
 
 impl Fixture {

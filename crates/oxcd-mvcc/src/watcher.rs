@@ -6,9 +6,12 @@
 //! stream's channel. The store never waits on that channel: a full channel
 //! turns the watcher into a victim (see `watchable_store`).
 
-use std::sync::Arc;
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use oxcd_api::mvccpb::{event::EventType, Event};
+use prost::Message;
 use tokio::sync::mpsc;
 
 use crate::index::KeyRange;
@@ -76,6 +79,47 @@ impl Filters {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WatcherKey(pub(crate) u64);
 
+/// An event as the store hands it to watchers: shared by every watcher
+/// that gets it, and encoded at most once, however many watch streams
+/// send it (a write watched by 1 000 watchers costs one encoding, not
+/// 1 000).
+#[derive(Debug, PartialEq)]
+pub struct WatchEvent {
+    event: Event,
+    wire: OnceLock<Bytes>,
+}
+
+impl WatchEvent {
+    /// Wraps `event`; nothing is encoded yet.
+    pub fn new(event: Event) -> Self {
+        WatchEvent {
+            event,
+            wire: OnceLock::new(),
+        }
+    }
+
+    /// The event's protobuf encoding (the body of a `WatchResponse.events`
+    /// entry), computed by the first caller and shared afterwards.
+    pub fn encoded(&self) -> &Bytes {
+        self.wire
+            .get_or_init(|| Bytes::from(self.event.encode_to_vec()))
+    }
+}
+
+impl Deref for WatchEvent {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
+impl From<Event> for WatchEvent {
+    fn from(event: Event) -> Self {
+        WatchEvent::new(event)
+    }
+}
+
 /// What the store puts on a watch stream's channel.
 ///
 /// Exactly one of these holds: `compact_revision != 0` (a compaction
@@ -90,7 +134,7 @@ pub struct WatchResponse {
     /// [`crate::WatchStream::is_current`]).
     pub watcher: WatcherKey,
     /// The events, shared with every other watcher that got them.
-    pub events: Vec<Arc<Event>>,
+    pub events: Vec<Arc<WatchEvent>>,
     /// The header revision: for history catch-up, the store revision the
     /// batch was read at (it may be above the last event); for live events,
     /// the revision of the last event; for a progress notification, the
@@ -180,7 +224,7 @@ pub(crate) struct Watcher {
     pub filters: Filters,
     pub group: Group,
     /// The stream's channel (shared by all watchers of the stream).
-    pub tx: mpsc::Sender<WatchResponse>,
+    pub tx: StreamTx,
 }
 
 impl Watcher {
@@ -188,9 +232,32 @@ impl Watcher {
     /// back; a closed one (the stream is going away and will cancel its
     /// watchers) counts as delivered.
     pub fn send(&self, resp: WatchResponse) -> Result<(), WatchResponse> {
-        match self.tx.try_send(resp) {
+        match self.tx.send(vec![resp]) {
+            Ok(()) => Ok(()),
+            Err(batch) => batch.into_iter().next().map_or(Ok(()), Err),
+        }
+    }
+}
+
+/// The sending half of a watch stream's channel. The channel carries
+/// batches: everything one published group gives the watchers of one
+/// stream travels as one message, so its capacity counts groups, not
+/// watchers (100 watchers on a stream would otherwise fill etcd's 128
+/// slots with about one write).
+#[derive(Debug, Clone)]
+pub(crate) struct StreamTx {
+    /// Tells streams apart, to batch per stream.
+    pub id: u64,
+    pub tx: mpsc::Sender<Vec<WatchResponse>>,
+}
+
+impl StreamTx {
+    /// Queues `batch` without waiting; a full channel gives it back, a
+    /// closed one counts as delivered (see [`Watcher::send`]).
+    pub fn send(&self, batch: Vec<WatchResponse>) -> Result<(), Vec<WatchResponse>> {
+        match self.tx.try_send(batch) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(r)) => Err(r),
+            Err(mpsc::error::TrySendError::Full(b)) => Err(b),
         }
     }
 }

@@ -10,12 +10,10 @@ use crate::id_hash::IdMap;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use oxcd_api::mvccpb::Event;
-
-use crate::watcher::{key_of, revision_of, WatchRange, Watcher, WatcherKey};
+use crate::watcher::{key_of, revision_of, WatchEvent, WatchRange, Watcher, WatcherKey};
 
 /// The events one watcher gets from a batch, in revision order.
-pub(crate) type Batches = IdMap<WatcherKey, Vec<Arc<Event>>>;
+pub(crate) type Batches = IdMap<WatcherKey, Vec<Arc<WatchEvent>>>;
 
 /// Watchers by key (etcd `watcherGroup`). Holds keys and ranges only; the
 /// watchers themselves live in the store's watcher table.
@@ -84,7 +82,11 @@ impl WatcherGroup {
     /// `newWatcherBatch`): each watcher gets the events on its keys at or
     /// above its `next_rev` that pass its filters. Watchers that get
     /// nothing are absent from the result.
-    pub fn batch(&self, events: &[Arc<Event>], watchers: &IdMap<WatcherKey, Watcher>) -> Batches {
+    pub fn batch(
+        &self,
+        events: &[Arc<WatchEvent>],
+        watchers: &IdMap<WatcherKey, Watcher>,
+    ) -> Batches {
         let mut out = Batches::default();
         if self.len == 0 {
             return out;
@@ -106,11 +108,11 @@ impl WatcherGroup {
 mod tests {
     use super::*;
     use crate::watcher::{Filters, Group};
-    use oxcd_api::mvccpb::{event::EventType, KeyValue};
+    use oxcd_api::mvccpb::{event::EventType, Event, KeyValue};
     use tokio::sync::mpsc;
 
-    fn put(key: &str, rev: i64) -> Arc<Event> {
-        Arc::new(Event {
+    fn put(key: &str, rev: i64) -> Arc<WatchEvent> {
+        Arc::new(WatchEvent::new(Event {
             r#type: EventType::Put as i32,
             kv: Some(KeyValue {
                 key: key.as_bytes().to_vec().into(),
@@ -118,7 +120,7 @@ mod tests {
                 ..Default::default()
             }),
             prev_kv: None,
-        })
+        }))
     }
 
     #[test]
@@ -139,7 +141,10 @@ mod tests {
                     next_rev: next,
                     filters: Filters::default(),
                     group: Group::Synced,
-                    tx: tx.clone(),
+                    tx: crate::watcher::StreamTx {
+                        id: 1,
+                        tx: tx.clone(),
+                    },
                 },
             );
         }

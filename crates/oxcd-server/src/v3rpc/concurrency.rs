@@ -25,9 +25,8 @@ use oxcd_api::etcdserverpb::{
 };
 use oxcd_api::mvccpb::{event::EventType, Event, KeyValue};
 use oxcd_api::EtcdError;
-use oxcd_mvcc::{Filters, WatchStream, WatchableStore, AUTO_WATCH_ID};
+use oxcd_mvcc::{Filters, WatchEvent, WatchStream, WatchableStore, AUTO_WATCH_ID};
 use std::sync::Arc;
-use tokio::sync::mpsc;
 use tonic::Status;
 
 /// TTL of the lease a session grants when the caller gives none
@@ -274,7 +273,7 @@ pub fn is_delete(ev: &Event) -> bool {
 /// `client.Watch` of the recipes. Dropping it removes the watcher.
 pub struct KeyWatch {
     stream: WatchStream,
-    responses: mpsc::Receiver<oxcd_mvcc::WatchResponse>,
+    responses: oxcd_mvcc::WatchReceiver,
 }
 
 impl KeyWatch {
@@ -303,7 +302,7 @@ impl KeyWatch {
     /// # Errors
     /// `Compacted` if the watcher's next revision was compacted (the
     /// watcher is then gone); `Stopped` when the member stops.
-    pub async fn next(&mut self) -> Result<Vec<(i64, Arc<Event>)>, EtcdError> {
+    pub async fn next(&mut self) -> Result<Vec<(i64, Arc<WatchEvent>)>, EtcdError> {
         loop {
             let resp = tokio::select! {
                 resp = self.responses.recv() => resp.ok_or(EtcdError::Stopped)?,

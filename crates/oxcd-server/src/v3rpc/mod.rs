@@ -15,6 +15,8 @@ pub(crate) mod metrics;
 pub(crate) mod snapshot;
 mod unary;
 pub mod watch;
+mod watch_outbox;
+pub mod watch_wire;
 
 use crate::core::Core;
 use oxcd_api::etcdserverpb::auth_server::AuthServer;
@@ -22,7 +24,6 @@ use oxcd_api::etcdserverpb::cluster_server::ClusterServer;
 use oxcd_api::etcdserverpb::kv_server::KvServer;
 use oxcd_api::etcdserverpb::lease_server::LeaseServer;
 use oxcd_api::etcdserverpb::maintenance_server::MaintenanceServer;
-use oxcd_api::etcdserverpb::watch_server::WatchServer;
 use oxcd_api::v3electionpb::election_server::ElectionServer;
 use oxcd_api::v3lockpb::lock_server::LockServer;
 use std::convert::Infallible;
@@ -63,7 +64,7 @@ pub struct GrpcRouter {
     kv: KvServer<kv::KvService>,
     maintenance: MaintenanceServer<maintenance::MaintenanceService>,
     lease: LeaseServer<lease::LeaseService>,
-    watch: WatchServer<watch::WatchService>,
+    watch: watch_wire::WatchServer,
     cluster: ClusterServer<cluster::ClusterService>,
     auth: AuthServer<auth::AuthService>,
     lock: LockServer<crate::v3rpc::lock::LockService>,
@@ -87,13 +88,14 @@ pub fn routes(core: Arc<Core>, limits: GrpcLimits) -> GrpcRouter {
     let lease = LeaseServer::new(lease::LeaseService::new(core.clone()))
         .max_decoding_message_size(limits.max_recv_bytes)
         .max_encoding_message_size(usize::MAX);
-    let watch = WatchServer::new(watch::WatchService::new(
-        core.clone(),
+    let watch = watch_wire::WatchServer::new(
+        watch::WatchService::new(
+            core.clone(),
+            limits.max_recv_bytes,
+            limits.watch_progress_interval,
+        ),
         limits.max_recv_bytes,
-        limits.watch_progress_interval,
-    ))
-    .max_decoding_message_size(limits.max_recv_bytes)
-    .max_encoding_message_size(usize::MAX);
+    );
     let lock = LockServer::new(crate::v3rpc::lock::LockService::new(core.clone()))
         .max_decoding_message_size(limits.max_recv_bytes)
         .max_encoding_message_size(usize::MAX);

@@ -14,33 +14,42 @@
 //! - dropping the stream (client gone) drops the `WatchStream`, which
 //!   cancels every watcher.
 //!
+//! Events leave as the store shared them, encoded once for every watcher
+//! (`watch_wire`); what queues up for a watcher while its client is slow
+//! is merged into fewer responses (`watch_outbox`).
+//!
 //! A client half-close does not end the stream: watchers keep reporting
 //! until the RPC itself ends (etcd does the same). When the member stops,
 //! every stream ends with `etcdserver: server stopped` (Unavailable).
 
+use super::watch_outbox::Outbox;
+use super::watch_wire::WatchOut;
 use crate::core::Core;
 use crate::propose::EventSink;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use oxcd_api::etcdserverpb::watch_request::RequestUnion;
-use oxcd_api::etcdserverpb::watch_server::Watch;
 use oxcd_api::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use oxcd_api::mvccpb::Event;
 use oxcd_api::EtcdError;
+use oxcd_mvcc::id_hash::IdMap;
 use oxcd_mvcc::{Filters, WatchStream, WatchableStore};
 use prost::Message;
-use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::{Interval, MissedTickBehavior};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status, Streaming};
 
 /// The watch id of responses that belong to no watcher (clientv3
 /// `InvalidWatchID`): failed creates and progress replies.
 const INVALID_WATCH_ID: i64 = -1;
 /// etcd's default progress-notify interval.
 const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
+/// A session stops taking store responses while this many of its own are
+/// waiting to be sent.
+const DRAIN_LIMIT: usize = 4096;
 /// The shortest progress-notify interval etcd accepts.
 const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -63,7 +72,8 @@ pub fn progress_interval(configured: Duration) -> Duration {
     }
 }
 
-/// gRPC handler for watch streams.
+/// The Watch service: opens a [`Session`] per call (mounted by
+/// [`super::watch_wire::WatchServer`]).
 pub struct WatchService {
     core: Arc<Core>,
     fragment_bytes: usize,
@@ -82,19 +92,9 @@ impl WatchService {
             progress_interval,
         }
     }
-}
 
-/// The response stream of one Watch RPC.
-pub type WatchResponseStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl Watch for WatchService {
-    type WatchStream = WatchResponseStream;
-
-    async fn watch(
-        &self,
-        request: Request<Streaming<WatchRequest>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+    /// Opens the session of one Watch call: the stream of its responses.
+    pub async fn open(&self, request: Request<Streaming<WatchRequest>>) -> Session {
         // The stream's credentials are its opening metadata; a simple
         // token's entry is waited for once here, and each create checks
         // them again (a token may expire while the stream lives).
@@ -114,10 +114,7 @@ impl Watch for WatchService {
             self.progress_interval,
         );
         session.creds = (headers, creds_ext);
-        let stream = futures::stream::unfold(session, |mut s| async move {
-            s.next_message().await.map(|m| (m, s))
-        });
-        Ok(Response::new(Box::pin(stream)))
+        session
     }
 }
 
@@ -132,18 +129,21 @@ struct WatchOpts {
     quiet: bool,
 }
 
-/// One Watch RPC (etcd `serverWatchStream`).
-struct Session {
+/// One Watch RPC (etcd `serverWatchStream`), and the stream of its
+/// responses.
+pub struct Session {
     core: Arc<Core>,
     inbound: Streaming<WatchRequest>,
     /// False once the client half-closed.
     inbound_open: bool,
     stream: WatchStream,
-    responses: mpsc::Receiver<oxcd_mvcc::WatchResponse>,
-    opts: HashMap<i64, WatchOpts>,
+    responses: oxcd_mvcc::WatchReceiver,
+    opts: IdMap<i64, WatchOpts>,
     /// Messages ready to send, in order.
-    out: VecDeque<WatchResponse>,
+    out: Outbox,
     ticker: Interval,
+    /// Resolves when the member stops.
+    closed: Pin<Box<dyn Future<Output = ()> + Send>>,
     fragment_bytes: usize,
     finished: bool,
     /// The stream's token metadata and client-certificate CN.
@@ -164,50 +164,21 @@ impl Session {
         let period = interval + jitter;
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let store = core.watchable.clone();
+        let closed = Box::pin(async move { store.closed().await });
         Session {
             core,
             inbound,
             inbound_open: true,
             stream,
             responses,
-            opts: HashMap::new(),
-            out: VecDeque::new(),
+            opts: IdMap::default(),
+            out: Outbox::default(),
             ticker,
+            closed,
             fragment_bytes,
             finished: false,
             creds: Default::default(),
-        }
-    }
-
-    /// The next message for the client; `None` ends the stream.
-    /// Cancel-safe: every branch below keeps its state across a drop.
-    async fn next_message(&mut self) -> Option<Result<WatchResponse, Status>> {
-        loop {
-            if let Some(m) = self.out.pop_front() {
-                return Some(Ok(m));
-            }
-            if self.finished {
-                return None;
-            }
-            tokio::select! {
-                req = self.inbound.next(), if self.inbound_open => match req {
-                    Some(Ok(r)) => self.on_request(r),
-                    None => self.inbound_open = false,
-                    Some(Err(status)) => {
-                        tracing::debug!(%status, "watch stream receive failed");
-                        self.finished = true;
-                        return Some(Err(EtcdError::WatchCanceled.into()));
-                    }
-                },
-                Some(resp) = self.responses.recv() => self.on_store_response(resp),
-                _ = self.ticker.tick() => self.on_progress_tick(),
-                () = self.core.watchable.closed() => {
-                    // The member is stopping: end the stream so that the
-                    // connection can close.
-                    self.finished = true;
-                    return Some(Err(EtcdError::Stopped.into()));
-                }
-            }
         }
     }
 
@@ -221,11 +192,11 @@ impl Session {
             Some(RequestUnion::CancelRequest(c)) => self.cancel(c.watch_id),
             Some(RequestUnion::ProgressRequest(_)) => {
                 // 3.4.23 answers at once; clients hand it to every watcher.
-                self.out.push_back(WatchResponse {
+                self.out.push(WatchOut::Message(WatchResponse {
                     header: self.header(self.stream.rev()),
                     watch_id: INVALID_WATCH_ID,
                     ..Default::default()
-                });
+                }));
             }
             None => {}
         }
@@ -236,12 +207,12 @@ impl Session {
     fn cancel(&mut self, id: i64) {
         if self.stream.cancel(id) {
             self.opts.remove(&id);
-            self.out.push_back(WatchResponse {
+            self.out.push(WatchOut::Message(WatchResponse {
                 header: self.header(self.stream.rev()),
                 watch_id: id,
                 canceled: true,
                 ..Default::default()
-            });
+            }));
         }
     }
 
@@ -256,14 +227,14 @@ impl Session {
         let filters = Filters::from_wire(&c.filters);
         if let Err(e) = self.permit(&c) {
             // Refused: created and cancelled at once; no event is sent.
-            self.out.push_back(WatchResponse {
+            self.out.push(WatchOut::Message(WatchResponse {
                 header: self.header(rev),
                 watch_id: INVALID_WATCH_ID,
                 created: true,
                 canceled: true,
                 cancel_reason: crate::auth::go_status_text(&e),
                 ..Default::default()
-            });
+            }));
             return;
         }
         let reply = match self
@@ -294,7 +265,7 @@ impl Session {
                 ..Default::default()
             },
         };
-        self.out.push_back(reply);
+        self.out.push(WatchOut::Message(reply));
     }
 
     /// Whether the stream's sender may watch what `c` asks for (checked at
@@ -318,13 +289,13 @@ impl Session {
             // The store removed the watcher; forget it here too.
             self.stream.cancel(id);
             self.opts.remove(&id);
-            self.out.push_back(WatchResponse {
+            self.out.push(WatchOut::Message(WatchResponse {
                 header: self.header(0),
                 watch_id: id,
                 canceled: true,
                 compact_revision: resp.compact_revision,
                 ..Default::default()
-            });
+            }));
             return;
         }
         let Some(opts) = self.opts.get_mut(&id) else {
@@ -334,12 +305,45 @@ impl Session {
             opts.quiet = false;
         }
         let opts = *opts;
+        if !opts.prev_kv && !opts.fragment {
+            // The common case: events go out as the store shared them,
+            // their encodings spliced in (see `watch_wire`). Behind a
+            // response of this watcher that is still waiting they join
+            // it, whole; otherwise live events go out a revision each,
+            // as etcd sends them.
+            if self.out.is_open(id) && !resp.events.is_empty() {
+                let head = WatchResponse {
+                    header: self.header(resp.revision),
+                    watch_id: id,
+                    ..Default::default()
+                };
+                self.out.merge(WatchOut::Events {
+                    head,
+                    events: resp.events,
+                });
+                return;
+            }
+            let pieces = if resp.live {
+                split_by_revision(resp.events, |e| oxcd_mvcc::revision_of(e))
+            } else {
+                vec![(resp.revision, resp.events)]
+            };
+            for (revision, events) in pieces {
+                let head = WatchResponse {
+                    header: self.header(revision),
+                    watch_id: id,
+                    ..Default::default()
+                };
+                self.out.push(WatchOut::Events { head, events });
+            }
+            return;
+        }
         let mut events: Vec<Event> = resp.events.iter().map(|e| Event::clone(e)).collect();
         if opts.prev_kv {
             self.core.watchable.fill_prev_kv(&mut events);
         }
         let pieces = if resp.live {
-            split_by_revision(events)
+            split_by_revision(events, oxcd_mvcc::revision_of)
         } else {
             vec![(resp.revision, events)]
         };
@@ -351,9 +355,11 @@ impl Session {
                 ..Default::default()
             };
             if opts.fragment {
-                self.out.extend(fragments(msg, self.fragment_bytes));
+                for piece in fragments(msg, self.fragment_bytes) {
+                    self.out.push(WatchOut::Message(piece));
+                }
             } else {
-                self.out.push_back(msg);
+                self.out.push(WatchOut::Message(msg));
             }
         }
     }
@@ -374,11 +380,79 @@ impl Session {
     }
 }
 
+impl Stream for Session {
+    type Item = Result<WatchOut, Status>;
+
+    /// The next message for the client; `None` ends the stream. Sources
+    /// are polled in a fixed order: the member stopping, the client's
+    /// requests (so a create is answered before the events that follow
+    /// it), the store's responses, the progress ticker.
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let s = &mut *self;
+        loop {
+            if let Some(m) = s.out.pop() {
+                return Poll::Ready(Some(Ok(m)));
+            }
+            if s.finished {
+                return Poll::Ready(None);
+            }
+            if s.closed.as_mut().poll(cx).is_ready() {
+                // The member is stopping: end the stream so that the
+                // connection can close.
+                s.finished = true;
+                return Poll::Ready(Some(Err(EtcdError::Stopped.into())));
+            }
+            if s.inbound_open {
+                match Pin::new(&mut s.inbound).poll_next(cx) {
+                    Poll::Ready(Some(Ok(r))) => {
+                        s.on_request(r);
+                        continue;
+                    }
+                    Poll::Ready(None) => {
+                        s.inbound_open = false;
+                        continue;
+                    }
+                    Poll::Ready(Some(Err(status))) => {
+                        tracing::debug!(%status, "watch stream receive failed");
+                        s.finished = true;
+                        return Poll::Ready(Some(Err(EtcdError::WatchCanceled.into())));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            // Take everything the store has queued (within bounds), so
+            // that what piled up while the client was slow is merged.
+            let mut got = false;
+            while s.out.len() < DRAIN_LIMIT {
+                let Poll::Ready(Some(resp)) = s.responses.poll_recv(cx) else {
+                    break;
+                };
+                s.on_store_response(resp);
+                got = true;
+            }
+            if got {
+                continue;
+            }
+            if s.ticker.poll_tick(cx).is_ready() {
+                s.on_progress_tick();
+                continue;
+            }
+            return Poll::Pending;
+        }
+    }
+}
+
 /// Live events in one message per revision, each headed by its revision.
-fn split_by_revision(events: Vec<Event>) -> Vec<(i64, Vec<Event>)> {
-    let mut out: Vec<(i64, Vec<Event>)> = Vec::new();
+fn split_by_revision<E>(events: Vec<E>, revision: impl Fn(&E) -> i64) -> Vec<(i64, Vec<E>)> {
+    let first = events.first().map_or(0, &revision);
+    let last = events.last().map_or(0, &revision);
+    if first == last {
+        // One revision (the usual case): no copy.
+        return vec![(first, events)];
+    }
+    let mut out: Vec<(i64, Vec<E>)> = Vec::new();
     for ev in events {
-        let rev = oxcd_mvcc::revision_of(&ev);
+        let rev = revision(&ev);
         match out.last_mut() {
             Some((r, evs)) if *r == rev => evs.push(ev),
             _ => out.push((rev, vec![ev])),
@@ -435,7 +509,10 @@ mod tests {
 
     #[test]
     fn live_events_split_per_revision() {
-        let pieces = split_by_revision(vec![ev(3, 0), ev(3, 0), ev(4, 0), ev(6, 0)]);
+        let pieces = split_by_revision(
+            vec![ev(3, 0), ev(3, 0), ev(4, 0), ev(6, 0)],
+            oxcd_mvcc::revision_of,
+        );
         let shape: Vec<(i64, usize)> = pieces.iter().map(|(r, e)| (*r, e.len())).collect();
         assert_eq!(shape, [(3, 2), (4, 1), (6, 1)]);
     }
