@@ -220,6 +220,11 @@ pub async fn start(cfg: Config) -> Result<Etcd, StartError> {
             _ = shutdown.cancelled() => {}
         }
     });
+    etcd.tasks.spawn(crate::cluster::version::run(
+        core.clone(),
+        etcd.transport.clone(),
+        etcd.shutdown.clone(),
+    ));
     etcd.tasks.spawn(lessor::run_expiry(
         core.lessor.clone(),
         core.writes.clone(),

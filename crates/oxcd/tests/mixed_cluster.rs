@@ -1919,3 +1919,61 @@ async fn rolling_replacement_and_rollback_under_load_lose_nothing() {
     })
     .await;
 }
+
+/// The `etcdcluster` field of member `i`'s `/version`.
+async fn cluster_version(procs: &[Proc], i: usize) -> String {
+    let (status, body) = common::http_get(&procs[i].url(), "/version").await;
+    assert_eq!(status, 200, "/version of {}: {body}", procs[i].label());
+    let v: serde_json::Value = serde_json::from_str(&body).expect("/version is JSON");
+    v["etcdcluster"].as_str().unwrap_or_default().to_string()
+}
+
+/// A cluster that never had an etcd member gives one added later the
+/// cluster version: its leader replicates it as etcd's leader does
+/// (`PUT /0/version`), so the etcd member reports `3.4.0`, not
+/// `not_decided`, and logs that it set it.
+#[tokio::test]
+async fn the_leader_replicates_the_cluster_version_to_an_added_etcd_member() {
+    if !have_etcd() {
+        return;
+    }
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let token = format!("version-{}", std::process::id());
+        let mut a = Proc::new(dir.path(), "a", &server_binary(), &token, &Setup::default());
+        a.cluster = format!("a={}", a.peer_url());
+        a.spawn();
+        let mut procs = vec![a];
+        wait_ready(&mut procs, 0).await;
+        put(&procs, 0, "before", "the-etcd-member").await;
+
+        let via = procs[0].endpoint();
+        let e = add_member(&mut procs, &via, "e", Path::new(ETCD), false).await;
+        let until = Instant::now() + SETTLE_DEADLINE;
+        loop {
+            let (ox, etcd) = (
+                cluster_version(&procs, 0).await,
+                cluster_version(&procs, e).await,
+            );
+            if ox == "3.4.0" && etcd == "3.4.0" {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "cluster versions: {ox:?} through {}, {etcd:?} through {}\n{}",
+                procs[0].label(),
+                procs[e].label(),
+                logs(&procs)
+            );
+            tokio::time::sleep(POLL).await;
+        }
+        let log = std::fs::read_to_string(procs[e].log_path()).unwrap_or_default();
+        assert!(
+            log.contains("initial cluster version"),
+            "the etcd member did not log setting the cluster version:\n{}",
+            procs[e].log_tail()
+        );
+        expect_value(&procs, e, "before", "the-etcd-member").await;
+    })
+    .await;
+}

@@ -190,7 +190,7 @@ impl ApplyStage {
     }
 
     /// The v2 requests etcd 3.4 members replicate, applied to what oxcd
-    /// keeps: member attributes (the cluster version is etcd 3.4's own).
+    /// keeps: member attributes and the cluster version.
     fn apply_v2(&mut self, index: u64, v2: &V2Request) {
         match crate::cluster::v2::change(v2) {
             Ok(V2Change::Attributes {
@@ -199,10 +199,16 @@ impl ApplyStage {
                 client_urls,
             }) => self.members.set_attributes(id, name, client_urls),
             Ok(V2Change::ClusterVersion(v)) => {
-                tracing::info!(
-                    index,
-                    "etcdserver/membership: the leader set the cluster version to {v}"
-                );
+                match self.members.cluster_version() {
+                    None => {
+                        tracing::info!(index, cluster_version = %v, "set initial cluster version")
+                    }
+                    Some(from) if from != v => {
+                        tracing::info!(index, %from, to = %v, "updated cluster version");
+                    }
+                    Some(_) => {}
+                }
+                self.members.set_cluster_version(v);
             }
             Ok(V2Change::Other) => tracing::debug!(index, "v2 request: nothing to apply"),
             Err(e) => tracing::warn!(index, error = %e, "bad member attributes; skipped"),

@@ -34,6 +34,9 @@ pub struct Member {
 pub struct Members {
     inner: Arc<RwLock<Vec<Member>>>,
     removed: Arc<RwLock<std::collections::HashSet<u64>>>,
+    /// The cluster version the leader last replicated (`/0/version`),
+    /// if this member has seen it.
+    version: Arc<RwLock<Option<String>>>,
     changed: Arc<tokio::sync::Notify>,
 }
 
@@ -43,6 +46,7 @@ impl Members {
         Self {
             inner: Arc::new(RwLock::new(members)),
             removed: Arc::default(),
+            version: Arc::default(),
             changed: Arc::new(tokio::sync::Notify::new()),
         }
     }
@@ -61,6 +65,19 @@ impl Members {
         }
         drop(list);
         self.changed.notify_waiters();
+    }
+
+    /// Records the cluster version an applied `/0/version` set.
+    pub fn set_cluster_version(&self, version: String) {
+        *self.version.write().unwrap_or_else(|e| e.into_inner()) = Some(version);
+    }
+
+    /// The cluster version, once one was replicated.
+    pub fn cluster_version(&self) -> Option<String> {
+        self.version
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Waits until `f` holds for the list, or `timeout` passes; returns
@@ -269,6 +286,8 @@ struct MembersSnapshot {
     members: Vec<MemberRecord>,
     #[serde(default)]
     removed: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster_version: Option<String>,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -314,6 +333,7 @@ impl MembersSnapshot {
                 })
                 .collect(),
             removed: v2.removed.iter().map(|id| format!("{id:x}")).collect(),
+            cluster_version: None,
         }
     }
 }
@@ -333,7 +353,7 @@ impl Members {
             .iter()
             .copied()
             .collect();
-        snapshot_data_of(self.list(), removed)
+        snapshot_json(self.list(), removed, self.cluster_version())
     }
 
     /// Replaces the list and the removed IDs with a snapshot's.
@@ -371,6 +391,9 @@ impl Members {
             .collect::<Result<std::collections::HashSet<u64>, _>>()?;
         *self.inner.write().unwrap_or_else(|e| e.into_inner()) = list;
         *self.removed.write().unwrap_or_else(|e| e.into_inner()) = removed;
+        if snap.cluster_version.is_some() {
+            *self.version.write().unwrap_or_else(|e| e.into_inner()) = snap.cluster_version;
+        }
         self.changed.notify_waiters();
         Ok(())
     }
@@ -414,12 +437,21 @@ pub fn etcd_v2_store(data: &[u8]) -> Result<Vec<u8>, MembersSnapshotError> {
 
 /// The raft snapshot form of `members` and the `removed` IDs (what
 /// [`Members::restore_snapshot`] reads).
-pub fn snapshot_data_of(members: Vec<Member>, mut removed: Vec<u64>) -> Vec<u8> {
+pub fn snapshot_data_of(members: Vec<Member>, removed: Vec<u64>) -> Vec<u8> {
+    snapshot_json(members, removed, None)
+}
+
+fn snapshot_json(
+    members: Vec<Member>,
+    mut removed: Vec<u64>,
+    cluster_version: Option<String>,
+) -> Vec<u8> {
     let members = members.into_iter().map(MemberRecord::of).collect();
     removed.sort_unstable();
     let snap = MembersSnapshot {
         members,
         removed: removed.iter().map(|id| format!("{id:x}")).collect(),
+        cluster_version,
     };
     // Plain strings and lists cannot fail to serialise.
     serde_json::to_vec(&snap).unwrap_or_default()

@@ -92,6 +92,19 @@ pub fn publish_entry(request_id: u64, id: u64, name: &str, client_urls: &[String
     .encode_to_vec()
 }
 
+/// The entry a leader proposes to set the cluster version (etcd's
+/// `updateClusterVersion`: a bare v2 `PUT` of `/0/version`).
+pub fn cluster_version_entry(request_id: u64, version: &str) -> Vec<u8> {
+    V2Request {
+        id: Some(request_id),
+        method: Some("PUT".into()),
+        path: Some("/0/version".into()),
+        val: Some(version.into()),
+        ..V2Request::default()
+    }
+    .encode_to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

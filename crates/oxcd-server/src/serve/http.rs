@@ -23,8 +23,12 @@ struct Endpoints {
 
 /// Routes for the HTTP/1 endpoints.
 pub fn routes(core: Arc<Core>, scrape: Arc<Scrape>) -> Router {
+    let members = core.members.clone();
     metrics_routes(core, scrape)
-        .route("/version", any(version))
+        .route(
+            "/version",
+            any(move |method: Method| version(members.cluster_version(), method)),
+        )
         .merge(super::failpoints::routes())
 }
 
@@ -107,11 +111,15 @@ async fn health(State(e): State<Endpoints>, method: Method, uri: Uri) -> Respons
     r
 }
 
-async fn version(method: Method) -> Response {
+/// `cluster` is the replicated cluster version; before one is known
+/// (etcd says `not_decided` then) oxcd reports the 3.4 cluster version it
+/// always settles on, as it did before it replicated one.
+async fn version(cluster: Option<String>, method: Method) -> Response {
     if method != Method::GET {
         return method_not_allowed();
     }
-    let body = format!(r#"{{"etcdserver":"{SERVER_VERSION}","etcdcluster":"{CLUSTER_VERSION}"}}"#);
+    let cluster = cluster.as_deref().unwrap_or(CLUSTER_VERSION);
+    let body = format!(r#"{{"etcdserver":"{SERVER_VERSION}","etcdcluster":"{cluster}"}}"#);
     let mut r = body.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
