@@ -307,35 +307,18 @@ impl Session {
         let opts = *opts;
         if !opts.prev_kv && !opts.fragment {
             // The common case: events go out as the store shared them,
-            // their encodings spliced in (see `watch_wire`). Behind a
-            // response of this watcher that is still waiting they join
-            // it, whole; otherwise live events go out a revision each,
-            // as etcd sends them.
-            if self.out.is_open(id) && !resp.events.is_empty() {
-                let head = WatchResponse {
-                    header: self.header(resp.revision),
-                    watch_id: id,
-                    ..Default::default()
-                };
-                self.out.merge(WatchOut::Events {
-                    head,
-                    events: resp.events,
-                });
-                return;
-            }
-            let pieces = if resp.live {
-                split_by_revision(resp.events, |e| oxcd_mvcc::revision_of(e))
-            } else {
-                vec![(resp.revision, resp.events)]
+            // their encodings spliced in (see `watch_wire`), one response
+            // per watcher and published group, joining a response of the
+            // watcher that is still waiting (see `watch_outbox`).
+            let head = WatchResponse {
+                header: self.header(resp.revision),
+                watch_id: id,
+                ..Default::default()
             };
-            for (revision, events) in pieces {
-                let head = WatchResponse {
-                    header: self.header(revision),
-                    watch_id: id,
-                    ..Default::default()
-                };
-                self.out.push(WatchOut::Events { head, events });
-            }
+            self.out.merge(WatchOut::Events {
+                head,
+                events: resp.events,
+            });
             return;
         }
         let mut events: Vec<Event> = resp.events.iter().map(|e| Event::clone(e)).collect();
@@ -343,7 +326,7 @@ impl Session {
             self.core.watchable.fill_prev_kv(&mut events);
         }
         let pieces = if resp.live {
-            split_by_revision(events, oxcd_mvcc::revision_of)
+            split_by_revision(events)
         } else {
             vec![(resp.revision, events)]
         };
@@ -442,15 +425,17 @@ impl Stream for Session {
     }
 }
 
-/// Live events in one message per revision, each headed by its revision.
-fn split_by_revision<E>(events: Vec<E>, revision: impl Fn(&E) -> i64) -> Vec<(i64, Vec<E>)> {
-    let first = events.first().map_or(0, &revision);
-    let last = events.last().map_or(0, &revision);
+/// Live events in one message per revision, each headed by its revision
+/// (watchers with `prev_kv` or `fragment`, whose responses are built whole).
+fn split_by_revision(events: Vec<Event>) -> Vec<(i64, Vec<Event>)> {
+    let revision = oxcd_mvcc::revision_of;
+    let first = events.first().map_or(0, revision);
+    let last = events.last().map_or(0, revision);
     if first == last {
         // One revision (the usual case): no copy.
         return vec![(first, events)];
     }
-    let mut out: Vec<(i64, Vec<E>)> = Vec::new();
+    let mut out: Vec<(i64, Vec<Event>)> = Vec::new();
     for ev in events {
         let rev = revision(&ev);
         match out.last_mut() {
@@ -509,10 +494,7 @@ mod tests {
 
     #[test]
     fn live_events_split_per_revision() {
-        let pieces = split_by_revision(
-            vec![ev(3, 0), ev(3, 0), ev(4, 0), ev(6, 0)],
-            oxcd_mvcc::revision_of,
-        );
+        let pieces = split_by_revision(vec![ev(3, 0), ev(3, 0), ev(4, 0), ev(6, 0)]);
         let shape: Vec<(i64, usize)> = pieces.iter().map(|(r, e)| (*r, e.len())).collect();
         assert_eq!(shape, [(3, 2), (4, 1), (6, 1)]);
     }

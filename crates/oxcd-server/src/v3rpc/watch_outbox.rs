@@ -8,9 +8,9 @@
 //! may join that response instead (up to [`MERGE_EVENTS`] events and about
 //! [`MERGE_BYTES`] bytes). The client gets the same events in the same
 //! order in fewer, larger messages, which is what lets a slow reader
-//! catch up, and no history has to be read again. The session merges only
-//! what queued up behind a response still waiting ([`Outbox::merge`]); a
-//! client that keeps up sees what it saw before: a response per revision.
+//! catch up, and no history has to be read again. A client that keeps up
+//! gets a response per published group of writes ([`Outbox::merge`] finds
+//! nothing waiting to join); [`Outbox::push`] never merges.
 //!
 //! Only plain event responses are merged (not `prev_kv` or fragmented
 //! ones), only into the last response queued for the same watcher, and
@@ -43,13 +43,6 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// Whether watcher `id` has a response waiting that events may join.
-    pub fn is_open(&self, id: i64) -> bool {
-        self.open
-            .get(&id)
-            .is_some_and(|&(seq, _)| seq >= self.popped)
-    }
-
     /// Queues `msg` as a response of its own (events may join it later).
     pub fn push(&mut self, msg: WatchOut) {
         self.queue_msg(msg, false);
@@ -218,9 +211,7 @@ mod tests {
     fn nothing_joins_a_response_that_left_or_jumps_another_message() {
         let mut o = Outbox::default();
         o.push(events(1, &[5], 1));
-        assert!(o.is_open(1));
         assert_eq!(drain(&mut o), [(1, 5, vec![5])]);
-        assert!(!o.is_open(1));
         o.merge(events(1, &[6], 1));
         assert_eq!(o.len(), 1, "a new response once the last one left");
 
