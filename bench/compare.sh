@@ -38,6 +38,8 @@
 #                 plain user holding a readwrite role on every key, with
 #                 simple tokens or RS256 JWTs (etcd's test key pair);
 #                 rows named *-auth; no restart measurement
+#   --only REGEX  only the workloads whose name matches REGEX (bash =~);
+#                 no restart measurement and no memory table
 #   --restart-keys N  keys loaded before the restart measurement (default
 #                 250000; 1000000 with --full, as etcd's docs size it)
 # Environment: ETCD_BIN (default /usr/bin/etcd), OXCD_BIN (default
@@ -64,6 +66,7 @@ OUT=""
 KEEP=0
 RESTARTN_ARG=""
 AUTH=""
+ONLY=""
 # Client ports: etcd 22379.., oxcd 22479..; peer ports are client + 50.
 ETCD_BASE_PORT=22379
 OXCD_BASE_PORT=22479
@@ -81,6 +84,7 @@ while [ $# -gt 0 ]; do
     --keep) KEEP=1; shift ;;
     --restart-keys) RESTARTN_ARG="$2"; shift 2 ;;
     --auth) AUTH="$2"; shift 2 ;;
+    --only) ONLY="$2"; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
@@ -138,11 +142,11 @@ trap 'exit 130' INT TERM
 # Workload sizes: default (quick), --full (etcd's documented sizes) and
 # --smoke (tiny).
 if [ "$SIZES" = full ]; then
-  PUT1=10000 PUTN=100000 FILLN=100000 RANGEN=100000 TXNN=100000 WLAT=10000 WFAN=5000 LKA=100000 RESTARTN=1000000
+  PUT1=10000 PUTN=100000 FILLN=100000 RANGEN=100000 TXNN=100000 WLAT=10000 WFAN=5000 WKEYS=100000 LKA=100000 RESTARTN=1000000
 elif [ "$SIZES" = smoke ]; then
-  PUT1=200 PUTN=2000 FILLN=2000 RANGEN=2000 TXNN=500 WLAT=100 WFAN=50 LKA=2000 RESTARTN=5000
+  PUT1=200 PUTN=2000 FILLN=2000 RANGEN=2000 TXNN=500 WLAT=100 WFAN=50 WKEYS=200 LKA=2000 RESTARTN=5000
 else
-  PUT1=5000 PUTN=50000 FILLN=100000 RANGEN=50000 TXNN=20000 WLAT=1000 WFAN=2000 LKA=50000 RESTARTN=250000
+  PUT1=5000 PUTN=50000 FILLN=100000 RANGEN=50000 TXNN=20000 WLAT=1000 WFAN=2000 WKEYS=20000 LKA=50000 RESTARTN=250000
 fi
 RESTARTN="${RESTARTN_ARG:-$RESTARTN}"
 [[ "$RESTARTN" =~ ^[1-9][0-9]*$ ]] || { echo "--restart-keys must be a positive integer" >&2; exit 2; }
@@ -158,6 +162,8 @@ WORKLOADS=(
   "txn-put|$MANY txn-put --total $TXNN --txn-ops 4 --key-size 8 --val-size 256 --key-space-size 100000"
   "watch-latency|--conns 10 --clients 10 watch-latency --total $WLAT --put-rate 200 --watchers 100 --streams 10"
   "watch-fanout|--conns 10 --clients 10 watch --streams 10 --watch-per-stream 100 --watched-key-total 1 --put-total $WFAN --put-rate 0 --key-size 8 --val-size 256"
+  "watch-keys|--conns 10 --clients 100 watch --streams 100 --watch-per-stream 100 --watched-key-total 10000 --put-total $WKEYS --put-rate 0 --key-size 8 --val-size 256"
+  "watch-prefix|--conns 10 --clients 100 watch --streams 10 --watch-per-stream 100 --watched-key-total 1000 --prefix --put-total $WKEYS --put-rate 0 --key-size 8 --val-size 256"
   "lease-keepalive|--conns 10 --clients 100 lease-keepalive --total $LKA"
 )
 if [ -n "$AUTH" ]; then
@@ -170,6 +176,14 @@ if [ -n "$AUTH" ]; then
     "range-linearizable-auth|--user bench:bench $MANY range foo --consistency l --total $RANGEN"
     "range-serializable-auth|--user bench:bench $MANY range foo --consistency s --total $RANGEN"
   )
+fi
+if [ -n "$ONLY" ]; then
+  picked=()
+  for entry in "${WORKLOADS[@]}"; do
+    [[ "${entry%%|*}" =~ $ONLY ]] && picked+=("$entry")
+  done
+  [ "${#picked[@]}" -gt 0 ] || { echo "--only $ONLY matches no workload" >&2; exit 2; }
+  WORKLOADS=("${picked[@]}")
 fi
 # VmRSS is recorded after these workloads: after put-100k-keys the key
 # space holds exactly $FILLN keys (the earlier puts fall in the same space).
@@ -308,7 +322,7 @@ run_turn() {
       printf '%s\t%s\t%s\tfailed\n' "$kind" "$rep" "$name" >>"$RESULTS"
       continue
     fi
-    if [ "$name" = watch-fanout ]; then
+    if [ "$name" = watch-fanout ] || [ "$name" = watch-keys ] || [ "$name" = watch-prefix ]; then
       # A row per delivered event: events/s, CPU per event; events that
       # never arrived count as errors. p50/p99 are watcher creation.
       line=$(jq -c '.ok = .extra.events_received | .ops_per_sec = .extra.events_per_sec
@@ -329,7 +343,7 @@ run_turn() {
   if [ "${now#* }" != "$LEADER" ]; then
     echo "    warning: $kind rep $rep: the leader changed during the turn ($LEADER -> ${now#* })" >&2
   fi
-  [ -n "$AUTH" ] || restart_turn "$kind" "$rep" "$dir" "$target"
+  [ -n "$AUTH" ] || [ -n "$ONLY" ] || restart_turn "$kind" "$rep" "$dir" "$target"
   stop_servers
 }
 
@@ -393,7 +407,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.e+-]+$/ && b ~ /^[0-9.
     row+=" | $(median etcd "$name" 10)/$(median oxcd "$name" 10) |"
     echo "$row"
   done
-  if [ -z "$AUTH" ]; then
+  if [ -z "$AUTH" ] && [ -z "$ONLY" ]; then
     echo
     echo "| memory | etcd | oxcd | ratio |"
     echo "|---|---|---|---|"

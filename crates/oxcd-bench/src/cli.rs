@@ -207,6 +207,11 @@ pub struct WatchOpts {
     /// Value size of each put.
     #[arg(long, default_value_t = 8)]
     pub val_size: usize,
+    /// Watch each key as a prefix (a range watcher on every key that starts
+    /// with it) instead of as a single key; keys are fixed-size, so each
+    /// put still reaches the same watchers.
+    #[arg(long)]
+    pub prefix: bool,
 }
 
 impl Default for WatchOpts {

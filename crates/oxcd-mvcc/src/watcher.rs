@@ -188,7 +188,9 @@ impl WatchRange {
         }
     }
 
-    /// True if `key` is in the range.
+    /// True if `key` is in the range (the definition the watcher group's
+    /// interval tree is tested against).
+    #[cfg(test)]
     pub fn contains(&self, key: &[u8]) -> bool {
         match self {
             WatchRange::Key(k) => k.as_slice() == key,

@@ -2,12 +2,14 @@
 //! (mirrors etcd `mvcc/watcher_group.go`: `watcherGroup`,
 //! `newWatcherBatch`).
 //!
-//! Single-key watchers are found with one hash lookup per event. Range
-//! watchers are checked one by one (etcd keeps them in an interval tree;
-//! a linear scan is cheaper up to a few hundred range watchers).
+//! Single-key watchers are found with one hash lookup per event, range
+//! watchers in an interval tree (as etcd's `adt.IntervalTree`): an event
+//! costs O(log n + matches), not a test of every range watcher, so 1 000
+//! prefix watchers on distinct prefixes cost an event about what one does.
 
 use crate::id_hash::IdMap;
-use std::collections::{BTreeMap, HashMap};
+use rb_interval_map::{Interval, IntervalMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::watcher::{key_of, revision_of, WatchEvent, WatchRange, Watcher, WatcherKey};
@@ -15,14 +17,37 @@ use crate::watcher::{key_of, revision_of, WatchEvent, WatchRange, Watcher, Watch
 /// The events one watcher gets from a batch, in revision order.
 pub(crate) type Batches = IdMap<WatcherKey, Vec<Arc<WatchEvent>>>;
 
+/// A bound of a watched range in the interval tree: a key, or past every
+/// key (a range without end, `range_end == "\0"`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Bound {
+    Key(Vec<u8>),
+    /// Sorts after every key (declared last).
+    End,
+}
+
+/// The tree's interval for a range watcher: `[start, end)`.
+fn interval(range: &WatchRange) -> Option<Interval<Bound>> {
+    match range {
+        WatchRange::Key(_) => None,
+        // A span is never empty (`WatchRange::new`), so `start < end`, as
+        // `Interval::new` requires.
+        WatchRange::Span { start, end } => Some(Interval::new(
+            Bound::Key(start.clone()),
+            end.clone().map_or(Bound::End, Bound::Key),
+        )),
+    }
+}
+
 /// Watchers by key (etcd `watcherGroup`). Holds keys and ranges only; the
 /// watchers themselves live in the store's watcher table.
 #[derive(Debug, Default)]
 pub(crate) struct WatcherGroup {
     /// Single-key watchers.
     keys: HashMap<Vec<u8>, Vec<WatcherKey>>,
-    /// Range watchers.
-    ranges: BTreeMap<WatcherKey, WatchRange>,
+    /// Range watchers, by range. Each range is inserted once and holds
+    /// every watcher on it (the tree keeps one value per interval).
+    ranges: IntervalMap<Bound, Vec<WatcherKey>>,
     len: usize,
 }
 
@@ -32,7 +57,15 @@ impl WatcherGroup {
         match range {
             WatchRange::Key(k) => self.keys.entry(k.clone()).or_default().push(wk),
             WatchRange::Span { .. } => {
-                self.ranges.insert(wk, range.clone());
+                let Some(iv) = interval(range) else { return };
+                match self.ranges.get_mut(&iv) {
+                    Some(set) => set.push(wk),
+                    // Only absent intervals are inserted: the tree keeps a
+                    // node for each insert of one already there.
+                    None => {
+                        self.ranges.insert(iv, vec![wk]);
+                    }
+                }
             }
         }
         self.len += 1;
@@ -53,7 +86,23 @@ impl WatcherGroup {
                 }
                 None => false,
             },
-            WatchRange::Span { .. } => self.ranges.remove(&wk).is_some(),
+            WatchRange::Span { .. } => {
+                let Some(iv) = interval(range) else {
+                    return false;
+                };
+                match self.ranges.get_mut(&iv) {
+                    Some(set) => {
+                        let before = set.len();
+                        set.retain(|w| *w != wk);
+                        let removed = set.len() < before;
+                        if set.is_empty() {
+                            self.ranges.remove(&iv);
+                        }
+                        removed
+                    }
+                    None => false,
+                }
+            }
         };
         if removed {
             self.len -= 1;
@@ -71,10 +120,15 @@ impl WatcherGroup {
         if let Some(set) = self.keys.get(key) {
             set.iter().copied().for_each(&mut f);
         }
-        for (wk, range) in &self.ranges {
-            if range.contains(key) {
-                f(*wk);
-            }
+        if self.ranges.is_empty() {
+            return;
+        }
+        // The ranges that overlap [key, key\0): those holding `key`.
+        let mut next = key.to_vec();
+        next.push(0);
+        let point = Interval::new(Bound::Key(key.to_vec()), Bound::Key(next));
+        for (_, set) in self.ranges.find_all_overlap(&point) {
+            set.iter().copied().for_each(&mut f);
         }
     }
 
@@ -164,5 +218,57 @@ mod tests {
         assert!(g.remove(WatcherKey(1), &watchers[&WatcherKey(1)].range));
         assert_eq!(g.len(), 1);
         assert!(!g.batch(&evs, &watchers).contains_key(&WatcherKey(0)));
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Keys over a small alphabet, so that ranges overlap and nest.
+    fn key() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(b'a'..=b'd', 1..4)
+    }
+
+    proptest! {
+        /// Whatever ranges come and go (the same range several times
+        /// included), the tree finds exactly the watchers a scan of every
+        /// range finds.
+        #[test]
+        fn the_tree_finds_what_a_scan_finds(
+            ops in proptest::collection::vec((key(), key(), any::<bool>(), any::<bool>()), 1..60),
+            probes in proptest::collection::vec(key(), 1..20),
+        ) {
+            let mut g = WatcherGroup::default();
+            let mut live: Vec<(WatcherKey, WatchRange)> = Vec::new();
+            for (i, (a, b, open_end, remove)) in ops.into_iter().enumerate() {
+                if remove && !live.is_empty() {
+                    let (wk, range) = live.remove(i % live.len());
+                    prop_assert!(g.remove(wk, &range));
+                    prop_assert!(!g.remove(wk, &range));
+                    continue;
+                }
+                let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+                let end: &[u8] = if open_end { b"\0" } else { &hi };
+                let Some(range) = WatchRange::new(&lo, end) else { continue };
+                let wk = WatcherKey(i as u64);
+                g.add(wk, &range);
+                live.push((wk, range));
+            }
+            prop_assert_eq!(g.len(), live.len());
+            for k in probes {
+                let mut found = Vec::new();
+                g.for_each_match(&k, |wk| found.push(wk));
+                found.sort();
+                let mut want: Vec<WatcherKey> = live
+                    .iter()
+                    .filter(|(_, r)| r.contains(&k))
+                    .map(|(wk, _)| *wk)
+                    .collect();
+                want.sort();
+                prop_assert_eq!(found, want, "key {:?}", k);
+            }
+        }
     }
 }

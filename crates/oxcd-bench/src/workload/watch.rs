@@ -131,18 +131,27 @@ async fn create_watchers(
         let (channel, keys_for, progress) = (conns.channel_for(s), keys.clone(), progress.clone());
         let n_keys = keys.len() as u64;
         let key_of = move |j: usize| ((s * per_stream + j) as u64) % n_keys;
+        let prefix = opts.prefix;
+        let watched = move |k: u64| {
+            let key: Bytes = keys_for[k as usize].clone();
+            let end = if prefix {
+                super::watch_stream::prefix_end(&key)
+            } else {
+                Bytes::new()
+            };
+            (key, end)
+        };
         tasks.spawn(async move {
             let mut rec = Recorder::new();
             let work = async {
                 let first = key_of(0);
-                let (mut stream, took) =
-                    WatchStream::open(channel, keys_for[first as usize].clone()).await?;
+                let (mut stream, took) = WatchStream::open(channel, watched(first)).await?;
                 rec.ok(took);
                 progress.inc();
                 let mut created = vec![first];
                 for j in 1..per_stream {
                     let k = key_of(j);
-                    match stream.create(keys_for[k as usize].clone()).await {
+                    match stream.create(watched(k)).await {
                         Ok(took) => {
                             rec.ok(took);
                             created.push(k);

@@ -12,6 +12,7 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use oxcd_api::etcdserverpb::PutRequest;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -63,9 +64,9 @@ pub async fn run(
         let count = opts.watchers / streams + usize::from(s < opts.watchers % streams);
         let (channel, key) = (conns.channel_for(s), key.clone());
         opened.spawn(async move {
-            let (mut stream, _) = WatchStream::open(channel, key.clone()).await?;
+            let (mut stream, _) = WatchStream::open(channel, (key.clone(), Bytes::new())).await?;
             for _ in 1..count {
-                stream.create(key.clone()).await?;
+                stream.create((key.clone(), Bytes::new())).await?;
             }
             Ok::<_, tonic::Status>(stream)
         });

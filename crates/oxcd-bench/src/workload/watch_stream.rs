@@ -18,15 +18,34 @@ pub(crate) struct WatchStream {
     inbound: Streaming<WatchResponse>,
 }
 
-fn create_request(key: Bytes) -> WatchRequest {
+/// What a watcher watches: a key, and the end of its range (empty for the
+/// key alone).
+pub(crate) type Watched = (Bytes, Bytes);
+
+fn create_request((key, range_end): Watched) -> WatchRequest {
     WatchRequest {
         request_union: Some(watch_request::RequestUnion::CreateRequest(
             WatchCreateRequest {
                 key,
+                range_end,
                 ..Default::default()
             },
         )),
     }
+}
+
+/// The range end of a prefix watch on `prefix` (clientv3 `GetPrefixRangeEnd`):
+/// the prefix with its last byte below 0xff incremented and what follows
+/// dropped; `"\0"` (every key from it on) if every byte is 0xff.
+pub(crate) fn prefix_end(prefix: &[u8]) -> Bytes {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end.into();
+        }
+    }
+    Bytes::from_static(b"\0")
 }
 
 fn closed() -> Status {
@@ -42,7 +61,7 @@ impl WatchStream {
     /// cancelled create, or the stream closing first.
     pub(crate) async fn open(
         channel: H2Channel,
-        key: Bytes,
+        key: Watched,
     ) -> Result<(WatchStream, Duration), Status> {
         let (tx, rx) = mpsc::channel(16);
         let t0 = Instant::now();
@@ -63,7 +82,7 @@ impl WatchStream {
     ///
     /// # Errors
     /// As [`WatchStream::open`].
-    pub(crate) async fn create(&mut self, key: Bytes) -> Result<Duration, Status> {
+    pub(crate) async fn create(&mut self, key: Watched) -> Result<Duration, Status> {
         let t0 = Instant::now();
         self.tx
             .send(create_request(key))
@@ -96,5 +115,17 @@ impl WatchStream {
     /// The stream's status. Cancel-safe (tonic's `Streaming::message` is).
     pub(crate) async fn next(&mut self) -> Result<Option<WatchResponse>, Status> {
         self.inbound.message().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_ends_as_clientv3_computes_them() {
+        assert_eq!(&prefix_end(b"abc")[..], b"abd");
+        assert_eq!(&prefix_end(b"a\xff")[..], b"b");
+        assert_eq!(&prefix_end(b"\xff\xff")[..], b"\0");
     }
 }
