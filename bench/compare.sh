@@ -422,7 +422,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.e+-]+$/ && b ~ /^[0-9.
     echo "|---|---|---|---|"
     e=$(median etcd restart 5) o=$(median oxcd restart 5)
     echo "| seconds from start to serving linearizable reads, $RESTARTN keys | $e | $o | $(ratio "$o" "$e") |"
-  else
+  elif [ -n "$AUTH" ]; then
     echo
     echo "| auth cost ($AUTH tokens): ops/s with auth / without | etcd | oxcd |"
     echo "|---|---|---|"
