@@ -1832,7 +1832,7 @@ fn leadership_change(procs: &[Proc], before: (usize, u64), after: (usize, u64)) 
     )
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_replacement_and_rollback_under_load_lose_nothing() {
     if !have_etcd() {
         return;
@@ -1841,7 +1841,12 @@ async fn rolling_replacement_and_rollback_under_load_lose_nothing() {
         let started = Instant::now();
         let dir = tempfile::tempdir().unwrap();
         let mut procs = etcd_cluster(dir.path()).await;
-        let urls = procs.iter().map(Proc::url).collect();
+        let urls: Vec<String> = procs.iter().map(Proc::url).collect();
+        // Beside the writer, oxcd-check's workload through every member
+        // (puts, reads of both kinds, deletes, txns, leases, watchers),
+        // checked for linearizability, lost writes and watch order once
+        // the replacements are over.
+        let check = tokio::spawn(linearizability_check(urls.clone()));
         let writer = Writer::start_up_to(urls, ROLLBACK_WRITES);
         writer
             .wait_progress(20, "by the etcd cluster", &procs)
@@ -1915,9 +1920,47 @@ async fn rolling_replacement_and_rollback_under_load_lose_nothing() {
         );
         assert_acked_everywhere(&procs, &acks).await;
         wait_hash_kv_equal(&procs).await;
+        let report = check
+            .await
+            .expect("the checker task panicked")
+            .unwrap_or_else(|e| panic!("oxcd-check could not run: {e}\n{}", logs(&procs)));
+        eprintln!("{}", report.summary());
+        assert_eq!(
+            report.exit_code(),
+            0,
+            "oxcd-check across [{}]:\n{}",
+            steps.join("; "),
+            report.summary()
+        );
         eprintln!("took {:?}", started.elapsed());
     })
     .await;
+}
+
+/// How long oxcd-check's workload runs: about as long as the replacements
+/// and roll-backs take (14–24 s on an unloaded machine); whatever of them
+/// it covers is checked.
+const CHECK_WORKLOAD: Duration = Duration::from_secs(24);
+
+/// oxcd-check's workload against `urls` for [`CHECK_WORKLOAD`], then its
+/// checks (linearizability, lost writes, watches, revisions).
+async fn linearizability_check(
+    urls: Vec<String>,
+) -> Result<oxcd_check::report::Report, oxcd_check::Error> {
+    let cfg = oxcd_check::run::Config {
+        target: oxcd_check::run::Target::Endpoints(urls),
+        clients: 4,
+        watchers: 2,
+        keys: 8,
+        duration: CHECK_WORKLOAD,
+        seed: 19,
+        nemesis: oxcd_check::nemesis::Nemesis::None,
+        op_timeout: Duration::from_secs(5),
+        check_timeout: Duration::from_secs(60),
+        selftest_stale_reads: false,
+        snapshot_count: None,
+    };
+    oxcd_check::run::run(&cfg).await
 }
 
 /// The `etcdcluster` field of member `i`'s `/version`.
