@@ -50,6 +50,9 @@ const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
 /// A session stops taking store responses while this many of its own are
 /// waiting to be sent.
 const DRAIN_LIMIT: usize = 4096;
+/// Responses waiting on a stream from which a watcher's next events join
+/// its waiting response (etcd's per-stream channel size, `chanBufLen`).
+const MERGE_BACKLOG: usize = 128;
 /// The shortest progress-notify interval etcd accepts.
 const MIN_PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -307,18 +310,37 @@ impl Session {
         let opts = *opts;
         if !opts.prev_kv && !opts.fragment {
             // The common case: events go out as the store shared them,
-            // their encodings spliced in (see `watch_wire`), one response
-            // per watcher and published group, joining a response of the
-            // watcher that is still waiting (see `watch_outbox`).
-            let head = WatchResponse {
-                header: self.header(resp.revision),
-                watch_id: id,
-                ..Default::default()
+            // their encodings spliced in (see `watch_wire`). While the
+            // client keeps up, live events go out a revision per response,
+            // as etcd sends them; once it lags by a stream channel's worth
+            // of responses (where etcd turns its watchers into victims and
+            // catches them up many revisions at a time), what follows joins
+            // the watcher's waiting response (see `watch_outbox`).
+            if self.out.len() >= MERGE_BACKLOG {
+                let head = WatchResponse {
+                    header: self.header(resp.revision),
+                    watch_id: id,
+                    ..Default::default()
+                };
+                self.out.merge(WatchOut::Events {
+                    head,
+                    events: resp.events,
+                });
+                return;
+            }
+            let pieces = if resp.live {
+                split_by_revision(resp.events, |e| oxcd_mvcc::revision_of(e))
+            } else {
+                vec![(resp.revision, resp.events)]
             };
-            self.out.merge(WatchOut::Events {
-                head,
-                events: resp.events,
-            });
+            for (revision, events) in pieces {
+                let head = WatchResponse {
+                    header: self.header(revision),
+                    watch_id: id,
+                    ..Default::default()
+                };
+                self.out.push(WatchOut::Events { head, events });
+            }
             return;
         }
         let mut events: Vec<Event> = resp.events.iter().map(|e| Event::clone(e)).collect();
@@ -326,7 +348,7 @@ impl Session {
             self.core.watchable.fill_prev_kv(&mut events);
         }
         let pieces = if resp.live {
-            split_by_revision(events)
+            split_by_revision(events, oxcd_mvcc::revision_of)
         } else {
             vec![(resp.revision, events)]
         };
@@ -425,17 +447,15 @@ impl Stream for Session {
     }
 }
 
-/// Live events in one message per revision, each headed by its revision
-/// (watchers with `prev_kv` or `fragment`, whose responses are built whole).
-fn split_by_revision(events: Vec<Event>) -> Vec<(i64, Vec<Event>)> {
-    let revision = oxcd_mvcc::revision_of;
-    let first = events.first().map_or(0, revision);
-    let last = events.last().map_or(0, revision);
+/// Live events in one message per revision, each headed by its revision.
+fn split_by_revision<E>(events: Vec<E>, revision: impl Fn(&E) -> i64) -> Vec<(i64, Vec<E>)> {
+    let first = events.first().map_or(0, &revision);
+    let last = events.last().map_or(0, &revision);
     if first == last {
         // One revision (the usual case): no copy.
         return vec![(first, events)];
     }
-    let mut out: Vec<(i64, Vec<Event>)> = Vec::new();
+    let mut out: Vec<(i64, Vec<E>)> = Vec::new();
     for ev in events {
         let rev = revision(&ev);
         match out.last_mut() {
@@ -494,7 +514,10 @@ mod tests {
 
     #[test]
     fn live_events_split_per_revision() {
-        let pieces = split_by_revision(vec![ev(3, 0), ev(3, 0), ev(4, 0), ev(6, 0)]);
+        let pieces = split_by_revision(
+            vec![ev(3, 0), ev(3, 0), ev(4, 0), ev(6, 0)],
+            oxcd_mvcc::revision_of,
+        );
         let shape: Vec<(i64, usize)> = pieces.iter().map(|(r, e)| (*r, e.len())).collect();
         assert_eq!(shape, [(3, 2), (4, 1), (6, 1)]);
     }

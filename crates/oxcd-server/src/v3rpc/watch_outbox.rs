@@ -8,9 +8,10 @@
 //! may join that response instead (up to [`MERGE_EVENTS`] events and about
 //! [`MERGE_BYTES`] bytes). The client gets the same events in the same
 //! order in fewer, larger messages, which is what lets a slow reader
-//! catch up, and no history has to be read again. A client that keeps up
-//! gets a response per published group of writes ([`Outbox::merge`] finds
-//! nothing waiting to join); [`Outbox::push`] never merges.
+//! catch up, and no history has to be read again. The session merges
+//! ([`Outbox::merge`]) only once its stream lags by as many responses as
+//! etcd's stream channel holds; before that it pushes ([`Outbox::push`],
+//! never merging) a response per revision, as etcd does.
 //!
 //! Only plain event responses are merged (not `prev_kv` or fragmented
 //! ones), only into the last response queued for the same watcher, and
