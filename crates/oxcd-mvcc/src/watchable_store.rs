@@ -51,8 +51,9 @@ use crate::watcher::{
 };
 use crate::watcher_group::WatcherGroup;
 
-/// Responses a stream's channel holds before its watchers become victims
-/// (etcd `chanBufLen`).
+/// Messages a stream's channel holds before its watchers become victims
+/// (etcd's `chanBufLen`; here a message is one published group's, or one
+/// catch-up pass's, responses for the stream's watchers).
 pub const STREAM_CHANNEL_CAPACITY: usize = 128;
 /// Most unsynced watchers caught up in one pass (etcd `maxWatchersPerSync`).
 pub const MAX_WATCHERS_PER_SYNC: usize = 512;
@@ -195,8 +196,8 @@ impl WatchableStore {
     }
 
     /// Opens a watch stream: the handle that creates and cancels watchers,
-    /// and the receiver of their responses (capacity
-    /// [`STREAM_CHANNEL_CAPACITY`]).
+    /// and the receiver of their responses (a channel of
+    /// [`STREAM_CHANNEL_CAPACITY`] batches).
     pub fn new_watch_stream(&self) -> (WatchStream, WatchReceiver) {
         let (tx, rx) = mpsc::channel(STREAM_CHANNEL_CAPACITY);
         let id = self.inner.next_key.fetch_add(1, Ordering::Relaxed);
