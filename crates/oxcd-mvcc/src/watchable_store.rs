@@ -46,8 +46,8 @@ use crate::kvstore::KvStore;
 use crate::txn::RangeOptions;
 use crate::watch_stream::{WatchReceiver, WatchStream};
 use crate::watcher::{
-    revision_of, Filters, Group, StreamTx, WatchEvent, WatchId, WatchRange, WatchResponse, Watcher,
-    WatcherKey,
+    revision_of, Filters, Group, PerStream, StreamTx, WatchEvent, WatchId, WatchRange,
+    WatchResponse, Watcher, WatcherKey,
 };
 use crate::watcher_group::WatcherGroup;
 
@@ -238,7 +238,7 @@ impl WatchableStore {
                 *sizes.entry(w.tx.id).or_default() += 1;
             }
         }
-        let mut streams: IdMap<u64, (StreamTx, Vec<WatchResponse>)> = IdMap::default();
+        let mut streams = PerStream::default();
         for (wk, evs) in batches {
             let Some(w) = st.watchers.get_mut(&wk) else {
                 continue;
@@ -252,17 +252,11 @@ impl WatchableStore {
                 live: true,
             };
             w.next_rev = new_rev + 1;
-            streams
-                .entry(w.tx.id)
-                .or_insert_with(|| {
-                    let n = sizes.get(&w.tx.id).copied().unwrap_or(1);
-                    (w.tx.clone(), Vec::with_capacity(n))
-                })
-                .1
-                .push(resp);
+            let hint = sizes.get(&w.tx.id).copied().unwrap_or(1);
+            streams.push(&w.tx, resp, hint);
         }
         let mut victims = false;
-        for (_, (tx, batch)) in streams {
+        for (tx, batch) in streams.into_batches() {
             let Err(batch) = tx.send(batch) else {
                 continue;
             };
@@ -442,19 +436,15 @@ impl WatchableStore {
     pub(crate) fn move_victims(&self) -> usize {
         let mut st = self.state();
         // As in `notify`, one batch per stream.
-        let mut streams: IdMap<u64, (StreamTx, Vec<WatchResponse>)> = IdMap::default();
+        let mut streams = PerStream::default();
         for (wk, resp) in std::mem::take(&mut st.victims) {
             let Some(w) = st.watchers.get(&wk) else {
                 continue;
             };
-            streams
-                .entry(w.tx.id)
-                .or_insert_with(|| (w.tx.clone(), Vec::new()))
-                .1
-                .push(resp);
+            streams.push(&w.tx, resp, 1);
         }
         let mut moved = 0;
-        for (_, (tx, batch)) in streams {
+        for (tx, batch) in streams.into_batches() {
             let done: Vec<(WatcherKey, bool)> = batch
                 .iter()
                 .map(|r| (r.watcher, r.compact_revision != 0))
@@ -511,7 +501,7 @@ impl WatchableStore {
         let batches = chosen.group.batch(&events, &st.watchers);
         // One batch per stream, as in `notify`; a watcher with nothing in
         // the range read only moves on.
-        let mut streams: IdMap<u64, (StreamTx, Vec<WatchResponse>)> = IdMap::default();
+        let mut streams = PerStream::default();
         let mut quiet = Vec::new();
         for wk in chosen.keys {
             if !st.unsynced.contains(&wk) {
@@ -522,23 +512,22 @@ impl WatchableStore {
             };
             w.next_rev = w.next_rev.max(end);
             match batches.get(&wk) {
-                Some(evs) => streams
-                    .entry(w.tx.id)
-                    .or_insert_with(|| (w.tx.clone(), Vec::new()))
-                    .1
-                    .push(WatchResponse {
+                Some(evs) => {
+                    let resp = WatchResponse {
                         watch_id: w.id,
                         watcher: wk,
                         events: evs.clone(),
                         revision: chosen.read_rev,
                         compact_revision: 0,
                         live: false,
-                    }),
+                    };
+                    streams.push(&w.tx, resp, 1);
+                }
                 None => quiet.push(wk),
             }
         }
         let mut victims = false;
-        for (_, (tx, batch)) in streams {
+        for (tx, batch) in streams.into_batches() {
             let sent: Vec<WatcherKey> = batch.iter().map(|r| r.watcher).collect();
             match tx.send(batch) {
                 Ok(()) => quiet.extend(sent),

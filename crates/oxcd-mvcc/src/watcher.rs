@@ -14,6 +14,7 @@ use oxcd_api::mvccpb::{event::EventType, Event};
 use prost::Message;
 use tokio::sync::mpsc;
 
+use crate::id_hash::IdMap;
 use crate::index::KeyRange;
 
 /// The id a watch stream gives each of its watchers (etcd `WatchID`).
@@ -251,6 +252,28 @@ pub(crate) struct StreamTx {
     /// Tells streams apart, to batch per stream.
     pub id: u64,
     pub tx: mpsc::Sender<Vec<WatchResponse>>,
+}
+
+/// Responses gathered per stream, so that each stream gets one batch.
+#[derive(Default)]
+pub(crate) struct PerStream(IdMap<u64, (StreamTx, Vec<WatchResponse>)>);
+
+impl PerStream {
+    /// Adds `resp` to the batch of `tx`'s stream; a stream's first
+    /// response allocates room for `hint` (growing a batch watcher by
+    /// watcher copied it each time it doubled).
+    pub fn push(&mut self, tx: &StreamTx, resp: WatchResponse, hint: usize) {
+        self.0
+            .entry(tx.id)
+            .or_insert_with(|| (tx.clone(), Vec::with_capacity(hint)))
+            .1
+            .push(resp);
+    }
+
+    /// Each stream's sender with its batch.
+    pub fn into_batches(self) -> impl Iterator<Item = (StreamTx, Vec<WatchResponse>)> {
+        self.0.into_values()
+    }
 }
 
 impl StreamTx {

@@ -1859,24 +1859,9 @@ async fn rolling_replacement_and_rollback_under_load_lose_nothing() {
         for i in 0..procs.len() {
             let before = wait_leader_term(&procs).await;
             replace(&mut procs, i, &server_binary()).await;
-            let after = wait_leader_term(&procs).await;
-            steps.push(format!(
-                "replace {}: {}",
-                procs[i].name,
-                leadership_change(&procs, before, after)
-            ));
-            eprintln!(
-                "{} ({:?}); {} puts acknowledged",
-                steps.last().unwrap(),
-                started.elapsed(),
-                writer.acked()
-            );
-            let what = format!(
-                "after replacing {} [{}]",
-                procs[i].label(),
-                steps.join("; ")
-            );
-            writer.wait_progress(20, &what, &procs).await;
+            let step = format!("replace {}", procs[i].name);
+            let what = format!("after replacing {}", procs[i].label());
+            record_step(&procs, &writer, &mut steps, step, &what, before, started).await;
         }
 
         for i in 0..procs.len() {
@@ -1886,24 +1871,9 @@ async fn rolling_replacement_and_rollback_under_load_lose_nothing() {
                 export_to_etcd(&procs, i).await;
             }
             respawn(&mut procs, i, Path::new(ETCD)).await;
-            let after = wait_leader_term(&procs).await;
-            steps.push(format!(
-                "roll back {}: {}",
-                procs[i].name,
-                leadership_change(&procs, before, after)
-            ));
-            eprintln!(
-                "{} ({:?}); {} puts acknowledged",
-                steps.last().unwrap(),
-                started.elapsed(),
-                writer.acked()
-            );
-            let what = format!(
-                "after rolling {} back [{}]",
-                procs[i].label(),
-                steps.join("; ")
-            );
-            writer.wait_progress(20, &what, &procs).await;
+            let step = format!("roll back {}", procs[i].name);
+            let what = format!("after rolling {} back", procs[i].label());
+            record_step(&procs, &writer, &mut steps, step, &what, before, started).await;
         }
 
         let acks = writer.finish().await;
@@ -1935,6 +1905,30 @@ async fn rolling_replacement_and_rollback_under_load_lose_nothing() {
         eprintln!("took {:?}", started.elapsed());
     })
     .await;
+}
+
+/// Ends one replacement or roll-back step: records how leadership changed
+/// since `before`, prints it, and waits until the writer gets 20 more puts
+/// through (`what` names the step in the failure message).
+async fn record_step(
+    procs: &[Proc],
+    writer: &Writer,
+    steps: &mut Vec<String>,
+    step: String,
+    what: &str,
+    before: (usize, u64),
+    started: Instant,
+) {
+    let after = wait_leader_term(procs).await;
+    let line = format!("{step}: {}", leadership_change(procs, before, after));
+    eprintln!(
+        "{line} ({:?}); {} puts acknowledged",
+        started.elapsed(),
+        writer.acked()
+    );
+    steps.push(line);
+    let what = format!("{what} [{}]", steps.join("; "));
+    writer.wait_progress(20, &what, procs).await;
 }
 
 /// How long oxcd-check's workload runs: about as long as the replacements
