@@ -22,7 +22,8 @@
 # without --target-leader), so followers forward two thirds of the writes.
 #
 # Usage: bench/compare.sh [--reps N] [--full|--smoke] [--members 1|3]
-#                         [--spread] [--no-build] [--out FILE] [--keep]
+#                         [--spread] [--tls] [--auth simple|jwt] [--only REGEX]
+#                         [--no-build] [--out FILE] [--keep]
 #   --reps N      repetitions per server (default 3)
 #   --full        etcd's documented sizes (100k requests per workload);
 #                 the default sizes keep a run under ~10 minutes on 2 cores
@@ -38,6 +39,19 @@
 #                 plain user holding a readwrite role on every key, with
 #                 simple tokens or RS256 JWTs (etcd's test key pair);
 #                 rows named *-auth; no restart measurement
+#   --tls         the cost of TLS: clients speak https with a client
+#                 certificate to members run with --client-cert-auth
+#                 (etcd's test certificates, RSA 2048, from
+#                 golang-etcd-server-dev); rows put and range at 1000
+#                 clients, and connect-tls: 1000 new connections per
+#                 second (TCP, TLS, HTTP/2, one read each); peers stay
+#                 plaintext; no restart measurement and no memory table
+#   --large       large and wide requests: 10 000 keys filled, then
+#                 range returning all of them, txns of 128 puts, puts of
+#                 64 KiB and of 1 MiB values (RSS after each), and put
+#                 latency at 1000/s while a physical compaction of 1M
+#                 revisions runs (idle p99 beside it); no restart
+#                 measurement
 #   --only REGEX  only the workloads whose name matches REGEX (bash =~);
 #                 no restart measurement and no memory table
 #   --restart-keys N  keys loaded before the restart measurement (default
@@ -66,6 +80,8 @@ OUT=""
 KEEP=0
 RESTARTN_ARG=""
 AUTH=""
+TLS=0
+LARGE=0
 ONLY=""
 # Client ports: etcd 22379.., oxcd 22479..; peer ports are client + 50.
 ETCD_BASE_PORT=22379
@@ -84,6 +100,8 @@ while [ $# -gt 0 ]; do
     --keep) KEEP=1; shift ;;
     --restart-keys) RESTARTN_ARG="$2"; shift 2 ;;
     --auth) AUTH="$2"; shift 2 ;;
+    --tls) TLS=1; shift ;;
+    --large) LARGE=1; shift ;;
     --only) ONLY="$2"; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
@@ -97,6 +115,18 @@ AUTH_FLAGS=()
 if [ "$AUTH" = jwt ]; then
   [ -r "$FIXTURES/server.key.insecure" ] || { echo "--auth jwt needs $FIXTURES (apt-get install golang-etcd-server-dev)" >&2; exit 1; }
   AUTH_FLAGS=(--auth-token "jwt,pub-key=$FIXTURES/server.crt,priv-key=$FIXTURES/server.key.insecure,sign-method=RS256")
+fi
+# Client TLS (--tls): the same three flags for curl, etcdctl and oxcd-bench.
+SCHEME=http
+TLS_ARGS=()
+SERVER_TLS=()
+if [ "$TLS" = 1 ]; then
+  [ -z "$AUTH" ] || { echo "--tls and --auth do not combine" >&2; exit 2; }
+  [ -r "$FIXTURES/server.key.insecure" ] || { echo "--tls needs $FIXTURES (apt-get install golang-etcd-server-dev)" >&2; exit 1; }
+  SCHEME=https
+  TLS_ARGS=(--cacert "$FIXTURES/ca.crt" --cert "$FIXTURES/server.crt" --key "$FIXTURES/server.key.insecure")
+  SERVER_TLS=(--cert-file "$FIXTURES/server.crt" --key-file "$FIXTURES/server.key.insecure"
+    --trusted-ca-file "$FIXTURES/ca.crt" --client-cert-auth)
 fi
 [[ "$REPS" =~ ^[1-9][0-9]*$ ]] || { echo "--reps must be a positive integer" >&2; exit 2; }
 for tool in jq curl awk; do
@@ -142,17 +172,20 @@ trap 'exit 130' INT TERM
 # Workload sizes: default (quick), --full (etcd's documented sizes) and
 # --smoke (tiny).
 if [ "$SIZES" = full ]; then
-  PUT1=10000 PUTN=100000 FILLN=100000 RANGEN=100000 TXNN=100000 WLAT=10000 WFAN=5000 WKEYS=100000 LKA=100000 RESTARTN=1000000
+  PUT1=10000 PUTN=100000 FILLN=100000 RANGEN=100000 TXNN=100000 WLAT=10000 WFAN=5000 WKEYS=100000 LKA=100000 RESTARTN=1000000 CONNN=30000
+  P64=20000 P1M=1000 R10K=5000 T128=20000 COMPACTN=1000000
 elif [ "$SIZES" = smoke ]; then
-  PUT1=200 PUTN=2000 FILLN=2000 RANGEN=2000 TXNN=500 WLAT=100 WFAN=50 WKEYS=200 LKA=2000 RESTARTN=5000
+  PUT1=200 PUTN=2000 FILLN=2000 RANGEN=2000 TXNN=500 WLAT=100 WFAN=50 WKEYS=200 LKA=2000 RESTARTN=5000 CONNN=200
+  P64=100 P1M=10 R10K=50 T128=50 COMPACTN=5000
 else
-  PUT1=5000 PUTN=50000 FILLN=100000 RANGEN=50000 TXNN=20000 WLAT=1000 WFAN=2000 WKEYS=20000 LKA=50000 RESTARTN=250000
+  PUT1=5000 PUTN=50000 FILLN=100000 RANGEN=50000 TXNN=20000 WLAT=1000 WFAN=2000 WKEYS=20000 LKA=50000 RESTARTN=250000 CONNN=10000
+  P64=5000 P1M=300 R10K=2000 T128=5000 COMPACTN=1000000
 fi
 RESTARTN="${RESTARTN_ARG:-$RESTARTN}"
 [[ "$RESTARTN" =~ ^[1-9][0-9]*$ ]] || { echo "--restart-keys must be a positive integer" >&2; exit 2; }
 MANY="--conns 100 --clients 1000"
 # name|bench arguments. Keys: 8 bytes; values: 256 bytes; `foo` is written
-# by etcdctl before the range workloads.
+# by etcdctl before the workloads that read it.
 WORKLOADS=(
   "put-1client|--conns 1 --clients 1 put --total $PUT1 --key-size 8 --val-size 256 --sequential-keys"
   "put-1000clients|$MANY put --total $PUTN --key-size 8 --val-size 256 --key-space-size 100000"
@@ -177,6 +210,31 @@ if [ -n "$AUTH" ]; then
     "range-serializable-auth|--user bench:bench $MANY range foo --consistency s --total $RANGEN"
   )
 fi
+if [ "$TLS" = 1 ]; then
+  WORKLOADS=(
+    "put-1000clients-tls|$MANY put --total $PUTN --key-size 8 --val-size 256 --key-space-size 100000"
+    "range-linearizable-tls|$MANY range foo --consistency l --total $RANGEN"
+    "range-serializable-tls|$MANY range foo --consistency s --total $RANGEN"
+    "connect-tls|--conns 1 --clients 100 connect foo --total $CONNN --rate 1000"
+  )
+fi
+# VmRSS is recorded after these workloads: after put-100k-keys the key
+# space holds exactly $FILLN keys (the earlier puts fall in the same space).
+RSS_AFTER=(put-1000clients put-100k-keys)
+if [ "$LARGE" = 1 ]; then
+  [ -z "$AUTH" ] && [ "$TLS" = 0 ] || { echo "--large combines with neither --auth nor --tls" >&2; exit 2; }
+  # Ordered so that range-10k-keys reads exactly the 10 000 filled keys
+  # (all keys are 8-byte indices; later rows overwrite some of them).
+  WORKLOADS=(
+    "put-10k-keys|$MANY put --total 10000 --key-size 8 --val-size 256 --key-space-size 10000 --sequential-keys"
+    "range-10k-keys|--conns 10 --clients 100 range --all --consistency l --total $R10K"
+    "txn-128-puts|$MANY txn-put --total $T128 --txn-ops 128 --key-size 8 --val-size 256 --key-space-size 100000"
+    "put-64KiB|--conns 10 --clients 100 put --total $P64 --key-size 8 --val-size 65536 --key-space-size 1000"
+    "put-1MiB|--conns 10 --clients 10 put --total $P1M --key-size 8 --val-size 1048576 --key-space-size 100"
+    "put-during-compaction|$MANY compact --revisions $COMPACTN --key-space-size 1000 --val-size 256 --rate 1000 --idle-total 5000"
+  )
+  RSS_AFTER=(put-64KiB put-1MiB)
+fi
 if [ -n "$ONLY" ]; then
   picked=()
   for entry in "${WORKLOADS[@]}"; do
@@ -185,9 +243,6 @@ if [ -n "$ONLY" ]; then
   [ "${#picked[@]}" -gt 0 ] || { echo "--only $ONLY matches no workload" >&2; exit 2; }
   WORKLOADS=("${picked[@]}")
 fi
-# VmRSS is recorded after these workloads: after put-100k-keys the key
-# space holds exactly $FILLN keys (the earlier puts fall in the same space).
-RSS_AFTER=(put-1000clients put-100k-keys)
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -199,17 +254,17 @@ start_servers() {
   for ((i = 0; i < MEMBERS; i++)); do
     names+=("m$i")
     cluster+="${cluster:+,}m$i=http://127.0.0.1:$((base + 50 + i))"
-    ENDPOINTS+="${ENDPOINTS:+,}127.0.0.1:$((base + i))"
+    ENDPOINTS+="${ENDPOINTS:+,}$SCHEME://127.0.0.1:$((base + i))"
     port_free $((base + i)) && port_free $((base + 50 + i)) ||
       { echo "port $((base + i)) or $((base + 50 + i)) is in use" >&2; exit 1; }
   done
   for ((i = 0; i < MEMBERS; i++)); do
-    local c="http://127.0.0.1:$((base + i))" p="http://127.0.0.1:$((base + 50 + i))"
+    local c="$SCHEME://127.0.0.1:$((base + i))" p="http://127.0.0.1:$((base + 50 + i))"
     "$bin" --name "m$i" --data-dir "$dir/m$i.etcd" \
       --listen-client-urls "$c" --advertise-client-urls "$c" \
       --listen-peer-urls "$p" --initial-advertise-peer-urls "$p" \
       --initial-cluster "$cluster" --initial-cluster-state new \
-      --initial-cluster-token "bench-$kind" "${AUTH_FLAGS[@]}" \
+      --initial-cluster-token "bench-$kind" "${AUTH_FLAGS[@]}" "${SERVER_TLS[@]}" \
       >"$dir/m$i.log" 2>&1 </dev/null &
     PIDS+=("$!")
   done
@@ -217,7 +272,7 @@ start_servers() {
     local ok=0
     for _ in $(seq 300); do
       kill -0 "${PIDS[$i]}" 2>/dev/null || break
-      if curl -sf "http://127.0.0.1:$((base + i))/health" | grep -q '"health": *"true"'; then ok=1; break; fi
+      if curl -sf "${TLS_ARGS[@]}" "$SCHEME://127.0.0.1:$((base + i))/health" | grep -q '"health": *"true"'; then ok=1; break; fi
       sleep 0.1
     done
     [ "$ok" = 1 ] || { echo "$kind member m$i did not become ready; log:" >&2; tail -20 "$dir/m$i.log" >&2; exit 1; }
@@ -229,7 +284,7 @@ start_servers() {
 # decimal strings (jq 1.6 would round 64-bit ids), or nothing.
 member_status() {
   local json
-  json=$(ETCDCTL_API=3 timeout 5 "$ETCDCTL" --endpoints "$1" --dial-timeout 1s --command-timeout 2s \
+  json=$(ETCDCTL_API=3 timeout 5 "$ETCDCTL" "${TLS_ARGS[@]}" --endpoints "$1" --dial-timeout 1s --command-timeout 2s \
     endpoint status -w json 2>/dev/null) || return 0
   printf '%s %s\n' "$(grep -o '"member_id":[0-9]*' <<<"$json" | head -1 | cut -d: -f2)" \
     "$(grep -o '"leader":[0-9]*' <<<"$json" | head -1 | cut -d: -f2)"
@@ -251,7 +306,7 @@ wait_leader() {
     done
     if [ "$agreed" = 1 ] && [[ "$ids" == *" $leader "* ]]; then
       for ep in "${eps[@]}"; do
-        ETCDCTL_API=3 timeout 5 "$ETCDCTL" --endpoints "$ep" --dial-timeout 1s --command-timeout 3s \
+        ETCDCTL_API=3 timeout 5 "$ETCDCTL" "${TLS_ARGS[@]}" --endpoints "$ep" --dial-timeout 1s --command-timeout 3s \
           get --consistency=l bench-probe >/dev/null 2>&1 || { agreed=0; break; }
       done
       [ "$agreed" = 1 ] && { LEADER="$leader"; return 0; }
@@ -303,14 +358,14 @@ run_turn() {
       bench_enable_auth "$ETCDCTL" "$ENDPOINTS"
       auth_on=1
     fi
-    if [[ "$name" == range-* ]] && [ "$auth_on" = 0 ]; then
-      ETCDCTL_API=3 "$ETCDCTL" --endpoints "$ENDPOINTS" put foo "$(head -c 256 /dev/zero | tr '\0' v)" >/dev/null
+    if [[ "$args" == *" foo "* ]] && [ "$auth_on" = 0 ]; then
+      ETCDCTL_API=3 "$ETCDCTL" "${TLS_ARGS[@]}" --endpoints "$ENDPOINTS" put foo "$(head -c 256 /dev/zero | tr '\0' v)" >/dev/null
     fi
     echo "  $kind rep $rep: $name" >&2
     before=$(cpu_ticks)
     rc=0
     # shellcheck disable=SC2086 # args is a word list on purpose
-    line=$(timeout $((BENCH_TIMEOUT + 60)) "$BENCH" --endpoints "$ENDPOINTS" $target --json \
+    line=$(timeout $((BENCH_TIMEOUT + 60)) "$BENCH" --endpoints "$ENDPOINTS" "${TLS_ARGS[@]}" $target --json \
       --timeout "$BENCH_TIMEOUT" $args 2>>"$dir/bench.err" | tail -1) || rc=$?
     after=$(cpu_ticks)
     if [ "$rc" = 3 ]; then
@@ -328,6 +383,11 @@ run_turn() {
       line=$(jq -c '.ok = .extra.events_received | .ops_per_sec = .extra.events_per_sec
         | .errors = (.errors + .extra.put_errors + .extra.events_expected - .extra.events_received)' <<<"$line")
     fi
+    if [ "$name" = put-during-compaction ]; then
+      for x in compaction_s idle_p99_ms p99_during_over_idle; do
+        printf '%s\t%s\t%s\tok\t%s\n' "$kind" "$rep" "$x" "$(jq -r ".extra.$x" <<<"$line")" >>"$RESULTS"
+      done
+    fi
     ok=$(jq -r '.ok' <<<"$line")
     jq -r --arg k "$kind" --arg r "$rep" --arg n "$name" \
       --argjson cpu "$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v ok="$ok" \
@@ -343,7 +403,7 @@ run_turn() {
   if [ "${now#* }" != "$LEADER" ]; then
     echo "    warning: $kind rep $rep: the leader changed during the turn ($LEADER -> ${now#* })" >&2
   fi
-  [ -n "$AUTH" ] || [ -n "$ONLY" ] || restart_turn "$kind" "$rep" "$dir" "$target"
+  [ -n "$AUTH" ] || [ -n "$ONLY" ] || [ "$TLS" = 1 ] || [ "$LARGE" = 1 ] || restart_turn "$kind" "$rep" "$dir" "$target"
   stop_servers
 }
 
@@ -373,7 +433,7 @@ restart_turn() {
   printf '%s\t%s\trss-after-restart\tok\t%s\n' "$kind" "$rep" "$(rss_kib)" >>"$RESULTS"
 }
 
-echo "results in $WORK (reps=$REPS, members=$MEMBERS, spread=$SPREAD, sizes=$SIZES)" >&2
+echo "results in $WORK (reps=$REPS, members=$MEMBERS, spread=$SPREAD, tls=$TLS, sizes=$SIZES)" >&2
 for ((rep = 1; rep <= REPS; rep++)); do
   if ((rep % 2)); then order=(etcd oxcd); else order=(oxcd etcd); fi
   for kind in "${order[@]}"; do run_turn "$kind" "$rep"; done
@@ -407,7 +467,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.e+-]+$/ && b ~ /^[0-9.
     row+=" | $(median etcd "$name" 10)/$(median oxcd "$name" 10) |"
     echo "$row"
   done
-  if [ -z "$AUTH" ] && [ -z "$ONLY" ]; then
+  if [ -z "$AUTH" ] && [ -z "$ONLY" ] && [ "$TLS" = 0 ]; then
     echo
     echo "| memory | etcd | oxcd | ratio |"
     echo "|---|---|---|---|"
@@ -415,13 +475,25 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.e+-]+$/ && b ~ /^[0-9.
       e=$(median etcd "rss-after-$name" 5) o=$(median oxcd "rss-after-$name" 5)
       echo "| RSS after $name (MiB) | $(mib "$e") | $(mib "$o") | $(ratio "$o" "$e") |"
     done
-    e=$(median etcd "rss-after-restart" 5) o=$(median oxcd "rss-after-restart" 5)
-    echo "| RSS after restart with $RESTARTN keys (MiB) | $(mib "$e") | $(mib "$o") | $(ratio "$o" "$e") |"
-    echo
-    echo "| restart | etcd | oxcd | ratio |"
-    echo "|---|---|---|---|"
-    e=$(median etcd restart 5) o=$(median oxcd restart 5)
-    echo "| seconds from start to serving linearizable reads, $RESTARTN keys | $e | $o | $(ratio "$o" "$e") |"
+    if [ "$LARGE" = 0 ]; then
+      e=$(median etcd "rss-after-restart" 5) o=$(median oxcd "rss-after-restart" 5)
+      echo "| RSS after restart with $RESTARTN keys (MiB) | $(mib "$e") | $(mib "$o") | $(ratio "$o" "$e") |"
+      echo
+      echo "| restart | etcd | oxcd | ratio |"
+      echo "|---|---|---|---|"
+      e=$(median etcd restart 5) o=$(median oxcd restart 5)
+      echo "| seconds from start to serving linearizable reads, $RESTARTN keys | $e | $o | $(ratio "$o" "$e") |"
+    else
+      echo
+      echo "| compaction of $COMPACTN+ revisions under puts at 1000/s | etcd | oxcd | ratio |"
+      echo "|---|---|---|---|"
+      for x in compaction_s idle_p99_ms; do
+        e=$(median etcd "$x" 5) o=$(median oxcd "$x" 5)
+        echo "| $x | $e | $o | $(ratio "$o" "$e") |"
+      done
+      e=$(median etcd p99_during_over_idle 5) o=$(median oxcd p99_during_over_idle 5)
+      echo "| put p99 during compaction / idle p99 (target ≤ 2) | $e | $o | |"
+    fi
   elif [ -n "$AUTH" ]; then
     echo
     echo "| auth cost ($AUTH tokens): ops/s with auth / without | etcd | oxcd |"
@@ -431,5 +503,5 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.e+-]+$/ && b ~ /^[0-9.
     done
   fi
   echo
-  echo "Medians of $REPS repetition(s), $MEMBERS member(s)$([ "$SPREAD" = 1 ] && echo ", clients spread over all members"). ratio = oxcd/etcd: above 1 is better for ops/s, below 1 is better for latency, CPU and memory. n/a: the server answers Unimplemented."
+  echo "Medians of $REPS repetition(s), $MEMBERS member(s)$([ "$SPREAD" = 1 ] && echo ", clients spread over all members")$([ "$TLS" = 1 ] && echo ", clients over TLS with client certificates"). ratio = oxcd/etcd: above 1 is better for ops/s, below 1 is better for latency, CPU and memory. n/a: the server answers Unimplemented."
 } | tee "${OUT:-/dev/null}"

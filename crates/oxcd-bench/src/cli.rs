@@ -4,6 +4,8 @@
 //!
 //! Global flags may appear before or after the subcommand.
 
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// `oxcd-bench [global flags] <command> [command flags]`.
@@ -25,7 +27,8 @@ pub struct Cli {
 /// Flags shared by every workload.
 #[derive(Debug, Clone, Args)]
 pub struct GlobalOpts {
-    /// gRPC endpoints, comma separated: `host:port` or `http://host:port`.
+    /// gRPC endpoints, comma separated: `host:port`, `http://host:port` or
+    /// `https://host:port` (`host:port` means https when `--cacert` is given).
     #[arg(
         long,
         global = true,
@@ -57,6 +60,15 @@ pub struct GlobalOpts {
     /// token with every call (etcd's benchmark `--user`).
     #[arg(long, global = true)]
     pub user: Option<String>,
+    /// CA bundle that verifies the servers' certificates (TLS).
+    #[arg(long = "cacert", global = true)]
+    pub tls_cacert: Option<PathBuf>,
+    /// Client certificate presented to the servers (with `--key`).
+    #[arg(long = "cert", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of `--cert`.
+    #[arg(long = "key", global = true)]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for GlobalOpts {
@@ -70,6 +82,9 @@ impl Default for GlobalOpts {
             dial_timeout: 5,
             timeout: 600,
             user: None,
+            tls_cacert: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -91,6 +106,12 @@ pub enum Command {
     WatchLatency(WatchLatencyOpts),
     /// Benchmark lease keep-alive round trips.
     LeaseKeepalive(LeaseOpts),
+    /// Benchmark new connections: each operation dials a fresh connection
+    /// (TCP, TLS with `--cacert`, HTTP/2), makes one serializable range
+    /// request on it and closes it.
+    Connect(ConnectOpts),
+    /// Benchmark put latency while the server compacts a long history.
+    Compact(CompactOpts),
 }
 
 /// `put`: writes `--total` keys of `--key-size` bytes chosen from
@@ -137,7 +158,8 @@ pub enum Consistency {
 #[command(name = "range")]
 pub struct RangeOpts {
     /// Key to read (or start of the range).
-    pub key: String,
+    #[arg(required_unless_present = "all")]
+    pub key: Option<String>,
     /// End of the range (exclusive); absent reads the single key.
     pub end: Option<String>,
     /// Total number of range requests.
@@ -152,6 +174,10 @@ pub struct RangeOpts {
     /// Return only the count of keys.
     #[arg(long)]
     pub count_only: bool,
+    /// Read every key (key and range end `\0`, which binary keys need:
+    /// they cannot be given on a command line).
+    #[arg(long, conflicts_with_all = ["key", "end"])]
+    pub all: bool,
 }
 
 /// `txn-put`: txns of `--txn-ops` puts on distinct keys.
@@ -270,6 +296,59 @@ impl Default for LeaseOpts {
     }
 }
 
+/// `connect`: `--total` fresh connections, `--rate` per second.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "connect")]
+pub struct ConnectOpts {
+    /// Total number of connections.
+    #[arg(long, default_value_t = 1_000)]
+    pub total: u64,
+    /// New connections per second over all clients (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// The key each connection reads once.
+    #[arg(default_value = "foo")]
+    pub key: String,
+}
+
+impl Default for ConnectOpts {
+    fn default() -> Self {
+        ConnectOpts::parse_from(["connect"])
+    }
+}
+
+/// `compact`: `--revisions` puts of history, `--idle-total` paced puts,
+/// then paced puts while a physical compaction of that history runs.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "compact")]
+pub struct CompactOpts {
+    /// Puts written first, the history compaction deletes.
+    #[arg(long, default_value_t = 100_000)]
+    pub revisions: u64,
+    /// Distinct keys the puts cycle over (keys are 8 bytes).
+    #[arg(long, default_value_t = 1_000)]
+    pub key_space_size: u64,
+    /// Value size of each put.
+    #[arg(long, default_value_t = 256)]
+    pub val_size: usize,
+    /// Puts per second in the two measured phases.
+    #[arg(long, default_value_t = 1_000)]
+    pub rate: u64,
+    /// Puts measured before the compaction starts.
+    #[arg(long, default_value_t = 5_000)]
+    pub idle_total: u64,
+    /// At most this many puts while compaction runs (it ends the phase
+    /// when it finishes first).
+    #[arg(long, default_value_t = 100_000)]
+    pub total: u64,
+}
+
+impl Default for CompactOpts {
+    fn default() -> Self {
+        CompactOpts::parse_from(["compact"])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,9 +387,18 @@ mod tests {
         let Command::Range(r) = cli.command else {
             panic!("expected range")
         };
-        assert_eq!((r.key.as_str(), r.end.as_deref()), ("a", Some("z")));
+        assert_eq!((r.key.as_deref(), r.end.as_deref()), (Some("a"), Some("z")));
         assert_eq!(r.consistency, Consistency::Serializable);
         assert!(Cli::try_parse_from(["b", "range", "a", "--consistency", "x"]).is_err());
+        assert!(Cli::try_parse_from(["b", "range"]).is_err());
+        assert!(Cli::try_parse_from(["b", "range", "a", "--all"]).is_err());
+        let Command::Range(r) = Cli::try_parse_from(["b", "range", "--all"])
+            .expect("valid")
+            .command
+        else {
+            panic!("expected range")
+        };
+        assert!(r.all && r.key.is_none());
     }
 
     #[test]
@@ -321,6 +409,8 @@ mod tests {
             "watch-latency",
             "lease-keepalive",
             "put",
+            "connect",
+            "compact",
         ] {
             assert!(Cli::try_parse_from(["b", name]).is_ok(), "{name}");
         }
@@ -329,5 +419,6 @@ mod tests {
         assert_eq!(WatchLatencyOpts::default().put_rate, 100);
         assert_eq!(LeaseOpts::default().ttl, 100);
         assert_eq!(GlobalOpts::default().conns, 1);
+        assert_eq!(ConnectOpts::default().rate, 0);
     }
 }

@@ -2,6 +2,7 @@
 //! HTTP/2 channels (connection i dials endpoint i % endpoints), and
 //! `--clients` logical clients, client i sharing connection i % conns.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use oxcd_api::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -20,6 +21,37 @@ use crate::h2chan::H2Channel;
 pub struct Conns {
     channels: Vec<H2Channel>,
     clients: usize,
+    dialer: Dialer,
+}
+
+/// How to open one more connection as the flags say: the endpoints (only
+/// the leader's with `--target-leader`), TLS, the dial timeout, `--user`.
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    urls: Vec<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+    user: Option<String>,
+}
+
+impl Dialer {
+    /// Dials connection `i` (endpoint `i % endpoints`) and authenticates
+    /// it with `--user`.
+    ///
+    /// # Errors
+    /// A failed dial or authentication.
+    pub async fn dial(&self, i: usize) -> Result<H2Channel, BenchError> {
+        let mut ch = dial(
+            &self.urls[i % self.urls.len()],
+            self.timeout,
+            self.tls.as_ref(),
+        )
+        .await?;
+        if let Some(user) = &self.user {
+            authenticate(&mut ch, user).await?;
+        }
+        Ok(ch)
+    }
 }
 
 impl Conns {
@@ -28,38 +60,47 @@ impl Conns {
     /// all of them dial the leader.
     ///
     /// # Errors
-    /// Zero conns or clients, a malformed endpoint, a failed dial, or no
-    /// leader found.
+    /// Zero conns or clients, a malformed endpoint or TLS file, a failed
+    /// dial, or no leader found.
     pub async fn connect(opts: &GlobalOpts) -> Result<Conns, BenchError> {
         if opts.conns == 0 || opts.clients == 0 {
             return Err(BenchError::InvalidArgs(
                 "--conns and --clients must be at least 1".into(),
             ));
         }
+        let tls = crate::tls::client_config(opts)?;
         let mut urls = opts
             .endpoints
             .iter()
-            .map(|e| endpoint_url(e))
+            .map(|e| endpoint_url(e, tls.is_some()))
             .collect::<Result<Vec<_>, _>>()?;
         if urls.is_empty() {
             return Err(BenchError::InvalidArgs("no --endpoints given".into()));
         }
-        let dial_timeout = Duration::from_secs(opts.dial_timeout.max(1));
+        let timeout = Duration::from_secs(opts.dial_timeout.max(1));
         if opts.target_leader && urls.len() > 1 {
-            urls = vec![find_leader(&urls, dial_timeout).await?];
+            urls = vec![find_leader(&urls, timeout, tls.as_ref()).await?];
         }
+        let dialer = Dialer {
+            urls,
+            tls,
+            timeout,
+            user: opts.user.clone(),
+        };
         let mut channels = Vec::with_capacity(opts.conns);
         for i in 0..opts.conns {
-            let mut ch = dial(&urls[i % urls.len()], dial_timeout).await?;
-            if let Some(user) = &opts.user {
-                authenticate(&mut ch, user).await?;
-            }
-            channels.push(ch);
+            channels.push(dialer.dial(i).await?);
         }
         Ok(Conns {
             channels,
             clients: opts.clients,
+            dialer,
         })
+    }
+
+    /// Opens further connections as the flags say.
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
     }
 
     /// Number of logical clients (`--clients`).
@@ -126,23 +167,32 @@ async fn authenticate(ch: &mut H2Channel, user: &str) -> Result<(), BenchError> 
         .map_err(|e| BenchError::InvalidArgs(format!("unusable token: {e}")))
 }
 
-/// `host:port` becomes `http://host:port`; `http://` URLs pass through.
-fn endpoint_url(endpoint: &str) -> Result<String, BenchError> {
+/// `host:port` becomes `http://host:port` (`https://` with `tls`);
+/// `http://` and `https://` URLs pass through.
+fn endpoint_url(endpoint: &str, tls: bool) -> Result<String, BenchError> {
     let invalid = |reason: &str| BenchError::InvalidEndpoint {
         endpoint: endpoint.to_string(),
         reason: reason.to_string(),
     };
     match endpoint.split_once("://") {
         None if endpoint.is_empty() => Err(invalid("empty")),
+        None if tls => Ok(format!("https://{endpoint}")),
         None => Ok(format!("http://{endpoint}")),
         Some(("http", rest)) if !rest.is_empty() => Ok(endpoint.to_string()),
-        Some(("https", _)) => Err(invalid("TLS endpoints are not supported yet")),
-        Some(_) => Err(invalid("expected host:port or http://host:port")),
+        Some(("https", rest)) if !rest.is_empty() && tls => Ok(endpoint.to_string()),
+        Some(("https", _)) => Err(invalid("https needs --cacert")),
+        Some(_) => Err(invalid(
+            "expected host:port, http://host:port or https://host:port",
+        )),
     }
 }
 
-async fn dial(url: &str, timeout: Duration) -> Result<H2Channel, BenchError> {
-    H2Channel::dial(url, timeout)
+async fn dial(
+    url: &str,
+    timeout: Duration,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<H2Channel, BenchError> {
+    H2Channel::dial(url, timeout, tls)
         .await
         .map_err(|e| BenchError::Connect {
             endpoint: url.to_string(),
@@ -151,9 +201,13 @@ async fn dial(url: &str, timeout: Duration) -> Result<H2Channel, BenchError> {
 }
 
 /// The first endpoint whose Status says it is the leader.
-async fn find_leader(urls: &[String], timeout: Duration) -> Result<String, BenchError> {
+async fn find_leader(
+    urls: &[String],
+    timeout: Duration,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<String, BenchError> {
     for url in urls {
-        let Ok(channel) = dial(url, timeout).await else {
+        let Ok(channel) = dial(url, timeout, tls).await else {
             continue;
         };
         let status = tokio::time::timeout(
@@ -179,12 +233,17 @@ mod tests {
     #[test]
     fn endpoints_are_normalised() {
         assert_eq!(
-            endpoint_url("127.0.0.1:2379").unwrap(),
+            endpoint_url("127.0.0.1:2379", false).unwrap(),
             "http://127.0.0.1:2379"
         );
-        assert_eq!(endpoint_url("http://h:1").unwrap(), "http://h:1");
-        assert!(endpoint_url("https://h:1").is_err());
-        assert!(endpoint_url("unix://x").is_err());
-        assert!(endpoint_url("").is_err());
+        assert_eq!(
+            endpoint_url("127.0.0.1:2379", true).unwrap(),
+            "https://127.0.0.1:2379"
+        );
+        assert_eq!(endpoint_url("http://h:1", true).unwrap(), "http://h:1");
+        assert_eq!(endpoint_url("https://h:1", true).unwrap(), "https://h:1");
+        assert!(endpoint_url("https://h:1", false).is_err());
+        assert!(endpoint_url("unix://x", false).is_err());
+        assert!(endpoint_url("", false).is_err());
     }
 }

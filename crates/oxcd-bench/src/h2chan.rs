@@ -17,6 +17,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,6 +29,9 @@ use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
 use oxcd_io::{Coalesce, Gather};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsConnector;
 use tonic::body::Body;
 use tonic::Status;
 
@@ -40,6 +44,7 @@ const CONN_WINDOW: u32 = 5 << 20;
 #[derive(Clone)]
 pub struct H2Channel {
     send: SendRequest<Bytes>,
+    scheme: Scheme,
     authority: Authority,
     /// The auth token every call carries (`--user`), as gRPC metadata.
     token: Option<HeaderValue>,
@@ -56,9 +61,12 @@ impl std::fmt::Debug for H2Channel {
 /// Why a dial failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
-    /// The endpoint is not `http://host:port`.
+    /// The endpoint is not `http://host:port` or `https://host:port`.
     #[error("invalid endpoint: {0}")]
     Endpoint(String),
+    /// An `https://` endpoint without a TLS configuration (`--cacert`).
+    #[error("{0}: https needs --cacert")]
+    NoTls(String),
     /// TCP connect failed or timed out.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -68,13 +76,20 @@ pub enum DialError {
 }
 
 impl H2Channel {
-    /// Connects to `url` (`http://host:port`) over TCP with `TCP_NODELAY`
-    /// and runs the HTTP/2 handshake, both within `timeout`. The connection
-    /// is driven by a spawned task that ends when every clone is dropped.
+    /// Connects to `url` (`http://host:port`, or `https://host:port` with
+    /// `tls`) over TCP with `TCP_NODELAY`, runs the TLS handshake for https
+    /// (the server name is the URL's host) and the HTTP/2 handshake, all
+    /// within `timeout`. The connection is driven by a spawned task that
+    /// ends when every clone is dropped.
     ///
     /// # Errors
-    /// A malformed URL, a failed or timed-out connect, a failed handshake.
-    pub async fn dial(url: &str, timeout: Duration) -> Result<H2Channel, DialError> {
+    /// A malformed URL, https without `tls`, a failed or timed-out connect,
+    /// a failed handshake.
+    pub async fn dial(
+        url: &str,
+        timeout: Duration,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> Result<H2Channel, DialError> {
         let uri: Uri = url
             .parse()
             .map_err(|e: http::uri::InvalidUri| DialError::Endpoint(e.to_string()))?;
@@ -82,26 +97,36 @@ impl H2Channel {
             .authority()
             .cloned()
             .ok_or_else(|| DialError::Endpoint(format!("{url}: no host:port")))?;
+        let tls = match uri.scheme_str() {
+            Some("http") => None,
+            Some("https") => Some(tls.ok_or_else(|| DialError::NoTls(url.to_string()))?),
+            _ => return Err(DialError::Endpoint(format!("{url}: not http or https"))),
+        };
+        let scheme = if tls.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
         let connect = async {
             let tcp = tokio::net::TcpStream::connect(authority.as_str()).await?;
             tcp.set_nodelay(true)?;
-            let (send, conn) = h2::client::Builder::new()
-                .initial_window_size(STREAM_WINDOW)
-                .initial_connection_window_size(CONN_WINDOW)
-                .handshake::<_, Bytes>(Coalesce::new(tcp))
-                .await?;
-            tokio::spawn(async move {
-                // The connection ends when the server closes it or every
-                // sender is gone; either way there is no one to tell.
-                let _ = conn.await;
-            });
-            Ok::<_, DialError>(send)
+            match tls {
+                None => handshake(tcp).await,
+                Some(cfg) => {
+                    let host = authority.host().trim_matches(|c| c == '[' || c == ']');
+                    let name = ServerName::try_from(host.to_string())
+                        .map_err(|e| DialError::Endpoint(format!("{url}: {e}")))?;
+                    let stream = TlsConnector::from(cfg.clone()).connect(name, tcp).await?;
+                    handshake(stream).await
+                }
+            }
         };
         let send = tokio::time::timeout(timeout, connect)
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "dial timed out"))??;
         Ok(H2Channel {
             send,
+            scheme,
             authority,
             token: None,
         })
@@ -119,7 +144,7 @@ impl H2Channel {
     /// The absolute URI of `path` on this connection's endpoint.
     fn uri(&self, path: PathAndQuery) -> Uri {
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
+        parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());
         parts.path_and_query = Some(path);
         Uri::from_parts(parts).unwrap_or_default()
@@ -174,6 +199,24 @@ impl H2Channel {
         }
         Resp::decode(message).map_err(|e| Status::internal(e.to_string()))
     }
+}
+
+/// The HTTP/2 handshake on `io`, and a task driving the connection.
+async fn handshake<T>(io: T) -> Result<SendRequest<Bytes>, DialError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONN_WINDOW)
+        .handshake::<_, Bytes>(Coalesce::new(io))
+        .await?;
+    tokio::spawn(async move {
+        // The connection ends when the server closes it or every sender
+        // is gone; either way there is no one to tell.
+        let _ = conn.await;
+    });
+    Ok(send)
 }
 
 /// The one length-prefixed message of an answer, without its prefix.

@@ -8,10 +8,11 @@
 //! - [`conn`]: gRPC connections, clients spread round-robin over them, and
 //!   `--target-leader`;
 //! - [`h2chan`]: the gRPC channel, straight on one HTTP/2 connection;
+//! - [`tls`]: the TLS client configuration of `https://` endpoints;
 //! - [`report`]: latency histograms (hdrhistogram, microseconds) and the
 //!   [`Summary`] printed as text or as one JSON line;
 //! - [`workload`]: `put`, `range`, `txn-put`, `watch`, `watch-latency`,
-//!   `lease-keepalive`, each one file with a `run` entry point.
+//!   `lease-keepalive`, `connect`, `compact`, each one file with a `run` entry point.
 //!
 //! Every workload is bounded twice: by its `--total` and by the overall
 //! deadline (`--timeout`). Failed requests are counted per gRPC code, never
@@ -26,6 +27,7 @@ pub mod h2chan;
 mod keys;
 mod progress;
 pub mod report;
+pub mod tls;
 pub mod workload;
 
 use std::time::{Duration, Instant};
@@ -52,5 +54,7 @@ pub async fn run(cli: &Cli) -> Result<Summary, BenchError> {
         Command::Watch(opts) => workload::watch::run(&conns, opts, deadline).await,
         Command::WatchLatency(opts) => workload::watch_latency::run(&conns, opts, deadline).await,
         Command::LeaseKeepalive(opts) => workload::lease::run(&conns, opts, deadline).await,
+        Command::Connect(opts) => workload::connect::run(&conns, opts, deadline).await,
+        Command::Compact(opts) => workload::compact::run(&conns, opts, deadline).await,
     }
 }

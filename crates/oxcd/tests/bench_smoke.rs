@@ -8,8 +8,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::tls::{tls_files, TlsMember};
 use common::{bounded, Member};
-use oxcd_bench::cli::{Consistency, LeaseOpts, PutOpts, RangeOpts, TxnPutOpts, WatchLatencyOpts};
+use oxcd_bench::cli::{
+    CompactOpts, ConnectOpts, Consistency, LeaseOpts, PutOpts, RangeOpts, TxnPutOpts,
+    WatchLatencyOpts,
+};
 use oxcd_bench::{workload, BenchError, Conns, GlobalOpts, Summary};
 
 fn assert_clean(what: &str, s: &Summary, total: u64) {
@@ -43,12 +47,13 @@ async fn bench_workloads_run_against_oxcd() {
 
         for consistency in [Consistency::Linearizable, Consistency::Serializable] {
             let range = RangeOpts {
-                key: "\0".into(),
-                end: Some("\0".into()),
+                key: None,
+                end: None,
                 total: 50,
                 consistency,
                 limit: 0,
                 count_only: false,
+                all: true,
             };
             let s = workload::range::run(&conns, &range, deadline)
                 .await
@@ -80,6 +85,35 @@ async fn bench_workloads_run_against_oxcd() {
             Err(e) => panic!("watch-latency: {e}"),
         }
 
+        let compact = CompactOpts {
+            revisions: 200,
+            key_space_size: 10,
+            rate: 1000,
+            idle_total: 20,
+            total: 100_000,
+            ..CompactOpts::default()
+        };
+        let s = workload::compact::run(&conns, &compact, deadline)
+            .await
+            .expect("compact");
+        // The phase ends when the compaction returns, long before --total.
+        assert_eq!(s.errors, 0, "{s:?}");
+        assert!(!s.timed_out && s.total < 100_000, "{s:?}");
+        assert!(s.extra["compacted_revision"].as_i64() > Some(200), "{s:?}");
+        assert_eq!(s.extra["idle_ops"], 20, "{s:?}");
+        let client = member.client().await;
+        let old = client
+            .clone()
+            .kv_client()
+            .get("x", Some(etcd_client::GetOptions::new().with_revision(100)))
+            .await;
+        assert!(
+            old.is_err_and(|e| e
+                .to_string()
+                .contains("required revision has been compacted")),
+            "the history below the compacted revision is gone"
+        );
+
         let lease = LeaseOpts {
             total: 10,
             ..LeaseOpts::default()
@@ -89,6 +123,81 @@ async fn bench_workloads_run_against_oxcd() {
             Err(BenchError::Unimplemented { .. }) => {}
             Err(e) => panic!("lease-keepalive: {e}"),
         }
+    })
+    .await;
+}
+
+/// Over TLS with a client certificate (`--cacert/--cert/--key`), against a
+/// member that requires one: the KV workloads and `connect` (a new TLS
+/// connection per operation) complete without an error; without a client
+/// certificate the member refuses the dial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_speaks_tls_with_client_certificates() {
+    bounded(async {
+        let f = tls_files();
+        let member = TlsMember::start(&f).await;
+        let global = GlobalOpts {
+            endpoints: vec![member.endpoint()],
+            conns: 2,
+            clients: 4,
+            tls_cacert: Some(f.ca.clone().into()),
+            tls_cert: Some(f.client_crt.clone().into()),
+            tls_key: Some(f.client_key.clone().into()),
+            ..GlobalOpts::default()
+        };
+        let conns = Conns::connect(&global).await.expect("dial oxcd over TLS");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let put = PutOpts {
+            total: 40,
+            key_space_size: 10,
+            ..PutOpts::default()
+        };
+        let s = workload::put::run(&conns, &put, deadline)
+            .await
+            .expect("put");
+        assert_clean("put over TLS", &s, 40);
+        let connect = ConnectOpts {
+            total: 20,
+            rate: 0,
+            key: "foo".into(),
+        };
+        let s = workload::connect::run(&conns, &connect, deadline)
+            .await
+            .expect("connect");
+        assert_clean("connect over TLS", &s, 20);
+
+        // TLS 1.3 lets the client finish its handshake before the server
+        // checks the certificate, so the refusal may only show on the
+        // first request.
+        let refused = |global: GlobalOpts| async move {
+            match Conns::connect(&global).await {
+                Err(_) => true,
+                Ok(conns) => {
+                    let one = PutOpts {
+                        total: 1,
+                        ..PutOpts::default()
+                    };
+                    let s = workload::put::run(&conns, &one, deadline)
+                        .await
+                        .expect("put");
+                    s.ok == 0
+                }
+            }
+        };
+        let no_identity = GlobalOpts {
+            tls_cert: None,
+            tls_key: None,
+            ..global.clone()
+        };
+        assert!(
+            refused(no_identity.clone()).await,
+            "a member with --client-cert-auth refuses a client without a certificate"
+        );
+        let plain = GlobalOpts {
+            tls_cacert: None,
+            ..no_identity
+        };
+        assert!(refused(plain).await, "plaintext to a TLS-only member fails");
     })
     .await;
 }

@@ -6,6 +6,8 @@
 //! times its own operations into its own [`Recorder`]; the recorders are
 //! merged at the end.
 
+pub mod compact;
+pub mod connect;
 pub mod lease;
 pub mod put;
 pub mod range;
@@ -20,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::progress::Progress;
 use crate::report::{Recorder, Summary};
@@ -30,6 +33,8 @@ pub(crate) struct Budget {
     total: u64,
     deadline: Instant,
     stopped: AtomicBool,
+    /// Ends the run from outside when cancelled (see [`Plan::until`]).
+    until: Option<CancellationToken>,
 }
 
 impl Budget {
@@ -39,12 +44,16 @@ impl Budget {
             total,
             deadline,
             stopped: AtomicBool::new(false),
+            until: None,
         }
     }
 
     /// The next operation index, or `None` when the run is over.
     pub(crate) fn take(&self) -> Option<u64> {
-        if self.stopped.load(Ordering::Relaxed) || Instant::now() >= self.deadline {
+        if self.stopped.load(Ordering::Relaxed)
+            || Instant::now() >= self.deadline
+            || self.until.as_ref().is_some_and(|t| t.is_cancelled())
+        {
             return None;
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed);
@@ -97,6 +106,8 @@ pub(crate) struct Plan {
     pub rate: u64,
     /// No operation starts after this; one in flight is abandoned.
     pub deadline: Instant,
+    /// No operation starts once this is cancelled; those in flight finish.
+    pub until: Option<CancellationToken>,
 }
 
 /// Runs `op(client, index)` for every index in `0..plan.total`, spread over
@@ -106,7 +117,9 @@ where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), tonic::Status>> + Send + 'static,
 {
-    let budget = Arc::new(Budget::new(plan.total, plan.deadline));
+    let mut budget = Budget::new(plan.total, plan.deadline);
+    budget.until = plan.until;
+    let budget = Arc::new(budget);
     let op = Arc::new(op);
     let progress = Progress::new(plan.total, plan.command);
     let pacer = Pacer::new(plan.rate);
@@ -191,6 +204,7 @@ mod tests {
             total: 100,
             rate: 0,
             deadline: Instant::now() + Duration::from_secs(30),
+            until: None,
         };
         let s = drive(plan, |_, i| async move {
             if i % 10 == 0 {
@@ -213,6 +227,7 @@ mod tests {
             total: 1_000_000,
             rate: 0,
             deadline: Instant::now() + Duration::from_secs(30),
+            until: None,
         };
         let s = drive(plan, |_, _| async {
             Err(tonic::Status::unimplemented("no"))

@@ -29,6 +29,7 @@ pub async fn run(conns: &Conns, opts: &PutOpts, deadline: Instant) -> Result<Sum
         total: opts.total,
         rate: 0,
         deadline,
+        until: None,
     };
     Ok(drive(plan, move |client, i| {
         let kv = clients[client].clone();

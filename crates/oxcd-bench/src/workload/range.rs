@@ -1,5 +1,5 @@
 //! `range`: etcd benchmark's `range.go`. Every request reads the same key
-//! or range, linearizably or serializably.
+//! or range (or, with `--all`, every key), linearizably or serializably.
 
 use std::time::Instant;
 
@@ -23,12 +23,15 @@ pub async fn run(
     deadline: Instant,
 ) -> Result<Summary, BenchError> {
     let clients = conns.kv_clients();
+    let (key, range_end) = if opts.all {
+        (Bytes::from_static(b"\0"), Bytes::from_static(b"\0"))
+    } else {
+        let bytes = |s: &Option<String>| s.clone().map_or_else(Bytes::new, Bytes::from);
+        (bytes(&opts.key), bytes(&opts.end))
+    };
     let template = RangeRequest {
-        key: Bytes::from(opts.key.clone().into_bytes()),
-        range_end: opts
-            .end
-            .as_ref()
-            .map_or_else(Bytes::new, |e| Bytes::from(e.clone().into_bytes())),
+        key,
+        range_end,
         limit: opts.limit,
         serializable: opts.consistency == Consistency::Serializable,
         count_only: opts.count_only,
@@ -40,6 +43,7 @@ pub async fn run(
         total: opts.total,
         rate: 0,
         deadline,
+        until: None,
     };
     Ok(drive(plan, move |client, _| {
         let kv = clients[client].clone();

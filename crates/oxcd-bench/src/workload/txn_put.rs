@@ -35,6 +35,7 @@ pub async fn run(
         total: opts.total,
         rate: 0,
         deadline,
+        until: None,
     };
     Ok(drive(plan, move |client, i| {
         let kv = clients[client].clone();

@@ -213,6 +213,7 @@ async fn put_phase(
         total: opts.put_total,
         rate: opts.put_rate,
         deadline,
+        until: None,
     };
     drive(plan, move |client, i| {
         let kv = clients[client].clone();

@@ -19,6 +19,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod tls;
 
 use std::fs::File;
 use std::future::Future;
