@@ -8,16 +8,31 @@
 //! 2. Still under the writer lock: compact the key index and publish
 //!    `compact_rev = C`. From here on reads below `C` fail with
 //!    `Compacted`, and the index no longer points at dropped revisions.
-//! 3. Without the writer lock (writers proceed): delete the dropped
-//!    revisions `<= C` from the `key` table, [`COMPACTION_BATCH`] per redb
-//!    transaction, then durably record `finishedCompactRev = C`.
+//! 3. On the deleter thread, after the caller has returned (as etcd's
+//!    FIFO scheduler does): delete the dropped revisions `<= C` from the
+//!    `key` table, [`COMPACTION_BATCH`] at a time, each batch a short
+//!    hold of the backend's write transaction with a pause after it so
+//!    that the applier's writes interleave, then durably record
+//!    `finishedCompactRev = C`. [`KvStore::wait_compacted`] waits for it
+//!    (a `physical` Compact request).
+//!
+//! Steps 1 and 2 are quick (one commit, an index pass); step 3 is the bulk
+//! of the work and used to run on the applier's thread, stalling every
+//! write behind it. Jobs run one at a time, in order; a later compaction's
+//! steps 1 and 2 may run while an earlier one is still deleting, which is
+//! safe: what a later compaction keeps below the earlier revision, the
+//! earlier one keeps too.
 //!
 //! A crash after step 1 leaves `scheduled > finished`; `KvStore::open`
 //! then redoes steps 2 and 3. Deleting is idempotent, so a half-done step 3
 //! is harmless.
 
 use std::collections::HashSet;
-use std::sync::PoisonError;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use redb::ReadableTable;
 
@@ -25,7 +40,7 @@ use crate::backend::{
     put_meta_rev, Backend, FINISHED_COMPACT_KEY, KEY_TABLE, SCHEDULED_COMPACT_KEY,
 };
 use crate::error::{MvccError, Result};
-use crate::kvstore::{KvStore, WriterGuard};
+use crate::kvstore::{KvStore, Shared, WriterGuard};
 use crate::revision::Revision;
 
 /// Revisions examined per backend transaction while deleting (etcd's
@@ -33,23 +48,29 @@ use crate::revision::Revision;
 pub const COMPACTION_BATCH: usize = 1000;
 
 impl KvStore {
-    /// Compacts the key space at `rev`: afterwards reads at revisions
-    /// `>= rev` work and older ones fail with `Compacted`. For each key the
-    /// newest revision `<= rev` survives unless it is a tombstone. Runs to
-    /// completion (including the backend deletion, during which writers
-    /// proceed) before returning; blocks, like [`KvStore::write`].
+    /// Compacts the key space at `rev` and waits until the dropped
+    /// revisions are deleted from the backend ([`KvStore::schedule_compaction`]
+    /// then [`KvStore::wait_compacted`]). Blocks.
+    ///
+    /// # Errors
+    /// As [`KvStore::schedule_compaction`] and [`KvStore::wait_compacted`].
+    pub fn compact(&self, rev: i64) -> Result<()> {
+        self.schedule_compaction(rev)?;
+        self.wait_compacted(rev)
+    }
+
+    /// Compacts the key space at `rev` (steps 1 and 2 above) and leaves the
+    /// deletion of the dropped revisions to the deleter thread: afterwards
+    /// reads at revisions `>= rev` work and older ones fail with
+    /// `Compacted`. For each key the newest revision `<= rev` survives
+    /// unless it is a tombstone.
     ///
     /// # Errors
     /// [`MvccError::Compacted`] when `rev <= compact_rev()` (an equal
     /// revision included), [`MvccError::FutureRev`] when `rev > rev()`,
     /// backend errors.
-    pub fn compact(&self, rev: i64) -> Result<()> {
-        let _serial = self
-            .shared
-            .compaction
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let keep = {
+    pub fn schedule_compaction(&self, rev: i64) -> Result<()> {
+        let job = {
             let _writer = WriterGuard::new(&self.shared.writer);
             // Within a batch: the compaction sees (and readers see) every
             // revision applied before it.
@@ -58,15 +79,51 @@ impl KvStore {
             self.shared
                 .backend
                 .commit(true, |tx| put_meta_rev(tx, SCHEDULED_COMPACT_KEY, rev))?;
-            self.compact_index(rev)
+            Job {
+                rev,
+                keep: self.compact_index(rev),
+                installs: self.shared.installs.load(Ordering::SeqCst),
+            }
         };
-        delete_compacted(&self.shared.backend, rev, &keep)
+        let sent = self
+            .shared
+            .deleter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send(job);
+        if !sent {
+            tracing::warn!(
+                revision = rev,
+                "no compaction thread; the compacted revisions are deleted at the next start"
+            );
+            self.shared.progress.failed(rev, "no compaction thread");
+        }
+        Ok(())
     }
 
-    /// Redoes an interrupted compaction found by `open` (steps 2 and 3).
+    /// Waits until the revisions dropped by compactions up to `rev` are
+    /// deleted from the backend (at once when they already are).
+    ///
+    /// # Errors
+    /// [`MvccError::CompactionUnfinished`] when the deleter failed on or
+    /// before `rev`, or the store is closing.
+    pub fn wait_compacted(&self, rev: i64) -> Result<()> {
+        self.shared.progress.wait(rev)
+    }
+
+    /// Redoes an interrupted compaction found by `open` or a snapshot
+    /// install (steps 2 and 3, on the caller's thread).
     pub(crate) fn finish_scheduled_compaction(&self, rev: i64) -> Result<()> {
         let keep = self.compact_index(rev);
-        delete_compacted(&self.shared.backend, rev, &keep)
+        delete_compacted(
+            &self.shared.backend,
+            rev,
+            &keep,
+            &AtomicBool::new(false),
+            false,
+        )?;
+        self.shared.progress.finished(rev);
+        Ok(())
     }
 
     fn check_compact_rev(&self, rev: i64) -> Result<()> {
@@ -90,9 +147,6 @@ impl KvStore {
     /// revisions `<= rev` to keep on disk.
     fn compact_index(&self, rev: i64) -> HashSet<Revision> {
         let started = std::time::Instant::now();
-        self.shared
-            .rewrites
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut st = self.shared.state_mut();
         let keep = st.index.compact(rev);
         st.compact_rev = rev;
@@ -102,63 +156,110 @@ impl KvStore {
 }
 
 /// Deletes from the `key` table every revision `<= rev` not in `keep`,
-/// in batches, then durably records the finished compaction.
-fn delete_compacted(backend: &Backend, rev: i64, keep: &HashSet<Revision>) -> Result<()> {
-    let started = std::time::Instant::now();
+/// in batches, then durably records the finished compaction. Returns
+/// `Ok(false)` when `stop` was set before the end (the next open redoes
+/// the rest).
+///
+/// Each batch is found on a read snapshot, outside the backend's write
+/// lock (every revision `<= rev` was committed when the compaction was
+/// scheduled), so the lock is held only for the removals. With `pace`,
+/// the deleter then waits as long as it held the lock (at least 1 ms), so
+/// that the applier's commits get at least half of it: etcd sleeps 10 ms
+/// between its batches for the same reason.
+fn delete_compacted(
+    backend: &Backend,
+    rev: i64,
+    keep: &HashSet<Revision>,
+    stop: &AtomicBool,
+    pace: bool,
+) -> Result<bool> {
+    let started = Instant::now();
     // Every key of a revision <= rev sorts before the 8-byte prefix rev+1.
     let end = ((rev + 1) as u64).to_be_bytes();
     let mut from: Vec<u8> = Vec::new();
     let mut deleted = 0usize;
     loop {
-        let mut done = false;
+        if stop.load(Ordering::SeqCst) {
+            tracing::info!(
+                revision = rev,
+                deleted,
+                "compaction interrupted by shutdown; the next start finishes it"
+            );
+            return Ok(false);
+        }
+        let (doomed, scanned) = next_batch(backend, &from, &end, keep)?;
+        let last_batch = match scanned {
+            Some(last) => {
+                from = after(&last);
+                false
+            }
+            None => true,
+        };
+        let held = Instant::now();
         backend.commit(false, |tx| {
             let mut table = tx
                 .open_table(KEY_TABLE)
                 .map_err(|e| MvccError::backend("open key table", e))?;
-            let batch = next_batch(&table, &from, &end)?;
-            for k in &batch {
-                let (r, _) = Revision::from_key(k)?;
-                if !keep.contains(&r) {
-                    let old = table
-                        .remove(k.as_slice())
-                        .map_err(|e| MvccError::backend("delete revision", e))?;
-                    let freed = old.map_or(0, |v| k.len() + v.value().len());
-                    backend.account(-(freed as i64));
+            for k in &doomed {
+                // Gone already when a resumed compaction repeats a batch.
+                if let Some(old) = table
+                    .remove(k.as_slice())
+                    .map_err(|e| MvccError::backend("delete revision", e))?
+                {
+                    backend.account(-((k.len() + old.value().len()) as i64));
                     deleted += 1;
                 }
             }
-            match batch.last() {
-                Some(last) if batch.len() == COMPACTION_BATCH => from = after(last),
-                _ => {
-                    drop(table);
-                    put_meta_rev(tx, FINISHED_COMPACT_KEY, rev)?;
-                    done = true;
-                }
+            drop(table);
+            if last_batch {
+                put_meta_rev(tx, FINISHED_COMPACT_KEY, rev)?;
             }
             Ok(())
         })?;
-        if done {
+        if last_batch {
             break;
+        }
+        if pace {
+            std::thread::sleep(held.elapsed().max(Duration::from_millis(1)));
         }
     }
     backend.sync()?;
     tracing::info!(revision = rev, deleted, took = ?started.elapsed(), "finished scheduled compaction");
-    Ok(())
+    Ok(true)
 }
 
-/// Up to [`COMPACTION_BATCH`] keys in `[from, end)`.
-fn next_batch(table: &redb::Table<&[u8], &[u8]>, from: &[u8], end: &[u8]) -> Result<Vec<Vec<u8>>> {
+/// The revisions to delete among the next [`COMPACTION_BATCH`] keys in
+/// `[from, end)` of the committed `key` table, and the last key scanned
+/// when the batch was full (more may follow).
+fn next_batch(
+    backend: &Backend,
+    from: &[u8],
+    end: &[u8],
+    keep: &HashSet<Revision>,
+) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>)> {
+    let snap = backend.begin_read()?;
+    let table = snap
+        .open_table(KEY_TABLE)
+        .map_err(|e| MvccError::backend("open key table", e))?;
     let range = table
         .range(from..end)
         .map_err(|e| MvccError::backend("scan key table", e))?;
-    range
-        .take(COMPACTION_BATCH)
-        .map(|entry| {
-            entry
-                .map(|(k, _)| k.value().to_vec())
-                .map_err(|e| MvccError::backend("scan key table", e))
-        })
-        .collect()
+    let mut doomed = Vec::new();
+    let mut scanned = 0;
+    let mut last = None;
+    for entry in range.take(COMPACTION_BATCH) {
+        let (k, _) = entry.map_err(|e| MvccError::backend("scan key table", e))?;
+        let key = k.value();
+        let (r, _) = Revision::from_key(key)?;
+        if !keep.contains(&r) {
+            doomed.push(key.to_vec());
+        }
+        scanned += 1;
+        if scanned == COMPACTION_BATCH {
+            last = Some(key.to_vec());
+        }
+    }
+    Ok((doomed, last))
 }
 
 /// The smallest key greater than `k`.
@@ -166,4 +267,255 @@ fn after(k: &[u8]) -> Vec<u8> {
     let mut v = k.to_vec();
     v.push(0);
     v
+}
+
+/// One compaction's step 3.
+struct Job {
+    rev: i64,
+    /// The revisions `<= rev` that stay.
+    keep: HashSet<Revision>,
+    /// [`Shared::installs`] when the job was made: a snapshot install since
+    /// replaced the rows (and finished its own compaction), so the job is
+    /// void.
+    installs: u64,
+}
+
+/// The deleter thread (step 3 of every compaction, in order) and the way
+/// to stop it. The thread holds only a weak reference to the store
+/// between jobs.
+pub(crate) struct Deleter {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Deleter {
+    pub(crate) fn start(shared: Weak<Shared>) -> Deleter {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("oxcd-compaction".into())
+            .spawn(move || {
+                while let Ok(job) = queue.recv() {
+                    let Some(shared) = shared.upgrade() else { return };
+                    match run(&shared, &job, &flag) {
+                        Ok(true) => shared.progress.finished(job.rev),
+                        Ok(false) => {
+                            shared.progress.failed(i64::MAX, "the store is closing");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::error!(revision = job.rev, error = %e, "deleting compacted revisions failed; the next start retries");
+                            shared.progress.failed(job.rev, &e.to_string());
+                        }
+                    }
+                }
+            });
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // Without the thread compactions still take effect (reads
+                // below them fail); the rows stay until the next start.
+                tracing::error!(error = %e, "cannot start the compaction thread");
+                None
+            }
+        };
+        Deleter {
+            jobs: thread.is_some().then_some(jobs),
+            thread,
+            stop,
+        }
+    }
+
+    /// Queues `job`; false when there is no thread to run it.
+    fn send(&self, job: Job) -> bool {
+        self.jobs.as_ref().is_some_and(|tx| tx.send(job).is_ok())
+    }
+
+    /// Stops the thread between batches and waits for it.
+    pub(crate) fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs one job under the compaction lock; `Ok(false)` when stopped.
+fn run(shared: &Shared, job: &Job, stop: &AtomicBool) -> Result<bool> {
+    let _serial = shared
+        .compaction
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if shared.installs.load(Ordering::SeqCst) != job.installs {
+        tracing::info!(
+            revision = job.rev,
+            "a snapshot install replaced the compacted rows"
+        );
+        return Ok(true);
+    }
+    shared.rewrites.fetch_add(1, Ordering::SeqCst);
+    delete_compacted(&shared.backend, job.rev, &job.keep, stop, true)
+}
+
+/// How far deleting has come, for [`KvStore::wait_compacted`].
+#[derive(Default)]
+pub(crate) struct Progress {
+    state: Mutex<Done>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Done {
+    /// Every compaction up to here is deleted.
+    finished: i64,
+    /// The newest compaction whose deletion failed, and why. A later job
+    /// deletes what an earlier failed one left, so only waiters at or
+    /// below it give up.
+    failed: Option<(i64, String)>,
+}
+
+impl Progress {
+    pub(crate) fn finished(&self, rev: i64) {
+        let mut d = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        d.finished = d.finished.max(rev);
+        self.changed.notify_all();
+    }
+
+    fn failed(&self, rev: i64, why: &str) {
+        let mut d = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if d.failed.as_ref().is_none_or(|(at, _)| *at < rev) {
+            d.failed = Some((rev, why.to_string()));
+        }
+        self.changed.notify_all();
+    }
+
+    fn wait(&self, rev: i64) -> Result<()> {
+        let mut d = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if d.finished >= rev {
+                return Ok(());
+            }
+            if let Some((at, why)) = &d.failed {
+                if *at >= rev {
+                    return Err(MvccError::CompactionUnfinished {
+                        rev,
+                        reason: why.clone(),
+                    });
+                }
+            }
+            d = self.changed.wait(d).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::PoisonError;
+
+    use crate::{BackendConfig, KvStore, MvccError, RangeOptions};
+
+    fn put(s: &KvStore, k: &[u8], v: &[u8]) -> i64 {
+        let mut t = s.write();
+        t.put(k, v, 0).unwrap();
+        t.end(None).unwrap().rev
+    }
+
+    /// Rows of the `key` table on disk (after committing the batch).
+    fn rows(s: &KvStore) -> u64 {
+        use redb::ReadableTableMetadata;
+        s.sync().unwrap();
+        let snap = s.shared.backend.begin_read().unwrap();
+        snap.open_table(crate::backend::KEY_TABLE)
+            .unwrap()
+            .len()
+            .unwrap()
+    }
+
+    /// The writer's part of a compaction does not wait for the deletion:
+    /// with the deleter held off (its lock taken here), scheduling
+    /// returns, reads below the revision fail, writes go on, and a
+    /// physical wait ends only once the deleter ran.
+    #[test]
+    fn writes_go_on_while_compacted_revisions_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let s = KvStore::open(&path, BackendConfig::default()).unwrap();
+        for i in 0..3 * super::COMPACTION_BATCH {
+            put(&s, b"k", i.to_string().as_bytes());
+        }
+        let at = s.rev();
+        let held = s
+            .shared
+            .compaction
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        s.schedule_compaction(at).unwrap();
+        let after = put(&s, b"other", b"v");
+        assert_eq!(after, at + 1);
+        let old = RangeOptions {
+            rev: at - 1,
+            ..Default::default()
+        };
+        assert!(matches!(
+            s.read().unwrap().range(b"k", b"", old),
+            Err(MvccError::Compacted { .. })
+        ));
+        let waiter = {
+            let s = s.clone();
+            std::thread::spawn(move || s.wait_compacted(at))
+        };
+        assert_eq!(rows(&s), 3 * super::COMPACTION_BATCH as u64 + 1);
+        assert!(!waiter.is_finished(), "nothing deleted yet");
+        drop(held);
+        waiter.join().unwrap().unwrap();
+        s.wait_compacted(at).unwrap();
+        // Only the newest revision of "k" and "other" are left on disk.
+        assert_eq!(rows(&s), 2);
+        drop(s);
+        let s = KvStore::open(&path, BackendConfig::default()).unwrap();
+        assert_eq!(rows(&s), 2);
+        assert_eq!(s.read().unwrap().events(at + 1, 0, 0).unwrap().len(), 1);
+    }
+
+    /// Closing the store while a compaction waits to be deleted wakes its
+    /// waiters with an error; the next open finishes the deletion.
+    #[test]
+    fn closing_mid_compaction_leaves_it_for_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let s = KvStore::open(&path, BackendConfig::default()).unwrap();
+        for i in 0..2 * super::COMPACTION_BATCH {
+            put(&s, b"k", i.to_string().as_bytes());
+        }
+        let at = s.rev();
+        {
+            // The deleter stops before its first batch.
+            let _held = s
+                .shared
+                .compaction
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            s.schedule_compaction(at).unwrap();
+            s.shared
+                .deleter
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .stop
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        let err = s.wait_compacted(at).unwrap_err();
+        assert!(
+            matches!(err, MvccError::CompactionUnfinished { rev, .. } if rev == at),
+            "{err}"
+        );
+        assert_eq!(rows(&s), 2 * super::COMPACTION_BATCH as u64);
+        drop(s);
+        let s = KvStore::open(&path, BackendConfig::default()).unwrap();
+        assert_eq!(s.compact_rev(), at);
+        assert_eq!(rows(&s), 1);
+        s.wait_compacted(at).unwrap();
+    }
 }

@@ -78,6 +78,17 @@ pub enum MvccError {
     /// is missing on disk, a meta value of the wrong length.
     #[error("mvcc backend corrupt: {0}")]
     Corrupt(String),
+
+    /// The compacted revisions up to `rev` were not all deleted: the store
+    /// is closing (the next open finishes the job) or the backend failed.
+    /// The compaction itself stands; only waiting for it failed.
+    #[error("mvcc: deleting the revisions compacted at {rev} did not finish: {reason}")]
+    CompactionUnfinished {
+        /// The compaction revision.
+        rev: i64,
+        /// Why it stopped.
+        reason: String,
+    },
 }
 
 impl MvccError {

@@ -45,9 +45,17 @@ pub(crate) struct Shared {
     /// copy over the live file.
     pub defragmenting: Mutex<()>,
     /// Bumped (under `compaction`) whenever rows may be deleted or
-    /// replaced anywhere in the `key` table: a compaction starting, a
-    /// snapshot install. An online defragment copying rows compares it.
+    /// replaced anywhere in the `key` table: a compaction's deletion
+    /// starting, a snapshot install. An online defragment copying rows
+    /// compares it.
     pub rewrites: std::sync::atomic::AtomicU64,
+    /// Bumped (under `compaction`) by every snapshot install: a queued
+    /// compaction job made before one is void.
+    pub installs: std::sync::atomic::AtomicU64,
+    /// Deletes compacted revisions in the background (step 3).
+    pub deleter: Mutex<crate::compact::Deleter>,
+    /// How far the deleter has come.
+    pub progress: crate::compact::Progress,
     /// Live `KvStore` handles; the last one to drop stops the flusher.
     handles: AtomicUsize,
     flusher: Mutex<Flusher>,
@@ -159,13 +167,16 @@ impl KvStore {
         let restored = crate::restore::restore(&backend)?;
         let flusher = Flusher::start(Arc::downgrade(&backend), cfg.batch_interval);
         let store = KvStore {
-            shared: Arc::new(Shared {
+            shared: Arc::new_cyclic(|weak| Shared {
                 backend,
                 state: RwLock::new(restored.state),
                 writer: WriterLock::default(),
                 compaction: Mutex::new(()),
                 defragmenting: Mutex::new(()),
                 rewrites: std::sync::atomic::AtomicU64::new(0),
+                installs: std::sync::atomic::AtomicU64::new(0),
+                deleter: Mutex::new(crate::compact::Deleter::start(weak.clone())),
+                progress: crate::compact::Progress::default(),
                 handles: AtomicUsize::new(1),
                 flusher,
             }),
@@ -174,6 +185,7 @@ impl KvStore {
             tracing::info!(revision = rev, "resume scheduled compaction");
             store.finish_scheduled_compaction(rev)?;
         }
+        store.shared.progress.finished(store.compact_rev());
         Ok(store)
     }
 
@@ -327,6 +339,13 @@ impl Clone for KvStore {
 impl Drop for KvStore {
     fn drop(&mut self) {
         if self.shared.handles.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // A compaction still deleting stops between batches; the next
+            // open finishes it.
+            self.shared
+                .deleter
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .stop();
             // Join the flusher so that it holds no reference to the
             // database when the last handle is gone: a reopen right after
             // this drop must not find the file still open.

@@ -121,6 +121,9 @@ impl KvStore {
         self.shared
             .rewrites
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.shared
+            .installs
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let other = Database::open(src).map_err(|e| MvccError::backend("open snapshot", e))?;
         let from = other
             .begin_read()
@@ -153,6 +156,8 @@ impl KvStore {
         if let Some(rev) = restored.resume_compaction {
             self.finish_scheduled_compaction(rev)?;
         }
+        // Jobs queued before the install are void; their waiters are done.
+        self.shared.progress.finished(self.compact_rev());
         tracing::info!(consistent_index = ci, "replaced backend from snapshot");
         Ok(())
     }

@@ -454,8 +454,14 @@ impl Applier {
         Ok(result)
     }
 
+    /// Compacts the index at once; the dropped revisions are deleted by
+    /// the store's compaction thread, so a long history does not stall
+    /// the entries applied after this one (a `physical` request waits for
+    /// the deletion in the KV service instead).
     fn compact(&self, c: &CompactionRequest) -> Result<Response, EtcdError> {
-        self.store.compact(c.revision).map_err(mvcc_error)?;
+        self.store
+            .schedule_compaction(c.revision)
+            .map_err(mvcc_error)?;
         Ok(Response::Compaction(CompactionResponse {
             header: Some(header(self.store.rev())),
         }))

@@ -159,7 +159,17 @@ impl Kv for KvService {
     ) -> Result<GrpcResponse<CompactionResponse>, Status> {
         let who = self.core.who_of(&request).await?;
         let r = request.into_inner();
+        let (physical, rev) = (r.physical, r.revision);
         let mut resp = self.write(&who, r).await?;
+        if physical {
+            // As etcd: a physical compaction answers once the compacted
+            // revisions are gone from the backend.
+            let store = self.core.store.clone();
+            tokio::task::spawn_blocking(move || store.wait_compacted(rev))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(apply::mvcc_error)?;
+        }
         self.core.stamp(&mut resp.header);
         Ok(GrpcResponse::new(resp))
     }
