@@ -228,6 +228,10 @@ fn delete_compacted(
     Ok(true)
 }
 
+/// Revision keys to delete, and where the next batch starts (after this
+/// key) unless this was the last one.
+type Batch = (Vec<Vec<u8>>, Option<Vec<u8>>);
+
 /// The revisions to delete among the next [`COMPACTION_BATCH`] keys in
 /// `[from, end)` of the committed `key` table, and the last key scanned
 /// when the batch was full (more may follow).
@@ -236,7 +240,7 @@ fn next_batch(
     from: &[u8],
     end: &[u8],
     keep: &HashSet<Revision>,
-) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>)> {
+) -> Result<Batch> {
     let snap = backend.begin_read()?;
     let table = snap
         .open_table(KEY_TABLE)
