@@ -185,10 +185,14 @@ RESTARTN="${RESTARTN_ARG:-$RESTARTN}"
 [[ "$RESTARTN" =~ ^[1-9][0-9]*$ ]] || { echo "--restart-keys must be a positive integer" >&2; exit 2; }
 MANY="--conns 100 --clients 1000"
 # name|bench arguments. Keys: 8 bytes; values: 256 bytes; `foo` is written
-# by etcdctl before the workloads that read it.
+# by etcdctl before the workloads that read it. Rows named *-tonic drive
+# the server through tonic's own client (`--client tonic`: tonic's
+# Channel with its defaults, as a Rust user connects) instead of the
+# generator's lean HTTP/2 client.
 WORKLOADS=(
   "put-1client|--conns 1 --clients 1 put --total $PUT1 --key-size 8 --val-size 256 --sequential-keys"
   "put-1000clients|$MANY put --total $PUTN --key-size 8 --val-size 256 --key-space-size 100000"
+  "put-1000clients-tonic|--client tonic $MANY put --total $PUTN --key-size 8 --val-size 256 --key-space-size 100000"
   "put-100k-keys|$MANY put --total $FILLN --key-size 8 --val-size 256 --key-space-size $FILLN --sequential-keys"
   "range-linearizable|$MANY range foo --consistency l --total $RANGEN"
   "range-serializable|$MANY range foo --consistency s --total $RANGEN"

@@ -69,6 +69,21 @@ pub struct GlobalOpts {
     /// Private key of `--cert`.
     #[arg(long = "key", global = true)]
     pub tls_key: Option<PathBuf>,
+    /// The gRPC client of the unary KV workloads (put, range, txn-put,
+    /// compact): `h2`, this tool's lean one, or `tonic`, tonic's generated
+    /// client on its `Channel` with its defaults, as a Rust user would
+    /// connect.
+    #[arg(long, global = true, value_enum, default_value = "h2")]
+    pub client: ClientKind,
+}
+
+/// Which gRPC client the unary KV calls go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClientKind {
+    /// Straight on the `h2` crate (`h2chan`).
+    H2,
+    /// tonic's `Channel` and generated `KvClient`.
+    Tonic,
 }
 
 impl Default for GlobalOpts {
@@ -85,6 +100,7 @@ impl Default for GlobalOpts {
             tls_cacert: None,
             tls_cert: None,
             tls_key: None,
+            client: ClientKind::H2,
         }
     }
 }

@@ -5,14 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use oxcd_api::etcdserverpb::kv_client::KvClient;
 use oxcd_api::etcdserverpb::maintenance_client::MaintenanceClient;
 use oxcd_api::etcdserverpb::{
     AuthenticateRequest, AuthenticateResponse, PutRequest, PutResponse, RangeRequest,
     RangeResponse, StatusRequest, TxnRequest, TxnResponse,
 };
+use tonic::metadata::AsciiMetadataValue;
 use tonic::Status;
 
-use crate::cli::GlobalOpts;
+use crate::cli::{ClientKind, GlobalOpts};
 use crate::error::BenchError;
 use crate::h2chan::H2Channel;
 
@@ -20,6 +22,11 @@ use crate::h2chan::H2Channel;
 #[derive(Debug, Clone)]
 pub struct Conns {
     channels: Vec<H2Channel>,
+    /// With `--client tonic`: the connections the unary KV calls use
+    /// instead (`channels` then holds one connection, for setup calls).
+    tonic: Vec<KvClient<tonic::transport::Channel>>,
+    /// The auth token the tonic clients send (`--user`).
+    token: Option<AsciiMetadataValue>,
     clients: usize,
     dialer: Dialer,
 }
@@ -87,12 +94,32 @@ impl Conns {
             timeout,
             user: opts.user.clone(),
         };
-        let mut channels = Vec::with_capacity(opts.conns);
-        for i in 0..opts.conns {
+        let tonic_client = opts.client == ClientKind::Tonic;
+        let own = if tonic_client { 1 } else { opts.conns };
+        let mut channels = Vec::with_capacity(own);
+        for i in 0..own {
             channels.push(dialer.dial(i).await?);
+        }
+        let mut tonic = Vec::new();
+        let mut token = None;
+        if tonic_client {
+            let tls = crate::tls::tonic_config(opts)?;
+            for i in 0..opts.conns {
+                let url = &dialer.urls[i % dialer.urls.len()];
+                tonic.push(KvClient::new(dial_tonic(url, timeout, tls.as_ref()).await?));
+            }
+            token = match channels[0].token() {
+                Some(t) => Some(
+                    AsciiMetadataValue::try_from(t.as_bytes())
+                        .map_err(|e| BenchError::InvalidArgs(format!("unusable token: {e}")))?,
+                ),
+                None => None,
+            };
         }
         Ok(Conns {
             channels,
+            tonic,
+            token,
             clients: opts.clients,
             dialer,
         })
@@ -113,23 +140,58 @@ impl Conns {
         self.channels[client % self.channels.len()].clone()
     }
 
+    /// The KV client of logical client `client`.
+    pub fn kv_for(&self, client: usize) -> Kv {
+        Kv {
+            h2: self.channel_for(client),
+            tonic: (!self.tonic.is_empty()).then(|| self.tonic[client % self.tonic.len()].clone()),
+            token: self.token.clone(),
+        }
+    }
+
     /// One KV client per logical client.
     pub fn kv_clients(&self) -> Vec<Kv> {
-        (0..self.clients).map(|c| Kv(self.channel_for(c))).collect()
+        (0..self.clients).map(|c| self.kv_for(c)).collect()
     }
 }
 
-/// The unary KV calls the workloads make, on [`H2Channel::unary`].
+/// The unary KV calls the workloads make: on [`H2Channel::unary`], or
+/// with `--client tonic` through tonic's generated client on tonic's
+/// `Channel` (what a Rust user of tonic or the `etcd-client` crate runs).
 #[derive(Debug, Clone)]
-pub struct Kv(pub H2Channel);
+pub struct Kv {
+    h2: H2Channel,
+    tonic: Option<KvClient<tonic::transport::Channel>>,
+    token: Option<AsciiMetadataValue>,
+}
 
 impl Kv {
+    /// The connection for calls beyond Put, Range and Txn.
+    pub fn channel(&self) -> &H2Channel {
+        &self.h2
+    }
+
+    /// `req` as a tonic request, with the token.
+    fn request<T>(&self, req: &T) -> tonic::Request<T>
+    where
+        T: Clone,
+    {
+        let mut r = tonic::Request::new(req.clone());
+        if let Some(t) = &self.token {
+            r.metadata_mut().insert("token", t.clone());
+        }
+        r
+    }
+
     /// `KV/Put`.
     ///
     /// # Errors
     /// The server's gRPC status, or a transport failure.
     pub async fn put(&self, req: &PutRequest) -> Result<PutResponse, Status> {
-        self.0.unary("/etcdserverpb.KV/Put", req).await
+        match &self.tonic {
+            Some(c) => Ok(c.clone().put(self.request(req)).await?.into_inner()),
+            None => self.h2.unary("/etcdserverpb.KV/Put", req).await,
+        }
     }
 
     /// `KV/Range`.
@@ -137,7 +199,10 @@ impl Kv {
     /// # Errors
     /// The server's gRPC status, or a transport failure.
     pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse, Status> {
-        self.0.unary("/etcdserverpb.KV/Range", req).await
+        match &self.tonic {
+            Some(c) => Ok(c.clone().range(self.request(req)).await?.into_inner()),
+            None => self.h2.unary("/etcdserverpb.KV/Range", req).await,
+        }
     }
 
     /// `KV/Txn`.
@@ -145,8 +210,28 @@ impl Kv {
     /// # Errors
     /// The server's gRPC status, or a transport failure.
     pub async fn txn(&self, req: &TxnRequest) -> Result<TxnResponse, Status> {
-        self.0.unary("/etcdserverpb.KV/Txn", req).await
+        match &self.tonic {
+            Some(c) => Ok(c.clone().txn(self.request(req)).await?.into_inner()),
+            None => self.h2.unary("/etcdserverpb.KV/Txn", req).await,
+        }
     }
+}
+
+/// A tonic `Channel` to `url`: tonic's defaults, as a new user gets them,
+/// with `TCP_NODELAY` (tonic's default too) and the dial timeout.
+async fn dial_tonic(
+    url: &str,
+    timeout: Duration,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<tonic::transport::Channel, BenchError> {
+    let err = |e: tonic::transport::Error| BenchError::InvalidArgs(format!("{url}: {e}"));
+    let mut ep = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(err)?
+        .connect_timeout(timeout);
+    if let Some(tls) = tls {
+        ep = ep.tls_config(tls.clone()).map_err(err)?;
+    }
+    ep.connect().await.map_err(err)
 }
 
 /// Authenticates `user` (`name:password`) on `ch` and makes its calls

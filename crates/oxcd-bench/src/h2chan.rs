@@ -141,6 +141,11 @@ impl H2Channel {
         Ok(())
     }
 
+    /// The auth token this connection's calls carry, if any.
+    pub fn token(&self) -> Option<&HeaderValue> {
+        self.token.as_ref()
+    }
+
     /// The absolute URI of `path` on this connection's endpoint.
     fn uri(&self, path: PathAndQuery) -> Uri {
         let mut parts = http::uri::Parts::default();

@@ -46,6 +46,15 @@ pub use report::Summary;
 /// returned [`Summary`] instead.
 pub async fn run(cli: &Cli) -> Result<Summary, BenchError> {
     let deadline = Instant::now() + Duration::from_secs(cli.global.timeout);
+    let unary = matches!(
+        cli.command,
+        Command::Put(_) | Command::Range(_) | Command::TxnPut(_) | Command::Compact(_)
+    );
+    if cli.global.client == cli::ClientKind::Tonic && !unary {
+        return Err(BenchError::InvalidArgs(
+            "--client tonic drives put, range, txn-put and compact only".into(),
+        ));
+    }
     let conns = Conns::connect(&cli.global).await?;
     match &cli.command {
         Command::Put(opts) => workload::put::run(&conns, opts, deadline).await,

@@ -71,3 +71,31 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, BenchError> {
 fn tls_error(path: &Path, why: &str) -> BenchError {
     BenchError::InvalidArgs(format!("{}: {why}", path.display()))
 }
+
+/// The same TLS settings for tonic's `Channel` (`--client tonic`), or
+/// `None` without `--cacert`.
+///
+/// # Errors
+/// A file that cannot be read; `--cert` without `--key`.
+pub fn tonic_config(
+    opts: &GlobalOpts,
+) -> Result<Option<tonic::transport::ClientTlsConfig>, BenchError> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let Some(ca) = &opts.tls_cacert else {
+        return Ok(None);
+    };
+    let read = |p: &Path| std::fs::read(p).map_err(|e| tls_error(p, &e.to_string()));
+    let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+    match (&opts.tls_cert, &opts.tls_key) {
+        (Some(cert), Some(key)) => {
+            cfg = cfg.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(BenchError::InvalidArgs(
+                "--cert and --key go together".into(),
+            ))
+        }
+    }
+    Ok(Some(cfg))
+}

@@ -5,23 +5,28 @@
 //! 1. Under the writer lock: check `C`, then durably record
 //!    `scheduledCompactRev = C` (this commit also makes every earlier
 //!    revision durable).
-//! 2. Still under the writer lock: compact the key index and publish
-//!    `compact_rev = C`. From here on reads below `C` fail with
-//!    `Compacted`, and the index no longer points at dropped revisions.
+//! 2. Still under the writer lock: publish `compact_rev = C`. From here on
+//!    reads below `C` fail with `Compacted`.
 //! 3. On the deleter thread, after the caller has returned (as etcd's
-//!    FIFO scheduler does): delete the dropped revisions `<= C` from the
-//!    `key` table, [`COMPACTION_BATCH`] at a time, each batch a short
-//!    hold of the backend's write transaction with a pause after it so
-//!    that the applier's writes interleave, then durably record
-//!    `finishedCompactRev = C`. [`KvStore::wait_compacted`] waits for it
-//!    (a `physical` Compact request).
+//!    FIFO scheduler does): compact the key index, [`INDEX_CHUNK`] keys
+//!    per hold of the state lock (as etcd 3.4 walks a clone of its tree
+//!    and locks per key), which also yields the revisions to keep; then
+//!    delete the dropped revisions `<= C` from the `key` table,
+//!    [`COMPACTION_BATCH`] at a time, each batch a short hold of the
+//!    backend's write transaction. After each chunk or batch the thread
+//!    pauses as long as it held the lock, so that the applier and readers
+//!    interleave. Last, durably record `finishedCompactRev = C`;
+//!    [`KvStore::wait_compacted`] waits for that (a `physical` Compact
+//!    request).
 //!
-//! Steps 1 and 2 are quick (one commit, an index pass); step 3 is the bulk
-//! of the work and used to run on the applier's thread, stalling every
-//! write behind it. Jobs run one at a time, in order; a later compaction's
-//! steps 1 and 2 may run while an earlier one is still deleting, which is
-//! safe: what a later compaction keeps below the earlier revision, the
-//! earlier one keeps too.
+//! Steps 1 and 2 are quick (one commit); step 3 is the bulk of the work
+//! and used to run on the applier's thread, stalling every write behind
+//! it. Until the index walk reaches a key, the index still lists its old
+//! revisions and the rows are still on disk; a read at or above `C` never
+//! needs them either way. Jobs run one at a time, in order; a later
+//! compaction's steps 1 and 2 may run while an earlier one is still at
+//! work, which is safe: what a later compaction keeps below the earlier
+//! revision, the earlier one keeps too.
 //!
 //! A crash after step 1 leaves `scheduled > finished`; `KvStore::open`
 //! then redoes steps 2 and 3. Deleting is idempotent, so a half-done step 3
@@ -46,6 +51,9 @@ use crate::revision::Revision;
 /// Revisions examined per backend transaction while deleting (etcd's
 /// `--experimental-compaction-batch-limit` default).
 pub const COMPACTION_BATCH: usize = 1000;
+
+/// Keys compacted in the index per hold of the state lock.
+pub const INDEX_CHUNK: usize = 10_000;
 
 impl KvStore {
     /// Compacts the key space at `rev` and waits until the dropped
@@ -79,9 +87,9 @@ impl KvStore {
             self.shared
                 .backend
                 .commit(true, |tx| put_meta_rev(tx, SCHEDULED_COMPACT_KEY, rev))?;
+            self.shared.state_mut().compact_rev = rev;
             Job {
                 rev,
-                keep: self.compact_index(rev),
                 installs: self.shared.installs.load(Ordering::SeqCst),
             }
         };
@@ -114,7 +122,7 @@ impl KvStore {
     /// Redoes an interrupted compaction found by `open` or a snapshot
     /// install (steps 2 and 3, on the caller's thread).
     pub(crate) fn finish_scheduled_compaction(&self, rev: i64) -> Result<()> {
-        let keep = self.compact_index(rev);
+        let keep = compact_index(&self.shared, rev, false);
         delete_compacted(
             &self.shared.backend,
             rev,
@@ -142,17 +150,29 @@ impl KvStore {
         }
         Ok(())
     }
+}
 
-    /// Compacts the index and publishes the compact revision; returns the
-    /// revisions `<= rev` to keep on disk.
-    fn compact_index(&self, rev: i64) -> HashSet<Revision> {
-        let started = std::time::Instant::now();
-        let mut st = self.shared.state_mut();
-        let keep = st.index.compact(rev);
-        st.compact_rev = rev;
-        tracing::info!(revision = rev, took = ?started.elapsed(), "compacted key index");
-        keep
+/// Publishes `compact_rev = rev` (if not yet) and compacts the index in
+/// chunks of [`INDEX_CHUNK`] keys, each under the state write lock; with
+/// `pace`, pauses after each chunk as long as it held the lock (at least
+/// 1 ms). Returns the revisions `<= rev` to keep on disk.
+fn compact_index(shared: &Shared, rev: i64, pace: bool) -> HashSet<Revision> {
+    let started = Instant::now();
+    let mut keep = HashSet::new();
+    let mut from = Some(Vec::new());
+    while let Some(at) = from.take() {
+        let held = Instant::now();
+        {
+            let mut st = shared.state_mut();
+            st.compact_rev = st.compact_rev.max(rev);
+            from = st.index.compact_chunk(rev, &at, INDEX_CHUNK, &mut keep);
+        }
+        if pace && from.is_some() {
+            std::thread::sleep(held.elapsed().max(Duration::from_millis(1)));
+        }
     }
+    tracing::info!(revision = rev, took = ?started.elapsed(), "compacted key index");
+    keep
 }
 
 /// Deletes from the `key` table every revision `<= rev` not in `keep`,
@@ -276,8 +296,6 @@ fn after(k: &[u8]) -> Vec<u8> {
 /// One compaction's step 3.
 struct Job {
     rev: i64,
-    /// The revisions `<= rev` that stay.
-    keep: HashSet<Revision>,
     /// [`Shared::installs`] when the job was made: a snapshot install since
     /// replaced the rows (and finished its own compaction), so the job is
     /// void.
@@ -360,8 +378,9 @@ fn run(shared: &Shared, job: &Job, stop: &AtomicBool) -> Result<bool> {
         );
         return Ok(true);
     }
+    let keep = compact_index(shared, job.rev, true);
     shared.rewrites.fetch_add(1, Ordering::SeqCst);
-    delete_compacted(&shared.backend, job.rev, &job.keep, stop, true)
+    delete_compacted(&shared.backend, job.rev, &keep, stop, true)
 }
 
 /// How far deleting has come, for [`KvStore::wait_compacted`].

@@ -115,5 +115,5 @@ async fn compact(
         revision,
         physical: true,
     };
-    kv.0.unary("/etcdserverpb.KV/Compact", &req).await
+    kv.channel().unary("/etcdserverpb.KV/Compact", &req).await
 }

@@ -135,7 +135,7 @@ async fn put_loop(
     rx: &mut mpsc::UnboundedReceiver<Seen>,
     deadline: Instant,
 ) -> Result<Measured, BenchError> {
-    let kv = crate::conn::Kv(conns.channel_for(0));
+    let kv = conns.kv_for(0);
     let req = PutRequest {
         key: encode_key(0, opts.key_size),
         value: random_value(opts.val_size),
