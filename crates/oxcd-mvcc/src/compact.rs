@@ -12,8 +12,8 @@
 //!    per hold of the state lock (as etcd 3.4 walks a clone of its tree
 //!    and locks per key), which also yields the revisions to keep; then
 //!    delete the dropped revisions `<= C` from the `key` table,
-//!    [`COMPACTION_BATCH`] at a time, each batch a short hold of the
-//!    backend's write transaction. After each chunk or batch the thread
+//!    [`COMPACTION_BATCH`] rows (or [`COMPACTION_BATCH_BYTES`]) at a time,
+//!    each batch a short hold of the backend's write transaction. After each chunk or batch the thread
 //!    pauses as long as it held the lock, so that the applier and readers
 //!    interleave. Last, durably record `finishedCompactRev = C`;
 //!    [`KvStore::wait_compacted`] waits for that (a `physical` Compact
@@ -51,6 +51,11 @@ use crate::revision::Revision;
 /// Revisions examined per backend transaction while deleting (etcd's
 /// `--experimental-compaction-batch-limit` default).
 pub const COMPACTION_BATCH: usize = 1000;
+
+/// Bytes of doomed rows per batch, at most (a batch ends at whichever
+/// limit comes first): removing a row makes redb load its page, so 1 000
+/// rows of 1 MiB values held the write lock for a second.
+pub const COMPACTION_BATCH_BYTES: usize = 1 << 20;
 
 /// Keys compacted in the index per hold of the state lock.
 pub const INDEX_CHUNK: usize = 10_000;
@@ -249,12 +254,13 @@ fn delete_compacted(
 }
 
 /// Revision keys to delete, and where the next batch starts (after this
-/// key) unless this was the last one.
+/// key) unless the scan reached the end.
 type Batch = (Vec<Vec<u8>>, Option<Vec<u8>>);
 
 /// The revisions to delete among the next [`COMPACTION_BATCH`] keys in
-/// `[from, end)` of the committed `key` table, and the last key scanned
-/// when the batch was full (more may follow).
+/// `[from, end)` of the committed `key` table (fewer once they hold
+/// [`COMPACTION_BATCH_BYTES`]), and the last key scanned when the batch
+/// ended before the range did.
 fn next_batch(
     backend: &Backend,
     from: &[u8],
@@ -270,20 +276,21 @@ fn next_batch(
         .map_err(|e| MvccError::backend("scan key table", e))?;
     let mut doomed = Vec::new();
     let mut scanned = 0;
-    let mut last = None;
-    for entry in range.take(COMPACTION_BATCH) {
-        let (k, _) = entry.map_err(|e| MvccError::backend("scan key table", e))?;
+    let mut bytes = 0;
+    for entry in range {
+        let (k, v) = entry.map_err(|e| MvccError::backend("scan key table", e))?;
         let key = k.value();
         let (r, _) = Revision::from_key(key)?;
         if !keep.contains(&r) {
             doomed.push(key.to_vec());
+            bytes += key.len() + v.value().len();
         }
         scanned += 1;
-        if scanned == COMPACTION_BATCH {
-            last = Some(key.to_vec());
+        if scanned == COMPACTION_BATCH || bytes >= COMPACTION_BATCH_BYTES {
+            return Ok((doomed, Some(key.to_vec())));
         }
     }
-    Ok((doomed, last))
+    Ok((doomed, None))
 }
 
 /// The smallest key greater than `k`.
@@ -501,6 +508,28 @@ mod tests {
         let s = KvStore::open(&path, BackendConfig::default()).unwrap();
         assert_eq!(rows(&s), 2);
         assert_eq!(s.read().unwrap().events(at + 1, 0, 0).unwrap().len(), 1);
+    }
+
+    /// A batch of large rows ends at [`super::COMPACTION_BATCH_BYTES`],
+    /// long before [`super::COMPACTION_BATCH`] rows: removing a row loads
+    /// its page under the write lock.
+    #[test]
+    fn batches_of_large_rows_end_at_the_byte_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = KvStore::open(&dir.path().join("db"), BackendConfig::default()).unwrap();
+        let value = vec![7u8; 300 << 10];
+        for _ in 0..10 {
+            put(&s, b"big", &value);
+        }
+        s.sync().unwrap();
+        let end = ((s.rev() + 1) as u64).to_be_bytes();
+        let keep = std::collections::HashSet::new();
+        let (doomed, next) = super::next_batch(&s.shared.backend, &[], &end, &keep).unwrap();
+        assert_eq!(doomed.len(), 4, "4 × 300 KiB reach 1 MiB");
+        assert_eq!(next.as_deref(), doomed.last().map(Vec::as_slice));
+        let (rest, next) =
+            super::next_batch(&s.shared.backend, &super::after(&doomed[3]), &end, &keep).unwrap();
+        assert_eq!((rest.len(), next.is_some()), (4, true));
     }
 
     /// Closing the store while a compaction waits to be deleted wakes its

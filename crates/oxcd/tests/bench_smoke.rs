@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::tls::{tls_files, TlsMember};
 use common::{bounded, Member};
 use oxcd_bench::cli::{
-    CompactOpts, ConnectOpts, Consistency, LeaseOpts, PutOpts, RangeOpts, TxnPutOpts,
+    ClientKind, CompactOpts, ConnectOpts, Consistency, LeaseOpts, PutOpts, RangeOpts, TxnPutOpts,
     WatchLatencyOpts,
 };
 use oxcd_bench::{workload, BenchError, Conns, GlobalOpts, Summary};
@@ -198,6 +198,71 @@ async fn bench_speaks_tls_with_client_certificates() {
             ..no_identity
         };
         assert!(refused(plain).await, "plaintext to a TLS-only member fails");
+    })
+    .await;
+}
+
+/// `--client tonic`: the unary KV workloads through tonic's own client,
+/// plain and over TLS with a client certificate; the streaming workloads
+/// refuse it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_drives_kv_through_tonic() {
+    bounded(async {
+        let member = Member::start().await;
+        let global = GlobalOpts {
+            endpoints: vec![member.endpoint()],
+            conns: 2,
+            clients: 4,
+            client: ClientKind::Tonic,
+            ..GlobalOpts::default()
+        };
+        let conns = Conns::connect(&global).await.expect("dial oxcd");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let put = PutOpts {
+            total: 40,
+            key_space_size: 10,
+            ..PutOpts::default()
+        };
+        let s = workload::put::run(&conns, &put, deadline)
+            .await
+            .expect("put");
+        assert_clean("put through tonic", &s, 40);
+        let range = RangeOpts {
+            key: None,
+            end: None,
+            total: 20,
+            consistency: Consistency::Linearizable,
+            limit: 0,
+            count_only: false,
+            all: true,
+        };
+        let s = workload::range::run(&conns, &range, deadline)
+            .await
+            .expect("range");
+        assert_clean("range through tonic", &s, 20);
+        let cli = oxcd_bench::Cli {
+            global: global.clone(),
+            command: oxcd_bench::Command::LeaseKeepalive(LeaseOpts::default()),
+        };
+        assert!(matches!(
+            oxcd_bench::run(&cli).await,
+            Err(BenchError::InvalidArgs(_))
+        ));
+
+        let f = tls_files();
+        let tls_member = TlsMember::start(&f).await;
+        let tls = GlobalOpts {
+            endpoints: vec![tls_member.endpoint()],
+            tls_cacert: Some(f.ca.clone().into()),
+            tls_cert: Some(f.client_crt.clone().into()),
+            tls_key: Some(f.client_key.clone().into()),
+            ..global
+        };
+        let conns = Conns::connect(&tls).await.expect("dial oxcd over TLS");
+        let s = workload::put::run(&conns, &put, deadline)
+            .await
+            .expect("put");
+        assert_clean("put through tonic over TLS", &s, 40);
     })
     .await;
 }
