@@ -802,39 +802,23 @@ async fn peers_dial_with_their_client_certificate() {
     if std::env::var_os("OXCD_TEST_SERVER").is_some_and(|s| !s.is_empty()) {
         return;
     }
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
     bounded(async {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let write = |name: &str, body: String| {
-            let p = dir.path().join(name);
-            std::fs::write(&p, body).expect("write");
-            p.display().to_string()
-        };
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "peer ca");
-        let ca =
-            CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
-        let leaf = |cn: &str| {
-            let mut p =
-                CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-                    .expect("params");
-            p.distinguished_name.push(DnType::CommonName, cn);
-            p.extended_key_usages = vec![
-                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-            ];
-            let key = KeyPair::generate().expect("key");
-            let cert = p.signed_by(&key, &ca).expect("sign");
-            (cert.pem(), key.serialize_pem())
-        };
-        let ca_file = write("ca.crt", ca.pem());
-        let (srv_crt, srv_key) = leaf("listener");
-        let (cli_crt, cli_key) = leaf("dialer");
-        let (srv_crt, srv_key) = (write("server.crt", srv_crt), write("server.key", srv_key));
-        let (cli_crt, cli_key) = (write("client.crt", cli_crt), write("client.key", cli_key));
+        let test_ca = common::tls::TestCa::new("peer ca");
+        let ca_file = test_ca.ca_file.clone();
+        let hosts = ["127.0.0.1", "localhost"];
+        let (srv_crt, srv_key) = test_ca.leaf(
+            "server",
+            Some("listener"),
+            &hosts,
+            vec![ServerAuth, ClientAuth],
+        );
+        let (cli_crt, cli_key) = test_ca.leaf(
+            "client",
+            Some("dialer"),
+            &hosts,
+            vec![ServerAuth, ClientAuth],
+        );
         let c = Cluster::builder(3)
             .peer_https()
             .flags(&[

@@ -1069,41 +1069,15 @@ async fn member_loss_keeps_watches() {
 /// (`--cert`) must have an empty Common Name.
 #[tokio::test]
 async fn common_name_cert_refused() {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa,
-        KeyPair,
-    };
+    use rcgen::ExtendedKeyUsagePurpose::ClientAuth;
     bounded(async {
         let dir = tempfile::tempdir().expect("temp dir");
-        let write = |name: &str, body: String| {
-            let p = dir.path().join(name);
-            std::fs::write(&p, body).expect("write");
-            p.display().to_string()
-        };
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "proxy test ca");
-        let ca =
-            CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
-        let leaf = |cn: Option<&str>| {
-            let mut p = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
-            p.distinguished_name = DistinguishedName::new();
-            match cn {
-                Some(cn) => p.distinguished_name.push(DnType::CommonName, cn),
-                None => p.distinguished_name.push(DnType::OrganizationName, "oxcd"),
-            }
-            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-            let key = KeyPair::generate().expect("key");
-            let cert = p.signed_by(&key, &ca).expect("sign");
-            (cert.pem(), key.serialize_pem())
-        };
-        let ca_file = write("ca.crt", ca.pem());
-        let (crt, key) = leaf(Some("proxy-client"));
-        let (named_crt, named_key) = (write("named.crt", crt), write("named.key", key));
-        let (crt, key) = leaf(None);
-        let (anon_crt, anon_key) = (write("anon.crt", crt), write("anon.key", key));
+        let test_ca = common::tls::TestCa::new("proxy test ca");
+        let ca_file = test_ca.ca_file.clone();
+        let hosts = ["127.0.0.1"];
+        let (named_crt, named_key) =
+            test_ca.leaf("named", Some("proxy-client"), &hosts, vec![ClientAuth]);
+        let (anon_crt, anon_key) = test_ca.leaf("anon", None, &hosts, vec![ClientAuth]);
         // Nothing listens there: etcd's proxy starts without reaching it.
         let upstream = format!("127.0.0.1:{}", free_port());
 

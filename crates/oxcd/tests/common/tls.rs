@@ -7,9 +7,69 @@ use std::time::Instant;
 
 use super::{free_port, server_binary, POLL, READY_DEADLINE};
 
+/// A throwaway CA in a temp dir that issues leaf certificates as files.
+pub struct TestCa {
+    dir: tempfile::TempDir,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    /// The CA certificate's file.
+    pub ca_file: String,
+}
+
+impl TestCa {
+    /// A CA whose Common Name is `name`.
+    pub fn new(name: &str) -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let ca =
+            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca");
+        let ca_file = write(dir.path(), "ca.crt", &ca.pem());
+        TestCa { dir, ca, ca_file }
+    }
+
+    /// A certificate for `hosts` with Common Name `cn` (an organization
+    /// name instead when `None`) and `usages`, written as `NAME.crt` and
+    /// `NAME.key`; returns the two paths.
+    pub fn leaf(
+        &self,
+        name: &str,
+        cn: Option<&str>,
+        hosts: &[&str],
+        usages: Vec<rcgen::ExtendedKeyUsagePurpose>,
+    ) -> (String, String) {
+        use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+        let hosts: Vec<String> = hosts.iter().map(|h| (*h).to_string()).collect();
+        let mut p = CertificateParams::new(hosts).expect("params");
+        p.distinguished_name = DistinguishedName::new();
+        match cn {
+            Some(cn) => p.distinguished_name.push(DnType::CommonName, cn),
+            None => p.distinguished_name.push(DnType::OrganizationName, "oxcd"),
+        }
+        p.extended_key_usages = usages;
+        let key = KeyPair::generate().expect("key");
+        let cert = p.signed_by(&key, &self.ca).expect("sign");
+        (
+            write(self.dir.path(), &format!("{name}.crt"), &cert.pem()),
+            write(
+                self.dir.path(),
+                &format!("{name}.key"),
+                &key.serialize_pem(),
+            ),
+        )
+    }
+}
+
+fn write(dir: &std::path::Path, name: &str, body: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, body).expect("write");
+    p.display().to_string()
+}
+
 /// A CA and certificates for 127.0.0.1, written to a temp dir.
 pub struct TlsFiles {
-    _dir: tempfile::TempDir,
+    _ca: TestCa,
     pub ca: String,
     /// 127.0.0.1, for server and client use.
     pub server_crt: String,
@@ -20,49 +80,18 @@ pub struct TlsFiles {
 }
 
 pub fn tls_files() -> TlsFiles {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-        ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let write = |name: &str, body: String| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, body).expect("write");
-        p.display().to_string()
-    };
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "proxy tls test ca");
-    let ca =
-        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
-    let leaf = |cn: Option<&str>, usages: Vec<ExtendedKeyUsagePurpose>| {
-        let mut p = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
-        p.distinguished_name = DistinguishedName::new();
-        match cn {
-            Some(cn) => p.distinguished_name.push(DnType::CommonName, cn),
-            None => p.distinguished_name.push(DnType::OrganizationName, "oxcd"),
-        }
-        p.extended_key_usages = usages;
-        let key = KeyPair::generate().expect("key");
-        let cert = p.signed_by(&key, &ca).expect("sign");
-        (cert.pem(), key.serialize_pem())
-    };
-    let ca_file = write("ca.crt", ca.pem());
-    let (crt, key) = leaf(
+    use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    let ca = TestCa::new("proxy tls test ca");
+    let (server_crt, server_key) = ca.leaf(
+        "server",
         Some("127.0.0.1"),
-        vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ],
+        &["127.0.0.1"],
+        vec![ServerAuth, ClientAuth],
     );
-    let (server_crt, server_key) = (write("server.crt", crt), write("server.key", key));
-    let (crt, key) = leaf(None, vec![ExtendedKeyUsagePurpose::ClientAuth]);
-    let (client_crt, client_key) = (write("client.crt", crt), write("client.key", key));
+    let (client_crt, client_key) = ca.leaf("client", None, &["127.0.0.1"], vec![ClientAuth]);
     TlsFiles {
-        _dir: dir,
-        ca: ca_file,
+        ca: ca.ca_file.clone(),
+        _ca: ca,
         server_crt,
         server_key,
         client_crt,
