@@ -21,6 +21,19 @@ fn assert_clean(what: &str, s: &Summary, total: u64) {
     assert!(!s.timed_out && !s.unimplemented, "{what}: {s:?}");
 }
 
+/// 40 puts on 10 keys through `conns`, every one acknowledged.
+async fn forty_puts(what: &str, conns: &Conns, deadline: Instant) {
+    let put = PutOpts {
+        total: 40,
+        key_space_size: 10,
+        ..PutOpts::default()
+    };
+    let s = workload::put::run(conns, &put, deadline)
+        .await
+        .expect("put");
+    assert_clean(what, &s, 40);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_workloads_run_against_oxcd() {
     bounded(async {
@@ -147,15 +160,7 @@ async fn bench_speaks_tls_with_client_certificates() {
         };
         let conns = Conns::connect(&global).await.expect("dial oxcd over TLS");
         let deadline = Instant::now() + Duration::from_secs(60);
-        let put = PutOpts {
-            total: 40,
-            key_space_size: 10,
-            ..PutOpts::default()
-        };
-        let s = workload::put::run(&conns, &put, deadline)
-            .await
-            .expect("put");
-        assert_clean("put over TLS", &s, 40);
+        forty_puts("put over TLS", &conns, deadline).await;
         let connect = ConnectOpts {
             total: 20,
             rate: 0,
@@ -218,15 +223,7 @@ async fn bench_drives_kv_through_tonic() {
         };
         let conns = Conns::connect(&global).await.expect("dial oxcd");
         let deadline = Instant::now() + Duration::from_secs(60);
-        let put = PutOpts {
-            total: 40,
-            key_space_size: 10,
-            ..PutOpts::default()
-        };
-        let s = workload::put::run(&conns, &put, deadline)
-            .await
-            .expect("put");
-        assert_clean("put through tonic", &s, 40);
+        forty_puts("put through tonic", &conns, deadline).await;
         let range = RangeOpts {
             key: None,
             end: None,
@@ -259,10 +256,7 @@ async fn bench_drives_kv_through_tonic() {
             ..global
         };
         let conns = Conns::connect(&tls).await.expect("dial oxcd over TLS");
-        let s = workload::put::run(&conns, &put, deadline)
-            .await
-            .expect("put");
-        assert_clean("put through tonic over TLS", &s, 40);
+        forty_puts("put through tonic over TLS", &conns, deadline).await;
     })
     .await;
 }
