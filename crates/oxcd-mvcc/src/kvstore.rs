@@ -56,7 +56,8 @@ pub(crate) struct Shared {
     pub deleter: Mutex<crate::compact::Deleter>,
     /// How far the deleter has come.
     pub progress: crate::compact::Progress,
-    /// Live `KvStore` handles; the last one to drop stops the flusher.
+    /// Live `KvStore` handles; the last one to drop stops the deleter and
+    /// the flusher.
     handles: AtomicUsize,
     flusher: Mutex<Flusher>,
 }

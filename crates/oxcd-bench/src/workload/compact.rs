@@ -75,12 +75,11 @@ pub async fn run(
     let compaction = tokio::spawn(compact(kv, revision, done.clone()));
     let started = Instant::now();
     let mut during = puts("compact", opts.total, opts.rate, Some(done.clone())).await;
-    let compacted = tokio::time::timeout_at(deadline.into(), compaction)
+    tokio::time::timeout_at(deadline.into(), compaction)
         .await
         .map_err(|_| BenchError::Deadline("the compaction"))?
         .map_err(|_| BenchError::Deadline("the compaction (its task failed)"))?
         .map_err(|s| BenchError::setup("KV", "compact", s))?;
-    let _ = compacted;
     let seconds = started.elapsed().as_secs_f64();
     if done.is_cancelled() {
         // The phase ends with the compaction, not at `--total`.

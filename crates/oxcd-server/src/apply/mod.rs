@@ -454,10 +454,10 @@ impl Applier {
         Ok(result)
     }
 
-    /// Compacts the index at once; the dropped revisions are deleted by
-    /// the store's compaction thread, so a long history does not stall
-    /// the entries applied after this one (a `physical` request waits for
-    /// the deletion in the KV service instead).
+    /// Publishes the compact revision at once; the index walk and the
+    /// deletion of the dropped revisions run on the store's compaction
+    /// thread, so a long history does not stall the entries applied after
+    /// this one (a `physical` request waits for them in the KV service).
     fn compact(&self, c: &CompactionRequest) -> Result<Response, EtcdError> {
         self.store
             .schedule_compaction(c.revision)
