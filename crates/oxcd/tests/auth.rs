@@ -1823,6 +1823,68 @@ async fn gateway(url: &str, path: &str, headers: &[String], body: &str) -> (u16,
     (code.trim().parse().unwrap_or(0), json)
 }
 
+/// A WebSocket on the gateway takes its token from the `Bearer`
+/// subprotocol (`Sec-WebSocket-Protocol: Bearer, <token>`) or a `token`
+/// cookie, as etcd's grpc-websocket-proxy. etcd passes `Bearer <token>` on
+/// as the token, so it refuses every such socket as an invalid token; oxcd
+/// takes the prefix off and checks the token's permissions.
+#[tokio::test]
+async fn gateway_websockets_carry_the_token() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    bounded(async {
+        let f = Fixture::start().await;
+        let url = f.c.member(0).client_url();
+        let (_, r) = gateway(
+            &url,
+            "/v3/auth/authenticate",
+            &[],
+            &format!(r#"{{"name":"alice","password":"{ALICE_PW}"}}"#),
+        )
+        .await;
+        let token = r["token"].as_str().expect("token").to_string();
+        let ws_range = |header: (&'static str, String), key: &'static [u8]| {
+            let url = url.replacen("http", "ws", 1);
+            async move {
+                let mut req = format!("{url}/v3/kv/range")
+                    .into_client_request()
+                    .expect("request");
+                req.headers_mut()
+                    .insert(header.0, header.1.parse().expect("header value"));
+                let (mut ws, _) = tokio_tungstenite::connect_async(req)
+                    .await
+                    .expect("websocket");
+                let body = format!(r#"{{"key":"{}"}}"#, common::b64(key));
+                ws.send(Message::text(body)).await.expect("send");
+                loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Text(t))) => {
+                            return serde_json::from_str::<Value>(&t).expect("json")
+                        }
+                        Some(Ok(_)) => continue,
+                        other => panic!("no answer: {other:?}"),
+                    }
+                }
+            }
+        };
+        for header in [
+            ("sec-websocket-protocol", format!("Bearer, {token}")),
+            ("cookie", format!("token={token}")),
+        ] {
+            let r = ws_range(header.clone(), b"ro").await;
+            if is_real_etcd() {
+                assert_eq!(r["error"], INVALID_TOKEN.1, "{header:?}: {r}");
+                continue;
+            }
+            assert_eq!(r["kvs"][0]["value"], common::b64(b"vro"), "{header:?}: {r}");
+            let r = ws_range(header.clone(), b"secret").await;
+            assert_eq!(r["code"], 7, "{header:?}: {r}");
+            assert_eq!(r["error"], DENIED.1, "{r}");
+        }
+    })
+    .await;
+}
+
 /// The gateway takes the token from `Authorization` or
 /// `Grpc-Metadata-Token` and maps the errors to HTTP statuses.
 #[tokio::test]

@@ -445,3 +445,103 @@ async fn silent_connections_are_closed() {
     })
     .await;
 }
+
+/// A WebSocket on the gateway as etcd's grpc-websocket-proxy: a socket to
+/// `/v3/watch` is a watch stream whose messages are request objects and
+/// whose answers come back one text message each; a unary route answers
+/// its first message and closes; an unknown route answers "Not Found".
+#[tokio::test]
+async fn websocket_streams_and_unary_routes() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    bounded(async {
+        let m = Member::start().await;
+        let ws_url = |path: &str| format!("{}{path}", m.client_url().replacen("http", "ws", 1));
+        let (mut watch, _) = tokio_tungstenite::connect_async(ws_url("/v3/watch"))
+            .await
+            .expect("websocket to /v3/watch");
+        watch
+            .send(Message::text(r#"{"create_request":{"key":"Zm9v"}}"#))
+            .await
+            .expect("send");
+        let created = next_json(&mut watch).await.expect("created");
+        assert_eq!(created["result"]["created"], true, "{created}");
+        // A second watch on the same socket, as on a gRPC stream.
+        watch
+            .send(Message::text(r#"{"create_request":{"key":"YmF6"}}"#))
+            .await
+            .expect("send");
+        let second = next_json(&mut watch).await.expect("created");
+        assert_eq!(second["result"]["created"], true, "{second}");
+        assert_eq!(second["result"]["watch_id"], "1", "{second}");
+
+        assert_eq!(
+            post(&m, "/v3/kv/put", r#"{"key":"Zm9v","value":"YmFy"}"#)
+                .await
+                .code,
+            200
+        );
+        let event = next_json(&mut watch).await.expect("event");
+        assert_eq!(
+            event["result"]["events"][0]["kv"]["value"], "YmFy",
+            "{event}"
+        );
+        watch.close(None).await.expect("close");
+
+        // Unary: the first message is the request; the answer comes back
+        // and the socket closes.
+        let (mut range, _) = tokio_tungstenite::connect_async(ws_url("/v3/kv/range"))
+            .await
+            .expect("websocket to /v3/kv/range");
+        range
+            .send(Message::text(r#"{"key":"Zm9v"}"#))
+            .await
+            .expect("send");
+        let got = next_json(&mut range).await.expect("range answer");
+        assert_eq!(got["kvs"][0]["value"], "YmFy", "{got}");
+        assert!(next_json(&mut range).await.is_none(), "the socket closes");
+
+        let (mut nowhere, _) = tokio_tungstenite::connect_async(ws_url("/v3/no/such"))
+            .await
+            .expect("websocket to an unknown route");
+        nowhere.send(Message::text("{}")).await.ok();
+        let text = next_text(&mut nowhere).await.expect("an answer");
+        assert_eq!(text.trim(), "Not Found");
+    })
+    .await;
+}
+
+/// The next text message of a socket, `None` once it closes.
+async fn next_text<S>(ws: &mut S) -> Option<String>
+where
+    S: futures::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match ws.next().await? {
+            Ok(Message::Text(t)) => return Some(t.to_string()),
+            Ok(Message::Binary(b)) => return Some(String::from_utf8_lossy(&b).into_owned()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+async fn next_json<S>(ws: &mut S) -> Option<Value>
+where
+    S: futures::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    let text = next_text(ws).await?;
+    Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
+}

@@ -12,11 +12,13 @@
 //! - [`routes`]: the route table and the handler;
 //! - [`call`]: the in-process gRPC call;
 //! - [`json`]: JSON ↔ protobuf, error bodies, HTTP statuses;
-//! - [`objects`]: a stream body split into its JSON objects.
+//! - [`objects`]: a stream body split into its JSON objects;
+//! - [`websocket`]: the same routes over a WebSocket, as etcd's wsproxy.
 
 mod call;
 mod json;
 mod objects;
+mod websocket;
 
 use crate::v3rpc::GrpcRouter;
 use axum::body::Body;
@@ -392,12 +394,24 @@ fn route(method: &str) -> Option<Route> {
 }
 
 async fn handle(State(gw): State<Gateway>, req: Request) -> Response {
-    let path = req.uri().path();
-    let method = path
-        .strip_prefix("/v3/")
+    if websocket::is_upgrade(req.headers()) {
+        return websocket::upgrade(gw, req).await;
+    }
+    serve(gw, req).await
+}
+
+/// The gRPC method a gateway path names (`kv/range` for `/v3/kv/range`).
+fn method(uri: &axum::http::Uri) -> &str {
+    let path = uri.path();
+    path.strip_prefix("/v3/")
         .or_else(|| path.strip_prefix("/v3beta/"))
-        .unwrap_or("");
-    let Some(route) = route(method) else {
+        .unwrap_or("")
+}
+
+/// One gateway call over HTTP: the body is the request object (or the
+/// stream of them), the answer its JSON.
+async fn serve(gw: Gateway, req: Request) -> Response {
+    let Some(route) = route(method(req.uri())) else {
         return plain(StatusCode::NOT_FOUND, "Not Found\n");
     };
     if req.method() != Method::POST {
