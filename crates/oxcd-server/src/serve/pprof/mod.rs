@@ -1,8 +1,13 @@
 //! Profiling on demand (`--enable-pprof`), under `/debug/pprof/` as etcd
 //! serves Go's: `profile?seconds=N` samples the CPU for N seconds (30 by
-//! default, at most 300) and answers a flame graph (SVG) a user can attach
-//! to a bug report; `heap` answers the process's memory figures from
-//! `/proc/self/status`. One CPU profile runs at a time.
+//! default, at most 300) and answers Go's gzipped pprof protobuf
+//! ([`encode`]), which `go tool pprof http://host:2379/debug/pprof/profile`
+//! reads as it reads etcd's; `flamegraph?seconds=N` answers the same
+//! samples as a flame graph (SVG) a user can attach to a bug report;
+//! `heap` answers the process's memory figures from `/proc/self/status`.
+//! One CPU profile runs at a time.
+
+mod encode;
 
 use axum::extract::Query;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -26,18 +31,34 @@ pub fn routes() -> Router {
     Router::new()
         .route("/debug/pprof/", get(index))
         .route("/debug/pprof/profile", get(profile))
+        .route("/debug/pprof/flamegraph", get(flamegraph))
         .route("/debug/pprof/heap", get(heap))
 }
 
 async fn index() -> Response {
     text(
         StatusCode::OK,
-        "/debug/pprof/\n\nprofile?seconds=N  CPU profile as a flame graph (SVG)\nheap               memory of the process\n"
+        "/debug/pprof/\n\nprofile?seconds=N     CPU profile (Go's pprof protobuf, gzipped)\nflamegraph?seconds=N  CPU profile as a flame graph (SVG)\nheap                  memory of the process\n"
             .to_string(),
     )
 }
 
+/// What a CPU profile is answered as.
+#[derive(Clone, Copy)]
+enum Format {
+    Pprof,
+    FlameGraph,
+}
+
 async fn profile(Query(q): Query<HashMap<String, String>>) -> Response {
+    cpu(q, Format::Pprof).await
+}
+
+async fn flamegraph(Query(q): Query<HashMap<String, String>>) -> Response {
+    cpu(q, Format::FlameGraph).await
+}
+
+async fn cpu(q: HashMap<String, String>, format: Format) -> Response {
     let seconds = q
         .get("seconds")
         .and_then(|s| s.parse::<u64>().ok())
@@ -49,15 +70,30 @@ async fn profile(Query(q): Query<HashMap<String, String>>) -> Response {
             "Could not enable CPU profiling: cpu profiling already in use\n".into(),
         );
     }
-    let answer = take_profile(Duration::from_secs(seconds)).await;
+    let answer = take_profile(Duration::from_secs(seconds), format).await;
     PROFILING.store(false, Ordering::Release);
     match answer {
-        Ok(svg) => {
-            let mut r = svg.into_response();
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("image/svg+xml"),
-            );
+        Ok(body) => {
+            let mut r = body.into_response();
+            let h = r.headers_mut();
+            match format {
+                Format::Pprof => {
+                    h.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    );
+                    h.insert(
+                        header::CONTENT_DISPOSITION,
+                        HeaderValue::from_static("attachment; filename=\"profile\""),
+                    );
+                }
+                Format::FlameGraph => {
+                    h.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("image/svg+xml"),
+                    );
+                }
+            }
             r
         }
         Err(e) => text(
@@ -67,7 +103,7 @@ async fn profile(Query(q): Query<HashMap<String, String>>) -> Response {
     }
 }
 
-async fn take_profile(length: Duration) -> Result<Vec<u8>, String> {
+async fn take_profile(length: Duration, format: Format) -> Result<Vec<u8>, String> {
     let guard = pprof::ProfilerGuardBuilder::default()
         .frequency(FREQUENCY)
         .blocklist(&["libc", "libgcc", "pthread", "vdso"])
@@ -77,20 +113,27 @@ async fn take_profile(length: Duration) -> Result<Vec<u8>, String> {
     // Building the report symbolizes every frame: off the async threads.
     tokio::task::spawn_blocking(move || {
         let report = guard.report().build().map_err(|e| e.to_string())?;
-        let mut svg = Vec::new();
-        report.flamegraph(&mut svg).map_err(|e| e.to_string())?;
-        if svg.is_empty() {
-            // The profiler samples CPU time: an idle member gives none.
-            let note = format!(
-                "<?xml version=\"1.0\" standalone=\"no\"?><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"600\" height=\"40\"><text x=\"10\" y=\"25\">no CPU samples in {} s: the member was idle</text></svg>\n",
-                length.as_secs()
-            );
-            svg = note.into_bytes();
+        match format {
+            Format::Pprof => encode::gzipped(&encode::profile(&report)).map_err(|e| e.to_string()),
+            Format::FlameGraph => flame_graph(&report, length),
         }
-        Ok(svg)
     })
     .await
     .map_err(|e| e.to_string())?
+}
+
+fn flame_graph(report: &pprof::Report, length: Duration) -> Result<Vec<u8>, String> {
+    let mut svg = Vec::new();
+    report.flamegraph(&mut svg).map_err(|e| e.to_string())?;
+    if svg.is_empty() {
+        // The profiler samples CPU time: an idle member gives none.
+        let note = format!(
+            "<?xml version=\"1.0\" standalone=\"no\"?><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"600\" height=\"40\"><text x=\"10\" y=\"25\">no CPU samples in {} s: the member was idle</text></svg>\n",
+            length.as_secs()
+        );
+        svg = note.into_bytes();
+    }
+    Ok(svg)
 }
 
 async fn heap() -> Response {
