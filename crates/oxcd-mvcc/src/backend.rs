@@ -259,6 +259,7 @@ impl Backend {
         let tx = db
             .begin_read()
             .map_err(|e| MvccError::backend("begin read", e))?;
+        crate::metrics::get().open_read_txns.inc();
         Ok(Snapshot { tx, _db: db })
     }
 
@@ -786,6 +787,12 @@ pub struct Snapshot {
     // Dropped first: the transaction before its database.
     tx: ReadTransaction,
     _db: Arc<Database>,
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        crate::metrics::get().open_read_txns.dec();
+    }
 }
 
 impl std::ops::Deref for Snapshot {

@@ -172,6 +172,9 @@ fn compact_index(shared: &Shared, rev: i64, pace: bool) -> HashSet<Revision> {
             st.compact_rev = st.compact_rev.max(rev);
             from = st.index.compact_chunk(rev, &at, INDEX_CHUNK, &mut keep);
         }
+        crate::metrics::get()
+            .index_compaction_pause_ms
+            .observe(held.elapsed().as_secs_f64() * 1000.0);
         if pace && from.is_some() {
             std::thread::sleep(held.elapsed().max(Duration::from_millis(1)));
         }
@@ -241,6 +244,10 @@ fn delete_compacted(
             }
             Ok(())
         })?;
+        let m = crate::metrics::get();
+        m.db_compaction_pause_ms
+            .observe(held.elapsed().as_secs_f64() * 1000.0);
+        m.db_compaction_keys.inc_by(doomed.len() as u64);
         if last_batch {
             break;
         }
@@ -249,6 +256,9 @@ fn delete_compacted(
         }
     }
     backend.sync()?;
+    crate::metrics::get()
+        .db_compaction_total_ms
+        .observe(started.elapsed().as_secs_f64() * 1000.0);
     tracing::info!(revision = rev, deleted, took = ?started.elapsed(), "finished scheduled compaction");
     Ok(true)
 }

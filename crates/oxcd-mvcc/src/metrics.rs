@@ -2,7 +2,7 @@
 //! (`mvcc/metrics.go`, `mvcc/backend/metrics.go`). They live in the
 //! process-wide default registry, as etcd's do.
 
-use prometheus::{exponential_buckets, Histogram, HistogramOpts, IntCounter, Registry};
+use prometheus::{exponential_buckets, Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 use std::sync::LazyLock;
 
 /// The metrics, registered on first use ([`init`]).
@@ -20,6 +20,22 @@ pub(crate) struct Metrics {
     pub(crate) defrag_inflight: prometheus::IntGauge,
     pub(crate) hash: Histogram,
     pub(crate) hash_rev: Histogram,
+    /// Each hold of the index lock by the compaction (etcd observes its
+    /// one hold of the whole walk).
+    pub(crate) index_compaction_pause_ms: Histogram,
+    /// Each batch of deletions' hold of the backend's write lock.
+    pub(crate) db_compaction_pause_ms: Histogram,
+    /// A whole compaction's deletions.
+    pub(crate) db_compaction_total_ms: Histogram,
+    pub(crate) db_compaction_keys: IntCounter,
+    pub(crate) watch_streams: IntGauge,
+    /// Events handed to watch streams (etcd counts them as its streams
+    /// take them from the store, as here).
+    pub(crate) events: IntCounter,
+    /// Read transactions open on the backend.
+    pub(crate) open_read_txns: IntGauge,
+    /// Bytes of keys and values put.
+    pub(crate) total_put_size: IntGauge,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| build(prometheus::default_registry()));
@@ -51,8 +67,66 @@ fn histogram(r: &Registry, name: &str, help: &str, start: f64, count: usize) -> 
     h
 }
 
+fn int_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(g.clone()));
+    g
+}
+
+fn int_counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
 fn build(r: &Registry) -> Metrics {
     Metrics {
+        index_compaction_pause_ms: histogram(
+            r,
+            "etcd_debugging_mvcc_index_compaction_pause_duration_milliseconds",
+            "Bucketed histogram of index compaction pause duration.",
+            0.5,
+            14,
+        ),
+        db_compaction_pause_ms: histogram(
+            r,
+            "etcd_debugging_mvcc_db_compaction_pause_duration_milliseconds",
+            "Bucketed histogram of db compaction pause duration.",
+            1.0,
+            13,
+        ),
+        db_compaction_total_ms: histogram(
+            r,
+            "etcd_debugging_mvcc_db_compaction_total_duration_milliseconds",
+            "Bucketed histogram of db compaction total duration.",
+            100.0,
+            14,
+        ),
+        db_compaction_keys: int_counter(
+            r,
+            "etcd_debugging_mvcc_db_compaction_keys_total",
+            "Total number of db keys compacted.",
+        ),
+        watch_streams: int_gauge(
+            r,
+            "etcd_debugging_mvcc_watch_stream_total",
+            "Total number of watch streams.",
+        ),
+        events: int_counter(
+            r,
+            "etcd_debugging_mvcc_events_total",
+            "Total number of events sent by this member.",
+        ),
+        open_read_txns: int_gauge(
+            r,
+            "etcd_mvcc_db_open_read_transactions",
+            "The number of currently open read transactions",
+        ),
+        total_put_size: int_gauge(
+            r,
+            "etcd_debugging_mvcc_total_put_size_in_bytes",
+            "The total size of put kv pairs seen by this member.",
+        ),
         put: counter_pair(r, "put", "Total number of puts seen by this member."),
         delete: counter_pair(r, "delete", "Total number of deletes seen by this member."),
         range: counter_pair(r, "range", "Total number of ranges seen by this member."),
@@ -105,6 +179,8 @@ pub(crate) struct Tally {
     pub(crate) ranges: u64,
     pub(crate) puts: u64,
     pub(crate) deletes: u64,
+    /// Bytes of the keys and values put.
+    pub(crate) put_size: u64,
 }
 
 impl Tally {
@@ -125,6 +201,10 @@ impl Tally {
         }
         if t.ranges + t.puts + t.deletes > 1 {
             m.txn.iter().for_each(IntCounter::inc);
+        }
+        if t.put_size > 0 {
+            m.total_put_size
+                .add(i64::try_from(t.put_size).unwrap_or(i64::MAX));
         }
     }
 }

@@ -271,6 +271,7 @@ impl WriteTxn {
     /// kept fallible like every other store operation.
     pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<()> {
         self.tally.puts += 1;
+        self.tally.put_size += (key.len() + value.len()) as u64;
         let main = self.begin_rev + 1;
         let rev = Revision::new(main, self.changes.len() as i64);
         // Only the index is consulted (create revision and version), as in

@@ -24,6 +24,7 @@ pub struct WatchStream {
 
 impl WatchStream {
     pub(crate) fn new(store: WatchableStore, tx: StreamTx) -> Self {
+        crate::metrics::get().watch_streams.inc();
         WatchStream {
             store,
             tx,
@@ -106,6 +107,7 @@ impl WatchStream {
 
 impl Drop for WatchStream {
     fn drop(&mut self) {
+        crate::metrics::get().watch_streams.dec();
         for (_, wk) in self.watchers.drain() {
             self.store.remove_watcher(wk);
         }
@@ -136,7 +138,10 @@ impl WatchReceiver {
                 return Poll::Ready(Some(r));
             }
             match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(batch)) => self.pending = batch.into_iter(),
+                Poll::Ready(Some(batch)) => {
+                    count_events(&batch);
+                    self.pending = batch.into_iter();
+                }
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
             }
@@ -158,7 +163,17 @@ impl WatchReceiver {
             if let Some(r) = self.pending.next() {
                 return Ok(r);
             }
-            self.pending = self.rx.try_recv()?.into_iter();
+            let batch = self.rx.try_recv()?;
+            count_events(&batch);
+            self.pending = batch.into_iter();
         }
+    }
+}
+
+/// Counts the events of a batch in `etcd_debugging_mvcc_events_total`.
+fn count_events(batch: &[WatchResponse]) {
+    let n: usize = batch.iter().map(|r| r.events.len()).sum();
+    if n > 0 {
+        crate::metrics::get().events.inc_by(n as u64);
     }
 }

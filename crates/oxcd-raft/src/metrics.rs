@@ -26,6 +26,112 @@ pub(crate) struct Metrics {
     pub(crate) active_peers: IntGaugeVec,
     /// `etcd_network_disconnected_peers_total{Local,Remote}`.
     pub(crate) disconnected_peers: IntCounterVec,
+    /// `etcd_network_peer_received_failures_total{From}`.
+    pub(crate) peer_received_failures: IntCounterVec,
+    /// `etcd_server_heartbeat_send_failures_total`: the leader sent a
+    /// heartbeat more than two intervals after the previous one.
+    pub(crate) heartbeat_send_failures: prometheus::IntCounter,
+    /// `etcd_network_snapshot_send_*{To}` and `_receive_*{From}`.
+    pub(crate) snapshot_send: SnapshotTransfers,
+    pub(crate) snapshot_receive: SnapshotTransfers,
+}
+
+/// One direction of backend snapshot transfers, as etcd counts them.
+pub(crate) struct SnapshotTransfers {
+    pub(crate) success: IntCounterVec,
+    pub(crate) failures: IntCounterVec,
+    pub(crate) inflights: IntGaugeVec,
+    pub(crate) duration: HistogramVec,
+}
+
+impl SnapshotTransfers {
+    fn new(r: &prometheus::Registry, verb: &str, plural: &str, label: &str) -> SnapshotTransfers {
+        let name = |what: &str| format!("etcd_network_snapshot_{verb}_{what}");
+        let t = SnapshotTransfers {
+            success: IntCounterVec::new(
+                Opts::new(
+                    name("success"),
+                    format!("Total number of successful snapshot {plural}"),
+                ),
+                &[label],
+            )
+            .unwrap_or_else(|e| panic!("snapshot metric: {e}")),
+            failures: IntCounterVec::new(
+                Opts::new(
+                    name("failures"),
+                    format!("Total number of snapshot {verb} failures"),
+                ),
+                &[label],
+            )
+            .unwrap_or_else(|e| panic!("snapshot metric: {e}")),
+            inflights: IntGaugeVec::new(
+                Opts::new(
+                    name("inflights_total"),
+                    format!("Total number of inflight snapshot {plural}"),
+                ),
+                &[label],
+            )
+            .unwrap_or_else(|e| panic!("snapshot metric: {e}")),
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    name("total_duration_seconds"),
+                    format!("Total latency distributions of v3 snapshot {plural}"),
+                )
+                .buckets(exponential_buckets(0.1, 2.0, 10).unwrap_or_default()),
+                &[label],
+            )
+            .unwrap_or_else(|e| panic!("snapshot metric: {e}")),
+        };
+        let _ = r.register(Box::new(t.success.clone()));
+        let _ = r.register(Box::new(t.failures.clone()));
+        let _ = r.register(Box::new(t.inflights.clone()));
+        let _ = r.register(Box::new(t.duration.clone()));
+        t
+    }
+
+    /// Counts one transfer with `peer` (hex ID) from start to end: the
+    /// in-flight gauge while it runs, then its outcome and duration.
+    pub(crate) fn track(&'static self, peer: u64) -> Transfer {
+        let peer = format!("{peer:x}");
+        self.inflights.with_label_values(&[peer.as_str()]).inc();
+        Transfer {
+            metrics: self,
+            peer,
+            started: std::time::Instant::now(),
+            done: false,
+        }
+    }
+}
+
+/// A snapshot transfer being counted; dropped without [`Transfer::ok`] it
+/// counts as failed.
+pub(crate) struct Transfer {
+    metrics: &'static SnapshotTransfers,
+    peer: String,
+    started: std::time::Instant,
+    done: bool,
+}
+
+impl Transfer {
+    pub(crate) fn ok(mut self) {
+        self.done = true;
+        let p = [self.peer.as_str()];
+        self.metrics.success.with_label_values(&p).inc();
+        self.metrics
+            .duration
+            .with_label_values(&p)
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        let p = [self.peer.as_str()];
+        self.metrics.inflights.with_label_values(&p).dec();
+        if !self.done {
+            self.metrics.failures.with_label_values(&p).inc();
+        }
+    }
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(build);
@@ -101,7 +207,21 @@ fn build() -> Metrics {
             &["Local", "Remote"],
         )
         .unwrap_or_else(|e| panic!("disconnected peers metric: {e}")),
+        peer_received_failures: vec(
+            "etcd_network_peer_received_failures_total",
+            "The total number of receive failures from peers.",
+            "From",
+        ),
+        heartbeat_send_failures: prometheus::IntCounter::new(
+            "etcd_server_heartbeat_send_failures_total",
+            "The total number of leader heartbeat send failures (likely overloaded from slow disk).",
+        )
+        .unwrap_or_else(|e| panic!("heartbeat metric: {e}")),
+        snapshot_send: SnapshotTransfers::new(r, "send", "sends", "To"),
+        snapshot_receive: SnapshotTransfers::new(r, "receive", "receives", "From"),
     };
+    let _ = r.register(Box::new(m.peer_received_failures.clone()));
+    let _ = r.register(Box::new(m.heartbeat_send_failures.clone()));
     let _ = r.register(Box::new(m.active_peers.clone()));
     let _ = r.register(Box::new(m.disconnected_peers.clone()));
     let _ = r.register(Box::new(m.peer_round_trip.clone()));

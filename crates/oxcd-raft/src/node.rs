@@ -58,6 +58,7 @@ use raft::prelude::{
 };
 use raft::{Config, RawNode, StateRole};
 use snapshot::SnapshotState;
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -362,6 +363,7 @@ pub fn start(
         proposals: Vec::new(),
         proposal_bytes: 0,
         snaps: SnapshotState::new(snaps, snap_index),
+        heartbeats_sent: HashMap::new(),
     };
     // A member that is the only voter (a single-member cluster
     // restarting) campaigns at once instead of after an election timeout,
@@ -412,6 +414,9 @@ struct RaftLoop {
     /// Their payload size.
     proposal_bytes: usize,
     snaps: SnapshotState,
+    /// When the leader last sent each peer a heartbeat (etcd's timeout
+    /// detector): a gap over two intervals is a heartbeat sent late.
+    heartbeats_sent: HashMap<u64, Instant>,
 }
 
 impl RaftLoop {
@@ -581,6 +586,7 @@ impl RaftLoop {
                 );
             }
             self.leader = leader;
+            self.heartbeats_sent.clear();
             self.to_apply(ToApply::LeaderChange { leader, term });
         }
         let _ = role;
@@ -589,6 +595,9 @@ impl RaftLoop {
     fn send(&mut self, msgs: Vec<Message>) {
         for m in msgs {
             let to = m.to;
+            if m.get_msg_type() == MessageType::MsgHeartbeat {
+                self.heartbeat_sent(to);
+            }
             if m.get_msg_type() == MessageType::MsgSnapshot {
                 self.send_snapshot(m);
                 continue;
@@ -602,6 +611,27 @@ impl RaftLoop {
             };
             if self.transport.send(to, bytes).is_err() {
                 self.raw.report_unreachable(to);
+            }
+        }
+    }
+
+    /// Notes a heartbeat to `to`; one sent over two intervals after the
+    /// previous is counted and logged as etcd does (the loop was held up,
+    /// most likely by a slow disk).
+    fn heartbeat_sent(&mut self, to: u64) {
+        let now = Instant::now();
+        let expected = self.tick * 2;
+        if let Some(last) = self.heartbeats_sent.insert(to, now) {
+            let gap = now.saturating_duration_since(last);
+            if gap > expected {
+                crate::metrics::get().heartbeat_send_failures.inc();
+                tracing::warn!(
+                    to = %format!("{to:x}"),
+                    heartbeat_interval = ?self.tick,
+                    expected_duration = ?expected,
+                    exceeded_duration = ?(gap - expected),
+                    "leader failed to send out heartbeat on time; took too long, leader is overloaded likely from slow disk"
+                );
             }
         }
     }

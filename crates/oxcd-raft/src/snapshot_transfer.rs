@@ -96,12 +96,16 @@ pub(crate) async fn send(route: Route, job: SnapshotJob) {
         .scratch_dir
         .join(format!("{to:016x}-{index:016x}.snap.db.send"));
     tracing::info!("sending database snapshot [index: {index}, to: {to:x}]");
+    let counted = crate::metrics::get().snapshot_send.track(to);
     let result = if route.etcd {
         crate::rafthttp::link::send_snapshot(&route, &job, &scratch).await
     } else {
         send_steps(&route, &job, &scratch).await
     };
     let _ = tokio::fs::remove_file(&scratch).await;
+    if result.is_ok() {
+        counted.ok();
+    }
     match &result {
         Ok(bytes) => tracing::info!(
             "sent database snapshot [index: {index}, to: {to:x}, size: {bytes} bytes]"
@@ -260,6 +264,7 @@ pub(crate) async fn receive(
         "receiving database snapshot [index: {index}, from: {:x}]",
         first.from
     );
+    let counted = crate::metrics::get().snapshot_receive.track(first.from);
     let path = snap_dir.join(format!("{index:016x}.snap.db"));
     let tmp = snap_dir.join(format!("{index:016x}.snap.db.tmp"));
     let written = write_file(&tmp, &first, stream).await;
@@ -280,6 +285,7 @@ pub(crate) async fn receive(
         "received and saved database snapshot [index: {index}, from: {:x}, size: {size} bytes]",
         first.from
     );
+    counted.ok();
     Ok(Received {
         from: first.from,
         message: first.raft_message,

@@ -976,7 +976,14 @@ impl Peer for PeerService {
         let mut stream = r.into_inner();
         let mut received: Option<(u64, prometheus::IntCounter)> = None;
         while let Some(batch) = stream.next().await {
-            let batch = batch?;
+            let batch = batch.inspect_err(|_| {
+                if let Some((from, _)) = &received {
+                    crate::metrics::get()
+                        .peer_received_failures
+                        .with_label_values(&[format!("{from:x}").as_str()])
+                        .inc();
+                }
+            })?;
             self.check(batch.cluster_id, batch.to)?;
             self.check_from(batch.from)?;
             let counter = match &received {

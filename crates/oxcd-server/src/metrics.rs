@@ -9,8 +9,10 @@
 //! nothing.
 
 use crate::core::Core;
-use crate::version::{CLUSTER_VERSION, SERVER_VERSION};
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use crate::version::SERVER_VERSION;
+use prometheus::{
+    Encoder, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use std::sync::{Arc, LazyLock};
 
 /// Event counters of the server.
@@ -26,6 +28,22 @@ pub(crate) struct Counters {
     pub(crate) read_indexes_failed: IntCounter,
     pub(crate) slow_read_indexes: IntCounter,
     pub(crate) snapshot_apply_in_progress: IntGauge,
+    pub(crate) learner_promote_successes: IntCounter,
+    /// `etcd_server_learner_promote_failures{Reason}`, the error's text.
+    pub(crate) learner_promote_failures: IntCounterVec,
+    pub(crate) slow_applies: IntCounter,
+    pub(crate) lease_granted: IntCounter,
+    pub(crate) lease_revoked: IntCounter,
+    /// Renewals on the member that keeps the leases alive (the leader).
+    pub(crate) lease_renewed: IntCounter,
+    /// `etcd_debugging_lease_ttl_total`: granted TTLs, in seconds.
+    pub(crate) lease_ttl: Histogram,
+    /// `etcd_network_server_stream_failures_total{Type,API}`: a watch or
+    /// keep-alive stream that failed to receive or send.
+    pub(crate) stream_failures: IntCounterVec,
+    /// `etcd_disk_backend_snapshot_duration_seconds`: a Snapshot RPC's
+    /// copy of the backend.
+    pub(crate) backend_snapshot: Histogram,
 }
 
 static COUNTERS: LazyLock<Counters> = LazyLock::new(|| {
@@ -88,9 +106,75 @@ static COUNTERS: LazyLock<Counters> = LazyLock::new(|| {
             "etcd_server_snapshot_apply_in_progress_total",
             "1 if the server is applying the incoming snapshot. 0 if none.",
         ),
+        learner_promote_successes: counter(
+            r,
+            "etcd_server_learner_promote_successes",
+            "The total number of successful learner promotions while this member is leader.",
+        ),
+        learner_promote_failures: counter_vec(
+            r,
+            "etcd_server_learner_promote_failures",
+            "The total number of failed learner promotions (likely learner not ready) while this member is leader.",
+            &["Reason"],
+        ),
+        slow_applies: counter(
+            r,
+            "etcd_server_slow_apply_total",
+            "The total number of slow apply requests (likely overloaded from slow disk).",
+        ),
+        lease_granted: counter(
+            r,
+            "etcd_debugging_lease_granted_total",
+            "The total number of granted leases.",
+        ),
+        lease_revoked: counter(
+            r,
+            "etcd_debugging_lease_revoked_total",
+            "The total number of revoked leases.",
+        ),
+        lease_renewed: counter(
+            r,
+            "etcd_debugging_lease_renewed_total",
+            "The number of renewed leases seen by the leader.",
+        ),
+        lease_ttl: histogram(
+            r,
+            "etcd_debugging_lease_ttl_total",
+            "Bucketed histogram of lease TTLs.",
+            1.0,
+            24,
+        ),
+        stream_failures: counter_vec(
+            r,
+            "etcd_network_server_stream_failures_total",
+            "The total number of stream failures from the local server.",
+            &["Type", "API"],
+        ),
+        backend_snapshot: histogram(
+            r,
+            "etcd_disk_backend_snapshot_duration_seconds",
+            "The latency distribution of backend snapshots.",
+            0.01,
+            17,
+        ),
     };
     c
 });
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let v = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(v.clone()));
+    v
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, start: f64, count: usize) -> Histogram {
+    let buckets = prometheus::exponential_buckets(start, 2.0, count).unwrap_or_default();
+    let h = Histogram::with_opts(prometheus::HistogramOpts::new(name, help).buckets(buckets))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(h.clone()));
+    h
+}
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
@@ -182,6 +266,10 @@ struct Gauges {
     keys: IntGauge,
     current_rev: IntGauge,
     compact_rev: IntGauge,
+    /// Set once the cluster has decided its version, to the replicated
+    /// one (`major.minor`), as etcd sets it.
+    cluster_version: IntGaugeVec,
+    auth_revision: IntGauge,
     fd_used: IntGauge,
     fd_limit: IntGauge,
     watchers: IntGauge,
@@ -256,6 +344,15 @@ impl Scrape {
                 "etcd_debugging_mvcc_slow_watcher_total",
                 "Total number of unsynced slow watchers.",
             ),
+            cluster_version: labelled(
+                "etcd_cluster_version",
+                "Which version is running. 1 for 'cluster_version' label with current cluster version",
+                "cluster_version",
+            ),
+            auth_revision: gauge(
+                "etcd_debugging_auth_revision",
+                "The current revision of auth store.",
+            ),
             fd_used: gauge("os_fd_used", "The number of used file descriptors."),
             fd_limit: gauge("os_fd_limit", "The file descriptor limit."),
         };
@@ -265,16 +362,6 @@ impl Scrape {
             "server_version",
         )
         .with_label_values(&[SERVER_VERSION])
-        .set(1);
-        let cluster = CLUSTER_VERSION
-            .rsplit_once('.')
-            .map_or(CLUSTER_VERSION, |(mm, _)| mm);
-        labelled(
-            "etcd_cluster_version",
-            "Which version is running. 1 for 'cluster_version' label with current cluster version",
-            "cluster_version",
-        )
-        .with_label_values(&[cluster])
         .set(1);
         Scrape {
             core,
@@ -324,6 +411,16 @@ impl Scrape {
             .set(i64::try_from(synced + unsynced + victims).unwrap_or(i64::MAX));
         g.slow_watchers
             .set(i64::try_from(unsynced + victims).unwrap_or(i64::MAX));
+        g.cluster_version.reset();
+        if let Some(v) = c.members.cluster_version() {
+            let major_minor = v
+                .rsplit_once('.')
+                .filter(|(mm, _)| mm.contains('.'))
+                .map_or(v.as_str(), |(mm, _)| mm);
+            g.cluster_version.with_label_values(&[major_minor]).set(1);
+        }
+        g.auth_revision
+            .set(i64::try_from(c.auth_view().revision()).unwrap_or(i64::MAX));
         let (used, limit) = file_descriptors();
         g.fd_used.set(used);
         g.fd_limit.set(limit);

@@ -99,11 +99,23 @@ pub async fn receive(mut body: hyper::body::Incoming, from: u64, inbox: &dyn Inb
     let received = crate::metrics::get()
         .peer_received_bytes
         .with_label_values(&[format!("{from:x}").as_str()]);
+    let failed = || {
+        crate::metrics::get()
+            .peer_received_failures
+            .with_label_values(&[format!("{from:x}").as_str()])
+            .inc();
+    };
     loop {
         let frame = match tokio::time::timeout(CONN_READ_TIMEOUT, body.frame()).await {
-            Err(_) => return LinkError::Down("read: i/o timeout".into()),
+            Err(_) => {
+                failed();
+                return LinkError::Down("read: i/o timeout".into());
+            }
             Ok(None) => return LinkError::Down("EOF".into()),
-            Ok(Some(Err(e))) => return LinkError::Down(e.to_string()),
+            Ok(Some(Err(e))) => {
+                failed();
+                return LinkError::Down(e.to_string());
+            }
             Ok(Some(Ok(f))) => f,
         };
         let Ok(data) = frame.into_data() else {

@@ -330,6 +330,7 @@ async fn receive_snapshot(
         "receiving database snapshot [index: {index}, from: {:x}] over etcd's peer protocol",
         m.from
     );
+    let counted = crate::metrics::get().snapshot_receive.track(m.from);
     let path = dir.join(format!("{index:016x}.snap.db"));
     let tmp = dir.join(format!("{index:016x}.snap.db.tmp"));
     let fail = |e: std::io::Error| {
@@ -367,6 +368,7 @@ async fn receive_snapshot(
                 "received and saved database snapshot [index: {index}, from: {:x}, size: {size} bytes]",
                 m.from
             );
+            counted.ok();
             Ok((m.from, head))
         }
         Err(e) => {

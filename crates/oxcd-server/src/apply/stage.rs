@@ -35,8 +35,12 @@ use oxcd_failpoint::failpoint;
 use oxcd_raft::node::{Committed, ConfKind, ToApply};
 use raft::prelude::{ConfChange, ConfState};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+/// An entry that takes longer to apply is logged and counted
+/// (`etcd_server_slow_apply_total`), as etcd's `warnApplyDuration`.
+const SLOW_APPLY: Duration = Duration::from_millis(100);
 
 /// Everything the apply stage needs; it owns it on its thread.
 pub struct ApplyStage {
@@ -172,7 +176,18 @@ impl ApplyStage {
             self.applier.store().begin_batch();
             self.batch_open = true;
         }
+        let started = Instant::now();
         let applied = self.applier.apply_as(&req, &who, index);
+        let took = started.elapsed();
+        if took > SLOW_APPLY {
+            crate::metrics::counters().slow_applies.inc();
+            tracing::warn!(
+                index,
+                took = ?took,
+                expected_duration = ?SLOW_APPLY,
+                "apply request took too long"
+            );
+        }
         self.events.extend(applied.events);
         if id == 0 {
             return;

@@ -269,6 +269,9 @@ impl Lessor {
         }
         let granted = l.ttl;
         st.leases.insert(id, l);
+        let counters = crate::metrics::counters();
+        counters.lease_granted.inc();
+        counters.lease_ttl.observe(granted as f64);
         Ok(granted)
     }
 
@@ -286,6 +289,7 @@ impl Lessor {
     pub fn remove(&self, id: i64) {
         let mut st = self.state();
         if let Some(l) = st.leases.remove(&id) {
+            crate::metrics::counters().lease_revoked.inc();
             for k in &l.keys {
                 st.items.remove(k);
             }
@@ -344,6 +348,7 @@ impl Lessor {
                     if let Some(t) = l.next_check {
                         st.queue.push(Reverse((t, id)));
                     }
+                    crate::metrics::counters().lease_renewed.inc();
                 }
                 return Ok(l.ttl);
             }

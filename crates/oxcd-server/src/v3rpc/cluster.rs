@@ -205,6 +205,21 @@ impl Cluster for ClusterService {
 /// [`EtcdError::LearnerNotReady`], [`EtcdError::MemberNotEnoughStarted`],
 /// or the proposal's error.
 pub(crate) async fn promote_as_leader(core: &Core, id: u64) -> Result<Vec<Member>, EtcdError> {
+    let result = promote_here(core, id).await;
+    // etcd counts promotions where they are decided: on the leader.
+    let counters = crate::metrics::counters();
+    match &result {
+        Ok(_) => counters.learner_promote_successes.inc(),
+        Err(EtcdError::NotLeader) => {}
+        Err(e) => counters
+            .learner_promote_failures
+            .with_label_values(&[e.to_string().as_str()])
+            .inc(),
+    }
+    result
+}
+
+async fn promote_here(core: &Core, id: u64) -> Result<Vec<Member>, EtcdError> {
     let Some(m) = core.members.get(id) else {
         return Err(EtcdError::MemberNotFound);
     };

@@ -126,7 +126,11 @@ impl Lease for LeaseService {
                 let mut inbound = inbound?;
                 let req = match inbound.message().await {
                     Ok(Some(req)) => req,
-                    Ok(None) | Err(_) => return None,
+                    Ok(None) => return None,
+                    Err(status) => {
+                        super::metrics::stream_receive_failed(&status, "lease-keepalive");
+                        return None;
+                    }
                 };
                 let answer = keep_alive_once(&core, req.id).await;
                 let next = answer.is_ok().then_some(inbound);

@@ -454,6 +454,38 @@ where
     }
 }
 
+/// A watch or keep-alive stream could not receive. A client that went
+/// away is logged quietly, as etcd's `isClientCtxErr` does (Go's gRPC
+/// cancels the stream's context when its connection goes, tonic reports
+/// the broken connection as such); a message the server could not take
+/// (undecodable, too large) is a warning and counts in
+/// `etcd_network_server_stream_failures_total`.
+pub(crate) fn stream_receive_failed(status: &tonic::Status, api: &str) {
+    use tonic::Code;
+    let client_gone = !matches!(
+        status.code(),
+        Code::Internal
+            | Code::ResourceExhausted
+            | Code::OutOfRange
+            | Code::InvalidArgument
+            | Code::DataLoss
+    );
+    let what = if api == "watch" {
+        "failed to receive watch request from gRPC stream"
+    } else {
+        "failed to receive lease keepalive request from gRPC stream"
+    };
+    if client_gone {
+        tracing::debug!(error = %status, "{what}");
+        return;
+    }
+    tracing::warn!(error = %status, "{what}");
+    crate::metrics::counters()
+        .stream_failures
+        .with_label_values(&["receive", api])
+        .inc();
+}
+
 #[cfg(test)]
 mod tests {
     use super::Messages;

@@ -59,6 +59,7 @@ pub fn stream(core: &Core) -> mpsc::Receiver<Result<SnapshotResponse, Status>> {
         .name("snapshot".into())
         .spawn(move || {
             background_priority();
+            let started = std::time::Instant::now();
             let tmp = TempFile(temp_path(store.path()));
             let result = store
                 .export_view()
@@ -71,8 +72,13 @@ pub fn stream(core: &Core) -> mpsc::Receiver<Result<SnapshotResponse, Status>> {
                 let _ = tx.blocking_send(Err(Status::unknown(e)));
                 return;
             }
-            if let Err(e) = send_file(&tmp.0, &tx) {
-                tracing::warn!(error = %e, "failed to send the database snapshot");
+            match send_file(&tmp.0, &tx) {
+                // etcd times its backend snapshot from open to close: the
+                // whole transfer.
+                Ok(()) => crate::metrics::counters()
+                    .backend_snapshot
+                    .observe(started.elapsed().as_secs_f64()),
+                Err(e) => tracing::warn!(error = %e, "failed to send the database snapshot"),
             }
         });
     if let Err(e) = spawned {

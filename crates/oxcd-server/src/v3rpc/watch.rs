@@ -418,7 +418,7 @@ impl Stream for Session {
                         continue;
                     }
                     Poll::Ready(Some(Err(status))) => {
-                        tracing::debug!(%status, "watch stream receive failed");
+                        super::metrics::stream_receive_failed(&status, "watch");
                         s.finished = true;
                         return Poll::Ready(Some(Err(EtcdError::WatchCanceled.into())));
                     }
