@@ -32,6 +32,8 @@ pub(crate) struct Metrics {
     /// Events handed to watch streams (etcd counts them as its streams
     /// take them from the store, as here).
     pub(crate) events: IntCounter,
+    /// Events queued for watch streams and not yet taken by them.
+    pub(crate) pending_events: IntGauge,
     /// Read transactions open on the backend.
     pub(crate) open_read_txns: IntGauge,
     /// Bytes of keys and values put.
@@ -116,6 +118,11 @@ fn build(r: &Registry) -> Metrics {
             r,
             "etcd_debugging_mvcc_events_total",
             "Total number of events sent by this member.",
+        ),
+        pending_events: int_gauge(
+            r,
+            "etcd_debugging_mvcc_pending_events_total",
+            "Total number of pending events to be sent.",
         ),
         open_read_txns: int_gauge(
             r,

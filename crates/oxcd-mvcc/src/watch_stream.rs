@@ -170,10 +170,38 @@ impl WatchReceiver {
     }
 }
 
-/// Counts the events of a batch in `etcd_debugging_mvcc_events_total`.
+/// The events of a batch of responses.
+pub(crate) fn events_in(batch: &[WatchResponse]) -> i64 {
+    batch.iter().map(|r| r.events.len() as i64).sum()
+}
+
+/// Counts a batch the stream took: `etcd_debugging_mvcc_events_total`
+/// grows, `etcd_debugging_mvcc_pending_events_total` (counted when the
+/// store queued it) shrinks.
 fn count_events(batch: &[WatchResponse]) {
-    let n: usize = batch.iter().map(|r| r.events.len()).sum();
+    let n = events_in(batch);
     if n > 0 {
-        crate::metrics::get().events.inc_by(n as u64);
+        let m = crate::metrics::get();
+        m.events.inc_by(n as u64);
+        m.pending_events.sub(n);
+    }
+}
+
+impl Drop for WatchReceiver {
+    /// What was queued and never taken is no longer pending.
+    fn drop(&mut self) {
+        let mut left: i64 = self
+            .pending
+            .as_slice()
+            .iter()
+            .map(|r| r.events.len() as i64)
+            .sum();
+        self.rx.close();
+        while let Ok(batch) = self.rx.try_recv() {
+            left += events_in(&batch);
+        }
+        if left > 0 {
+            crate::metrics::get().pending_events.sub(left);
+        }
     }
 }

@@ -280,8 +280,15 @@ impl StreamTx {
     /// Queues `batch` without waiting; a full channel gives it back, a
     /// closed one counts as delivered (see [`Watcher::send`]).
     pub fn send(&self, batch: Vec<WatchResponse>) -> Result<(), Vec<WatchResponse>> {
+        let events = crate::watch_stream::events_in(&batch);
         match self.tx.try_send(batch) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
+            Ok(()) => {
+                if events > 0 {
+                    crate::metrics::get().pending_events.add(events);
+                }
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
             Err(mpsc::error::TrySendError::Full(b)) => Err(b),
         }
     }

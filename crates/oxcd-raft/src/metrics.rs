@@ -34,6 +34,30 @@ pub(crate) struct Metrics {
     /// `etcd_network_snapshot_send_*{To}` and `_receive_*{From}`.
     pub(crate) snapshot_send: SnapshotTransfers,
     pub(crate) snapshot_receive: SnapshotTransfers,
+    /// Saving a `.snap` file: encoding, fsync, the whole save.
+    pub(crate) snap_marshalling: Histogram,
+    pub(crate) snap_fsync: Histogram,
+    pub(crate) snap_save: Histogram,
+    /// Receiving a backend snapshot (`.snap.db`): its fsync, the whole
+    /// save.
+    pub(crate) snap_db_fsync: Histogram,
+    pub(crate) snap_db_save: Histogram,
+}
+
+fn histogram(
+    r: &prometheus::Registry,
+    name: &str,
+    help: &str,
+    start: f64,
+    count: usize,
+) -> Histogram {
+    let h = Histogram::with_opts(
+        HistogramOpts::new(name, help)
+            .buckets(exponential_buckets(start, 2.0, count).unwrap_or_default()),
+    )
+    .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(h.clone()));
+    h
 }
 
 /// One direction of backend snapshot transfers, as etcd counts them.
@@ -219,6 +243,41 @@ fn build() -> Metrics {
         .unwrap_or_else(|e| panic!("heartbeat metric: {e}")),
         snapshot_send: SnapshotTransfers::new(r, "send", "sends", "To"),
         snapshot_receive: SnapshotTransfers::new(r, "receive", "receives", "From"),
+        snap_marshalling: histogram(
+            r,
+            "etcd_debugging_snap_save_marshalling_duration_seconds",
+            "The marshalling cost distributions of save called by snapshot.",
+            0.001,
+            14,
+        ),
+        snap_fsync: histogram(
+            r,
+            "etcd_snap_fsync_duration_seconds",
+            "The latency distributions of fsync called by snap.",
+            0.001,
+            14,
+        ),
+        snap_save: histogram(
+            r,
+            "etcd_debugging_snap_save_total_duration_seconds",
+            "The total latency distributions of save called by snapshot.",
+            0.001,
+            14,
+        ),
+        snap_db_fsync: histogram(
+            r,
+            "etcd_snap_db_fsync_duration_seconds",
+            "The latency distributions of fsyncing .snap.db file",
+            0.001,
+            14,
+        ),
+        snap_db_save: histogram(
+            r,
+            "etcd_snap_db_save_total_duration_seconds",
+            "The total latency distributions of v3 snapshot save",
+            0.1,
+            10,
+        ),
     };
     let _ = r.register(Box::new(m.peer_received_failures.clone()));
     let _ = r.register(Box::new(m.heartbeat_send_failures.clone()));

@@ -149,13 +149,19 @@ impl Snapshotter {
             let p = p.to_path_buf();
             move |source| SnapError::SyncFailed { path: p, source }
         };
+        let started = std::time::Instant::now();
+        let bytes = encode(snap);
+        let m = crate::metrics::get();
+        m.snap_marshalling.observe(started.elapsed().as_secs_f64());
         let mut f = self.fs.create(&tmp).map_err(io("create", &tmp))?;
-        f.write_all_at(0, &encode(snap))
-            .map_err(io("write", &tmp))?;
+        f.write_all_at(0, &bytes).map_err(io("write", &tmp))?;
+        let syncing = std::time::Instant::now();
         f.sync_data().map_err(sync(&tmp))?;
+        m.snap_fsync.observe(syncing.elapsed().as_secs_f64());
         drop(f);
         self.fs.rename(&tmp, &path).map_err(io("rename", &tmp))?;
         self.fs.sync_dir(&self.dir).map_err(sync(&self.dir))?;
+        m.snap_save.observe(started.elapsed().as_secs_f64());
         Ok(path)
     }
 

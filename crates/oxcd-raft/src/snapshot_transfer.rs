@@ -265,6 +265,7 @@ pub(crate) async fn receive(
         first.from
     );
     let counted = crate::metrics::get().snapshot_receive.track(first.from);
+    let started = std::time::Instant::now();
     let path = snap_dir.join(format!("{index:016x}.snap.db"));
     let tmp = snap_dir.join(format!("{index:016x}.snap.db.tmp"));
     let written = write_file(&tmp, &first, stream).await;
@@ -286,6 +287,9 @@ pub(crate) async fn receive(
         first.from
     );
     counted.ok();
+    crate::metrics::get()
+        .snap_db_save
+        .observe(started.elapsed().as_secs_f64());
     Ok(Received {
         from: first.from,
         message: first.raft_message,
@@ -319,7 +323,11 @@ async fn write_file(
         size += c.data.len() as u64;
         last = c.last;
     }
+    let syncing = std::time::Instant::now();
     f.sync_all().await.map_err(io)?;
+    crate::metrics::get()
+        .snap_db_fsync
+        .observe(syncing.elapsed().as_secs_f64());
     Ok(size)
 }
 

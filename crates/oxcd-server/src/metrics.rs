@@ -272,6 +272,12 @@ struct Gauges {
     auth_revision: IntGauge,
     fd_used: IntGauge,
     fd_limit: IntGauge,
+    /// `process_virtual_memory_max_bytes`: the address-space limit, -1
+    /// when unlimited (as Go's process collector reports it).
+    vm_max: IntGauge,
+    /// promhttp's own scrape counters, which etcd's handler serves.
+    scrapes_in_flight: IntGauge,
+    scrapes: IntCounterVec,
     watchers: IntGauge,
     slow_watchers: IntGauge,
 }
@@ -353,6 +359,29 @@ impl Scrape {
                 "etcd_debugging_auth_revision",
                 "The current revision of auth store.",
             ),
+            vm_max: gauge(
+                "process_virtual_memory_max_bytes",
+                "Maximum amount of virtual memory available in bytes.",
+            ),
+            scrapes_in_flight: gauge(
+                "promhttp_metric_handler_requests_in_flight",
+                "Current number of scrapes being served.",
+            ),
+            scrapes: {
+                let v = IntCounterVec::new(
+                    Opts::new(
+                        "promhttp_metric_handler_requests_total",
+                        "Total number of scrapes by HTTP status code.",
+                    ),
+                    &["code"],
+                )
+                .unwrap_or_else(|e| panic!("metric scrapes: {e}"));
+                let _ = registry.register(Box::new(v.clone()));
+                for code in ["200", "500", "503"] {
+                    v.with_label_values(&[code]);
+                }
+                v
+            },
             fd_used: gauge("os_fd_used", "The number of used file descriptors."),
             fd_limit: gauge("os_fd_limit", "The file descriptor limit."),
         };
@@ -373,14 +402,21 @@ impl Scrape {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        self.g.scrapes_in_flight.inc();
         self.refresh();
         let mut families = prometheus::gather();
         families.extend(self.registry.gather());
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = Vec::new();
-        if let Err(e) = prometheus::TextEncoder::new().encode(&families, &mut out) {
-            tracing::warn!(error = %e, "could not encode metrics");
-        }
+        let code = match prometheus::TextEncoder::new().encode(&families, &mut out) {
+            Ok(()) => "200",
+            Err(e) => {
+                tracing::warn!(error = %e, "could not encode metrics");
+                "500"
+            }
+        };
+        self.g.scrapes_in_flight.dec();
+        self.g.scrapes.with_label_values(&[code]).inc();
         out
     }
 
@@ -421,6 +457,10 @@ impl Scrape {
         }
         g.auth_revision
             .set(i64::try_from(c.auth_view().revision()).unwrap_or(i64::MAX));
+        let vm = rustix::process::getrlimit(rustix::process::Resource::As)
+            .current
+            .map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
+        g.vm_max.set(vm);
         let (used, limit) = file_descriptors();
         g.fd_used.set(used);
         g.fd_limit.set(limit);

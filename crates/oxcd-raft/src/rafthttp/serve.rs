@@ -331,6 +331,7 @@ async fn receive_snapshot(
         m.from
     );
     let counted = crate::metrics::get().snapshot_receive.track(m.from);
+    let started = std::time::Instant::now();
     let path = dir.join(format!("{index:016x}.snap.db"));
     let tmp = dir.join(format!("{index:016x}.snap.db.tmp"));
     let fail = |e: std::io::Error| {
@@ -354,7 +355,11 @@ async fn receive_snapshot(
             f.write_all(&chunk).await?;
             size += chunk.len() as u64;
         }
+        let syncing = std::time::Instant::now();
         f.sync_all().await?;
+        crate::metrics::get()
+            .snap_db_fsync
+            .observe(syncing.elapsed().as_secs_f64());
         tokio::fs::rename(&tmp, &path).await?;
         if let Ok(d) = tokio::fs::File::open(dir).await {
             let _ = d.sync_all().await;
@@ -369,6 +374,9 @@ async fn receive_snapshot(
                 m.from
             );
             counted.ok();
+            crate::metrics::get()
+                .snap_db_save
+                .observe(started.elapsed().as_secs_f64());
             Ok((m.from, head))
         }
         Err(e) => {
