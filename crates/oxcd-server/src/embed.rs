@@ -369,13 +369,30 @@ fn grpc_limits(cfg: &Config) -> GrpcLimits {
     }
 }
 
+/// A listener's address as etcd logs it (Go's `Listener.Addr()`:
+/// `host:port`, no scheme).
+fn listen_address(u: &url::Url) -> String {
+    let host = u.host_str().unwrap_or("");
+    match u.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    }
+}
+
 impl Etcd {
     fn spawn_serve(&self, b: Bound, router: crate::serve::Dispatch, kind: &'static str) {
         match (kind, b.tls.is_some()) {
-            ("client", true) => tracing::info!("serving client requests on {}", url_string(&b.url)),
+            ("client", true) => tracing::info!(
+                zap = "serving client traffic securely",
+                address = %listen_address(&b.url),
+                "serving client requests on {}",
+                listen_address(&b.url)
+            ),
             ("client", false) => tracing::info!(
+                zap = "serving client traffic insecurely; this is strongly discouraged!",
+                address = %listen_address(&b.url),
                 "serving insecure client requests on {}, this is strongly discouraged!",
-                url_string(&b.url)
+                listen_address(&b.url)
             ),
             ("metrics", _) => tracing::info!("listening for metrics on {}", url_string(&b.url)),
             _ => tracing::info!("listening for peers on {}", url_string(&b.url)),

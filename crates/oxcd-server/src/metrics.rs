@@ -449,11 +449,9 @@ impl Scrape {
             .set(i64::try_from(unsynced + victims).unwrap_or(i64::MAX));
         g.cluster_version.reset();
         if let Some(v) = c.members.cluster_version() {
-            let major_minor = v
-                .rsplit_once('.')
-                .filter(|(mm, _)| mm.contains('.'))
-                .map_or(v.as_str(), |(mm, _)| mm);
-            g.cluster_version.with_label_values(&[major_minor]).set(1);
+            g.cluster_version
+                .with_label_values(&[crate::version::major_minor(&v)])
+                .set(1);
         }
         g.auth_revision
             .set(i64::try_from(c.auth_view().revision()).unwrap_or(i64::MAX));

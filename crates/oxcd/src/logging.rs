@@ -6,6 +6,13 @@
 //! capnslog: `2026-12-06 19:38:10.123456 I | embed: message key=value`.
 //! zap: `{"level":"info","ts":"2026-12-06T19:38:10.123Z","caller":"oxcd-server/embed.rs:131","msg":"message","key":value}`,
 //! field names with `-` where the code has `_`, as etcd spells them.
+//!
+//! Where etcd's two loggers word a line differently (the readiness lines
+//! tooling greps, ETCD-FACTS §11.1), the event carries both: its message
+//! is the capnslog text, printed alone as etcd prints it, and a `zap`
+//! field the zap `msg`, with the event's other fields. `zap_only` and
+//! `capnslog_only` events appear in one format only. A `target:` given
+//! to the event is the capnslog package (`etcdserver/api`).
 
 use oxcd_server::config::Config;
 use std::fmt::Write as _;
@@ -171,6 +178,8 @@ where
         let mut fields = Fields::default();
         event.record(&mut fields);
         let line = match self {
+            Style::Capnslog if fields.zap_only => return Ok(()),
+            Style::Zap if fields.capnslog_only => return Ok(()),
             Style::Capnslog => capnslog_line(now, meta, &fields),
             Style::Zap => zap_line(now, meta, &fields),
         };
@@ -182,6 +191,10 @@ where
 #[derive(Default)]
 struct Fields {
     message: String,
+    /// The zap wording of the message, when it differs.
+    zap: Option<String>,
+    zap_only: bool,
+    capnslog_only: bool,
     rest: Vec<(&'static str, Value)>,
 }
 
@@ -195,6 +208,8 @@ impl Visit for Fields {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
             self.message = value.to_string();
+        } else if field.name() == "zap" {
+            self.zap = Some(value.to_string());
         } else {
             self.rest
                 .push((field.name(), Value::Str(value.to_string())));
@@ -222,7 +237,11 @@ impl Visit for Fields {
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.rest.push((field.name(), Value::Bool(value)));
+        match field.name() {
+            "zap_only" => self.zap_only = value,
+            "capnslog_only" => self.capnslog_only = value,
+            name => self.rest.push((name, Value::Bool(value))),
+        }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
@@ -273,7 +292,13 @@ fn capnslog_line(now: time::OffsetDateTime, meta: &tracing::Metadata<'_>, f: &Fi
         package(meta.target()),
         f.message,
     );
-    for (k, v) in &f.rest {
+    // A line worded for each logger is complete in its capnslog text.
+    let fields = if f.zap.is_some() {
+        &[][..]
+    } else {
+        &f.rest[..]
+    };
+    for (k, v) in fields {
         let _ = match v {
             Value::Str(s) => write!(line, " {k}={s}"),
             Value::Num(n) => write!(line, " {k}={n}"),
@@ -314,7 +339,7 @@ fn zap_line(now: time::OffsetDateTime, meta: &tracing::Metadata<'_>, f: &Fields)
     let mut line = format!(
         r#"{{"level":"{level}","ts":"{ts}","caller":{},"msg":{}"#,
         json_str(&caller(meta)),
-        json_str(&f.message),
+        json_str(f.zap.as_deref().unwrap_or(&f.message)),
     );
     for (k, v) in &f.rest {
         let key = json_str(&k.replace('_', "-"));
@@ -346,8 +371,11 @@ mod tests {
 
     #[test]
     fn zap_fields_are_json_with_dashes() {
-        let f = Fields {
+        let mut f = Fields {
             message: "published \"m\"".into(),
+            zap: None,
+            zap_only: false,
+            capnslog_only: false,
             rest: vec![
                 ("cluster_id", Value::Str("1c45".into())),
                 ("count", Value::Num("3".into())),
@@ -377,6 +405,16 @@ mod tests {
         assert_eq!(
             capnslog_line(now, &meta, &f),
             "1970-01-01 00:00:00.000000 I | embed: published \"m\" cluster_id=1c45 count=3 ok=true\n"
+        );
+        // Worded for each logger: zap's msg with the fields, capnslog's
+        // text alone.
+        f.zap = Some("published local member".into());
+        let v: serde_json::Value = serde_json::from_str(&zap_line(now, &meta, &f)).expect("json");
+        assert_eq!(v["msg"], "published local member");
+        assert_eq!(v["cluster-id"], "1c45");
+        assert_eq!(
+            capnslog_line(now, &meta, &f),
+            "1970-01-01 00:00:00.000000 I | embed: published \"m\"\n"
         );
     }
 

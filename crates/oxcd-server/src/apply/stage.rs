@@ -216,10 +216,25 @@ impl ApplyStage {
             Ok(V2Change::ClusterVersion(v)) => {
                 match self.members.cluster_version() {
                     None => {
-                        tracing::info!(index, cluster_version = %v, "set initial cluster version")
+                        // Its capnslog line is logged at readiness.
+                        tracing::info!(
+                            zap_only = true,
+                            local_member_id = %format!("{:x}", self.member_id),
+                            cluster_version = crate::version::major_minor(&v),
+                            "set initial cluster version"
+                        )
                     }
                     Some(from) if from != v => {
-                        tracing::info!(index, %from, to = %v, "updated cluster version");
+                        tracing::info!(
+                            target: "etcdserver/membership",
+                            zap = "updated cluster version",
+                            local_member_id = %format!("{:x}", self.member_id),
+                            from = crate::version::major_minor(&from),
+                            to = crate::version::major_minor(&v),
+                            "updated the cluster version from {} to {}",
+                            crate::version::major_minor(&from),
+                            crate::version::major_minor(&v)
+                        );
                     }
                     Some(_) => {}
                 }

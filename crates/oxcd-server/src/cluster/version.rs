@@ -83,9 +83,24 @@ pub async fn run(core: Arc<Core>, transport: Arc<Transport>, shutdown: Cancellat
             continue;
         };
         let next = next.cluster_version();
+        use crate::version::major_minor;
         match &current {
-            None => tracing::info!(cluster_version = %next, "setting up initial cluster version"),
-            Some(from) => tracing::info!(%from, to = %next, "updating cluster version"),
+            None => tracing::info!(
+                target: "etcdserver",
+                zap = "setting up initial cluster version",
+                cluster_version = %major_minor(&next),
+                "setting up the initial cluster version to {}",
+                major_minor(&next)
+            ),
+            Some(from) => tracing::info!(
+                target: "etcdserver",
+                zap = "updating cluster version",
+                from = %major_minor(from),
+                to = %major_minor(&next),
+                "updating the cluster version from {} to {}",
+                major_minor(from),
+                major_minor(&next)
+            ),
         }
         let entry = super::v2::cluster_version_entry(core.writes.next_request_id(), &next);
         if let Err(e) = core.writes.propose_raw(entry) {

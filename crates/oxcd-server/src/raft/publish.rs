@@ -17,8 +17,18 @@ pub async fn become_ready(core: &Core) -> bool {
     if status.wait_for(|s| s.leader != 0).await.is_err() {
         return false;
     }
-    tracing::info!("etcdserver/membership: set the initial cluster version to {API_VERSION}");
-    tracing::info!("etcdserver/api: enabled capabilities for version {API_VERSION}");
+    // The zap line for the version is the apply stage's, where it is set.
+    tracing::info!(
+        target: "etcdserver/membership",
+        capnslog_only = true,
+        "set the initial cluster version to {API_VERSION}"
+    );
+    tracing::info!(
+        target: "etcdserver/api",
+        zap = "enabled capabilities for version",
+        cluster_version = API_VERSION,
+        "enabled capabilities for version {API_VERSION}"
+    );
     let me = core.member.clone();
     loop {
         // etcd 3.4's form, which etcd members of a mixed cluster apply.
@@ -45,12 +55,26 @@ pub async fn become_ready(core: &Core) -> bool {
             return false;
         }
     }
-    tracing::info!(
-        "etcdserver: published {{Name:{} ClientURLs:[{}]}} to cluster {:x}",
+    let attributes = format!(
+        "{{Name:{} ClientURLs:[{}]}}",
         me.name,
-        me.client_urls.join(" "),
+        me.client_urls.join(" ")
+    );
+    tracing::info!(
+        target: "etcdserver",
+        zap = "published local member to cluster through raft",
+        local_member_id = %format!("{:x}", me.id),
+        local_member_attributes = %attributes,
+        request_path = %format!("/0/members/{:x}/attributes", me.id),
+        cluster_id = %format!("{:x}", core.cluster_id),
+        "published {attributes} to cluster {:x}",
         core.cluster_id
     );
-    tracing::info!("embed: ready to serve client requests");
+    // etcd 3.5's zap wording (3.4's zap logs no ready line).
+    tracing::info!(
+        target: "embed",
+        zap = "ready to serve client requests",
+        "ready to serve client requests"
+    );
     true
 }
