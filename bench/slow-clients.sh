@@ -27,6 +27,12 @@
 #                        RSS passes M MiB (default 6144), so it cannot take
 #                        the machine down
 #   --out FILE           also write the markdown table to FILE
+# Memory: the watch body in (c) is complete (etcd's HTTP/1 server answers
+# nothing while a request body is open). Each slow reader holds up to
+# 200 x 64 KiB of events; etcd 3.4 keeps buffering them (1000 readers took it
+# to ~3.7 GiB), oxcd caps them near 0.8 MiB a reader, still ~8 GiB for
+# 10000, so on a machine without that to spare use --reader-clients 1000.
+# "RSS after" is what the allocator kept, not by itself a leak.
 # Environment: OXCD_BIN (default target/release/oxcd), ETCD_BIN (default
 # /usr/bin/etcd), KEEP_RESULTS=FILE keeps the raw JSON lines (with the
 # per-second samples). Needs python3 and curl. The soft fd limit is raised to the
