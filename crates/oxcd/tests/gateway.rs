@@ -545,3 +545,44 @@ where
     let text = next_text(ws).await?;
     Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
 }
+
+/// A client that trickles the body of a unary call is answered 408 and
+/// disconnected after a while (30 s; the test knob shortens it), so slow
+/// bodies cannot hold connections for ever. oxcd only: etcd waits for
+/// ever (`bench/slow-clients.sh`, scenario `body`).
+#[tokio::test]
+async fn a_trickled_body_times_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if std::env::var_os("OXCD_TEST_SERVER").is_some_and(|s| !s.is_empty()) {
+        return;
+    }
+    bounded(async {
+        let c = Cluster::builder(1)
+            .env("OXCD_TEST_BODY_READ_TIMEOUT_MS", "300")
+            .start()
+            .await;
+        let addr = c
+            .member(0)
+            .client_url()
+            .trim_start_matches("http://")
+            .to_string();
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let head = format!(
+            "POST /v3/kv/put HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 100\r\n\r\n{{\"key\":"
+        );
+        s.write_all(head.as_bytes()).await.expect("send");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got)
+            .await
+            .expect("read until the server closes");
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        // Nothing was written.
+        let r = post(c.member(0), "/v3/kv/range", r#"{"key":"Zm9v"}"#).await;
+        assert_eq!(r.code, 200, "{}", r.body);
+        assert!(r.json().get("kvs").is_none(), "{}", r.body);
+    })
+    .await;
+}

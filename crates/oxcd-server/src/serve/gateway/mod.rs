@@ -422,10 +422,20 @@ async fn serve(gw: Gateway, req: Request) -> Response {
     // As grpc-gateway, a body is read before the call takes a stream, so
     // a slow uploader does not hold one.
     let first = match route.kind {
-        Kind::Unary | Kind::ServerStream => match read_one(body, gw.max_json, route).await {
-            Ok(m) => Outbound::Once(m),
-            Err(s) => return error(&s),
-        },
+        Kind::Unary | Kind::ServerStream => {
+            match tokio::time::timeout(body_read_timeout(), read_one(body, gw.max_json, route))
+                .await
+            {
+                Ok(Ok(m)) => Outbound::Once(m),
+                Ok(Err(s)) => return error(&s),
+                Err(_) => {
+                    let mut r = plain(StatusCode::REQUEST_TIMEOUT, "request body read timed out\n");
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return r;
+                }
+            }
+        }
         Kind::BidiStream => {
             let (tx, rx) = mpsc::channel(16);
             let gone = CancellationToken::new();
@@ -493,6 +503,21 @@ async fn unary(mut replies: Replies, route: Route) -> Response {
         Ok(json) => json_response(StatusCode::OK, json),
         Err(s) => error(&s),
     }
+}
+
+/// Longest a unary or server-streaming call's body may take to arrive, so
+/// that a client trickling its body cannot hold a connection for ever
+/// (etcd has no limit). Stream bodies (watch, keep-alive) stay open by
+/// design and have none. The test knob `OXCD_TEST_BODY_READ_TIMEOUT_MS`
+/// shortens it.
+fn body_read_timeout() -> std::time::Duration {
+    std::env::var("OXCD_TEST_BODY_READ_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(
+            std::time::Duration::from_secs(30),
+            std::time::Duration::from_millis,
+        )
 }
 
 /// Reads the whole body as one request object and encodes it.
