@@ -253,6 +253,10 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # start_servers KIND DIR: starts $MEMBERS members; sets PIDS and ENDPOINTS.
 start_servers() {
   local kind="$1" dir="$2" bin base i cluster="" names=()
+  # The previous turn's dirty pages (and its removed data dir) are written
+  # back before this turn starts, so that neither server pays for the
+  # other's I/O.
+  sync
   case "$kind" in etcd) bin="$ETCD_EXE"; base=$ETCD_BASE_PORT ;; oxcd) bin="$OXCD_BIN"; base=$OXCD_BASE_PORT ;; esac
   ENDPOINTS=""
   for ((i = 0; i < MEMBERS; i++)); do
