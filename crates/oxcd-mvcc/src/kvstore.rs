@@ -312,6 +312,11 @@ impl KvStore {
         self.shared.backend.size_in_use()
     }
 
+    /// Read transactions open on the backend file now.
+    pub fn open_read_txns(&self) -> usize {
+        self.shared.backend.open_read_txns()
+    }
+
     /// Measures the bytes in use now unless the last measurement is younger
     /// than `max_age`, and returns [`KvStore::db_size_in_use`].
     ///

@@ -34,8 +34,6 @@ pub(crate) struct Metrics {
     pub(crate) events: IntCounter,
     /// Events queued for watch streams and not yet taken by them.
     pub(crate) pending_events: IntGauge,
-    /// Read transactions open on the backend.
-    pub(crate) open_read_txns: IntGauge,
     /// Bytes of keys and values put.
     pub(crate) total_put_size: IntGauge,
 }
@@ -123,11 +121,6 @@ fn build(r: &Registry) -> Metrics {
             r,
             "etcd_debugging_mvcc_pending_events_total",
             "Total number of pending events to be sent.",
-        ),
-        open_read_txns: int_gauge(
-            r,
-            "etcd_mvcc_db_open_read_transactions",
-            "The number of currently open read transactions",
         ),
         total_put_size: int_gauge(
             r,

@@ -270,6 +270,7 @@ struct Gauges {
     /// one (`major.minor`), as etcd sets it.
     cluster_version: IntGaugeVec,
     auth_revision: IntGauge,
+    open_read_txns: IntGauge,
     fd_used: IntGauge,
     fd_limit: IntGauge,
     /// `process_virtual_memory_max_bytes`: the address-space limit, -1
@@ -354,6 +355,10 @@ impl Scrape {
                 "etcd_cluster_version",
                 "Which version is running. 1 for 'cluster_version' label with current cluster version",
                 "cluster_version",
+            ),
+            open_read_txns: gauge(
+                "etcd_mvcc_db_open_read_transactions",
+                "The number of currently open read transactions",
             ),
             auth_revision: gauge(
                 "etcd_debugging_auth_revision",
@@ -453,6 +458,8 @@ impl Scrape {
                 .with_label_values(&[crate::version::major_minor(&v)])
                 .set(1);
         }
+        g.open_read_txns
+            .set(i64::try_from(c.store.open_read_txns()).unwrap_or(i64::MAX));
         g.auth_revision
             .set(i64::try_from(c.auth_view().revision()).unwrap_or(i64::MAX));
         let vm = rustix::process::getrlimit(rustix::process::Resource::As)
