@@ -556,8 +556,14 @@ mod tests {
         assert!(slow < 1000 && slow > 500, "{slow}");
         let fast = super::next_limit(200, super::TARGET_HOLD / 4);
         assert!(fast > 200, "{fast}");
-        assert_eq!(super::next_limit(1000, std::time::Duration::ZERO), super::COMPACTION_BATCH);
-        assert_eq!(super::next_limit(60, std::time::Duration::from_secs(1)), super::MIN_BATCH);
+        assert_eq!(
+            super::next_limit(1000, std::time::Duration::ZERO),
+            super::COMPACTION_BATCH
+        );
+        assert_eq!(
+            super::next_limit(60, std::time::Duration::from_secs(1)),
+            super::MIN_BATCH
+        );
         // A steady rate settles where it holds the lock about the target.
         let mut limit = 1000;
         for _ in 0..20 {
@@ -578,18 +584,19 @@ mod tests {
         s.sync().unwrap();
         let end = ((s.rev() + 1) as u64).to_be_bytes();
         let keep = std::collections::HashSet::new();
-        let (doomed, next) = super::next_batch(&s.shared.backend, &[], &end, &keep, super::COMPACTION_BATCH).unwrap();
+        let (doomed, next) =
+            super::next_batch(&s.shared.backend, &[], &end, &keep, super::COMPACTION_BATCH)
+                .unwrap();
         assert_eq!(doomed.len(), 4, "4 × 300 KiB reach 1 MiB");
         assert_eq!(next.as_deref(), doomed.last().map(Vec::as_slice));
-        let (rest, next) =
-            super::next_batch(
-                &s.shared.backend,
-                &super::after(&doomed[3]),
-                &end,
-                &keep,
-                super::COMPACTION_BATCH,
-            )
-            .unwrap();
+        let (rest, next) = super::next_batch(
+            &s.shared.backend,
+            &super::after(&doomed[3]),
+            &end,
+            &keep,
+            super::COMPACTION_BATCH,
+        )
+        .unwrap();
         assert_eq!((rest.len(), next.is_some()), (4, true));
     }
 
