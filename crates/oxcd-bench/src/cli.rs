@@ -174,7 +174,7 @@ pub enum Consistency {
 #[command(name = "range")]
 pub struct RangeOpts {
     /// Key to read (or start of the range).
-    #[arg(required_unless_present = "all")]
+    #[arg(required_unless_present_any = ["all", "key_space_size"])]
     pub key: Option<String>,
     /// End of the range (exclusive); absent reads the single key.
     pub end: Option<String>,
@@ -194,6 +194,11 @@ pub struct RangeOpts {
     /// they cannot be given on a command line).
     #[arg(long, conflicts_with_all = ["key", "end"])]
     pub all: bool,
+    /// Each request reads one key drawn at random from the `N` keys put
+    /// writes with `--key-size 8 --key-space-size N` (a large key space
+    /// read beyond the caches, rather than one hot key).
+    #[arg(long, conflicts_with_all = ["key", "end", "all"])]
+    pub key_space_size: Option<u64>,
 }
 
 /// `txn-put`: txns of `--txn-ops` puts on distinct keys.

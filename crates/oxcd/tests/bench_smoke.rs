@@ -67,12 +67,32 @@ async fn bench_workloads_run_against_oxcd() {
                 limit: 0,
                 count_only: false,
                 all: true,
+                key_space_size: None,
             };
             let s = workload::range::run(&conns, &range, deadline)
                 .await
                 .expect("range");
             assert_clean("range", &s, 50);
         }
+        // Random keys of a key space, and a key space of none refused.
+        let mut random = RangeOpts {
+            key: None,
+            end: None,
+            total: 30,
+            consistency: Consistency::Linearizable,
+            limit: 0,
+            count_only: false,
+            all: false,
+            key_space_size: Some(10),
+        };
+        let s = workload::range::run(&conns, &random, deadline)
+            .await
+            .expect("range of random keys");
+        assert_clean("range of random keys", &s, 30);
+        random.key_space_size = Some(0);
+        assert!(workload::range::run(&conns, &random, deadline)
+            .await
+            .is_err());
 
         let txn = TxnPutOpts {
             total: 20,
@@ -232,6 +252,7 @@ async fn bench_drives_kv_through_tonic() {
             limit: 0,
             count_only: false,
             all: true,
+            key_space_size: None,
         };
         let s = workload::range::run(&conns, &range, deadline)
             .await

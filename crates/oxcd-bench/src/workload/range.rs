@@ -1,5 +1,6 @@
 //! `range`: etcd benchmark's `range.go`. Every request reads the same key
-//! or range (or, with `--all`, every key), linearizably or serializably.
+//! or range (or, with `--all`, every key; with `--key-space-size`, one key
+//! drawn at random), linearizably or serializably.
 
 use std::time::Instant;
 
@@ -10,13 +11,14 @@ use super::{drive, Plan};
 use crate::cli::{Consistency, RangeOpts};
 use crate::conn::Conns;
 use crate::error::BenchError;
+use crate::keys::encode_key;
 use crate::report::Summary;
 
 /// Runs `opts.total` range requests over `conns`' clients until done or
 /// `deadline`.
 ///
 /// # Errors
-/// None today; the `Result` keeps every workload's entry point alike.
+/// `--key-space-size 0`.
 pub async fn run(
     conns: &Conns,
     opts: &RangeOpts,
@@ -45,9 +47,16 @@ pub async fn run(
         deadline,
         until: None,
     };
+    let space = opts.key_space_size;
+    if let Some(n) = space {
+        super::at_least("--key-space-size", n, 1)?;
+    }
     Ok(drive(plan, move |client, _| {
         let kv = clients[client].clone();
-        let req = template.clone();
+        let mut req = template.clone();
+        if let Some(space) = space {
+            req.key = encode_key(rand::random_range(0..space), 8);
+        }
         async move { kv.range(&req).await.map(drop) }
     })
     .await)
