@@ -48,6 +48,24 @@ async fn curl(m: &Member, method: &str, path: &str, body: &str, max_time: Durati
     }
 }
 
+/// Whether the tests run against another server (etcd): the oxcd-only
+/// ones then return at once.
+fn against_other_server() -> bool {
+    std::env::var_os("OXCD_TEST_SERVER").is_some_and(|s| !s.is_empty())
+}
+
+/// One oxcd member with the test knob `knob` set to `millis`, and its
+/// client address as `host:port`.
+async fn member_with_knob(knob: &str, millis: &str) -> (Cluster, String) {
+    let c = Cluster::builder(1).env(knob, millis).start().await;
+    let addr = c
+        .member(0)
+        .client_url()
+        .trim_start_matches("http://")
+        .to_string();
+    (c, addr)
+}
+
 async fn post(m: &Member, path: &str, body: &str) -> Reply {
     curl(m, "POST", path, body, Duration::from_secs(10)).await
 }
@@ -324,7 +342,7 @@ async fn cluster_maintenance_lock_and_election_routes() {
 #[tokio::test]
 async fn an_abandoned_stream_gives_its_slot_back() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    if std::env::var_os("OXCD_TEST_SERVER").is_some_and(|s| !s.is_empty()) {
+    if against_other_server() {
         return;
     }
     bounded(async {
@@ -405,19 +423,11 @@ async fn cors_and_host_whitelist() {
 #[tokio::test]
 async fn silent_connections_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    if std::env::var_os("OXCD_TEST_SERVER").is_some_and(|s| !s.is_empty()) {
+    if against_other_server() {
         return;
     }
     bounded(async {
-        let c = Cluster::builder(1)
-            .env("OXCD_TEST_IDLE_CONNECTION_TIMEOUT_MS", "300")
-            .start()
-            .await;
-        let addr = c
-            .member(0)
-            .client_url()
-            .trim_start_matches("http://")
-            .to_string();
+        let (_member, addr) = member_with_knob("OXCD_TEST_IDLE_CONNECTION_TIMEOUT_MS", "300").await;
         let mut silent = tokio::net::TcpStream::connect(&addr)
             .await
             .expect("connect");
@@ -553,19 +563,11 @@ where
 #[tokio::test]
 async fn a_trickled_body_times_out() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    if std::env::var_os("OXCD_TEST_SERVER").is_some_and(|s| !s.is_empty()) {
+    if against_other_server() {
         return;
     }
     bounded(async {
-        let c = Cluster::builder(1)
-            .env("OXCD_TEST_BODY_READ_TIMEOUT_MS", "300")
-            .start()
-            .await;
-        let addr = c
-            .member(0)
-            .client_url()
-            .trim_start_matches("http://")
-            .to_string();
+        let (c, addr) = member_with_knob("OXCD_TEST_BODY_READ_TIMEOUT_MS", "300").await;
         let mut s = tokio::net::TcpStream::connect(&addr)
             .await
             .expect("connect");
