@@ -80,7 +80,15 @@ start() { # BIN DIR: starts a member, waits until /health answers 200
 }
 
 rss_mib() { awk '/^VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$PID/status"; }
-db_mib() { du -m --apparent-size "$1/member/snap/db" | cut -f1; }
+# The backend file: its length / the blocks it takes / the bytes the
+# server says are in use (Status dbSizeInUse), in MiB. A file grown in
+# sparse steps is longer than what it takes.
+db_mib() {
+  local f="$1/member/snap/db" in_use
+  in_use=$(ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$PORT" endpoint status -w json |
+    jq '.[0].Status.dbSizeInUse // 0 | . / 1048576 | floor')
+  printf '%s / %s / %s' "$(du -m --apparent-size "$f" | cut -f1)" "$(du -m "$f" | cut -f1)" "$in_use"
+}
 
 bench() { # ARGS...: one oxcd-bench run, its JSON summary
   "$BENCH" --endpoints "127.0.0.1:$PORT" --json --timeout 1800 "$@"
@@ -124,7 +132,7 @@ done
 {
   echo "$KEYS keys of 256 B, one member, $READS linearizable random single-key reads (100 clients)"
   echo
-  echo "| server | load puts/s | read p50 / p99 ms | reads/s / errors | restart s | cold read p50 / p99 ms | db MiB | RSS MiB after load / reads / restart / cold reads |"
+  echo "| server | load puts/s | read p50 / p99 ms | reads/s / errors | restart s | cold read p50 / p99 ms | db MiB file / allocated / in use | RSS MiB after load / reads / restart / cold reads |"
   echo "|---|---|---|---|---|---|---|---|"
   printf '%s\n' "${ROWS[@]}"
 } | tee ${OUT:+"$OUT"}
