@@ -171,14 +171,13 @@ pub fn init() {
 
 fn build() -> Metrics {
     let r = prometheus::default_registry();
-    let wal_fsync = Histogram::with_opts(
-        HistogramOpts::new(
-            "etcd_disk_wal_fsync_duration_seconds",
-            "The latency distributions of fsync called by WAL.",
-        )
-        .buckets(exponential_buckets(0.001, 2.0, 14).unwrap_or_default()),
-    )
-    .unwrap_or_else(|e| panic!("wal fsync metric: {e}"));
+    let wal_fsync = histogram(
+        r,
+        "etcd_disk_wal_fsync_duration_seconds",
+        "The latency distributions of fsync called by WAL.",
+        0.001,
+        14,
+    );
     let wal_write_bytes = IntGauge::new(
         "etcd_disk_wal_write_bytes_total",
         "Total number of bytes written in WAL.",
@@ -284,7 +283,6 @@ fn build() -> Metrics {
     let _ = r.register(Box::new(m.active_peers.clone()));
     let _ = r.register(Box::new(m.disconnected_peers.clone()));
     let _ = r.register(Box::new(m.peer_round_trip.clone()));
-    let _ = r.register(Box::new(m.wal_fsync.clone()));
     let _ = r.register(Box::new(m.wal_write_bytes.clone()));
     let _ = r.register(Box::new(m.peer_sent_bytes.clone()));
     let _ = r.register(Box::new(m.peer_received_bytes.clone()));

@@ -21,6 +21,20 @@ fn assert_clean(what: &str, s: &Summary, total: u64) {
     assert!(!s.timed_out && !s.unimplemented, "{what}: {s:?}");
 }
 
+/// `total` reads of every key.
+fn range_all(total: u64, consistency: Consistency) -> RangeOpts {
+    RangeOpts {
+        key: None,
+        end: None,
+        total,
+        consistency,
+        limit: 0,
+        count_only: false,
+        all: true,
+        key_space_size: None,
+    }
+}
+
 /// 40 puts on 10 keys through `conns`, every one acknowledged.
 async fn forty_puts(what: &str, conns: &Conns, deadline: Instant) {
     let put = PutOpts {
@@ -59,16 +73,7 @@ async fn bench_workloads_run_against_oxcd() {
         assert_clean("put", &s, 50);
 
         for consistency in [Consistency::Linearizable, Consistency::Serializable] {
-            let range = RangeOpts {
-                key: None,
-                end: None,
-                total: 50,
-                consistency,
-                limit: 0,
-                count_only: false,
-                all: true,
-                key_space_size: None,
-            };
+            let range = range_all(50, consistency);
             let s = workload::range::run(&conns, &range, deadline)
                 .await
                 .expect("range");
@@ -76,14 +81,9 @@ async fn bench_workloads_run_against_oxcd() {
         }
         // Random keys of a key space, and a key space of none refused.
         let mut random = RangeOpts {
-            key: None,
-            end: None,
-            total: 30,
-            consistency: Consistency::Linearizable,
-            limit: 0,
-            count_only: false,
             all: false,
             key_space_size: Some(10),
+            ..range_all(30, Consistency::Linearizable)
         };
         let s = workload::range::run(&conns, &random, deadline)
             .await
@@ -244,16 +244,7 @@ async fn bench_drives_kv_through_tonic() {
         let conns = Conns::connect(&global).await.expect("dial oxcd");
         let deadline = Instant::now() + Duration::from_secs(60);
         forty_puts("put through tonic", &conns, deadline).await;
-        let range = RangeOpts {
-            key: None,
-            end: None,
-            total: 20,
-            consistency: Consistency::Linearizable,
-            limit: 0,
-            count_only: false,
-            all: true,
-            key_space_size: None,
-        };
+        let range = range_all(20, Consistency::Linearizable);
         let s = workload::range::run(&conns, &range, deadline)
             .await
             .expect("range");

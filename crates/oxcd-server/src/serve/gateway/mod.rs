@@ -45,6 +45,8 @@ struct Gateway {
     /// Largest JSON request object read (base64 makes bytes 4/3 longer
     /// than the protobuf limit the gRPC layer enforces after it).
     max_json: usize,
+    /// How long a unary call's body may take ([`body_read_timeout`]).
+    body_timeout: std::time::Duration,
 }
 
 /// The gateway routes. `max_recv_bytes` is the gRPC message limit,
@@ -57,6 +59,7 @@ pub fn routes(grpc: GrpcRouter, max_recv_bytes: usize, max_streams: u32) -> Rout
         grpc,
         streams: Arc::new(Semaphore::new(permits)),
         max_json: max_recv_bytes.saturating_mul(2).saturating_add(64 * 1024),
+        body_timeout: body_read_timeout(),
     };
     Router::new()
         .route("/v3/{*method}", any(handle))
@@ -423,9 +426,7 @@ async fn serve(gw: Gateway, req: Request) -> Response {
     // a slow uploader does not hold one.
     let first = match route.kind {
         Kind::Unary | Kind::ServerStream => {
-            match tokio::time::timeout(body_read_timeout(), read_one(body, gw.max_json, route))
-                .await
-            {
+            match tokio::time::timeout(gw.body_timeout, read_one(body, gw.max_json, route)).await {
                 Ok(Ok(m)) => Outbound::Once(m),
                 Ok(Err(s)) => return error(&s),
                 Err(_) => {
