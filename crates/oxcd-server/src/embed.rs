@@ -381,6 +381,14 @@ fn listen_address(u: &url::Url) -> String {
 
 impl Etcd {
     fn spawn_serve(&self, b: Bound, router: crate::serve::Dispatch, kind: &'static str) {
+        if kind == "client" {
+            // Per client listener, as etcd's serve(): tooling waits for it,
+            // so it comes only once requests are answered.
+            tracing::info!(
+                zap = "ready to serve client requests",
+                "ready to serve client requests"
+            );
+        }
         match (kind, b.tls.is_some()) {
             ("client", true) => tracing::info!(
                 zap = "serving client traffic securely",

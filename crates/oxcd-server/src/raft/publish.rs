@@ -1,7 +1,9 @@
 //! Becoming ready (etcd's `EtcdServer.publish` and the readiness log
 //! lines): wait for a leader, then replicate this member's name and client
 //! URLs through raft until they are applied, then log the lines tooling
-//! waits for (`enabled capabilities for version`, `published`).
+//! waits for (`enabled capabilities for version`, `published`). `ready to
+//! serve client requests` is the client listeners' line (embed), logged when
+//! they start serving, after the initial corruption check.
 
 use crate::core::Core;
 use crate::version::API_VERSION;
@@ -69,12 +71,6 @@ pub async fn become_ready(core: &Core) -> bool {
         cluster_id = %format!("{:x}", core.cluster_id),
         "published {attributes} to cluster {:x}",
         core.cluster_id
-    );
-    // etcd 3.5's zap wording (3.4's zap logs no ready line).
-    tracing::info!(
-        target: "embed",
-        zap = "ready to serve client requests",
-        "ready to serve client requests"
     );
     true
 }
