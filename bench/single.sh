@@ -43,3 +43,7 @@ load() {
   "$BENCH" --endpoints "$EP" --conns 10 --clients 100 --timeout 900 put \
     --total "$1" --key-space-size "$2" --val-size "$3" --sequential-keys >/dev/null
 }
+
+# median: the median of the numbers on stdin, one per line (the lower of
+# the two middle ones for an even count).
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

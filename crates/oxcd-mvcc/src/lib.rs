@@ -54,6 +54,7 @@ mod alarm_table;
 mod auth_table;
 pub mod backend;
 mod backend_file;
+pub mod background;
 mod compact;
 #[cfg(test)]
 #[path = "../../oxcd-etcd-format/src/damage.rs"]

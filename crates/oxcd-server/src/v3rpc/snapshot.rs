@@ -11,7 +11,7 @@
 //! and removed once sent or abandoned.
 //!
 //! Beyond etcd: a snapshot must not slow the writes going on. The file is
-//! built on a thread of its own at the lowest CPU priority (nice 19), and its
+//! built on a thread of its own at the idle CPU policy (`SCHED_IDLE`), and its
 //! dirty pages are written back every MiB, so that the WAL's next
 //! fdatasync never waits for a gigabyte of snapshot data the file system
 //! would otherwise flush with it (ext4's ordered journal commits).
@@ -58,7 +58,7 @@ pub fn stream(core: &Core) -> mpsc::Receiver<Result<SnapshotResponse, Status>> {
     let spawned = std::thread::Builder::new()
         .name("snapshot".into())
         .spawn(move || {
-            background_priority();
+            oxcd_mvcc::background::lower_this_thread("snapshot");
             let started = std::time::Instant::now();
             let tmp = TempFile(temp_path(store.path()));
             let result = store
@@ -87,13 +87,6 @@ pub fn stream(core: &Core) -> mpsc::Receiver<Result<SnapshotResponse, Status>> {
         ))));
     }
     rx
-}
-
-/// This thread yields the CPU to the request path (nice 19). Best effort:
-/// a system that refuses keeps the default priority.
-fn background_priority() {
-    let me = rustix::thread::gettid();
-    let _ = rustix::process::setpriority_process(Some(me), 19);
 }
 
 /// Bytes written between two write-backs of the snapshot file.
