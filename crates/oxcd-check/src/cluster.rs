@@ -480,11 +480,24 @@ impl Cluster {
         }
     }
 
-    /// Lifts every partition.
+    /// Cuts one direction of member `i`'s links to every peer, connections
+    /// kept open: with `deaf` it hears no peer, else no peer hears it.
+    pub fn one_way(&self, i: usize, deaf: bool) {
+        let pid: Vec<u32> = self.members[i].pid().into_iter().collect();
+        for (j, m) in self.members.iter().enumerate() {
+            match (j == i, deaf) {
+                (true, true) => m.proxy.deaf_target(true),
+                (true, false) => m.proxy.mute_target(true),
+                (false, true) => m.proxy.deaf_origins(pid.clone()),
+                (false, false) => m.proxy.mute_origins(pid.clone()),
+            }
+        }
+    }
+
+    /// Lifts every partition, both-way and one-way.
     pub fn heal_all(&self) {
         for m in &self.members {
-            m.proxy.cut(false);
-            m.proxy.block_origins(Vec::new());
+            m.proxy.heal();
         }
     }
 

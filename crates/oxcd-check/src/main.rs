@@ -64,8 +64,8 @@ struct Args {
     /// Seed of every random choice (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
-    /// none, kill, kill-leader, pause, partition, disk (oxcd debug builds),
-    /// membership, snapshot-kill, compact-defrag or mixed.
+    /// none, kill, kill-leader, pause, partition, one-way, disk (oxcd debug
+    /// builds), membership, snapshot-kill, compact-defrag or mixed.
     #[arg(long, default_value = "none")]
     nemesis: Nemesis,
     /// Timeout of each client operation, in seconds.

@@ -3,7 +3,7 @@
 //! logged with its time. A fault that cannot be lifted (a killed member
 //! that does not come back) is recorded as a recovery failure.
 //!
-//! The simple faults (kill, pause, partition) live here; each fault that
+//! The simple faults (kill, pause, partition, one-way) live here; each fault that
 //! needs a protocol of its own has a module: [`disk`] (oxcd failpoints),
 //! [`membership`] (remove and re-add a member), [`snapshot`] (kill during
 //! a snapshot send), [`compact`] (compaction and defragmentation).
@@ -38,6 +38,9 @@ pub enum Nemesis {
     Pause,
     /// Cut a random member off from its peers both ways, then heal.
     Partition,
+    /// A random member's peer links cut one way, connections kept open:
+    /// it hears no peer (deaf) or no peer hears it (mute), then healed.
+    OneWay,
     /// oxcd failpoints on a random member: slow WAL and backend fsync,
     /// a failed fsync or write (the member must exit), a crash at a step.
     Disk,
@@ -54,12 +57,13 @@ pub enum Nemesis {
 
 impl Nemesis {
     /// Every name `--nemesis` accepts.
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 11] = [
         "none",
         "kill",
         "kill-leader",
         "pause",
         "partition",
+        "one-way",
         "disk",
         "membership",
         "snapshot-kill",
@@ -81,6 +85,7 @@ impl fmt::Display for Nemesis {
             Nemesis::KillLeader => "kill-leader",
             Nemesis::Pause => "pause",
             Nemesis::Partition => "partition",
+            Nemesis::OneWay => "one-way",
             Nemesis::Disk => "disk",
             Nemesis::Membership => "membership",
             Nemesis::SnapshotKill => "snapshot-kill",
@@ -100,6 +105,7 @@ impl FromStr for Nemesis {
             "kill-leader" => Nemesis::KillLeader,
             "pause" => Nemesis::Pause,
             "partition" => Nemesis::Partition,
+            "one-way" => Nemesis::OneWay,
             "disk" => Nemesis::Disk,
             "membership" => Nemesis::Membership,
             "snapshot-kill" => Nemesis::SnapshotKill,
@@ -174,7 +180,10 @@ pub async fn preflight(
                 .into(),
         ));
     };
-    if matches!(nemesis, Nemesis::Partition | Nemesis::Mixed) {
+    if matches!(
+        nemesis,
+        Nemesis::Partition | Nemesis::OneWay | Nemesis::Mixed
+    ) {
         crate::proxy::origins_supported().map_err(refuse)?;
         if cluster.len() < 2 {
             return Err(refuse("a partition needs at least 2 members".into()));
@@ -337,6 +346,13 @@ async fn one_round(
             cluster.isolate(victim);
             log.note(clock, format!("partition: isolate {name}"));
         }
+        Nemesis::OneWay => {
+            // Which way, from the round's hold (drawn from the seeded rng).
+            let deaf = hold.as_millis().is_multiple_of(2);
+            cluster.one_way(victim, deaf);
+            let how = if deaf { "deaf" } else { "mute" };
+            log.note(clock, format!("one-way: {name} {how}"));
+        }
         _ => return,
     }
     tokio::select! {
@@ -368,9 +384,9 @@ async fn lift(
             Ok(()) => log.note(clock, format!("pause: SIGCONT {name}")),
             Err(e) => log.failures.push(format!("resume {name}: {e}")),
         },
-        Nemesis::Partition => {
+        Nemesis::Partition | Nemesis::OneWay => {
             cluster.heal_all();
-            log.note(clock, format!("partition: heal {name}"));
+            log.note(clock, format!("{fault}: heal {name}"));
         }
         _ => {}
     }

@@ -10,6 +10,14 @@
 //! - every other proxy [`Proxy::block_origins`] X's pid: the connections
 //!   X itself opened are closed and refused likewise.
 //!
+//! A one-way fault keeps every connection open but drops the bytes going
+//! one way: a *mute* member's bytes reach no peer, a *deaf* member hears no
+//! peer. Bytes are dropped per direction of each connection, whoever
+//! dialed it, so it holds for both peer protocols: on X's own proxy the
+//! member is the upstream side ([`Proxy::mute_target`],
+//! [`Proxy::deaf_target`]); on the others, the inbound side of the
+//! connections X opened ([`Proxy::mute_origins`], [`Proxy::deaf_origins`]).
+//!
 //! A connection's origin is found as `ss -p` does it: the inode of the
 //! dialing socket from `/proc/net/tcp`, then which process holds a
 //! descriptor for that inode (`/proc/<pid>/fd`). Closing (rather than
@@ -32,6 +40,14 @@ struct Faults {
     cut: bool,
     /// Connections opened by these processes are refused.
     blocked_origins: Vec<u32>,
+    /// Bytes from the member to its peers are dropped.
+    mute_target: bool,
+    /// Bytes from peers to the member are dropped.
+    deaf_target: bool,
+    /// Bytes sent by these processes on connections they opened are dropped.
+    mute_origins: Vec<u32>,
+    /// Bytes to these processes on connections they opened are dropped.
+    deaf_origins: Vec<u32>,
 }
 
 /// A proxy from `127.0.0.1:port()` to `127.0.0.1:<target>`. Dropping it
@@ -88,6 +104,33 @@ impl Proxy {
     /// lifts the block.
     pub fn block_origins(&self, pids: Vec<u32>) {
         self.faults.send_modify(|f| f.blocked_origins = pids);
+    }
+
+    /// Drops (`true`) or passes again every byte the member sends.
+    pub fn mute_target(&self, mute: bool) {
+        self.faults.send_modify(|f| f.mute_target = mute);
+    }
+
+    /// Drops (`true`) or passes again every byte sent to the member.
+    pub fn deaf_target(&self, deaf: bool) {
+        self.faults.send_modify(|f| f.deaf_target = deaf);
+    }
+
+    /// Drops what `pids` send on connections they opened; an empty list
+    /// lifts it.
+    pub fn mute_origins(&self, pids: Vec<u32>) {
+        self.faults.send_modify(|f| f.mute_origins = pids);
+    }
+
+    /// Drops what is sent to `pids` on connections they opened; an empty
+    /// list lifts it.
+    pub fn deaf_origins(&self, pids: Vec<u32>) {
+        self.faults.send_modify(|f| f.deaf_origins = pids);
+    }
+
+    /// Lifts every fault.
+    pub fn heal(&self) {
+        self.faults.send_replace(Faults::default());
     }
 
     /// How many connections so far had no origin found in /proc.
@@ -152,9 +195,44 @@ async fn forward(
     };
     let _ = inbound.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
+    let (from_peer, to_peer) = inbound.split();
+    let (from_member, to_member) = upstream.split();
+    let (to, back) = (faults.clone(), faults.clone());
+    let both_ways = async {
+        tokio::join!(
+            pump(from_peer, to_member, || origin
+                .drops_to_member(&to.borrow())),
+            pump(from_member, to_peer, || origin
+                .drops_from_member(&back.borrow())),
+        )
+    };
     tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut inbound, &mut upstream) => {}
+        _ = both_ways => {}
         _ = faults.wait_for(|f| !origin.passes(f)) => {}
+    }
+}
+
+/// Copies `from` to `to` until `from` ends (then shuts `to`'s write side,
+/// as `copy_bidirectional` does) or either fails; a chunk read while
+/// `drop_now()` holds is read and dropped.
+async fn pump(
+    mut from: tokio::net::tcp::ReadHalf<'_>,
+    mut to: tokio::net::tcp::WriteHalf<'_>,
+    drop_now: impl Fn() -> bool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(n) => n,
+        };
+        if !drop_now() && to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -170,6 +248,16 @@ struct Origin {
 impl Origin {
     fn passes(&self, f: &Faults) -> bool {
         !f.cut && !f.blocked_origins.iter().any(|&pid| self.opened_by(pid))
+    }
+
+    /// Whether bytes from the dialing side to the member are dropped.
+    fn drops_to_member(&self, f: &Faults) -> bool {
+        f.deaf_target || f.mute_origins.iter().any(|&pid| self.opened_by(pid))
+    }
+
+    /// Whether bytes from the member to the dialing side are dropped.
+    fn drops_from_member(&self, f: &Faults) -> bool {
+        f.mute_target || f.deaf_origins.iter().any(|&pid| self.opened_by(pid))
     }
 
     fn opened_by(&self, pid: u32) -> bool {
@@ -274,5 +362,74 @@ mod tests {
         c3.read_exact(&mut buf).await.expect("echo after heal");
         assert_eq!(&buf, b"pong");
         assert_eq!(proxy.unattributed(), 0, "origins found in /proc");
+    }
+
+    /// A one-way fault keeps the connection open and drops one direction
+    /// only: the dialer's bytes (deaf member) or the member's (mute).
+    #[tokio::test]
+    async fn one_way_faults_drop_one_direction() {
+        // The "member": answers each 4-byte message with "ack!" and
+        // reports what it received.
+        let member = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let target = member.local_addr().expect("addr").port();
+        let (got_tx, mut got) = tokio::sync::mpsc::unbounded_channel::<[u8; 4]>();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = member.accept().await {
+                let got_tx = got_tx.clone();
+                tokio::spawn(async move {
+                    let mut m = [0u8; 4];
+                    while s.read_exact(&mut m).await.is_ok() {
+                        let _ = got_tx.send(m);
+                        if s.write_all(b"ack!").await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let proxy = Proxy::start(0, target).expect("start proxy");
+        let mut c = TcpStream::connect(("127.0.0.1", proxy.port()))
+            .await
+            .expect("connect");
+        let mut ack = [0u8; 4];
+        let quiet = Duration::from_millis(300);
+
+        // Mute: the member receives, its answer is dropped.
+        proxy.mute_target(true);
+        c.write_all(b"one?").await.expect("write");
+        assert_eq!(got.recv().await, Some(*b"one?"));
+        assert!(
+            tokio::time::timeout(quiet, c.read_exact(&mut ack))
+                .await
+                .is_err(),
+            "a mute member's answer must not arrive"
+        );
+        proxy.heal();
+
+        // Deaf: the member receives nothing, the connection stays open.
+        proxy.deaf_target(true);
+        c.write_all(b"two?").await.expect("write to a deaf member");
+        assert!(
+            tokio::time::timeout(quiet, got.recv()).await.is_err(),
+            "a deaf member must not receive"
+        );
+        proxy.heal();
+
+        // Healed, on the same connection.
+        c.write_all(b"six?").await.expect("write after heal");
+        assert_eq!(got.recv().await, Some(*b"six?"));
+        c.read_exact(&mut ack).await.expect("ack after heal");
+        assert_eq!(&ack, b"ack!");
+
+        // On origins: this test process opened the connection.
+        proxy.mute_origins(vec![std::process::id()]);
+        c.write_all(b"ten?").await.expect("write");
+        assert!(
+            tokio::time::timeout(quiet, got.recv()).await.is_err(),
+            "bytes from a muted origin must not arrive"
+        );
+        proxy.heal();
+        c.write_all(b"end?").await.expect("write");
+        assert_eq!(got.recv().await, Some(*b"end?"));
     }
 }

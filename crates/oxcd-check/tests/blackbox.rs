@@ -159,6 +159,13 @@ fn partition_nemesis_passes() {
     must_pass("partition", "5", &["partition: isolate"]);
 }
 
+/// The same with a member's peer links cut one way (deaf or mute) and
+/// healed.
+#[test]
+fn one_way_nemesis_passes() {
+    must_pass("one-way", "7", &["one-way: "]);
+}
+
 /// The same with kills, pauses, partitions, membership changes and (on
 /// oxcd) disk faults mixed.
 #[test]
