@@ -1,10 +1,12 @@
-//! Bulk work that must not take CPU from requests: the defragment's copy
-//! runs on a short-lived thread of its own at the scheduler's idle policy
-//! (Linux `SCHED_IDLE`), so that it uses only the CPU time that the raft
-//! loop, the apply stage and the client connections leave. An unprivileged
-//! thread cannot raise its policy back, hence a fresh thread per step rather
-//! than a pooled one. Locks that requests also take (the writer lock, the
-//! backend's open batch) stay on the caller's thread, at normal priority.
+//! Bulk work that must not take CPU from requests (the defragment's copy,
+//! the snapshot file) runs on a thread of its own at the scheduler's idle
+//! policy (Linux `SCHED_IDLE`), so that it uses only the CPU time that the
+//! raft loop, the apply stage and the client connections leave. Measured
+//! beside nice 19 (bench/defrag.sh, BENCHMARKS.md), it kept put p99 during
+//! a defragment lower. An unprivileged thread cannot raise its policy
+//! back, hence a fresh thread per step rather than a pooled one. Locks that
+//! requests also take (the writer lock, the backend's open batch) stay on
+//! the caller's thread, at normal priority.
 
 /// Runs `f` on a new thread at the lowest CPU priority the OS offers and
 /// returns its result. Where the priority cannot be had, `f` runs at normal

@@ -5,10 +5,10 @@
 //! 1. Copy: a snapshot of the file is copied, table by table, into
 //!    `db.defrag`, [`COPY_BATCH`] rows per transaction, while readers and
 //!    writers go on with the old file, on a thread at idle CPU priority
-//!    (`background`) so that requests keep their CPU. Then the `key` rows written
-//!    meanwhile are copied from a newer snapshot (revisions only grow, so
-//!    they are the rows after the last copied key); this repeats while
-//!    many arrived.
+//!    (`background`) so that requests keep their CPU. Then the `key` rows
+//!    written meanwhile are copied from a newer snapshot (revisions only
+//!    grow, so they are the rows after the last copied key); this repeats
+//!    while many arrived.
 //! 2. Switch: writers wait (the store's writer lock) while the rows of the
 //!    last moments and the small tables (meta with the consistent index,
 //!    lease, alarm) are copied, the new file is committed durably and
