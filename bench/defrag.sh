@@ -119,14 +119,13 @@ table() {
   for kind in etcd oxcd; do
     while IFS='|' read -r before took after ip im dp dm; do
       [ -n "$before" ] || continue
-      echo "| $kind | $before | $took | $after | $ip / $im | $dp / $dm | $(awk -v a="$dp" -v b="$ip" 'BEGIN { printf "%.2f", a / b }') |"
+      echo "| $kind | $before | $took | $after | $ip / $im | $dp / $dm | $(ratio "$dp" "$ip") |"
     done <<<"${ROWS[$kind]}"
   done
   if [ "$REPS" -gt 1 ]; then
     for kind in etcd oxcd; do
-      col() { awk -F'|' -v c="$1" 'NF > 1 { print $c }' <<<"${ROWS[$kind]}" | median; }
-      ratio=$(awk -F'|' 'NF > 1 { printf "%.4f\n", $6 / $4 }' <<<"${ROWS[$kind]}" | median)
-      echo "| $kind median | | $(col 2) | | $(col 4) / $(col 5) | $(col 6) / $(col 7) | $(printf %.2f "$ratio") |"
+      r="${ROWS[$kind]}"
+      echo "| $kind median | | $(col_median "$r" 2) | | $(col_median "$r" 4) / $(col_median "$r" 5) | $(col_median "$r" 6) / $(col_median "$r" 7) | $(ratio_median "$r" 6 4) |"
     done
   fi
 }

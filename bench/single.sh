@@ -47,3 +47,15 @@ load() {
 # median: the median of the numbers on stdin, one per line (the lower of
 # the two middle ones for an even count).
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# ratio A B: A / B with two decimals.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+
+# col_median ROWS C: the median of column C of ROWS ('|'-separated lines).
+col_median() { awk -F'|' -v c="$2" 'NF > 1 { print $c }' <<<"$1" | median; }
+
+# ratio_median ROWS A B: the median over ROWS of column A / column B, with
+# two decimals.
+ratio_median() {
+  printf %.2f "$(awk -F'|' -v a="$2" -v b="$3" 'NF > 1 { printf "%.4f\n", $a / $b }' <<<"$1" | median)"
+}

@@ -89,14 +89,13 @@ table() {
   for kind in etcd oxcd; do
     while IFS='|' read -r size took ip im dp dm; do
       [ -n "$size" ] || continue
-      echo "| $kind | $size | $took | $ip / $im | $dp / $dm | $(awk -v a="$dp" -v b="$ip" 'BEGIN { printf "%.2f", a / b }') |"
+      echo "| $kind | $size | $took | $ip / $im | $dp / $dm | $(ratio "$dp" "$ip") |"
     done <<<"${ROWS[$kind]}"
   done
   if [ "$REPS" -gt 1 ]; then
     for kind in etcd oxcd; do
-      col() { awk -F'|' -v c="$1" 'NF > 1 { print $c }' <<<"${ROWS[$kind]}" | median; }
-      ratio=$(awk -F'|' 'NF > 1 { printf "%.4f\n", $5 / $3 }' <<<"${ROWS[$kind]}" | median)
-      echo "| $kind median | | $(col 2) | $(col 3) / $(col 4) | $(col 5) / $(col 6) | $(printf %.2f "$ratio") |"
+      r="${ROWS[$kind]}"
+      echo "| $kind median | | $(col_median "$r" 2) | $(col_median "$r" 3) / $(col_median "$r" 4) | $(col_median "$r" 5) / $(col_median "$r" 6) | $(ratio_median "$r" 5 3) |"
     done
   fi
 }
