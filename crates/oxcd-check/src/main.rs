@@ -4,10 +4,10 @@
 //! # Release check (long mode)
 //!
 //! Before a release, run each nemesis for 10 minutes on a 3-member oxcd
-//! cluster (`--long` is `--duration 600`); every run must print PASS
-//! (linearizable, 0 lost acknowledged writes, valid watches, monotonic
-//! revisions, every fault recovered), and the op counts and verdicts go
-//! into the release note:
+//! cluster (`--long` is `--duration 600 --check-timeout 1800`); every run
+//! must print PASS (linearizable, 0 lost acknowledged writes, valid
+//! watches, monotonic revisions, every fault recovered), and the op counts
+//! and verdicts go into the release note:
 //! ```text
 //! for n in kill pause partition disk membership; do
 //!   oxcd-check --server target/debug/oxcd --nemesis $n --long --seed 1 --out /tmp/long-$n
@@ -72,9 +72,11 @@ struct Args {
     #[arg(long, default_value_t = 5.0)]
     op_timeout: f64,
     /// Time bound of the linearizability search, in seconds; past it the
-    /// verdict is UNKNOWN.
-    #[arg(long, default_value_t = 120.0)]
-    check_timeout: f64,
+    /// verdict is UNKNOWN (default 120, or 1800 with --long: a 10-minute
+    /// run under kills records some 800 000 operations, whose search took
+    /// about 12 s a key).
+    #[arg(long)]
+    check_timeout: Option<f64>,
     /// Where to keep data dirs and member logs (default: a temp dir,
     /// removed at the end; under --out DIR/cluster when --out is given).
     #[arg(long)]
@@ -148,7 +150,11 @@ fn config(args: &Args) -> Result<Config, String> {
         seed,
         nemesis: args.nemesis,
         op_timeout: seconds(args.op_timeout, "op-timeout")?,
-        check_timeout: seconds(args.check_timeout, "check-timeout")?,
+        check_timeout: seconds(
+            args.check_timeout
+                .unwrap_or(if args.long { 1800.0 } else { 120.0 }),
+            "check-timeout",
+        )?,
         selftest_stale_reads: args.selftest_stale_reads,
         snapshot_count: args.snapshot_count,
     })
